@@ -1,0 +1,25 @@
+//! Tensor payloads of parameter blocks: a deterministic safetensors layout, dtypes and weight
+//! sanity checks.
+//!
+//! A parameter block's payload is a safetensors file. Blyan writes it deterministically
+//! (tensors sorted by name, data in that order, header padded to 8 bytes) so that the same
+//! tensors always give the same payload hash, and any safetensors reader can open it.
+
+#![warn(missing_docs)]
+
+mod dtype;
+mod payload;
+
+pub use dtype::DType;
+pub use payload::{
+    TensorDesc, TensorError, TensorRef, TensorSet, check_finite, encode_tensors, f32_to_bytes,
+};
+
+/// Most dimensions a tensor may have.
+pub const DIMS_MAX: usize = 8;
+
+/// Longest tensor name in bytes.
+pub const NAME_LEN_MAX: usize = 256;
+
+/// Most tensors in one payload.
+pub const TENSORS_MAX: usize = 64;
