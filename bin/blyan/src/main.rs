@@ -1,1 +1,135 @@
-fn main() {}
+//! The `blyan` command: node, chain, inference, training, Proof of Learning and ledger in one
+//! binary. This file is the command line only; the work happens in the library crates.
+
+mod chain_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use blyan_chain::genesis::{self, GENESIS_SEED, InitOutcome};
+use blyan_chain::{Store, VerifyMode};
+use clap::{Parser, Subcommand};
+
+/// Blyan: a Mixture-of-Experts language model that lives on a blockchain.
+#[derive(Debug, Parser)]
+#[command(name = "blyan", version, about)]
+struct Cli {
+    /// Node data directory [default: the per-user data directory, e.g. ~/.local/share/blyan].
+    #[arg(long, global = true, env = "BLYAN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a network in the data directory from the genesis spec and weights.
+    Init(InitArgs),
+    /// Initialise the data directory if needed, verify it, and report the node's state.
+    Up,
+    /// Inspect and verify the block store.
+    #[command(subcommand)]
+    Chain(chain_cmd::ChainCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Seed of the random genesis weights.
+    #[arg(long, default_value_t = GENESIS_SEED)]
+    seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        // A reader that stops early (`blyan chain log | head`) is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = match cli.data_dir {
+        Some(d) => d,
+        None => dirs::data_dir()
+            .context("no per-user data directory on this system; pass --data-dir")?
+            .join("blyan"),
+    };
+    match cli.command {
+        Command::Init(args) => init(&data_dir, &args).map(|_| ExitCode::SUCCESS),
+        Command::Up => up(&data_dir),
+        Command::Chain(cmd) => chain_cmd::run(&open_store(&data_dir)?, cmd),
+    }
+}
+
+/// The block store inside a data directory.
+fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    let dir = data_dir.join("chain");
+    Store::open(&dir).with_context(|| format!("opening the block store in {}", dir.display()))
+}
+
+fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutcome> {
+    let store = open_store(data_dir)?;
+    let blocks = genesis::default_genesis(args.seed).context("building the genesis blocks")?;
+    let count = blocks.len();
+    let bytes: u64 = blocks.iter().map(|b| b.header.payload_len).sum();
+    let outcome = genesis::init(&store, blocks)?;
+    let (created, network) = match outcome {
+        InitOutcome::Created { network } => (true, network),
+        InitOutcome::AlreadyPresent { network } => (false, network),
+    };
+    if args.json {
+        let out = serde_json::json!({
+            "created": created,
+            "network": network,
+            "blocks": count,
+            "payload_bytes": bytes,
+            "data_dir": data_dir,
+        });
+        println!("{out}");
+    } else if created {
+        println!("created network {network} in {}", data_dir.display());
+        println!("{count} genesis blocks, {:.1} MB of payload", bytes as f64 / 1e6);
+    } else {
+        println!("network {network} already initialised in {}", data_dir.display());
+    }
+    Ok(outcome)
+}
+
+fn up(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let outcome = init(data_dir, &InitArgs { seed: GENESIS_SEED, json: false })?;
+    let store = open_store(data_dir)?;
+    match store.verify(VerifyMode::Links, |_| {})? {
+        Ok(report) => {
+            let network = match outcome {
+                InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => network,
+            };
+            println!("store verified: {} blocks, every header and link intact", report.blocks);
+            println!("network {network} is ready in {}", data_dir.display());
+            println!(
+                "this build holds the chain only: chat, the API and the web UI are not part of it yet"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            chain_cmd::print_failure(&failure);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,1 +1,26 @@
-//! x
+//! Blocks, the cross-chain DAG rules, validation and the crash-safe block store.
+//!
+//! A block is a header plus a payload; its hash is the SHA-256 of the header's canonical
+//! bytes, and the header commits to the payload through `payload_hash`. Blocks enter the
+//! store only as [`ValidBlock`]s: a raw [`Block`] is first checked on its own
+//! ([`CheckedBlock`]) and then against the store's state.
+
+#![warn(missing_docs)]
+
+mod block;
+pub mod dag;
+mod error;
+pub mod genesis;
+pub mod spec;
+mod store;
+mod validate;
+mod verify;
+
+pub use block::{
+    Block, BlockHeader, BlockKind, BlockMeta, ChainId, DEPENDS_ON_MAX, FORMAT_VERSION,
+    HEADER_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX,
+};
+pub use error::{BlockError, ChainError};
+pub use store::{BlockSummary, Payload, Store};
+pub use validate::{CheckedBlock, ValidBlock};
+pub use verify::{VerifyFailure, VerifyMode, VerifyReport};

@@ -1,0 +1,430 @@
+//! The block store: payload files named by their hash plus a redb index.
+//!
+//! Layout of a store directory:
+//!
+//! ```text
+//! index.redb          hash → header, (chain, height) → hash, group → versions and head
+//! payloads/ab/abcd…   payload bytes, named by payload hash, fanned out by first byte
+//! tmp/                payloads being written; emptied at open
+//! ```
+//!
+//! Appending writes the payload to `tmp/`, fsyncs it, renames it into `payloads/` and fsyncs
+//! the directory, and only then commits the index transaction that makes the block visible.
+//! A crash before the commit leaves at most an unreferenced payload file; a crash after it
+//! leaves the block complete. Validation runs inside the same write transaction, so a block
+//! is checked against exactly the state it is appended to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use blyan_primitives::{ExpertId, Hash};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+
+use crate::dag::topo_order;
+use crate::spec::{MetaPayload, TensorGroup, expert_group_name};
+use crate::validate::{ChainView, validate};
+use crate::{Block, BlockError, BlockHeader, BlockKind, ChainError, ChainId, CheckedBlock, ValidBlock};
+
+/// hash → canonical header bytes.
+pub(crate) const HEADERS: TableDefinition<'static, [u8; 32], &'static [u8]> =
+    TableDefinition::new("headers");
+/// (chain, height) → hash.
+pub(crate) const BY_HEIGHT: TableDefinition<'static, (u8, u64), [u8; 32]> =
+    TableDefinition::new("by_height");
+/// (group name, version number) → hash, versions numbered from 0 in append order.
+pub(crate) const VERSIONS: TableDefinition<'static, (&'static str, u32), [u8; 32]> =
+    TableDefinition::new("versions");
+/// group name → hash of the version served by default.
+pub(crate) const GROUP_HEADS: TableDefinition<'static, &'static str, [u8; 32]> =
+    TableDefinition::new("group_heads");
+
+type Layout = Arc<BTreeMap<String, TensorGroup>>;
+
+/// A crash-safe, append-only store of blocks.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    db: Database,
+    /// Decoded tensor layouts by spec block hash; specs are immutable, so entries never go stale.
+    layouts: Mutex<HashMap<Hash, Layout>>,
+}
+
+/// One line of `chain log`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct BlockSummary {
+    /// Block hash.
+    pub hash: Hash,
+    /// Chain.
+    pub chain: ChainId,
+    /// Height on the chain.
+    pub height: u64,
+    /// Kind.
+    pub kind: BlockKind,
+    /// Name.
+    pub name: String,
+    /// Payload bytes.
+    pub payload_len: u64,
+}
+
+impl BlockSummary {
+    fn new(hash: Hash, h: &BlockHeader) -> BlockSummary {
+        BlockSummary {
+            hash,
+            chain: h.chain,
+            height: h.height,
+            kind: h.kind,
+            name: h.meta.name.clone(),
+            payload_len: h.payload_len,
+        }
+    }
+}
+
+/// A block's payload, memory-mapped read-only.
+#[derive(Debug)]
+pub struct Payload(Option<memmap2::Mmap>);
+
+impl Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if needed. Leftovers of interrupted writes are
+    /// removed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, ChainError> {
+        let dir = dir.as_ref().to_path_buf();
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(ChainError::io(format!("clearing {}", tmp.display())))?;
+        }
+        for d in [&dir, &dir.join("payloads"), &tmp] {
+            fs::create_dir_all(d).map_err(ChainError::io(format!("creating {}", d.display())))?;
+        }
+        let db = Database::create(dir.join("index.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(HEADERS)?;
+        txn.open_table(BY_HEIGHT)?;
+        txn.open_table(VERSIONS)?;
+        txn.open_table(GROUP_HEADS)?;
+        txn.commit()?;
+        Ok(Store { dir, db, layouts: Mutex::new(HashMap::new()) })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Checks and appends one block; returns its hash. On any error nothing is stored.
+    pub fn append(&self, block: Block) -> Result<Hash, ChainError> {
+        Ok(self.append_batch(vec![block])?[0])
+    }
+
+    /// Checks and appends blocks in one transaction, ordering them so that dependencies come
+    /// first; returns their hashes in the order given. Either all are stored or none.
+    pub fn append_batch(&self, blocks: Vec<Block>) -> Result<Vec<Hash>, ChainError> {
+        let mut checked = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let hash = block.hash();
+            checked.push(
+                CheckedBlock::check(block).map_err(|error| ChainError::Invalid { block: hash, error })?,
+            );
+        }
+        let hashes: Vec<Hash> = checked.iter().map(CheckedBlock::hash).collect();
+        let nodes: Vec<(Hash, Vec<Hash>)> = checked
+            .iter()
+            .map(|c| {
+                let h = &c.block().header;
+                let mut parents = h.depends_on.clone();
+                parents.push(h.prev);
+                (c.hash(), parents)
+            })
+            .collect();
+        let order = topo_order(&nodes).map_err(|e| ChainError::Invalid {
+            block: e.member,
+            error: BlockError::Cycle { block: e.member },
+        })?;
+        let mut slots: Vec<Option<CheckedBlock>> = checked.into_iter().map(Some).collect();
+        let txn = self.db.begin_write()?;
+        {
+            let mut tables = Tables::open(&txn, self)?;
+            for i in order {
+                let block = slots[i].take().expect("topo_order yields each index once");
+                let valid = validate(block, &tables)?;
+                self.write_payload(&valid)?;
+                tables.insert(&valid)?;
+            }
+        }
+        txn.commit()?;
+        Ok(hashes)
+    }
+
+    /// The header of block `hash`.
+    pub fn header(&self, hash: &Hash) -> Result<Option<BlockHeader>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let headers = txn.open_table(HEADERS)?;
+        read_header(&headers, hash)
+    }
+
+    /// The height and hash of the last block of `chain`.
+    pub fn head(&self, chain: ChainId) -> Result<Option<(u64, Hash)>, ChainError> {
+        let txn = self.db.begin_read()?;
+        chain_head(&txn.open_table(BY_HEIGHT)?, chain)
+    }
+
+    /// The block at `height` on `chain`.
+    pub fn at_height(&self, chain: ChainId, height: u64) -> Result<Option<Hash>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BY_HEIGHT)?;
+        Ok(t.get((chain as u8, height))?.map(|v| Hash(v.value())))
+    }
+
+    /// Number of blocks on every chain together.
+    pub fn len(&self) -> Result<u64, ChainError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(HEADERS)?.len()?)
+    }
+
+    /// Whether no block is stored.
+    pub fn is_empty(&self) -> Result<bool, ChainError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Summaries of the blocks of `chain` (or of every chain), in chain then height order.
+    pub fn blocks(&self, chain: Option<ChainId>) -> Result<Vec<BlockSummary>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let by_height = txn.open_table(BY_HEIGHT)?;
+        let headers = txn.open_table(HEADERS)?;
+        let (lo, hi) = match chain {
+            Some(c) => (c as u8, c as u8),
+            None => (0, u8::MAX),
+        };
+        let mut out = Vec::new();
+        for entry in by_height.range((lo, 0)..=(hi, u64::MAX))? {
+            let hash = Hash(entry?.1.value());
+            let header = read_header(&headers, &hash)?.ok_or(ChainError::Corrupt {
+                block: hash,
+                detail: "indexed by height but has no header".into(),
+            })?;
+            out.push(BlockSummary::new(hash, &header));
+        }
+        Ok(out)
+    }
+
+    /// Hash of the version of tensor group `name` served by default.
+    pub fn group_head(&self, name: &str) -> Result<Option<Hash>, ChainError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(GROUP_HEADS)?.get(name)?.map(|v| Hash(v.value())))
+    }
+
+    /// Every version of tensor group `name`, oldest first.
+    pub fn group_versions(&self, name: &str) -> Result<Vec<Hash>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for entry in t.range((name, 0)..=(name, u32::MAX))? {
+            out.push(Hash(entry?.1.value()));
+        }
+        Ok(out)
+    }
+
+    /// Hash of the head version of expert `id`.
+    pub fn expert_head(&self, id: ExpertId) -> Result<Option<Hash>, ChainError> {
+        self.group_head(&expert_group_name(id))
+    }
+
+    /// Every version of expert `id`, oldest first.
+    pub fn expert_versions(&self, id: ExpertId) -> Result<Vec<Hash>, ChainError> {
+        self.group_versions(&expert_group_name(id))
+    }
+
+    /// The spec and tokenizer of the meta chain's latest spec block.
+    pub fn meta(&self) -> Result<Option<(Hash, MetaPayload)>, ChainError> {
+        let Some((_, head)) = self.head(ChainId::Meta)? else { return Ok(None) };
+        let payload = self.payload_verified(&head)?;
+        let meta = MetaPayload::decode(&payload)
+            .map_err(|e| ChainError::Corrupt { block: head, detail: e.to_string() })?;
+        Ok(Some((head, meta)))
+    }
+
+    /// The payload of block `hash`, mapped without re-hashing.
+    pub fn payload(&self, hash: &Hash) -> Result<Payload, ChainError> {
+        let header = self.header(hash)?.ok_or(ChainError::NotFound(*hash))?;
+        self.map_payload(*hash, &header)
+    }
+
+    /// The payload of block `hash`, mapped and checked against the header's hash.
+    pub fn payload_verified(&self, hash: &Hash) -> Result<Payload, ChainError> {
+        let header = self.header(hash)?.ok_or(ChainError::NotFound(*hash))?;
+        let payload = self.map_payload(*hash, &header)?;
+        let actual = Hash::of(&payload);
+        if actual != header.payload_hash {
+            return Err(ChainError::Corrupt {
+                block: *hash,
+                detail: format!("payload hash is {actual}, header says {}", header.payload_hash),
+            });
+        }
+        Ok(payload)
+    }
+
+    pub(crate) fn map_payload(&self, block: Hash, header: &BlockHeader) -> Result<Payload, ChainError> {
+        let path = self.payload_path(&header.payload_hash);
+        let file = File::open(&path).map_err(|e| ChainError::Corrupt {
+            block,
+            detail: format!("payload file {}: {e}", path.display()),
+        })?;
+        let len = file.metadata().map_err(ChainError::io(format!("stat {}", path.display())))?.len();
+        if len != header.payload_len {
+            return Err(ChainError::Corrupt {
+                block,
+                detail: format!("payload file is {len} bytes, header says {}", header.payload_len),
+            });
+        }
+        if len == 0 {
+            return Ok(Payload(None));
+        }
+        // SAFETY: payload files are written once under a temporary name and renamed into
+        // place; nothing in Blyan modifies or truncates them afterwards. The length was checked
+        // just above, and every reader re-checks the hash where integrity matters.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(ChainError::io(format!("mapping {}", path.display())))?;
+        Ok(Payload(Some(map)))
+    }
+
+    pub(crate) fn payload_path(&self, payload_hash: &Hash) -> PathBuf {
+        let hex = payload_hash.to_string();
+        self.dir.join("payloads").join(&hex[..2]).join(hex)
+    }
+
+    fn write_payload(&self, valid: &ValidBlock) -> Result<(), ChainError> {
+        let header = &valid.block.header;
+        let path = self.payload_path(&header.payload_hash);
+        if fs::metadata(&path).is_ok_and(|m| m.len() == header.payload_len) {
+            // Same bytes already stored (content addressing): another block shares them.
+            return Ok(());
+        }
+        let fan = path.parent().expect("payload paths have a parent");
+        if !fan.exists() {
+            fs::create_dir_all(fan).map_err(ChainError::io(format!("creating {}", fan.display())))?;
+            sync_dir(&self.dir.join("payloads"))?;
+        }
+        let tmp = self.dir.join("tmp").join(header.payload_hash.to_string());
+        let mut file = File::create(&tmp).map_err(ChainError::io(format!("creating {}", tmp.display())))?;
+        file.write_all(&valid.block.payload)
+            .and_then(|()| file.sync_all())
+            .map_err(ChainError::io(format!("writing {}", tmp.display())))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(ChainError::io(format!("renaming into {}", path.display())))?;
+        sync_dir(fan)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ChainError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ChainError::io(format!("syncing directory {}", dir.display())))
+}
+
+pub(crate) fn read_header(
+    headers: &impl ReadableTable<[u8; 32], &'static [u8]>,
+    hash: &Hash,
+) -> Result<Option<BlockHeader>, ChainError> {
+    let Some(bytes) = headers.get(hash.0)? else { return Ok(None) };
+    BlockHeader::decode(bytes.value())
+        .map(Some)
+        .map_err(|e| ChainError::Corrupt { block: *hash, detail: e.to_string() })
+}
+
+fn chain_head(
+    by_height: &impl ReadableTable<(u8, u64), [u8; 32]>,
+    chain: ChainId,
+) -> Result<Option<(u64, Hash)>, ChainError> {
+    let c = chain as u8;
+    match by_height.range((c, 0)..=(c, u64::MAX))?.next_back() {
+        Some(entry) => {
+            let (k, v) = entry?;
+            Ok(Some((k.value().1, Hash(v.value()))))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The index tables of one write transaction: validation reads them, appends write them.
+struct Tables<'t> {
+    store: &'t Store,
+    headers: redb::Table<'t, [u8; 32], &'static [u8]>,
+    by_height: redb::Table<'t, (u8, u64), [u8; 32]>,
+    versions: redb::Table<'t, (&'static str, u32), [u8; 32]>,
+    group_heads: redb::Table<'t, &'static str, [u8; 32]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction, store: &'t Store) -> Result<Tables<'t>, ChainError> {
+        Ok(Tables {
+            store,
+            headers: txn.open_table(HEADERS)?,
+            by_height: txn.open_table(BY_HEIGHT)?,
+            versions: txn.open_table(VERSIONS)?,
+            group_heads: txn.open_table(GROUP_HEADS)?,
+        })
+    }
+
+    fn insert(&mut self, valid: &ValidBlock) -> Result<(), ChainError> {
+        let h = &valid.block.header;
+        self.headers.insert(valid.hash.0, h.encode().as_slice())?;
+        self.by_height.insert((h.chain as u8, h.height), valid.hash.0)?;
+        if h.kind.has_tensors() {
+            let name = h.meta.name.as_str();
+            let next = match self.versions.range((name, 0)..=(name, u32::MAX))?.next_back() {
+                Some(entry) => entry?.0.value().1 + 1,
+                None => 0,
+            };
+            self.versions.insert((name, next), valid.hash.0)?;
+            self.group_heads.insert(name, valid.hash.0)?;
+        }
+        Ok(())
+    }
+}
+
+impl ChainView for Tables<'_> {
+    fn header(&self, hash: &Hash) -> Result<Option<BlockHeader>, ChainError> {
+        read_header(&self.headers, hash)
+    }
+
+    fn head(&self, chain: ChainId) -> Result<Option<(u64, Hash)>, ChainError> {
+        chain_head(&self.by_height, chain)
+    }
+
+    fn has_versions(&self, group: &str) -> Result<bool, ChainError> {
+        Ok(self.group_heads.get(group)?.is_some())
+    }
+
+    fn layout(&self, spec_block: &Hash) -> Result<Layout, ChainError> {
+        if let Some(l) = self.store.layouts.lock().expect("layout cache lock").get(spec_block) {
+            return Ok(l.clone());
+        }
+        let header = self.header(spec_block)?.ok_or(ChainError::NotFound(*spec_block))?;
+        let payload = self.store.map_payload(*spec_block, &header)?;
+        if Hash::of(&payload) != header.payload_hash {
+            return Err(ChainError::Corrupt { block: *spec_block, detail: "spec payload hash mismatch".into() });
+        }
+        let meta = MetaPayload::decode(&payload)
+            .map_err(|e| ChainError::Corrupt { block: *spec_block, detail: e.to_string() })?;
+        let layout = Arc::new(meta.spec.layout());
+        self.store.layouts.lock().expect("layout cache lock").insert(*spec_block, layout.clone());
+        Ok(layout)
+    }
+}
