@@ -168,16 +168,22 @@ pub enum InitOutcome {
 }
 
 /// Writes `blocks` as the genesis of an empty store, atomically. A store that already holds
-/// the same genesis is left alone; one that holds another is refused.
+/// every one of these blocks is left alone; any other non-empty store is refused.
 pub fn init(store: &Store, blocks: Vec<Block>) -> Result<InitOutcome, ChainError> {
     let network = blocks.first().map(Block::hash).unwrap_or_default();
-    if let Some(existing) = store.at_height(ChainId::Meta, 0)? {
-        if existing == network {
-            return Ok(InitOutcome::AlreadyPresent { network });
+    if !store.is_empty()? {
+        for b in &blocks {
+            let hash = b.hash();
+            if store.header(&hash)?.is_none() {
+                let existing = store.at_height(ChainId::Meta, 0)?.unwrap_or_default();
+                return Err(ChainError::AlreadyInitialized(format!(
+                    "the store already holds network {existing}, which lacks genesis block {hash} \
+                     ({}); refusing to mix two networks",
+                    b.header.meta.name
+                )));
+            }
         }
-        return Err(ChainError::AlreadyInitialized(format!(
-            "the store already holds network {existing}; refusing to write genesis {network}"
-        )));
+        return Ok(InitOutcome::AlreadyPresent { network });
     }
     store.append_batch(blocks)?;
     Ok(InitOutcome::Created { network })
