@@ -76,7 +76,9 @@ fn log(store: &Store, chain: Option<ChainId>, json: bool) -> anyhow::Result<()> 
 }
 
 fn show(store: &Store, hash: Hash, json: bool) -> anyhow::Result<()> {
-    let header = store.header(&hash)?.with_context(|| format!("no block {hash} in the store"))?;
+    let header = store
+        .header(&hash)?
+        .with_context(|| format!("no block {hash} in the store"))?;
     let payload = store.payload_verified(&hash)?;
     let content = match header.kind {
         BlockKind::Spec => {
@@ -112,12 +114,18 @@ fn show(store: &Store, hash: Hash, json: bool) -> anyhow::Result<()> {
 }
 
 fn verify(store: &Store, full: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let mode = if full { VerifyMode::Full } else { VerifyMode::Links };
+    let mode = if full {
+        VerifyMode::Full
+    } else {
+        VerifyMode::Links
+    };
     let bar = (full && !json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} verifying: {bytes} hashed ({bytes_per_sec})")
-                .expect("static template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} verifying: {bytes} hashed ({bytes_per_sec})",
+            )
+            .expect("static template"),
         );
         bar
     });
@@ -143,7 +151,11 @@ fn verify(store: &Store, full: bool, json: bool) -> anyhow::Result<ExitCode> {
                 });
                 println!("{out}");
             } else {
-                let chains: Vec<String> = report.chains.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                let chains: Vec<String> = report
+                    .chains
+                    .iter()
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
                 println!("ok: {} blocks ({})", report.blocks, chains.join(", "));
                 if full {
                     println!(

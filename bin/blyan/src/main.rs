@@ -108,22 +108,39 @@ fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutco
         println!("{out}");
     } else if created {
         println!("created network {network} in {}", data_dir.display());
-        println!("{count} genesis blocks, {:.1} MB of payload", bytes as f64 / 1e6);
+        println!(
+            "{count} genesis blocks, {:.1} MB of payload",
+            bytes as f64 / 1e6
+        );
     } else {
-        println!("network {network} already initialised in {}", data_dir.display());
+        println!(
+            "network {network} already initialised in {}",
+            data_dir.display()
+        );
     }
     Ok(outcome)
 }
 
 fn up(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let outcome = init(data_dir, &InitArgs { seed: GENESIS_SEED, json: false })?;
+    let outcome = init(
+        data_dir,
+        &InitArgs {
+            seed: GENESIS_SEED,
+            json: false,
+        },
+    )?;
     let store = open_store(data_dir)?;
     match store.verify(VerifyMode::Links, |_| {})? {
         Ok(report) => {
             let network = match outcome {
-                InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => network,
+                InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => {
+                    network
+                }
             };
-            println!("store verified: {} blocks, every header and link intact", report.blocks);
+            println!(
+                "store verified: {} blocks, every header and link intact",
+                report.blocks
+            );
             println!("network {network} is ready in {}", data_dir.display());
             println!(
                 "this build holds the chain only: chat, the API and the web UI are not part of it yet"

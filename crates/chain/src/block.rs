@@ -26,8 +26,20 @@ pub const DEPENDS_ON_MAX: usize = 16;
 pub const NAME_LEN_MAX: usize = 256;
 
 /// The four chains of a network. Discriminants are part of the header encoding.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    BorshSerialize,
+    BorshDeserialize,
+)]
 #[borsh(use_discriminant = true)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
@@ -44,7 +56,12 @@ pub enum ChainId {
 
 impl ChainId {
     /// Every chain, in the order they are listed and verified.
-    pub const ALL: [ChainId; 4] = [ChainId::Meta, ChainId::Param, ChainId::Dataset, ChainId::Proof];
+    pub const ALL: [ChainId; 4] = [
+        ChainId::Meta,
+        ChainId::Param,
+        ChainId::Dataset,
+        ChainId::Proof,
+    ];
 
     /// Lowercase name used on the command line and in JSON.
     pub const fn as_str(self) -> &'static str {
@@ -82,14 +99,26 @@ impl FromStr for ChainId {
             "param" | "params" | "b" => Ok(ChainId::Param),
             "dataset" | "d" => Ok(ChainId::Dataset),
             "proof" | "p" => Ok(ChainId::Proof),
-            _ => Err(format!("unknown chain {s:?} (meta, param, dataset or proof)")),
+            _ => Err(format!(
+                "unknown chain {s:?} (meta, param, dataset or proof)"
+            )),
         }
     }
 }
 
 /// What a block holds. Discriminants are part of the header encoding and never reused.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    BorshSerialize,
+    BorshDeserialize,
+)]
 #[borsh(use_discriminant = true)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
@@ -118,7 +147,10 @@ impl BlockKind {
 
     /// Whether the payload is a safetensors file of weights.
     pub fn has_tensors(self) -> bool {
-        matches!(self, BlockKind::Expert | BlockKind::Router | BlockKind::Dense)
+        matches!(
+            self,
+            BlockKind::Expert | BlockKind::Router | BlockKind::Dense
+        )
     }
 
     /// Snake-case name used in JSON.
@@ -140,8 +172,9 @@ impl fmt::Display for BlockKind {
 }
 
 /// What a header says about its payload beyond its hash: names, expert, tensor layout.
-#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(
+    Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
 pub struct BlockMeta {
     /// The block's name: the tensor group prefix for parameter blocks
     /// (`model.layers.0.block_sparse_moe.experts.3`), a fixed word otherwise.
@@ -153,8 +186,7 @@ pub struct BlockMeta {
 }
 
 /// A block header. Its canonical Borsh bytes are what the block hash covers.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct BlockHeader {
     /// Layout version, [`FORMAT_VERSION`].
     pub version: u16,
@@ -189,10 +221,15 @@ impl BlockHeader {
     /// Decodes canonical bytes, refusing more than [`HEADER_LEN_MAX`] of them.
     pub fn decode(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
         if bytes.len() > HEADER_LEN_MAX {
-            return Err(BlockError::HeaderTooLarge { len: bytes.len(), max: HEADER_LEN_MAX });
+            return Err(BlockError::HeaderTooLarge {
+                len: bytes.len(),
+                max: HEADER_LEN_MAX,
+            });
         }
-        let header: BlockHeader = codec::decode(bytes, HEADER_LEN_MAX)
-            .map_err(|e| BlockError::MalformedHeader { reason: e.to_string() })?;
+        let header: BlockHeader =
+            codec::decode(bytes, HEADER_LEN_MAX).map_err(|e| BlockError::MalformedHeader {
+                reason: e.to_string(),
+            })?;
         Ok(header)
     }
 

@@ -19,11 +19,18 @@ pub struct CycleError<Id: std::fmt::Debug> {
 pub fn topo_order<Id: Ord + Clone + std::fmt::Debug>(
     nodes: &[(Id, Vec<Id>)],
 ) -> Result<Vec<usize>, CycleError<Id>> {
-    let index: BTreeMap<&Id, usize> = nodes.iter().enumerate().map(|(i, (id, _))| (id, i)).collect();
+    let index: BTreeMap<&Id, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (id, i))
+        .collect();
     let mut waiting_on = vec![0usize; nodes.len()];
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, (_, parents)) in nodes.iter().enumerate() {
-        let inside: BTreeSet<usize> = parents.iter().filter_map(|p| index.get(p).copied()).collect();
+        let inside: BTreeSet<usize> = parents
+            .iter()
+            .filter_map(|p| index.get(p).copied())
+            .collect();
         waiting_on[i] = inside.len();
         for p in inside {
             children[p].push(i);
@@ -43,7 +50,9 @@ pub fn topo_order<Id: Ord + Clone + std::fmt::Debug>(
     }
     if order.len() < nodes.len() {
         let stuck = (0..nodes.len()).find(|&i| waiting_on[i] > 0).unwrap_or(0);
-        return Err(CycleError { member: nodes[stuck].0.clone() });
+        return Err(CycleError {
+            member: nodes[stuck].0.clone(),
+        });
     }
     Ok(order)
 }

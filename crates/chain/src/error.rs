@@ -215,7 +215,10 @@ impl BlockError {
 impl From<TensorError> for BlockError {
     fn from(e: TensorError) -> Self {
         match e {
-            TensorError::NonFinite { name, index } => BlockError::NonFinite { tensor: name, index },
+            TensorError::NonFinite { name, index } => BlockError::NonFinite {
+                tensor: name,
+                index,
+            },
             other => BlockError::Tensor(other),
         }
     }

@@ -32,7 +32,9 @@ pub struct ChainGenesis {
 impl ChainGenesis {
     /// Decodes a chain-genesis payload (at most 4 KiB).
     pub fn decode(bytes: &[u8]) -> Result<ChainGenesis, BlockError> {
-        codec::decode(bytes, 4096).map_err(|e| BlockError::MalformedPayload { reason: e.to_string() })
+        codec::decode(bytes, 4096).map_err(|e| BlockError::MalformedPayload {
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -87,7 +89,10 @@ fn normal_samples(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
 }
 
 /// Builds every genesis block for `meta`, with weights from `weights`.
-pub fn genesis_blocks(meta: &MetaPayload, weights: &mut impl WeightSource) -> Result<Vec<Block>, BlockError> {
+pub fn genesis_blocks(
+    meta: &MetaPayload,
+    weights: &mut impl WeightSource,
+) -> Result<Vec<Block>, BlockError> {
     let ts = GENESIS_TIMESTAMP_MS;
     let spec_block = Block::new(
         ChainId::Meta,
@@ -95,7 +100,10 @@ pub fn genesis_blocks(meta: &MetaPayload, weights: &mut impl WeightSource) -> Re
         Hash::ZERO,
         vec![],
         BlockKind::Spec,
-        BlockMeta { name: "spec".into(), ..BlockMeta::default() },
+        BlockMeta {
+            name: "spec".into(),
+            ..BlockMeta::default()
+        },
         meta.encode()?,
         Address::ZERO,
         ts,
@@ -105,7 +113,10 @@ pub fn genesis_blocks(meta: &MetaPayload, weights: &mut impl WeightSource) -> Re
     let mut prev = Hash::ZERO;
     for (height, group) in meta.spec.groups_in_order().iter().enumerate() {
         let tensors = weights.tensors(group);
-        let refs: Vec<(TensorDesc, &[u8])> = tensors.iter().map(|(d, b)| (d.clone(), b.as_slice())).collect();
+        let refs: Vec<(TensorDesc, &[u8])> = tensors
+            .iter()
+            .map(|(d, b)| (d.clone(), b.as_slice()))
+            .collect();
         let payload = encode_tensors(&refs)?;
         let block = Block::new(
             ChainId::Param,
@@ -126,17 +137,29 @@ pub fn genesis_blocks(meta: &MetaPayload, weights: &mut impl WeightSource) -> Re
         blocks.push(block);
     }
     for (chain, description) in [
-        (ChainId::Dataset, "Datasets contributed to the network and their quality-gate verdicts."),
-        (ChainId::Proof, "Proof-of-Learning verdicts and reward events."),
+        (
+            ChainId::Dataset,
+            "Datasets contributed to the network and their quality-gate verdicts.",
+        ),
+        (
+            ChainId::Proof,
+            "Proof-of-Learning verdicts and reward events.",
+        ),
     ] {
-        let payload = codec::encode(&ChainGenesis { chain, description: description.into() });
+        let payload = codec::encode(&ChainGenesis {
+            chain,
+            description: description.into(),
+        });
         blocks.push(Block::new(
             chain,
             0,
             Hash::ZERO,
             vec![spec_hash],
             BlockKind::ChainGenesis,
-            BlockMeta { name: "genesis".into(), ..BlockMeta::default() },
+            BlockMeta {
+                name: "genesis".into(),
+                ..BlockMeta::default()
+            },
             payload,
             Address::ZERO,
             ts,
@@ -148,7 +171,10 @@ pub fn genesis_blocks(meta: &MetaPayload, weights: &mut impl WeightSource) -> Re
 /// The default network: the genesis spec, the byte-level tokenizer and seeded random weights.
 pub fn default_genesis(seed: u64) -> Result<Vec<Block>, BlockError> {
     let tokenizer = byte_level_tokenizer_json();
-    let meta = MetaPayload { spec: ModelSpec::genesis(Hash::of(&tokenizer)), tokenizer };
+    let meta = MetaPayload {
+        spec: ModelSpec::genesis(Hash::of(&tokenizer)),
+        tokenizer,
+    };
     genesis_blocks(&meta, &mut RandomWeights { seed })
 }
 
@@ -199,7 +225,11 @@ mod tests {
         let xs = normal_samples(&mut rng, 100_001, 0.02);
         assert_eq!(xs.len(), 100_001);
         let mean = xs.iter().map(|&x| f64::from(x)).sum::<f64>() / xs.len() as f64;
-        let var = xs.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        let var = xs
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / xs.len() as f64;
         assert!(mean.abs() < 0.0005, "mean {mean}");
         assert!((var.sqrt() - 0.02).abs() < 0.0005, "std {}", var.sqrt());
     }

@@ -20,8 +20,7 @@ const VOCAB_MAX: u32 = 1 << 20;
 const DIM_MAX: u32 = 1 << 16;
 
 /// A Mixtral-style sparse MoE decoder, in Hugging Face `config.json` terms.
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct ModelSpec {
     /// Always `"mixtral"` for now.
     pub architecture: String,
@@ -80,6 +79,22 @@ impl ModelSpec {
         }
     }
 
+    /// A model small enough for tests and store benchmarks: 1 layer of 2 experts, d = 8.
+    pub fn tiny(tokenizer_hash: Hash) -> ModelSpec {
+        ModelSpec {
+            vocab_size: 300,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            num_local_experts: 2,
+            num_experts_per_tok: 1,
+            max_position_embeddings: 64,
+            ..ModelSpec::genesis(tokenizer_hash)
+        }
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> u32 {
         self.hidden_size / u32::from(self.num_attention_heads.max(1))
@@ -89,7 +104,10 @@ impl ModelSpec {
     pub fn check(&self) -> Result<(), BlockError> {
         let bad = |detail: String| Err(BlockError::InvalidSpec { detail });
         if self.architecture != "mixtral" {
-            return bad(format!("architecture {:?} is not \"mixtral\"", self.architecture));
+            return bad(format!(
+                "architecture {:?} is not \"mixtral\"",
+                self.architecture
+            ));
         }
         if !(1..=LAYERS_MAX).contains(&self.num_hidden_layers) {
             return bad(format!("num_hidden_layers must be 1..={LAYERS_MAX}"));
@@ -112,11 +130,20 @@ impl ModelSpec {
                 return bad(format!("{name} must be 1..={DIM_MAX}"));
             }
         }
-        let (heads, kv) = (u32::from(self.num_attention_heads), u32::from(self.num_key_value_heads));
-        if heads == 0 || kv == 0 || self.hidden_size % heads != 0 || heads % kv != 0 {
-            return bad("hidden_size must divide into heads, and heads into key/value heads".into());
+        let (heads, kv) = (
+            u32::from(self.num_attention_heads),
+            u32::from(self.num_key_value_heads),
+        );
+        if heads == 0
+            || kv == 0
+            || !self.hidden_size.is_multiple_of(heads)
+            || !heads.is_multiple_of(kv)
+        {
+            return bad(
+                "hidden_size must divide into heads, and heads into key/value heads".into(),
+            );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad("head_dim must be even for RoPE".into());
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
@@ -131,7 +158,10 @@ impl ModelSpec {
         for group in self.layout().values() {
             let bytes: u64 = group.tensors.iter().filter_map(TensorDesc::byte_len).sum();
             if bytes > PAYLOAD_LEN_MAX {
-                return bad(format!("tensor group {} would exceed the payload limit", group.name));
+                return bad(format!(
+                    "tensor group {} would exceed the payload limit",
+                    group.name
+                ));
             }
         }
         Ok(())
@@ -145,7 +175,11 @@ impl ModelSpec {
             u64::from(self.vocab_size),
         );
         let kv_dim = u64::from(self.num_key_value_heads) * u64::from(self.head_dim());
-        let t = |name: String, shape: Vec<u64>| TensorDesc { name, dtype: self.dtype, shape };
+        let t = |name: String, shape: Vec<u64>| TensorDesc {
+            name,
+            dtype: self.dtype,
+            shape,
+        };
         let mut groups = Vec::new();
         groups.push(TensorGroup::dense(
             "model.embed_tokens",
@@ -173,7 +207,10 @@ impl ModelSpec {
             groups.push(TensorGroup {
                 kind: BlockKind::Router,
                 expert: None,
-                tensors: vec![t(format!("{gate}.weight"), vec![u64::from(self.num_local_experts), d])],
+                tensors: vec![t(
+                    format!("{gate}.weight"),
+                    vec![u64::from(self.num_local_experts), d],
+                )],
                 name: gate,
             });
             for e in 0..self.num_local_experts {
@@ -190,8 +227,14 @@ impl ModelSpec {
                 });
             }
         }
-        groups.push(TensorGroup::dense("model.norm", vec![t("model.norm.weight".into(), vec![d])]));
-        groups.push(TensorGroup::dense("lm_head", vec![t("lm_head.weight".into(), vec![vocab, d])]));
+        groups.push(TensorGroup::dense(
+            "model.norm",
+            vec![t("model.norm.weight".into(), vec![d])],
+        ));
+        groups.push(TensorGroup::dense(
+            "lm_head",
+            vec![t("lm_head.weight".into(), vec![vocab, d])],
+        ));
         groups
             .into_iter()
             .map(|mut g| {
@@ -211,7 +254,9 @@ impl ModelSpec {
             names.push(format!("{p}.self_attn"));
             names.push(format!("{p}.norms"));
             names.push(format!("{p}.block_sparse_moe.gate"));
-            names.extend((0..self.num_local_experts).map(|e| expert_group_name(ExpertId::new(l, e))));
+            names.extend(
+                (0..self.num_local_experts).map(|e| expert_group_name(ExpertId::new(l, e))),
+            );
         }
         names.push("model.norm".into());
         names.push("lm_head".into());
@@ -221,7 +266,10 @@ impl ModelSpec {
 
 /// The block name of an expert's tensor group.
 pub fn expert_group_name(id: ExpertId) -> String {
-    format!("model.layers.{}.block_sparse_moe.experts.{}", id.layer, id.expert)
+    format!(
+        "model.layers.{}.block_sparse_moe.experts.{}",
+        id.layer, id.expert
+    )
 }
 
 /// One parameter block's worth of tensors, as the spec expects them.
@@ -239,7 +287,12 @@ pub struct TensorGroup {
 
 impl TensorGroup {
     fn dense(name: &str, tensors: Vec<TensorDesc>) -> TensorGroup {
-        TensorGroup { name: name.to_owned(), kind: BlockKind::Dense, expert: None, tensors }
+        TensorGroup {
+            name: name.to_owned(),
+            kind: BlockKind::Dense,
+            expert: None,
+            tensors,
+        }
     }
 }
 
@@ -261,8 +314,11 @@ impl MetaPayload {
 
     /// Decodes and checks a spec payload.
     pub fn decode(bytes: &[u8]) -> Result<MetaPayload, BlockError> {
-        let payload: MetaPayload = codec::decode(bytes, PAYLOAD_LEN_MAX as usize)
-            .map_err(|e| BlockError::MalformedPayload { reason: e.to_string() })?;
+        let payload: MetaPayload = codec::decode(bytes, PAYLOAD_LEN_MAX as usize).map_err(|e| {
+            BlockError::MalformedPayload {
+                reason: e.to_string(),
+            }
+        })?;
         payload.check()?;
         Ok(payload)
     }
@@ -343,32 +399,54 @@ mod tests {
         assert_eq!(spec.groups_in_order().len(), layout.len());
         let expert = &layout[&expert_group_name(ExpertId::new(2, 5))];
         assert_eq!(expert.expert, Some(ExpertId::new(2, 5)));
-        assert_eq!(expert.tensors[1].name, "model.layers.2.block_sparse_moe.experts.5.w2.weight");
+        assert_eq!(
+            expert.tensors[1].name,
+            "model.layers.2.block_sparse_moe.experts.5.w2.weight"
+        );
         assert_eq!(expert.tensors[1].shape, [256, 512]);
         let attn = &layout["model.layers.0.self_attn"];
-        assert_eq!(attn.tensors.iter().find(|t| t.name.ends_with("k_proj.weight")).unwrap().shape, [64, 256]);
-        let payload = MetaPayload { spec, tokenizer: tok };
-        assert_eq!(MetaPayload::decode(&payload.encode().unwrap()).unwrap(), payload);
+        assert_eq!(
+            attn.tensors
+                .iter()
+                .find(|t| t.name.ends_with("k_proj.weight"))
+                .unwrap()
+                .shape,
+            [64, 256]
+        );
+        let payload = MetaPayload {
+            spec,
+            tokenizer: tok,
+        };
+        assert_eq!(
+            MetaPayload::decode(&payload.encode().unwrap()).unwrap(),
+            payload
+        );
     }
 
     #[test]
     fn inconsistent_specs_are_refused() {
         let good = ModelSpec::genesis(Hash::ZERO);
-        let cases: Vec<Box<dyn Fn(&mut ModelSpec)>> = vec![
-            Box::new(|s| s.num_experts_per_tok = 9),
-            Box::new(|s| s.num_key_value_heads = 3),
-            Box::new(|s| s.hidden_size = 0),
-            Box::new(|s| s.rope_theta = f32::NAN),
-            Box::new(|s| s.bos_token_id = 5000),
-            Box::new(|s| s.architecture = "llama".into()),
-            Box::new(|s| s.num_hidden_layers = 1000),
+        let cases: [fn(&mut ModelSpec); 7] = [
+            |s| s.num_experts_per_tok = 9,
+            |s| s.num_key_value_heads = 3,
+            |s| s.hidden_size = 0,
+            |s| s.rope_theta = f32::NAN,
+            |s| s.bos_token_id = 5000,
+            |s| s.architecture = "llama".into(),
+            |s| s.num_hidden_layers = 1000,
         ];
         for mutate in cases {
             let mut s = good.clone();
             mutate(&mut s);
-            assert!(matches!(s.check(), Err(BlockError::InvalidSpec { .. })), "{s:?}");
+            assert!(
+                matches!(s.check(), Err(BlockError::InvalidSpec { .. })),
+                "{s:?}"
+            );
         }
-        let wrong_tokenizer = MetaPayload { spec: good, tokenizer: b"{}".to_vec() };
+        let wrong_tokenizer = MetaPayload {
+            spec: good,
+            tokenizer: b"{}".to_vec(),
+        };
         assert!(wrong_tokenizer.encode().is_err());
     }
 

@@ -28,7 +28,9 @@ use serde::Serialize;
 use crate::dag::topo_order;
 use crate::spec::{MetaPayload, TensorGroup, expert_group_name};
 use crate::validate::{ChainView, validate};
-use crate::{Block, BlockError, BlockHeader, BlockKind, ChainError, ChainId, CheckedBlock, ValidBlock};
+use crate::{
+    Block, BlockError, BlockHeader, BlockKind, ChainError, ChainId, CheckedBlock, ValidBlock,
+};
 
 /// hash → canonical header bytes.
 pub(crate) const HEADERS: TableDefinition<'static, [u8; 32], &'static [u8]> =
@@ -103,7 +105,8 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let tmp = dir.join("tmp");
         if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(ChainError::io(format!("clearing {}", tmp.display())))?;
+            fs::remove_dir_all(&tmp)
+                .map_err(ChainError::io(format!("clearing {}", tmp.display())))?;
         }
         for d in [&dir, &dir.join("payloads"), &tmp] {
             fs::create_dir_all(d).map_err(ChainError::io(format!("creating {}", d.display())))?;
@@ -115,7 +118,11 @@ impl Store {
         txn.open_table(VERSIONS)?;
         txn.open_table(GROUP_HEADS)?;
         txn.commit()?;
-        Ok(Store { dir, db, layouts: Mutex::new(HashMap::new()) })
+        Ok(Store {
+            dir,
+            db,
+            layouts: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The store's directory.
@@ -135,7 +142,8 @@ impl Store {
         for block in blocks {
             let hash = block.hash();
             checked.push(
-                CheckedBlock::check(block).map_err(|error| ChainError::Invalid { block: hash, error })?,
+                CheckedBlock::check(block)
+                    .map_err(|error| ChainError::Invalid { block: hash, error })?,
             );
         }
         let hashes: Vec<Hash> = checked.iter().map(CheckedBlock::hash).collect();
@@ -222,7 +230,10 @@ impl Store {
     /// Hash of the version of tensor group `name` served by default.
     pub fn group_head(&self, name: &str) -> Result<Option<Hash>, ChainError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(GROUP_HEADS)?.get(name)?.map(|v| Hash(v.value())))
+        Ok(txn
+            .open_table(GROUP_HEADS)?
+            .get(name)?
+            .map(|v| Hash(v.value())))
     }
 
     /// Every version of tensor group `name`, oldest first.
@@ -248,10 +259,14 @@ impl Store {
 
     /// The spec and tokenizer of the meta chain's latest spec block.
     pub fn meta(&self) -> Result<Option<(Hash, MetaPayload)>, ChainError> {
-        let Some((_, head)) = self.head(ChainId::Meta)? else { return Ok(None) };
+        let Some((_, head)) = self.head(ChainId::Meta)? else {
+            return Ok(None);
+        };
         let payload = self.payload_verified(&head)?;
-        let meta = MetaPayload::decode(&payload)
-            .map_err(|e| ChainError::Corrupt { block: head, detail: e.to_string() })?;
+        let meta = MetaPayload::decode(&payload).map_err(|e| ChainError::Corrupt {
+            block: head,
+            detail: e.to_string(),
+        })?;
         Ok(Some((head, meta)))
     }
 
@@ -269,23 +284,36 @@ impl Store {
         if actual != header.payload_hash {
             return Err(ChainError::Corrupt {
                 block: *hash,
-                detail: format!("payload hash is {actual}, header says {}", header.payload_hash),
+                detail: format!(
+                    "payload hash is {actual}, header says {}",
+                    header.payload_hash
+                ),
             });
         }
         Ok(payload)
     }
 
-    pub(crate) fn map_payload(&self, block: Hash, header: &BlockHeader) -> Result<Payload, ChainError> {
+    pub(crate) fn map_payload(
+        &self,
+        block: Hash,
+        header: &BlockHeader,
+    ) -> Result<Payload, ChainError> {
         let path = self.payload_path(&header.payload_hash);
         let file = File::open(&path).map_err(|e| ChainError::Corrupt {
             block,
             detail: format!("payload file {}: {e}", path.display()),
         })?;
-        let len = file.metadata().map_err(ChainError::io(format!("stat {}", path.display())))?.len();
+        let len = file
+            .metadata()
+            .map_err(ChainError::io(format!("stat {}", path.display())))?
+            .len();
         if len != header.payload_len {
             return Err(ChainError::Corrupt {
                 block,
-                detail: format!("payload file is {len} bytes, header says {}", header.payload_len),
+                detail: format!(
+                    "payload file is {len} bytes, header says {}",
+                    header.payload_len
+                ),
             });
         }
         if len == 0 {
@@ -314,16 +342,19 @@ impl Store {
         }
         let fan = path.parent().expect("payload paths have a parent");
         if !fan.exists() {
-            fs::create_dir_all(fan).map_err(ChainError::io(format!("creating {}", fan.display())))?;
+            fs::create_dir_all(fan)
+                .map_err(ChainError::io(format!("creating {}", fan.display())))?;
             sync_dir(&self.dir.join("payloads"))?;
         }
         let tmp = self.dir.join("tmp").join(header.payload_hash.to_string());
-        let mut file = File::create(&tmp).map_err(ChainError::io(format!("creating {}", tmp.display())))?;
+        let mut file =
+            File::create(&tmp).map_err(ChainError::io(format!("creating {}", tmp.display())))?;
         file.write_all(&valid.block.payload)
             .and_then(|()| file.sync_all())
             .map_err(ChainError::io(format!("writing {}", tmp.display())))?;
         drop(file);
-        fs::rename(&tmp, &path).map_err(ChainError::io(format!("renaming into {}", path.display())))?;
+        fs::rename(&tmp, &path)
+            .map_err(ChainError::io(format!("renaming into {}", path.display())))?;
         sync_dir(fan)
     }
 
@@ -335,17 +366,25 @@ impl Store {
 fn sync_dir(dir: &Path) -> Result<(), ChainError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(ChainError::io(format!("syncing directory {}", dir.display())))
+        .map_err(ChainError::io(format!(
+            "syncing directory {}",
+            dir.display()
+        )))
 }
 
 pub(crate) fn read_header(
     headers: &impl ReadableTable<[u8; 32], &'static [u8]>,
     hash: &Hash,
 ) -> Result<Option<BlockHeader>, ChainError> {
-    let Some(bytes) = headers.get(hash.0)? else { return Ok(None) };
+    let Some(bytes) = headers.get(hash.0)? else {
+        return Ok(None);
+    };
     BlockHeader::decode(bytes.value())
         .map(Some)
-        .map_err(|e| ChainError::Corrupt { block: *hash, detail: e.to_string() })
+        .map_err(|e| ChainError::Corrupt {
+            block: *hash,
+            detail: e.to_string(),
+        })
 }
 
 fn chain_head(
@@ -385,10 +424,15 @@ impl<'t> Tables<'t> {
     fn insert(&mut self, valid: &ValidBlock) -> Result<(), ChainError> {
         let h = &valid.block.header;
         self.headers.insert(valid.hash.0, h.encode().as_slice())?;
-        self.by_height.insert((h.chain as u8, h.height), valid.hash.0)?;
+        self.by_height
+            .insert((h.chain as u8, h.height), valid.hash.0)?;
         if h.kind.has_tensors() {
             let name = h.meta.name.as_str();
-            let next = match self.versions.range((name, 0)..=(name, u32::MAX))?.next_back() {
+            let next = match self
+                .versions
+                .range((name, 0)..=(name, u32::MAX))?
+                .next_back()
+            {
                 Some(entry) => entry?.0.value().1 + 1,
                 None => 0,
             };
@@ -413,18 +457,35 @@ impl ChainView for Tables<'_> {
     }
 
     fn layout(&self, spec_block: &Hash) -> Result<Layout, ChainError> {
-        if let Some(l) = self.store.layouts.lock().expect("layout cache lock").get(spec_block) {
+        if let Some(l) = self
+            .store
+            .layouts
+            .lock()
+            .expect("layout cache lock")
+            .get(spec_block)
+        {
             return Ok(l.clone());
         }
-        let header = self.header(spec_block)?.ok_or(ChainError::NotFound(*spec_block))?;
+        let header = self
+            .header(spec_block)?
+            .ok_or(ChainError::NotFound(*spec_block))?;
         let payload = self.store.map_payload(*spec_block, &header)?;
         if Hash::of(&payload) != header.payload_hash {
-            return Err(ChainError::Corrupt { block: *spec_block, detail: "spec payload hash mismatch".into() });
+            return Err(ChainError::Corrupt {
+                block: *spec_block,
+                detail: "spec payload hash mismatch".into(),
+            });
         }
-        let meta = MetaPayload::decode(&payload)
-            .map_err(|e| ChainError::Corrupt { block: *spec_block, detail: e.to_string() })?;
+        let meta = MetaPayload::decode(&payload).map_err(|e| ChainError::Corrupt {
+            block: *spec_block,
+            detail: e.to_string(),
+        })?;
         let layout = Arc::new(meta.spec.layout());
-        self.store.layouts.lock().expect("layout cache lock").insert(*spec_block, layout.clone());
+        self.store
+            .layouts
+            .lock()
+            .expect("layout cache lock")
+            .insert(*spec_block, layout.clone());
         Ok(layout)
     }
 }

@@ -32,35 +32,58 @@ impl CheckedBlock {
         }
         let encoded = h.encode();
         if encoded.len() > HEADER_LEN_MAX {
-            return Err(BlockError::HeaderTooLarge { len: encoded.len(), max: HEADER_LEN_MAX });
+            return Err(BlockError::HeaderTooLarge {
+                len: encoded.len(),
+                max: HEADER_LEN_MAX,
+            });
         }
         let actual_len = block.payload.len() as u64;
         if h.payload_len > PAYLOAD_LEN_MAX || actual_len > PAYLOAD_LEN_MAX {
             let len = h.payload_len.max(actual_len);
-            return Err(BlockError::PayloadTooLarge { len, max: PAYLOAD_LEN_MAX });
+            return Err(BlockError::PayloadTooLarge {
+                len,
+                max: PAYLOAD_LEN_MAX,
+            });
         }
         if actual_len != h.payload_len {
-            return Err(BlockError::PayloadLenMismatch { expected: h.payload_len, actual: actual_len });
+            return Err(BlockError::PayloadLenMismatch {
+                expected: h.payload_len,
+                actual: actual_len,
+            });
         }
         let actual = Hash::of(&block.payload);
         if actual != h.payload_hash {
-            return Err(BlockError::PayloadHashMismatch { expected: h.payload_hash, actual });
+            return Err(BlockError::PayloadHashMismatch {
+                expected: h.payload_hash,
+                actual,
+            });
         }
         if h.depends_on.len() > DEPENDS_ON_MAX {
-            return Err(BlockError::TooManyParents { count: h.depends_on.len(), max: DEPENDS_ON_MAX });
+            return Err(BlockError::TooManyParents {
+                count: h.depends_on.len(),
+                max: DEPENDS_ON_MAX,
+            });
         }
         let mut seen = HashSet::with_capacity(h.depends_on.len());
         if let Some(&parent) = h.depends_on.iter().find(|p| !seen.insert(**p)) {
             return Err(BlockError::DuplicateParent { parent });
         }
         if !h.kind.allowed_on(h.chain) {
-            return Err(BlockError::WrongChain { kind: h.kind, chain: h.chain });
+            return Err(BlockError::WrongChain {
+                kind: h.kind,
+                chain: h.chain,
+            });
         }
         if h.meta.name.is_empty() || h.meta.name.len() > NAME_LEN_MAX {
-            return Err(BlockError::UnknownGroup { name: h.meta.name.clone() });
+            return Err(BlockError::UnknownGroup {
+                name: h.meta.name.clone(),
+            });
         }
         check_payload(h, &block.payload)?;
-        Ok(CheckedBlock { hash: Hash::of(&encoded), block })
+        Ok(CheckedBlock {
+            hash: Hash::of(&encoded),
+            block,
+        })
     }
 
     /// The block hash.
@@ -101,8 +124,10 @@ fn check_payload(h: &BlockHeader, payload: &[u8]) -> Result<(), BlockError> {
 }
 
 fn render(descs: &[TensorDesc]) -> String {
-    let items: Vec<String> =
-        descs.iter().map(|d| format!("{}:{}{:?}", d.name, d.dtype, d.shape)).collect();
+    let items: Vec<String> = descs
+        .iter()
+        .map(|d| format!("{}:{}{:?}", d.name, d.dtype, d.shape))
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -136,7 +161,10 @@ pub(crate) trait ChainView {
 
 /// Checks `checked` against `view`: not stored yet, extends its chain's head, every parent
 /// present, shapes as the spec says, and a new version builds on an existing one.
-pub(crate) fn validate(checked: CheckedBlock, view: &impl ChainView) -> Result<ValidBlock, ChainError> {
+pub(crate) fn validate(
+    checked: CheckedBlock,
+    view: &impl ChainView,
+) -> Result<ValidBlock, ChainError> {
     let hash = checked.hash;
     let invalid = |error| ChainError::Invalid { block: hash, error };
     let h = &checked.block.header;
@@ -201,23 +229,44 @@ pub(crate) fn validate(checked: CheckedBlock, view: &impl ChainView) -> Result<V
         let layout = view.layout(&specs[0])?;
         check_against_spec(h, &layout).map_err(invalid)?;
         if view.has_versions(&h.meta.name)?
-            && !parents.iter().any(|p| p.chain == ChainId::Param && p.meta.name == h.meta.name)
+            && !parents
+                .iter()
+                .any(|p| p.chain == ChainId::Param && p.meta.name == h.meta.name)
         {
-            return Err(invalid(BlockError::MissingParentVersion { name: h.meta.name.clone() }));
+            return Err(invalid(BlockError::MissingParentVersion {
+                name: h.meta.name.clone(),
+            }));
         }
     }
-    Ok(ValidBlock { block: checked.block, hash })
+    Ok(ValidBlock {
+        block: checked.block,
+        hash,
+    })
 }
 
-fn check_against_spec(h: &BlockHeader, layout: &BTreeMap<String, TensorGroup>) -> Result<(), BlockError> {
+fn check_against_spec(
+    h: &BlockHeader,
+    layout: &BTreeMap<String, TensorGroup>,
+) -> Result<(), BlockError> {
     let name = &h.meta.name;
-    let group = layout.get(name).ok_or_else(|| BlockError::UnknownGroup { name: name.clone() })?;
-    let mismatch = |detail: String| BlockError::SpecMismatch { name: name.clone(), detail };
+    let group = layout
+        .get(name)
+        .ok_or_else(|| BlockError::UnknownGroup { name: name.clone() })?;
+    let mismatch = |detail: String| BlockError::SpecMismatch {
+        name: name.clone(),
+        detail,
+    };
     if group.kind != h.kind {
-        return Err(mismatch(format!("kind is {}, spec says {}", h.kind, group.kind)));
+        return Err(mismatch(format!(
+            "kind is {}, spec says {}",
+            h.kind, group.kind
+        )));
     }
     if group.expert != h.meta.expert {
-        return Err(mismatch(format!("expert is {:?}, spec says {:?}", h.meta.expert, group.expert)));
+        return Err(mismatch(format!(
+            "expert is {:?}, spec says {:?}",
+            h.meta.expert, group.expert
+        )));
     }
     if group.tensors.len() != h.meta.tensors.len() {
         return Err(mismatch(format!(
@@ -228,7 +277,10 @@ fn check_against_spec(h: &BlockHeader, layout: &BTreeMap<String, TensorGroup>) -
     }
     for (want, got) in group.tensors.iter().zip(&h.meta.tensors) {
         if want.name != got.name {
-            return Err(mismatch(format!("tensor {} is not in the spec (expected {})", got.name, want.name)));
+            return Err(mismatch(format!(
+                "tensor {} is not in the spec (expected {})",
+                got.name, want.name
+            )));
         }
         if want.shape != got.shape {
             return Err(BlockError::SpecMismatch {

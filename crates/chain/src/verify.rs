@@ -67,14 +67,24 @@ impl Store {
                 let (key, value) = entry?;
                 let height = key.value().1;
                 let hash = Hash(value.value());
-                let fail = |cause: String| VerifyFailure { block: hash, chain: Some(chain), height: Some(height), cause };
+                let fail = |cause: String| VerifyFailure {
+                    block: hash,
+                    chain: Some(chain),
+                    height: Some(height),
+                    cause,
+                };
                 let Some(bytes) = headers.get(hash.0)? else {
-                    return Ok(Err(fail("indexed by height but its header is missing".into())));
+                    return Ok(Err(fail(
+                        "indexed by height but its header is missing".into(),
+                    )));
                 };
                 let bytes = bytes.value();
                 report.header_bytes += bytes.len() as u64;
                 if Hash::of(bytes) != hash {
-                    return Ok(Err(fail(format!("header bytes hash to {}", Hash::of(bytes)))));
+                    return Ok(Err(fail(format!(
+                        "header bytes hash to {}",
+                        Hash::of(bytes)
+                    ))));
                 }
                 let header = match BlockHeader::decode(bytes) {
                     Ok(h) => h,
@@ -87,10 +97,15 @@ impl Store {
                     ))));
                 }
                 if height != count {
-                    return Ok(Err(fail(format!("height {height} follows {count} blocks: a gap"))));
+                    return Ok(Err(fail(format!(
+                        "height {height} follows {count} blocks: a gap"
+                    ))));
                 }
                 if header.prev != prev {
-                    return Ok(Err(fail(format!("prev is {}, block below is {prev}", header.prev))));
+                    return Ok(Err(fail(format!(
+                        "prev is {}, block below is {prev}",
+                        header.prev
+                    ))));
                 }
                 if header.timestamp_ms < last_ts {
                     return Ok(Err(fail("timestamp before the previous block's".into())));

@@ -7,8 +7,9 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A 20-byte account address, written `0x` and 40 hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
+)]
 pub struct Address(pub [u8; 20]);
 
 impl Address {
@@ -37,7 +38,9 @@ impl FromStr for Address {
     type Err = AddressParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let body = s.strip_prefix("0x").ok_or_else(|| AddressParseError(s.to_owned()))?;
+        let body = s
+            .strip_prefix("0x")
+            .ok_or_else(|| AddressParseError(s.to_owned()))?;
         let mut out = [0u8; 20];
         hex::decode_to_slice(body, &mut out).map_err(|_| AddressParseError(s.to_owned()))?;
         Ok(Address(out))

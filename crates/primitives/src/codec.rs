@@ -32,7 +32,10 @@ pub fn encode<T: BorshSerialize>(value: &T) -> Vec<u8> {
 /// Decodes `bytes` as a `T`, refusing more than `len_max` bytes or any trailing byte.
 pub fn decode<T: BorshDeserialize>(bytes: &[u8], len_max: usize) -> Result<T, DecodeError> {
     if bytes.len() > len_max {
-        return Err(DecodeError::TooLong { len: bytes.len(), max: len_max });
+        return Err(DecodeError::TooLong {
+            len: bytes.len(),
+            max: len_max,
+        });
     }
     borsh::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
@@ -50,20 +53,40 @@ mod tests {
 
     #[test]
     fn layout_is_fixed() {
-        let v = Sample { a: 1, b: Some("hi".into()), c: vec![7] };
+        let v = Sample {
+            a: 1,
+            b: Some("hi".into()),
+            c: vec![7],
+        };
         let bytes = encode(&v);
-        assert_eq!(hex::encode(&bytes), "01000000" .to_owned() + "01" + "02000000" + "6869" + "01000000" + "0700");
+        assert_eq!(
+            hex::encode(&bytes),
+            "01000000".to_owned() + "01" + "02000000" + "6869" + "01000000" + "0700"
+        );
         assert_eq!(decode::<Sample>(&bytes, 64), Ok(v));
     }
 
     #[test]
     fn rejects_trailing_truncated_and_oversized() {
-        let bytes = encode(&Sample { a: 1, b: None, c: vec![] });
+        let bytes = encode(&Sample {
+            a: 1,
+            b: None,
+            c: vec![],
+        });
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(decode::<Sample>(&longer, 64), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode::<Sample>(&bytes[..3], 64), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode::<Sample>(&bytes, 2), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            decode::<Sample>(&longer, 64),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Sample>(&bytes[..3], 64),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Sample>(&bytes, 2),
+            Err(DecodeError::TooLong { .. })
+        ));
         // An option tag other than 0 or 1 is not canonical.
         let mut bad_tag = bytes.clone();
         bad_tag[4] = 2;

@@ -7,8 +7,9 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One expert of one decoder layer, written `L.E` (layer, then expert; both from zero).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, BorshSerialize, BorshDeserialize,
+)]
 pub struct ExpertId {
     /// Decoder layer index.
     pub layer: u16,
@@ -44,7 +45,10 @@ impl FromStr for ExpertId {
         if !digits(l) || !digits(e) {
             return Err(err());
         }
-        Ok(ExpertId { layer: l.parse().map_err(|_| err())?, expert: e.parse().map_err(|_| err())? })
+        Ok(ExpertId {
+            layer: l.parse().map_err(|_| err())?,
+            expert: e.parse().map_err(|_| err())?,
+        })
     }
 }
 
@@ -69,7 +73,9 @@ mod tests {
     fn parse_and_display() {
         assert_eq!("3.7".parse::<ExpertId>(), Ok(ExpertId::new(3, 7)));
         assert_eq!(ExpertId::new(0, 12).to_string(), "0.12");
-        for bad in ["", "1", "1.", ".1", "1.2.3", "-1.2", "+1.2", "a.b", "70000.1", " 1.2"] {
+        for bad in [
+            "", "1", "1.", ".1", "1.2.3", "-1.2", "+1.2", "a.b", "70000.1", " 1.2",
+        ] {
             assert!(bad.parse::<ExpertId>().is_err(), "{bad:?} parsed");
         }
     }

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{DIMS_MAX, DType, NAME_LEN_MAX, TENSORS_MAX};
 
 /// Name, element type and shape of one tensor: what a block header says about its payload.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[derive(BorshSerialize, BorshDeserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct TensorDesc {
     /// Full Hugging Face name, e.g. `model.layers.0.block_sparse_moe.experts.3.w1.weight`.
     pub name: String,
@@ -22,7 +21,9 @@ pub struct TensorDesc {
 impl TensorDesc {
     /// Number of elements, or `None` on overflow.
     pub fn numel(&self) -> Option<u64> {
-        self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        self.shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
     }
 
     /// Number of data bytes, or `None` on overflow.
@@ -33,13 +34,20 @@ impl TensorDesc {
     /// Checks the limits every descriptor from outside must respect.
     pub fn check_limits(&self) -> Result<(), TensorError> {
         if self.name.is_empty() || self.name.len() > NAME_LEN_MAX {
-            return Err(TensorError::Name { name: self.name.clone() });
+            return Err(TensorError::Name {
+                name: self.name.clone(),
+            });
         }
         if self.shape.len() > DIMS_MAX {
-            return Err(TensorError::TooManyDims { name: self.name.clone(), dims: self.shape.len() });
+            return Err(TensorError::TooManyDims {
+                name: self.name.clone(),
+                dims: self.shape.len(),
+            });
         }
         if self.byte_len().is_none() {
-            return Err(TensorError::Overflow { name: self.name.clone() });
+            return Err(TensorError::Overflow {
+                name: self.name.clone(),
+            });
         }
         Ok(())
     }
@@ -198,7 +206,10 @@ impl<'a> TensorSet<'a> {
 
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<&TensorRef<'a>> {
-        self.tensors.binary_search_by(|t| t.name.as_str().cmp(name)).ok().map(|i| &self.tensors[i])
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tensors[i])
     }
 
     /// Descriptors of all tensors, sorted by name.
@@ -208,7 +219,9 @@ impl<'a> TensorSet<'a> {
 
     /// Fails on the first NaN or infinity in any tensor.
     pub fn check_finite(&self) -> Result<(), TensorError> {
-        self.tensors.iter().try_for_each(|t| check_finite(&t.name, t.dtype, t.data))
+        self.tensors
+            .iter()
+            .try_for_each(|t| check_finite(&t.name, t.dtype, t.data))
     }
 }
 
@@ -216,18 +229,21 @@ impl<'a> TensorSet<'a> {
 pub fn check_finite(name: &str, dtype: DType, data: &[u8]) -> Result<(), TensorError> {
     let bad = match dtype {
         // An f32 is non-finite exactly when its exponent bits are all ones.
-        DType::F32 => data
-            .chunks_exact(4)
-            .position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000),
-        DType::F16 => {
-            data.chunks_exact(2).position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00)
-        }
-        DType::BF16 => {
-            data.chunks_exact(2).position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
-        }
+        DType::F32 => data.chunks_exact(4).position(|c| {
+            u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        DType::F16 => data
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00),
+        DType::BF16 => data
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80),
     };
     match bad {
-        Some(index) => Err(TensorError::NonFinite { name: name.to_owned(), index }),
+        Some(index) => Err(TensorError::NonFinite {
+            name: name.to_owned(),
+            index,
+        }),
         None => Ok(()),
     }
 }
@@ -242,7 +258,9 @@ pub fn f32_to_bytes(values: &[f32]) -> Vec<u8> {
 /// (so that every tensor's data is 8-byte aligned when the file is mapped).
 pub fn encode_tensors(tensors: &[(TensorDesc, &[u8])]) -> Result<Vec<u8>, TensorError> {
     if tensors.len() > TENSORS_MAX {
-        return Err(TensorError::TooManyTensors { count: tensors.len() });
+        return Err(TensorError::TooManyTensors {
+            count: tensors.len(),
+        });
     }
     let mut sorted: Vec<&(TensorDesc, &[u8])> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -250,14 +268,22 @@ pub fn encode_tensors(tensors: &[(TensorDesc, &[u8])]) -> Result<Vec<u8>, Tensor
     let mut offset = 0u64;
     for pair in sorted.windows(2) {
         if pair[0].0.name == pair[1].0.name {
-            return Err(TensorError::Duplicate { name: pair[0].0.name.clone() });
+            return Err(TensorError::Duplicate {
+                name: pair[0].0.name.clone(),
+            });
         }
     }
     for (desc, data) in &sorted {
         desc.check_limits()?;
-        let expected = desc.byte_len().ok_or_else(|| TensorError::Overflow { name: desc.name.clone() })?;
+        let expected = desc.byte_len().ok_or_else(|| TensorError::Overflow {
+            name: desc.name.clone(),
+        })?;
         if data.len() as u64 != expected {
-            return Err(TensorError::DataLen { name: desc.name.clone(), len: data.len(), expected });
+            return Err(TensorError::DataLen {
+                name: desc.name.clone(),
+                len: data.len(),
+                expected,
+            });
         }
         header.insert(
             desc.name.clone(),
@@ -269,7 +295,8 @@ pub fn encode_tensors(tensors: &[(TensorDesc, &[u8])]) -> Result<Vec<u8>, Tensor
         );
         offset += expected;
     }
-    let mut json = serde_json::to_string(&header).map_err(|e| TensorError::Format(e.to_string()))?;
+    let mut json =
+        serde_json::to_string(&header).map_err(|e| TensorError::Format(e.to_string()))?;
     while (8 + json.len()) % 8 != 0 {
         json.push(' ');
     }
@@ -287,7 +314,11 @@ mod tests {
     use super::*;
 
     fn desc(name: &str, shape: &[u64]) -> TensorDesc {
-        TensorDesc { name: name.into(), dtype: DType::F32, shape: shape.to_vec() }
+        TensorDesc {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        }
     }
 
     #[test]
@@ -322,7 +353,10 @@ mod tests {
             encode_tensors(&[(desc("a", &[1; 9]), &a)]),
             Err(TensorError::TooManyDims { .. })
         ));
-        assert!(matches!(TensorSet::parse(b"garbage"), Err(TensorError::Format(_))));
+        assert!(matches!(
+            TensorSet::parse(b"garbage"),
+            Err(TensorError::Format(_))
+        ));
     }
 
     #[test]
@@ -330,7 +364,10 @@ mod tests {
         let nan = f32_to_bytes(&[0.0, f32::NAN]);
         assert_eq!(
             check_finite("t", DType::F32, &nan),
-            Err(TensorError::NonFinite { name: "t".into(), index: 1 })
+            Err(TensorError::NonFinite {
+                name: "t".into(),
+                index: 1
+            })
         );
         assert!(check_finite("t", DType::F32, &f32_to_bytes(&[f32::NEG_INFINITY])).is_err());
         assert!(check_finite("t", DType::F32, &f32_to_bytes(&[f32::MAX, -0.0, 1e-45])).is_ok());

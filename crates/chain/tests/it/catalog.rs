@@ -2,7 +2,10 @@
 //! already stored changes.
 
 use blyan_chain::dag::{CycleError, topo_order};
-use blyan_chain::{Block, BlockError, BlockHeader, ChainId, DEPENDS_ON_MAX, HEADER_LEN_MAX, PAYLOAD_LEN_MAX, VerifyMode};
+use blyan_chain::{
+    Block, BlockError, BlockHeader, ChainId, DEPENDS_ON_MAX, HEADER_LEN_MAX, PAYLOAD_LEN_MAX,
+    VerifyMode,
+};
 use blyan_primitives::{ExpertId, Hash};
 use blyan_tensor::{DType, TensorDesc, f32_to_bytes};
 
@@ -15,7 +18,10 @@ fn refused(net: &Net, block: Block, code: &str) -> BlockError {
     let before = net.store.blocks(None).unwrap();
     let head = net.store.expert_head(E).unwrap();
     let err = net.store.append(block).expect_err("block must be refused");
-    let error = err.block_error().unwrap_or_else(|| panic!("not a block error: {err}")).clone();
+    let error = err
+        .block_error()
+        .unwrap_or_else(|| panic!("not a block error: {err}"))
+        .clone();
     assert_eq!(error.code(), code, "{error}");
     assert_eq!(net.store.blocks(None).unwrap(), before, "the store changed");
     assert_eq!(net.store.expert_head(E).unwrap(), head);
@@ -99,7 +105,11 @@ fn payload_len_mismatch() {
 fn oversize_header() {
     let net = tiny_net();
     let mut b = good(&net);
-    let filler = TensorDesc { name: "x".repeat(250), dtype: DType::F32, shape: vec![1] };
+    let filler = TensorDesc {
+        name: "x".repeat(250),
+        dtype: DType::F32,
+        shape: vec![1],
+    };
     b.header.meta.tensors = vec![filler; HEADER_LEN_MAX / 250 + 1];
     refused(&net, b, "header_too_large");
 }
@@ -108,12 +118,23 @@ fn oversize_header() {
 fn malformed_or_oversized_header_bytes() {
     let net = tiny_net();
     let bytes = good(&net).header.encode();
-    assert_eq!(BlockHeader::decode(&bytes[..bytes.len() - 1]).unwrap_err().code(), "malformed_header");
+    assert_eq!(
+        BlockHeader::decode(&bytes[..bytes.len() - 1])
+            .unwrap_err()
+            .code(),
+        "malformed_header"
+    );
     let mut trailing = bytes.clone();
     trailing.push(0);
-    assert_eq!(BlockHeader::decode(&trailing).unwrap_err().code(), "malformed_header");
+    assert_eq!(
+        BlockHeader::decode(&trailing).unwrap_err().code(),
+        "malformed_header"
+    );
     let huge = vec![0u8; HEADER_LEN_MAX + 1];
-    assert_eq!(BlockHeader::decode(&huge).unwrap_err().code(), "header_too_large");
+    assert_eq!(
+        BlockHeader::decode(&huge).unwrap_err().code(),
+        "header_too_large"
+    );
 }
 
 #[test]
@@ -136,7 +157,9 @@ fn oversize_payload() {
 fn too_many_parents() {
     let net = tiny_net();
     let mut b = good(&net);
-    b.header.depends_on.extend((0..DEPENDS_ON_MAX as u8).map(|i| Hash([i; 32])));
+    b.header
+        .depends_on
+        .extend((0..DEPENDS_ON_MAX as u8).map(|i| Hash([i; 32])));
     refused(&net, b, "too_many_parents");
 }
 
@@ -178,7 +201,10 @@ fn nan_in_weights() {
     let err = refused(&net, expert_version(&net, E, tensors), "non_finite");
     assert_eq!(
         err,
-        BlockError::NonFinite { tensor: "model.layers.0.block_sparse_moe.experts.1.w3.weight".into(), index: 2 }
+        BlockError::NonFinite {
+            tensor: "model.layers.0.block_sparse_moe.experts.1.w3.weight".into(),
+            index: 2
+        }
     );
 }
 

@@ -21,14 +21,20 @@ const ITERATIONS: usize = 120;
 #[test]
 #[ignore = "entry point of the writer process that crash_recovery_slow kills"]
 fn crash_writer() {
-    let Ok(dir) = std::env::var(DIR_VAR) else { return };
+    let Ok(dir) = std::env::var(DIR_VAR) else {
+        return;
+    };
     let store = Store::open(&dir).unwrap();
     let spec_hash = match store.meta().unwrap() {
         Some((h, _)) => h,
         None => init_tiny(&store),
     };
     println!("ok {spec_hash}");
-    let net = Net { store, spec_hash, _dir: tempfile::tempdir().unwrap() };
+    let net = Net {
+        store,
+        spec_hash,
+        _dir: tempfile::tempdir().unwrap(),
+    };
     for i in 0u32.. {
         let id = ExpertId::new(0, (i % 2) as u16);
         let block = expert_version(&net, id, expert_tensors(id, i as f32 * 0.001));
@@ -46,7 +52,13 @@ fn crash_recovery_slow() {
     let mut acknowledged: Vec<Hash> = Vec::new();
     for iteration in 0..ITERATIONS {
         let mut child = Command::new(&exe)
-            .args(["crash::crash_writer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash::crash_writer",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(DIR_VAR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -62,15 +74,23 @@ fn crash_recovery_slow() {
                 acknowledged.push(hex.trim().parse().unwrap());
             }
         }
-        let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("iteration {iteration}: open: {e}"));
+        let store =
+            Store::open(dir.path()).unwrap_or_else(|e| panic!("iteration {iteration}: open: {e}"));
         if let Err(failure) = store.verify(VerifyMode::Full, |_| {}).unwrap() {
             panic!("iteration {iteration}: verify failed: {failure:?}");
         }
         for h in &acknowledged {
-            assert!(store.header(h).unwrap().is_some(), "iteration {iteration}: acknowledged {h} lost");
+            assert!(
+                store.header(h).unwrap().is_some(),
+                "iteration {iteration}: acknowledged {h} lost"
+            );
         }
     }
     // The kills landed while blocks were being written, not only before the first one.
     let store = Store::open(dir.path()).unwrap();
-    assert!(store.len().unwrap() > 11 + ITERATIONS as u64, "only {} blocks", store.len().unwrap());
+    assert!(
+        store.len().unwrap() > 11 + ITERATIONS as u64,
+        "only {} blocks",
+        store.len().unwrap()
+    );
 }

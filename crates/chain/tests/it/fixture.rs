@@ -8,16 +8,7 @@ use blyan_tensor::{DType, TensorDesc, encode_tensors, f32_to_bytes};
 
 pub(crate) fn tiny_spec() -> MetaPayload {
     let tokenizer = byte_level_tokenizer_json();
-    let mut spec = ModelSpec::genesis(Hash::of(&tokenizer));
-    spec.vocab_size = 300;
-    spec.hidden_size = 8;
-    spec.intermediate_size = 16;
-    spec.num_hidden_layers = 1;
-    spec.num_attention_heads = 2;
-    spec.num_key_value_heads = 1;
-    spec.num_local_experts = 2;
-    spec.num_experts_per_tok = 1;
-    spec.max_position_embeddings = 64;
+    let spec = ModelSpec::tiny(Hash::of(&tokenizer));
     MetaPayload { spec, tokenizer }
 }
 
@@ -31,7 +22,11 @@ pub(crate) fn tiny_net() -> Net {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let spec_hash = init_tiny(&store);
-    Net { store, spec_hash, _dir: dir }
+    Net {
+        store,
+        spec_hash,
+        _dir: dir,
+    }
 }
 
 pub(crate) fn init_tiny(store: &Store) -> Hash {
@@ -46,18 +41,29 @@ pub(crate) fn expert_tensors(id: ExpertId, value: f32) -> Vec<(TensorDesc, Vec<u
     let name = expert_group_name(id);
     let t = |w: &str, shape: [u64; 2]| {
         let n = (shape[0] * shape[1]) as usize;
-        let desc = TensorDesc { name: format!("{name}.{w}.weight"), dtype: DType::F32, shape: shape.to_vec() };
+        let desc = TensorDesc {
+            name: format!("{name}.{w}.weight"),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        };
         (desc, f32_to_bytes(&vec![value; n]))
     };
     vec![t("w1", [16, 8]), t("w2", [8, 16]), t("w3", [16, 8])]
 }
 
 /// A new version of expert `id` on top of the current param head, building on its head.
-pub(crate) fn expert_version(net: &Net, id: ExpertId, tensors: Vec<(TensorDesc, Vec<u8>)>) -> Block {
+pub(crate) fn expert_version(
+    net: &Net,
+    id: ExpertId,
+    tensors: Vec<(TensorDesc, Vec<u8>)>,
+) -> Block {
     let (height, prev) = net.store.head(ChainId::Param).unwrap().unwrap();
     let parent = net.store.expert_head(id).unwrap().unwrap();
     let prev_ts = net.store.header(&prev).unwrap().unwrap().timestamp_ms;
-    let refs: Vec<(TensorDesc, &[u8])> = tensors.iter().map(|(d, b)| (d.clone(), b.as_slice())).collect();
+    let refs: Vec<(TensorDesc, &[u8])> = tensors
+        .iter()
+        .map(|(d, b)| (d.clone(), b.as_slice()))
+        .collect();
     let payload = encode_tensors(&refs).unwrap();
     Block::new(
         ChainId::Param,

@@ -11,7 +11,12 @@ fn hash() -> impl Strategy<Value = Hash> {
 }
 
 fn header() -> impl Strategy<Value = BlockHeader> {
-    let chain = prop_oneof![Just(ChainId::Meta), Just(ChainId::Param), Just(ChainId::Dataset), Just(ChainId::Proof)];
+    let chain = prop_oneof![
+        Just(ChainId::Meta),
+        Just(ChainId::Param),
+        Just(ChainId::Dataset),
+        Just(ChainId::Proof)
+    ];
     let kind = prop_oneof![
         Just(BlockKind::Spec),
         Just(BlockKind::Expert),
@@ -20,29 +25,59 @@ fn header() -> impl Strategy<Value = BlockHeader> {
         Just(BlockKind::ChainGenesis)
     ];
     let dtype = prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)];
-    let desc = ("[a-z.0-9]{1,40}", dtype, prop::collection::vec(any::<u64>(), 0..4))
-        .prop_map(|(name, dtype, shape)| TensorDesc { name, dtype, shape });
-    let meta = ("\\PC{0,30}", prop::option::of((any::<u16>(), any::<u16>())), prop::collection::vec(desc, 0..4))
-        .prop_map(|(name, e, tensors)| BlockMeta { name, expert: e.map(|(l, x)| ExpertId::new(l, x)), tensors });
-    (
-        (any::<u16>(), chain, any::<u64>(), hash(), prop::collection::vec(hash(), 0..5)),
-        (kind, meta, hash(), any::<u64>(), any::<[u8; 20]>(), any::<u64>()),
+    let desc = (
+        "[a-z.0-9]{1,40}",
+        dtype,
+        prop::collection::vec(any::<u64>(), 0..4),
     )
-        .prop_map(|((version, chain, height, prev, depends_on), (kind, meta, payload_hash, payload_len, author, ts))| {
-            BlockHeader {
-                version,
-                chain,
-                height,
-                prev,
-                depends_on,
-                kind,
-                meta,
-                payload_hash,
-                payload_len,
-                author: Address(author),
-                timestamp_ms: ts,
-            }
-        })
+        .prop_map(|(name, dtype, shape)| TensorDesc { name, dtype, shape });
+    let meta = (
+        "\\PC{0,30}",
+        prop::option::of((any::<u16>(), any::<u16>())),
+        prop::collection::vec(desc, 0..4),
+    )
+        .prop_map(|(name, e, tensors)| BlockMeta {
+            name,
+            expert: e.map(|(l, x)| ExpertId::new(l, x)),
+            tensors,
+        });
+    (
+        (
+            any::<u16>(),
+            chain,
+            any::<u64>(),
+            hash(),
+            prop::collection::vec(hash(), 0..5),
+        ),
+        (
+            kind,
+            meta,
+            hash(),
+            any::<u64>(),
+            any::<[u8; 20]>(),
+            any::<u64>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (version, chain, height, prev, depends_on),
+                (kind, meta, payload_hash, payload_len, author, ts),
+            )| {
+                BlockHeader {
+                    version,
+                    chain,
+                    height,
+                    prev,
+                    depends_on,
+                    kind,
+                    meta,
+                    payload_hash,
+                    payload_len,
+                    author: Address(author),
+                    timestamp_ms: ts,
+                }
+            },
+        )
 }
 
 proptest! {

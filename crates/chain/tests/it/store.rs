@@ -16,9 +16,15 @@ fn genesis_has_every_group_and_is_reproducible() {
     assert_eq!(summary.len(), 1 + 8 + 2);
     assert_eq!(summary[0].kind, BlockKind::Spec);
     assert_eq!(net.store.blocks(Some(ChainId::Param)).unwrap().len(), 8);
-    assert_eq!(net.store.blocks(Some(ChainId::Proof)).unwrap()[0].kind, BlockKind::ChainGenesis);
+    assert_eq!(
+        net.store.blocks(Some(ChainId::Proof)).unwrap()[0].kind,
+        BlockKind::ChainGenesis
+    );
     let again = genesis_blocks(&tiny_spec(), &mut RandomWeights { seed: 1 }).unwrap();
-    assert_eq!(again.iter().map(|b| b.hash()).collect::<Vec<_>>(), summary.iter().map(|s| s.hash).collect::<Vec<_>>());
+    assert_eq!(
+        again.iter().map(|b| b.hash()).collect::<Vec<_>>(),
+        summary.iter().map(|s| s.hash).collect::<Vec<_>>()
+    );
     let (meta_hash, meta) = net.store.meta().unwrap().unwrap();
     assert_eq!(meta_hash, net.spec_hash);
     assert_eq!(meta, tiny_spec());
@@ -28,7 +34,12 @@ fn genesis_has_every_group_and_is_reproducible() {
 fn init_is_idempotent_and_refuses_another_network() {
     let net = tiny_net();
     let same = genesis_blocks(&tiny_spec(), &mut RandomWeights { seed: 1 }).unwrap();
-    assert_eq!(init(&net.store, same).unwrap(), InitOutcome::AlreadyPresent { network: net.spec_hash });
+    assert_eq!(
+        init(&net.store, same).unwrap(),
+        InitOutcome::AlreadyPresent {
+            network: net.spec_hash
+        }
+    );
     let other = genesis_blocks(&tiny_spec(), &mut RandomWeights { seed: 2 }).unwrap();
     assert!(init(&net.store, other).is_err());
 }
@@ -40,9 +51,19 @@ fn versions_heads_and_payloads_survive_reopen() {
     let (v1, v2) = {
         let store = Store::open(dir.path()).unwrap();
         let spec_hash = init_tiny(&store);
-        let net = crate::fixture::Net { store, spec_hash, _dir: tempfile::tempdir().unwrap() };
-        let v1 = net.store.append(expert_version(&net, id, expert_tensors(id, 0.25))).unwrap();
-        let v2 = net.store.append(expert_version(&net, id, expert_tensors(id, 0.75))).unwrap();
+        let net = crate::fixture::Net {
+            store,
+            spec_hash,
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        let v1 = net
+            .store
+            .append(expert_version(&net, id, expert_tensors(id, 0.25)))
+            .unwrap();
+        let v2 = net
+            .store
+            .append(expert_version(&net, id, expert_tensors(id, 0.75)))
+            .unwrap();
         (v1, v2)
     };
     let store = Store::open(dir.path()).unwrap();
@@ -52,7 +73,11 @@ fn versions_heads_and_payloads_survive_reopen() {
     assert_eq!(store.expert_head(id).unwrap(), Some(v2));
     let payload = store.payload_verified(&v1).unwrap();
     let set = blyan_tensor::TensorSet::parse(&payload).unwrap();
-    assert!(set.tensors().iter().all(|t| t.to_f32().iter().all(|&x| x == 0.25)));
+    assert!(
+        set.tensors()
+            .iter()
+            .all(|t| t.to_f32().iter().all(|&x| x == 0.25))
+    );
     let report = store.verify(VerifyMode::Full, |_| {}).unwrap().unwrap();
     assert_eq!(report.blocks, 13);
 }
@@ -70,10 +95,18 @@ fn verify_names_a_tampered_payload() {
     fs::write(&path, &bytes).unwrap();
     // Links mode only checks lengths; the flip is found by re-hashing.
     assert!(net.store.verify(VerifyMode::Links, |_| {}).unwrap().is_ok());
-    let failure = net.store.verify(VerifyMode::Full, |_| {}).unwrap().unwrap_err();
+    let failure = net
+        .store
+        .verify(VerifyMode::Full, |_| {})
+        .unwrap()
+        .unwrap_err();
     assert_eq!(failure.block, victim);
     assert_eq!(failure.height, Some(3));
-    assert!(failure.cause.contains("payload hashes to"), "{}", failure.cause);
+    assert!(
+        failure.cause.contains("payload hashes to"),
+        "{}",
+        failure.cause
+    );
     assert!(net.store.payload_verified(&victim).is_err());
 }
 
@@ -86,11 +119,23 @@ fn verify_names_a_missing_or_truncated_payload() {
     let path = net.store.dir().join("payloads").join(&hex[..2]).join(&hex);
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let failure = net.store.verify(VerifyMode::Links, |_| {}).unwrap().unwrap_err();
+    let failure = net
+        .store
+        .verify(VerifyMode::Links, |_| {})
+        .unwrap()
+        .unwrap_err();
     assert_eq!(failure.block, victim);
-    assert!(failure.cause.contains("bytes, header says"), "{}", failure.cause);
+    assert!(
+        failure.cause.contains("bytes, header says"),
+        "{}",
+        failure.cause
+    );
     fs::remove_file(&path).unwrap();
-    let failure = net.store.verify(VerifyMode::Links, |_| {}).unwrap().unwrap_err();
+    let failure = net
+        .store
+        .verify(VerifyMode::Links, |_| {})
+        .unwrap()
+        .unwrap_err();
     assert_eq!(failure.block, victim);
 }
 
@@ -116,6 +161,9 @@ fn concurrent_appenders_never_fork_a_chain() {
             });
         }
     });
-    assert_eq!(net.store.blocks(Some(ChainId::Param)).unwrap().len(), 8 + 20);
+    assert_eq!(
+        net.store.blocks(Some(ChainId::Param)).unwrap().len(),
+        8 + 20
+    );
     assert!(net.store.verify(VerifyMode::Full, |_| {}).unwrap().is_ok());
 }

@@ -16,7 +16,11 @@ pub(crate) fn vector_header() -> BlockHeader {
         meta: BlockMeta {
             name: "e".into(),
             expert: Some(ExpertId::new(1, 2)),
-            tensors: vec![TensorDesc { name: "w".into(), dtype: DType::F32, shape: vec![2, 3] }],
+            tensors: vec![TensorDesc {
+                name: "w".into(),
+                dtype: DType::F32,
+                shape: vec![2, 3],
+            }],
         },
         payload_hash: Hash([0x33; 32]),
         payload_len: 24,
@@ -26,19 +30,25 @@ pub(crate) fn vector_header() -> BlockHeader {
 }
 
 pub(crate) const VECTOR_HEX: &str = concat!(
-    "0100",             // version u16
-    "01",               // chain: param
-    "0500000000000000", // height u64
+    "0100",                                                             // version u16
+    "01",                                                               // chain: param
+    "0500000000000000",                                                 // height u64
     "1111111111111111111111111111111111111111111111111111111111111111", // prev
-    "01000000",         // depends_on: 1 entry
+    "01000000",                                                         // depends_on: 1 entry
     "2222222222222222222222222222222222222222222222222222222222222222",
-    "01",               // kind: expert
-    "01000000", "65",   // meta.name = "e"
-    "01", "0100", "0200", // meta.expert = Some(1.2)
-    "01000000",         // meta.tensors: 1 entry
-    "01000000", "77",   // name = "w"
-    "00",               // dtype F32
-    "02000000", "0200000000000000", "0300000000000000", // shape [2, 3]
+    "01", // kind: expert
+    "01000000",
+    "65", // meta.name = "e"
+    "01",
+    "0100",
+    "0200",     // meta.expert = Some(1.2)
+    "01000000", // meta.tensors: 1 entry
+    "01000000",
+    "77", // name = "w"
+    "00", // dtype F32
+    "02000000",
+    "0200000000000000",
+    "0300000000000000", // shape [2, 3]
     "3333333333333333333333333333333333333333333333333333333333333333", // payload_hash
     "1800000000000000", // payload_len = 24
     "4444444444444444444444444444444444444444", // author
@@ -53,12 +63,16 @@ fn header_vector() {
     assert_eq!(h.hash().to_string(), VECTOR_HASH);
 }
 
-pub(crate) const VECTOR_HASH: &str = "00970a2ccdc41d580b7665fd1f116505c5b5cd40687e728ca1479cda227530ac";
+pub(crate) const VECTOR_HASH: &str =
+    "00970a2ccdc41d580b7665fd1f116505c5b5cd40687e728ca1479cda227530ac";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
