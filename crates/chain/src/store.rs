@@ -140,10 +140,9 @@ impl Store {
     pub fn append_batch(&self, blocks: Vec<Block>) -> Result<Vec<Hash>, ChainError> {
         let mut checked = Vec::with_capacity(blocks.len());
         for block in blocks {
-            let hash = block.hash();
             checked.push(
-                CheckedBlock::check(block)
-                    .map_err(|error| ChainError::Invalid { block: hash, error })?,
+                CheckedBlock::check_hashed(block)
+                    .map_err(|(block, error)| ChainError::Invalid { block, error })?,
             );
         }
         let hashes: Vec<Hash> = checked.iter().map(CheckedBlock::hash).collect();
@@ -328,7 +327,8 @@ impl Store {
         Ok(Payload(Some(map)))
     }
 
-    pub(crate) fn payload_path(&self, payload_hash: &Hash) -> PathBuf {
+    /// Where the payload with hash `payload_hash` is (or would be) stored.
+    pub fn payload_path(&self, payload_hash: &Hash) -> PathBuf {
         let hex = payload_hash.to_string();
         self.dir.join("payloads").join(&hex[..2]).join(hex)
     }

@@ -26,64 +26,18 @@ pub struct CheckedBlock {
 impl CheckedBlock {
     /// Checks `block` on its own.
     pub fn check(block: Block) -> Result<CheckedBlock, BlockError> {
-        let h = &block.header;
-        if h.version != FORMAT_VERSION {
-            return Err(BlockError::UnsupportedVersion { version: h.version });
+        CheckedBlock::check_hashed(block).map_err(|(_, error)| error)
+    }
+
+    /// Like [`check`](CheckedBlock::check), but a refusal also carries the block hash, which
+    /// is computed once for both outcomes.
+    pub(crate) fn check_hashed(block: Block) -> Result<CheckedBlock, (Hash, BlockError)> {
+        let encoded = block.header.encode();
+        let hash = Hash::of(&encoded);
+        match check_fields(&block, encoded.len()) {
+            Ok(()) => Ok(CheckedBlock { block, hash }),
+            Err(error) => Err((hash, error)),
         }
-        let encoded = h.encode();
-        if encoded.len() > HEADER_LEN_MAX {
-            return Err(BlockError::HeaderTooLarge {
-                len: encoded.len(),
-                max: HEADER_LEN_MAX,
-            });
-        }
-        let actual_len = block.payload.len() as u64;
-        if h.payload_len > PAYLOAD_LEN_MAX || actual_len > PAYLOAD_LEN_MAX {
-            let len = h.payload_len.max(actual_len);
-            return Err(BlockError::PayloadTooLarge {
-                len,
-                max: PAYLOAD_LEN_MAX,
-            });
-        }
-        if actual_len != h.payload_len {
-            return Err(BlockError::PayloadLenMismatch {
-                expected: h.payload_len,
-                actual: actual_len,
-            });
-        }
-        let actual = Hash::of(&block.payload);
-        if actual != h.payload_hash {
-            return Err(BlockError::PayloadHashMismatch {
-                expected: h.payload_hash,
-                actual,
-            });
-        }
-        if h.depends_on.len() > DEPENDS_ON_MAX {
-            return Err(BlockError::TooManyParents {
-                count: h.depends_on.len(),
-                max: DEPENDS_ON_MAX,
-            });
-        }
-        let mut seen = HashSet::with_capacity(h.depends_on.len());
-        if let Some(&parent) = h.depends_on.iter().find(|p| !seen.insert(**p)) {
-            return Err(BlockError::DuplicateParent { parent });
-        }
-        if !h.kind.allowed_on(h.chain) {
-            return Err(BlockError::WrongChain {
-                kind: h.kind,
-                chain: h.chain,
-            });
-        }
-        if h.meta.name.is_empty() || h.meta.name.len() > NAME_LEN_MAX {
-            return Err(BlockError::UnknownGroup {
-                name: h.meta.name.clone(),
-            });
-        }
-        check_payload(h, &block.payload)?;
-        Ok(CheckedBlock {
-            hash: Hash::of(&encoded),
-            block,
-        })
     }
 
     /// The block hash.
@@ -95,6 +49,63 @@ impl CheckedBlock {
     pub fn block(&self) -> &Block {
         &self.block
     }
+}
+
+/// The stateless rules, in the order their errors are reported.
+fn check_fields(block: &Block, header_len: usize) -> Result<(), BlockError> {
+    let h = &block.header;
+    if h.version != FORMAT_VERSION {
+        return Err(BlockError::UnsupportedVersion { version: h.version });
+    }
+    if header_len > HEADER_LEN_MAX {
+        return Err(BlockError::HeaderTooLarge {
+            len: header_len,
+            max: HEADER_LEN_MAX,
+        });
+    }
+    let actual_len = block.payload.len() as u64;
+    if h.payload_len > PAYLOAD_LEN_MAX || actual_len > PAYLOAD_LEN_MAX {
+        let len = h.payload_len.max(actual_len);
+        return Err(BlockError::PayloadTooLarge {
+            len,
+            max: PAYLOAD_LEN_MAX,
+        });
+    }
+    if actual_len != h.payload_len {
+        return Err(BlockError::PayloadLenMismatch {
+            expected: h.payload_len,
+            actual: actual_len,
+        });
+    }
+    let actual = Hash::of(&block.payload);
+    if actual != h.payload_hash {
+        return Err(BlockError::PayloadHashMismatch {
+            expected: h.payload_hash,
+            actual,
+        });
+    }
+    if h.depends_on.len() > DEPENDS_ON_MAX {
+        return Err(BlockError::TooManyParents {
+            count: h.depends_on.len(),
+            max: DEPENDS_ON_MAX,
+        });
+    }
+    let mut seen = HashSet::with_capacity(h.depends_on.len());
+    if let Some(&parent) = h.depends_on.iter().find(|p| !seen.insert(**p)) {
+        return Err(BlockError::DuplicateParent { parent });
+    }
+    if !h.kind.allowed_on(h.chain) {
+        return Err(BlockError::WrongChain {
+            kind: h.kind,
+            chain: h.chain,
+        });
+    }
+    if h.meta.name.is_empty() || h.meta.name.len() > NAME_LEN_MAX {
+        return Err(BlockError::UnknownGroup {
+            name: h.meta.name.clone(),
+        });
+    }
+    check_payload(h, &block.payload)
 }
 
 fn check_payload(h: &BlockHeader, payload: &[u8]) -> Result<(), BlockError> {

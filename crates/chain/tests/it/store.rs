@@ -87,8 +87,7 @@ fn verify_names_a_tampered_payload() {
     let net = tiny_net();
     let victim = net.store.at_height(ChainId::Param, 3).unwrap().unwrap();
     let header = net.store.header(&victim).unwrap().unwrap();
-    let hex = header.payload_hash.to_string();
-    let path = net.store.dir().join("payloads").join(&hex[..2]).join(&hex);
+    let path = net.store.payload_path(&header.payload_hash);
     let mut bytes = fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
@@ -115,8 +114,7 @@ fn verify_names_a_missing_or_truncated_payload() {
     let net = tiny_net();
     let victim = net.store.at_height(ChainId::Param, 5).unwrap().unwrap();
     let header = net.store.header(&victim).unwrap().unwrap();
-    let hex = header.payload_hash.to_string();
-    let path = net.store.dir().join("payloads").join(&hex[..2]).join(&hex);
+    let path = net.store.payload_path(&header.payload_hash);
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let failure = net
