@@ -1,0 +1,272 @@
+//! The batching engine: one thread decodes every active request together, one forward pass
+//! per step, so the weights read for a step serve all of them.
+//!
+//! New requests join between steps (their prompts ride in the same forward pass as the other
+//! requests' decode tokens) and leave when they finish, are cancelled, or their receiver is
+//! dropped. Requests beyond `max_batch` wait in the submission queue.
+
+use std::{
+    sync::{Arc, mpsc},
+    thread,
+};
+
+use blyan_tokenizer::{TokenId, Tokenizer};
+
+use crate::{
+    CancelToken, GenerateRequest, Model, ModelError, Sequence, Step, Summary, generate::Decoder,
+};
+
+/// Most sequences one engine decodes together by default.
+pub const MAX_BATCH_DEFAULT: usize = 16;
+
+/// What a request's receiver gets.
+#[derive(Debug)]
+pub enum Event {
+    /// A decoded token and the text it releases.
+    Step(Step),
+    /// The request finished; nothing follows.
+    Done(Summary),
+    /// The request failed; nothing follows.
+    Failed(ModelError),
+}
+
+/// Engine settings.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            max_batch: MAX_BATCH_DEFAULT,
+        }
+    }
+}
+
+/// A running batching engine. Dropping it lets the active requests finish, then stops it.
+#[derive(Debug)]
+pub struct Engine {
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// A submitted request's stream of events.
+#[derive(Debug)]
+pub struct Receiver {
+    events: mpsc::Receiver<Event>,
+    cancel: CancelToken,
+}
+
+impl Receiver {
+    /// Cancels the request; its stream ends with a `Done` whose reason is `cancelled`.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels the request from elsewhere.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// The next event, blocking; `None` after the last one.
+    pub fn recv(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+}
+
+impl Iterator for Receiver {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.recv()
+    }
+}
+
+#[derive(Debug)]
+struct Job {
+    decoder: Decoder,
+    prompt: Vec<TokenId>,
+    events: mpsc::Sender<Event>,
+    cancel: CancelToken,
+}
+
+struct Active {
+    seq: Sequence,
+    decoder: Decoder,
+    /// Tokens to feed in the next step: the prompt, then one generated token at a time.
+    input: Vec<TokenId>,
+    events: mpsc::Sender<Event>,
+    cancel: CancelToken,
+}
+
+impl Engine {
+    /// Starts the engine thread.
+    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
+        let (jobs, queue) = mpsc::channel();
+        let worker = Worker {
+            model: model.clone(),
+            tokenizer: tokenizer.clone(),
+            max_batch: config.max_batch.max(1),
+        };
+        let thread = thread::Builder::new()
+            .name("blyan-engine".into())
+            .spawn(move || worker.run(queue))
+            .ok();
+        Engine {
+            model,
+            tokenizer,
+            jobs: thread.as_ref().map(|_| jobs),
+            thread,
+        }
+    }
+
+    /// The model the engine serves.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Validates and queues a request. Invalid requests are refused here, before queueing.
+    pub fn submit(&self, request: &GenerateRequest) -> Result<Receiver, ModelError> {
+        let (decoder, prompt) = Decoder::new(&self.model, &self.tokenizer, request)?;
+        let (events, rx) = mpsc::channel();
+        let cancel = CancelToken::new();
+        let job = Job {
+            decoder,
+            prompt,
+            events,
+            cancel: cancel.clone(),
+        };
+        self.jobs
+            .as_ref()
+            .ok_or(ModelError::EngineStopped)?
+            .send(job)
+            .map_err(|_| ModelError::EngineStopped)?;
+        Ok(Receiver { events: rx, cancel })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            // A panic in the engine thread has already been reported by the panic hook.
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    max_batch: usize,
+}
+
+impl Worker {
+    fn run(self, queue: mpsc::Receiver<Job>) {
+        let mut active: Vec<Active> = Vec::new();
+        let mut open = true;
+        loop {
+            if active.is_empty() {
+                if !open {
+                    return;
+                }
+                match queue.recv() {
+                    Ok(job) => self.admit(&mut active, job),
+                    Err(_) => return,
+                }
+            }
+            while open && active.len() < self.max_batch {
+                match queue.try_recv() {
+                    Ok(job) => self.admit(&mut active, job),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            active.retain_mut(|a| {
+                if a.cancel.is_cancelled() {
+                    a.decoder.cancel();
+                    let _ = a.events.send(Event::Done(a.decoder.summary(&a.seq)));
+                    return false;
+                }
+                true
+            });
+            if active.is_empty() {
+                continue;
+            }
+            self.step(&mut active);
+        }
+    }
+
+    fn admit(&self, active: &mut Vec<Active>, job: Job) {
+        match self.model.new_sequence() {
+            Ok(seq) => active.push(Active {
+                seq,
+                decoder: job.decoder,
+                input: job.prompt,
+                events: job.events,
+                cancel: job.cancel,
+            }),
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e));
+            }
+        }
+    }
+
+    /// One forward pass over every active request, then one token for each.
+    fn step(&self, active: &mut Vec<Active>) {
+        let inputs: Vec<Vec<TokenId>> = active
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.input))
+            .collect();
+        let mut batch: Vec<(&mut Sequence, &[TokenId])> = active
+            .iter_mut()
+            .zip(&inputs)
+            .map(|(a, input)| (&mut a.seq, input.as_slice()))
+            .collect();
+        let logits = match self.model.forward(&mut batch) {
+            Ok(logits) => logits,
+            Err(e) => {
+                // A failed pass (a corrupt expert block, say) fails every request in it; the
+                // error is reported to each with its full message.
+                let message = e.to_string();
+                let code = e.code();
+                let mut first = Some(e);
+                for a in active.drain(..) {
+                    let err = first.take().unwrap_or_else(|| ModelError::Unsupported {
+                        reason: format!("{code}: {message}"),
+                    });
+                    let _ = a.events.send(Event::Failed(err));
+                }
+                return;
+            }
+        };
+        let mut i = 0;
+        active.retain_mut(|a| {
+            let mut row = logits[i].clone();
+            i += 1;
+            let step = match a.decoder.advance(&self.tokenizer, &mut row) {
+                Ok(step) => step,
+                Err(e) => {
+                    let _ = a.events.send(Event::Failed(e));
+                    return false;
+                }
+            };
+            let finished = step.finish.is_some();
+            if let Some(t) = step.token.filter(|_| !finished) {
+                a.input.push(t);
+            }
+            if a.events.send(Event::Step(step)).is_err() {
+                return false;
+            }
+            if finished {
+                let _ = a.events.send(Event::Done(a.decoder.summary(&a.seq)));
+                return false;
+            }
+            true
+        });
+    }
+}

@@ -1,0 +1,30 @@
+//! The sparse MoE transformer served from chain blocks: expert cache, KV cache, sampling,
+//! batching and generation.
+//!
+//! [`Model::load`] reads the spec from the meta chain and the dense tensors from their
+//! parameter blocks; experts are read from their blocks when a token is first routed to them
+//! and kept in an [`ExpertCache`]. [`Generation`] streams one request; [`Engine`] decodes many
+//! together.
+
+#![warn(missing_docs)]
+
+mod cache;
+mod config;
+mod engine;
+mod error;
+mod generate;
+mod linear;
+mod load;
+mod model;
+mod sampling;
+
+pub use cache::{ByteSize, CacheStats, ExpertCache};
+pub use config::{ModelConfig, Precision};
+pub use engine::{Engine, EngineConfig, Event, MAX_BATCH_DEFAULT, Receiver};
+pub use error::ModelError;
+pub use generate::{
+    CancelToken, FinishReason, GenerateRequest, Generation, STOP_LEN_MAX, STOP_SEQUENCES_MAX, Step,
+    Summary,
+};
+pub use model::{EXPERT_CACHE_BYTES_DEFAULT, Expert, LoadOptions, Model, Sequence, route};
+pub use sampling::{REPETITION_PENALTY_MAX, Sampler, SamplingParams, TEMPERATURE_MAX, argmax};

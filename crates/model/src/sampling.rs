@@ -1,0 +1,281 @@
+//! Choosing the next token from logits: repetition penalty, temperature, top-k, top-p and a
+//! seeded random draw, so that the same seed and inputs give the same text.
+
+use blyan_tokenizer::TokenId;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// Highest accepted temperature (the OpenAI API's bound).
+pub const TEMPERATURE_MAX: f32 = 2.0;
+/// Highest accepted repetition penalty.
+pub const REPETITION_PENALTY_MAX: f32 = 10.0;
+
+/// Sampling parameters of one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// Softmax temperature in `[0, 2]`; 0 picks the most likely token (greedy).
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities sum to at least this,
+    /// in `(0, 1]`; 1 keeps all.
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: u32,
+    /// Divides positive (multiplies negative) logits of tokens already in the sequence,
+    /// in `(0, 10]`; 1 is off.
+    pub repetition_penalty: f32,
+    /// Seed of the random draw.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> SamplingParams {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding: always the most likely token.
+    pub fn greedy() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Refuses out-of-range or non-finite values.
+    pub fn check(&self, vocab_size: usize) -> Result<(), ModelError> {
+        let bad = |name, reason: String| Err(ModelError::InvalidParameter { name, reason });
+        if !(self.temperature.is_finite() && (0.0..=TEMPERATURE_MAX).contains(&self.temperature)) {
+            return bad(
+                "temperature",
+                format!(
+                    "must be in [0, {TEMPERATURE_MAX}], got {}",
+                    self.temperature
+                ),
+            );
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
+        }
+        if self.top_k as usize > vocab_size {
+            return bad(
+                "top_k",
+                format!(
+                    "must be at most the vocabulary size {vocab_size}, got {}",
+                    self.top_k
+                ),
+            );
+        }
+        if !(self.repetition_penalty.is_finite()
+            && self.repetition_penalty > 0.0
+            && self.repetition_penalty <= REPETITION_PENALTY_MAX)
+        {
+            return bad(
+                "repetition_penalty",
+                format!(
+                    "must be in (0, {REPETITION_PENALTY_MAX}], got {}",
+                    self.repetition_penalty
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Draws tokens for one sequence.
+#[derive(Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+    /// Scratch: (token, probability) candidates.
+    candidates: Vec<(TokenId, f32)>,
+}
+
+impl Sampler {
+    /// A sampler; the parameters must have passed [`SamplingParams::check`].
+    pub fn new(params: SamplingParams) -> Sampler {
+        Sampler {
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
+            params,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// The next token given `logits` and the tokens seen so far (for the repetition penalty).
+    /// `logits` is modified in place.
+    pub fn sample(&mut self, logits: &mut [f32], seen: &[TokenId]) -> TokenId {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let mut done = std::collections::HashSet::new();
+            for &t in seen {
+                if let Some(x) = logits.get_mut(t as usize)
+                    && done.insert(t)
+                {
+                    *x = if *x > 0.0 {
+                        *x / p.repetition_penalty
+                    } else {
+                        *x * p.repetition_penalty
+                    };
+                }
+            }
+        }
+        if p.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv_t = 1.0 / p.temperature;
+        self.candidates.clear();
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (i as TokenId, ((x - max) * inv_t).exp())),
+        );
+        let c = &mut self.candidates;
+        // Most likely first; ties broken by id so that the order is fully determined.
+        let by_prob =
+            |a: &(TokenId, f32), b: &(TokenId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = p.top_k as usize;
+        if k > 0 && k < c.len() {
+            c.select_nth_unstable_by(k - 1, by_prob);
+            c.truncate(k);
+        }
+        if p.top_p < 1.0 {
+            c.sort_unstable_by(by_prob);
+            let total: f32 = c.iter().map(|x| x.1).sum();
+            let mut cumulative = 0.0;
+            let mut keep = c.len();
+            for (i, &(_, w)) in c.iter().enumerate() {
+                cumulative += w / total;
+                if cumulative >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep);
+        }
+        let total: f64 = c.iter().map(|x| f64::from(x.1)).sum();
+        let mut target = self.rng.random::<f64>() * total;
+        for &(id, w) in c.iter() {
+            target -= f64::from(w);
+            if target < 0.0 {
+                return id;
+            }
+        }
+        c.last().map_or_else(|| argmax(logits), |x| x.0)
+    }
+}
+
+/// The index of the largest logit, the first one on ties.
+pub fn argmax(logits: &[f32]) -> TokenId {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as TokenId
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_p: f32, top_k: u32, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty: 1.0,
+            seed,
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.0, 3.0], &[]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_different_seed_different_draws() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let draw = |seed| {
+            let mut s = Sampler::new(params(1.0, 1.0, 0, seed));
+            (0..40)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_support() {
+        let logits = [5.0, 4.0, 3.0, 0.0, -1.0];
+        let mut s = Sampler::new(params(1.0, 1.0, 2, 1));
+        for _ in 0..200 {
+            assert!(s.sample(&mut logits.clone(), &[]) < 2);
+        }
+        // p(0) ≈ 0.66, p(0)+p(1) ≈ 0.91: top_p 0.9 keeps two tokens.
+        let mut s = Sampler::new(params(1.0, 0.9, 0, 1));
+        let draws: Vec<_> = (0..300)
+            .map(|_| s.sample(&mut logits.clone(), &[]))
+            .collect();
+        assert!(draws.iter().all(|&t| t < 2));
+        assert!(draws.contains(&1));
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        // Two tokens with probabilities 0.8 and 0.2.
+        let logits = [0.0, (0.25f32).ln()];
+        let mut s = Sampler::new(params(1.0, 1.0, 0, 3));
+        let ones = (0..10_000)
+            .filter(|_| s.sample(&mut logits.clone(), &[]) == 1)
+            .count();
+        assert!((1_800..2_200).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_seen_tokens() {
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
+        let mut logits = [3.0, 2.0, -1.0];
+        assert_eq!(s.sample(&mut logits, &[0, 0]), 1);
+        assert_eq!(logits, [1.5, 2.0, -1.0]);
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let ok = SamplingParams::default();
+        ok.check(100).unwrap();
+        let cases: [fn(&mut SamplingParams); 8] = [
+            |p| p.temperature = -0.1,
+            |p| p.temperature = f32::NAN,
+            |p| p.temperature = 2.5,
+            |p| p.top_p = 0.0,
+            |p| p.top_p = f32::INFINITY,
+            |p| p.top_k = 101,
+            |p| p.repetition_penalty = 0.0,
+            |p| p.repetition_penalty = f32::NAN,
+        ];
+        for mutate in cases {
+            let mut p = ok.clone();
+            mutate(&mut p);
+            let err = p.check(100).unwrap_err();
+            assert_eq!(err.code(), "invalid_parameter", "{p:?}");
+        }
+    }
+}
