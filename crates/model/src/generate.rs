@@ -127,6 +127,9 @@ impl CancelToken {
 pub(crate) struct Decoder {
     sampler: Sampler,
     eos: TokenId,
+    /// Ids at or above this have no text (the model's vocabulary can be padded past the
+    /// tokenizer's), so they are never sampled.
+    vocab_limit: usize,
     context_len: usize,
     /// Prompt and generated tokens, for the repetition penalty.
     history: Vec<TokenId>,
@@ -197,6 +200,7 @@ impl Decoder {
         let decoder = Decoder {
             sampler: Sampler::new(request.sampling.clone()),
             eos: c.eos_token_id,
+            vocab_limit: c.vocab_size.min(tokenizer.vocab_size() as usize),
             context_len: c.context_len,
             history: prompt.clone(),
             prompt_len: prompt.len(),
@@ -228,7 +232,8 @@ impl Decoder {
         let now = Instant::now();
         self.first_token_at.get_or_insert(now);
         self.last_token_at = Some(now);
-        let token = self.sampler.sample(logits, &self.history);
+        let usable = self.vocab_limit.min(logits.len());
+        let token = self.sampler.sample(&mut logits[..usable], &self.history);
         if token == self.eos {
             return self.finish(tokenizer, None, FinishReason::Stop);
         }
