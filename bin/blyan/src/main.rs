@@ -2,6 +2,7 @@
 //! binary. This file is the command line only; the work happens in the library crates.
 
 mod chain_cmd;
+mod generate_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     Init(InitArgs),
     /// Initialise the data directory if needed, verify it, and report the node's state.
     Up,
+    /// Generate text with the model on the chain.
+    Generate(generate_cmd::GenerateArgs),
     /// Inspect and verify the block store.
     #[command(subcommand)]
     Chain(chain_cmd::ChainCommand),
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init(&data_dir, &args).map(|_| ExitCode::SUCCESS),
         Command::Up => up(&data_dir),
+        Command::Generate(args) => generate_cmd::run(&data_dir, args).map(|_| ExitCode::SUCCESS),
         Command::Chain(cmd) => chain_cmd::run(&open_store(&data_dir)?, cmd),
     }
 }

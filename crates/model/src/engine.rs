@@ -244,10 +244,11 @@ impl Worker {
                 return;
             }
         };
-        let mut i = 0;
+        let mut rows = logits.into_iter();
         active.retain_mut(|a| {
-            let mut row = logits[i].clone();
-            i += 1;
+            let Some(mut row) = rows.next() else {
+                return false;
+            };
             let step = match a.decoder.advance(&self.tokenizer, &mut row) {
                 Ok(step) => step,
                 Err(e) => {

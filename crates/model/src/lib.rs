@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 mod cache;
 mod config;
 mod engine;

@@ -15,14 +15,12 @@ use blyan_chain::{
 };
 use blyan_primitives::{ExpertId, Hash};
 use blyan_tokenizer::TokenId;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{
-    ops::{rms_norm, softmax_last_dim},
-    rotary_emb::rope,
-};
+use candle_core::{Device, Tensor};
+use candle_nn::ops::rms_norm;
 
 use crate::{
     ModelConfig, ModelError, Precision,
+    attention::{Dims, LayerKv, RopeTables, attend},
     cache::{ByteSize, CacheStats, ExpertCache},
     linear::Linear,
     load::read_group,
@@ -107,8 +105,7 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
-    cos: Tensor,
-    sin: Tensor,
+    rope: RopeTables,
     store: Arc<Store>,
     layout: BTreeMap<String, TensorGroup>,
     experts: Vec<Vec<ExpertSource>>,
@@ -118,8 +115,8 @@ pub struct Model {
 /// A sequence being decoded: its KV cache, position and routing counts.
 #[derive(Debug)]
 pub struct Sequence {
-    /// Per layer: keys and values `[kv_heads, capacity, head_dim]`.
-    kv: Vec<(Tensor, Tensor)>,
+    /// Per layer: keys and values.
+    kv: Vec<LayerKv>,
     len: usize,
     experts_used: BTreeMap<ExpertId, u64>,
 }
@@ -141,7 +138,7 @@ impl Sequence {
     }
 }
 
-/// KV caches start this long and double up to the context window.
+/// KV caches start with room for this many positions and grow as needed.
 const KV_CAPACITY_INITIAL: usize = 128;
 
 impl Model {
@@ -231,7 +228,6 @@ impl Model {
             experts.push(row);
         }
 
-        let (cos, sin) = rope_tables(&config)?;
         Ok(Model {
             precision,
             spec_block,
@@ -240,8 +236,7 @@ impl Model {
             layers,
             norm,
             lm_head,
-            cos,
-            sin,
+            rope: RopeTables::new(&config),
             store,
             layout,
             experts,
@@ -298,16 +293,13 @@ impl Model {
     /// A fresh sequence with an empty KV cache.
     pub fn new_sequence(&self) -> Result<Sequence, ModelError> {
         let c = &self.config;
-        let capacity = KV_CAPACITY_INITIAL.min(c.context_len);
+        let room = KV_CAPACITY_INITIAL.min(c.context_len) * c.kv_dim();
         let kv = (0..c.layers)
-            .map(|_| {
-                let shape = (c.kv_heads, capacity, c.head_dim);
-                Ok((
-                    Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
-                    Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
-                ))
+            .map(|_| LayerKv {
+                keys: Vec::with_capacity(room),
+                values: Vec::with_capacity(room),
             })
-            .collect::<Result<_, candle_core::Error>>()?;
+            .collect();
         Ok(Sequence {
             kv,
             len: 0,
@@ -350,34 +342,19 @@ impl Model {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        for (seq, tokens) in batch.iter_mut() {
-            self.reserve(seq, tokens.len())?;
-        }
-
         let total = ids.len();
-        let mut x = self
-            .embed
-            .index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
-            let qkv = layer.qkv.forward(&h)?;
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut row = 0;
-            for (seq, tokens) in batch.iter_mut() {
-                let n = tokens.len();
-                outs.push(self.attend(l, seq, &qkv.narrow(0, row, n)?)?);
-                row += n;
+        let result = self.layers_forward(ids, batch);
+        if result.is_err() {
+            // Leave every KV cache as it was before this call.
+            let kvd = c.kv_dim();
+            for (seq, _) in batch.iter_mut() {
+                for kv in &mut seq.kv {
+                    kv.keys.truncate(seq.len * kvd);
+                    kv.values.truncate(seq.len * kvd);
+                }
             }
-            let attn = if outs.len() == 1 {
-                outs.pop().ok_or(ModelError::EngineStopped)?
-            } else {
-                Tensor::cat(&outs, 0)?
-            };
-            x = (x + layer.o.forward(&attn)?)?;
-            let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps)?;
-            x = (&x + self.moe(l, &h, batch)?)?;
         }
-
+        let x = result?;
         let mut last = Vec::with_capacity(batch.len());
         let mut row = 0u32;
         for (seq, tokens) in batch.iter_mut() {
@@ -394,87 +371,45 @@ impl Model {
         Ok(self.lm_head.forward(&x)?.to_vec2::<f32>()?)
     }
 
-    /// Grows a sequence's KV cache to hold `n` more tokens.
-    fn reserve(&self, seq: &mut Sequence, n: usize) -> Result<(), ModelError> {
-        let need = seq.len + n;
-        let Some((k0, _)) = seq.kv.first() else {
-            return Ok(());
-        };
-        let capacity = k0.dim(1)?;
-        if need <= capacity {
-            return Ok(());
-        }
-        let grown = need.max(capacity * 2).min(self.config.context_len);
-        for (k, v) in seq.kv.iter_mut() {
-            for t in [k, v] {
-                let bigger = Tensor::zeros(
-                    (self.config.kv_heads, grown, self.config.head_dim),
-                    DType::F32,
-                    &Device::Cpu,
-                )?;
-                if seq.len > 0 {
-                    bigger.slice_set(&t.narrow(1, 0, seq.len)?.contiguous()?, 1, 0)?;
-                }
-                *t = bigger;
-            }
-        }
-        Ok(())
-    }
-
-    /// Causal grouped-query attention of one sequence's new tokens; `qkv` is `[n, d + 2·kv]`.
-    fn attend(&self, l: usize, seq: &mut Sequence, qkv: &Tensor) -> Result<Tensor, ModelError> {
+    /// The decoder layers over the batch's tokens; returns the hidden states `[tokens, d]`.
+    fn layers_forward(
+        &self,
+        ids: Vec<TokenId>,
+        batch: &mut [(&mut Sequence, &[TokenId])],
+    ) -> Result<Tensor, ModelError> {
         let c = &self.config;
-        let (n, hd, kvd) = (qkv.dim(0)?, c.head_dim, c.kv_dim());
-        let group = c.heads / c.kv_heads;
-        let p0 = seq.len;
-        let cos = self.cos.narrow(0, p0, n)?;
-        let sin = self.sin.narrow(0, p0, n)?;
-        let heads = |start: usize, count: usize| -> Result<Tensor, ModelError> {
-            let t = qkv
-                .narrow(1, start, count * hd)?
-                .reshape((n, count, hd))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?;
-            Ok(rope(&t, &cos, &sin)?.squeeze(0)?)
-        };
-        let q = heads(0, c.heads)?;
-        let k = heads(c.hidden_size, c.kv_heads)?;
-        let v = qkv
-            .narrow(1, c.hidden_size + kvd, kvd)?
-            .reshape((n, c.kv_heads, hd))?
-            .transpose(0, 1)?
-            .contiguous()?;
-        let (kc, vc) = &seq.kv[l];
-        kc.slice_set(&k, 1, p0)?;
-        vc.slice_set(&v, 1, p0)?;
-        let len = p0 + n;
-        let keys = kc.narrow(1, 0, len)?;
-        let values = vc.narrow(1, 0, len)?;
-
-        // Query head h uses key/value head h / group, so the heads of one group can share a
-        // single matrix product: [kv_heads, group·n, hd] × [kv_heads, hd, len].
-        let q = q.reshape((c.kv_heads, group * n, hd))?;
-        let mut scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        if n > 1 {
-            let mut mask = vec![0f32; group * n * len];
-            for g in 0..group {
-                for i in 0..n {
-                    let row = (g * n + i) * len;
-                    for j in p0 + i + 1..len {
-                        mask[row + j] = f32::NEG_INFINITY;
-                    }
-                }
+        let dims = Dims::of(c);
+        let total = ids.len();
+        let mut x = self
+            .embed
+            .index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?;
+        let mut scores = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
+            let mut qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut attn = vec![0f32; total * c.hidden_size];
+            let (mut qkv_rest, mut out_rest) = (qkv.as_mut_slice(), attn.as_mut_slice());
+            for (seq, tokens) in batch.iter_mut() {
+                let n = tokens.len();
+                let (qkv_seq, q_tail) = qkv_rest.split_at_mut(n * dims.qkv_width());
+                let (out_seq, o_tail) = out_rest.split_at_mut(n * c.hidden_size);
+                attend(
+                    dims,
+                    &self.rope,
+                    &mut seq.kv[l],
+                    seq.len,
+                    qkv_seq,
+                    out_seq,
+                    &mut scores,
+                );
+                (qkv_rest, out_rest) = (q_tail, o_tail);
             }
-            let mask = Tensor::from_vec(mask, (group * n, len), &Device::Cpu)?;
-            scores = scores.broadcast_add(&mask)?;
+            let attn = Tensor::from_vec(attn, (total, c.hidden_size), &Device::Cpu)?;
+            x = (x + layer.o.forward(&attn)?)?;
+            let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps)?;
+            x = (&x + self.moe(l, &h, batch)?)?;
         }
-        let probs = softmax_last_dim(&scores)?;
-        let out = probs.matmul(&values.contiguous()?)?;
-        Ok(out
-            .reshape((c.heads, n, hd))?
-            .transpose(0, 1)?
-            .reshape((n, c.hidden_size))?)
+        Ok(x)
     }
 
     /// The sparse MoE block over the batch's tokens `h` `[tokens, d]`.
@@ -599,26 +534,4 @@ pub fn route(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         "router weights sum to {total}, not 1"
     );
     chosen
-}
-
-/// RoPE cosine and sine tables `[context_len, head_dim / 2]` in the Hugging Face (half-split)
-/// convention.
-fn rope_tables(c: &ModelConfig) -> Result<(Tensor, Tensor), ModelError> {
-    let half = c.head_dim / 2;
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| 1.0 / f64::from(c.rope_theta).powf(2.0 * i as f64 / c.head_dim as f64))
-        .collect();
-    let mut cos = Vec::with_capacity(c.context_len * half);
-    let mut sin = Vec::with_capacity(c.context_len * half);
-    for p in 0..c.context_len {
-        for &f in &inv_freq {
-            let angle = p as f64 * f;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    Ok((
-        Tensor::from_vec(cos, (c.context_len, half), &Device::Cpu)?,
-        Tensor::from_vec(sin, (c.context_len, half), &Device::Cpu)?,
-    ))
 }

@@ -150,17 +150,27 @@ impl Sampler {
             c.truncate(k);
         }
         if p.top_p < 1.0 {
-            c.sort_unstable_by(by_prob);
             let total: f32 = c.iter().map(|x| x.1).sum();
-            let mut cumulative = 0.0;
-            let mut keep = c.len();
-            for (i, &(_, w)) in c.iter().enumerate() {
-                cumulative += w / total;
-                if cumulative >= p.top_p {
-                    keep = i + 1;
-                    break;
+            let want = p.top_p * total;
+            // The nucleus is usually a small head of the distribution: sort only the best m
+            // candidates, and look further only if their mass falls short.
+            let mut m = 64.min(c.len());
+            let keep = loop {
+                if m < c.len() {
+                    c.select_nth_unstable_by(m - 1, by_prob);
                 }
-            }
+                c[..m].sort_unstable_by(by_prob);
+                let mut cumulative = 0.0;
+                let found = c[..m].iter().position(|&(_, w)| {
+                    cumulative += w;
+                    cumulative >= want
+                });
+                match found {
+                    Some(i) => break i + 1,
+                    None if m == c.len() => break m,
+                    None => m = (m * 4).min(c.len()),
+                }
+            };
             c.truncate(keep);
         }
         let total: f64 = c.iter().map(|x| f64::from(x.1)).sum();

@@ -1,0 +1,54 @@
+//! Profiles batched decode steps: 8 sequences through `Model::forward` together.
+//!
+//! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps]`
+
+#![allow(clippy::unwrap_used)]
+
+use std::{sync::Arc, time::Instant};
+
+use blyan_chain::{Store, genesis};
+use blyan_model::{LoadOptions, Model, Precision, argmax};
+
+fn main() {
+    let precision: Precision = std::env::args()
+        .nth(1)
+        .map_or(Precision::Int8, |p| p.parse().unwrap());
+    let steps: usize = std::env::args().nth(2).map_or(200, |s| s.parse().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    genesis::init(
+        &store,
+        genesis::default_genesis(genesis::GENESIS_SEED).unwrap(),
+    )
+    .unwrap();
+    let model = Model::load(
+        store,
+        LoadOptions {
+            precision,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    for streams in [1, 8] {
+        let mut seqs: Vec<_> = (0..streams)
+            .map(|_| model.new_sequence().unwrap())
+            .collect();
+        let mut next: Vec<Vec<u32>> = (0..streams).map(|i| vec![10 + i as u32, 20, 30]).collect();
+        let start = Instant::now();
+        for _ in 0..steps {
+            let mut batch: Vec<_> = seqs
+                .iter_mut()
+                .zip(&next)
+                .map(|(s, t)| (s, t.as_slice()))
+                .collect();
+            let logits = model.forward(&mut batch).unwrap();
+            next = logits.iter().map(|l| vec![argmax(l)]).collect();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{precision} streams {streams}: {:.0} tok/s, {:.3} ms/step",
+            (streams * steps) as f64 / secs,
+            secs * 1e3 / steps as f64
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! Inference benchmark on the genesis network.
+//!
+//! Run: `cargo run --release -p blyan-model --example infer_bench [-- DATA_DIR]`
+//!
+//! Without DATA_DIR it builds the default genesis network in a temporary directory. It prints
+//! one JSON object: cold expert load times, single-stream decode speed (forward pass only and
+//! end to end with sampling and text), time to first token, aggregate speed of 8 concurrent
+//! streams through the batching engine, and peak RSS.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use blyan_chain::{Store, genesis};
+use blyan_model::{
+    Engine, EngineConfig, Event, GenerateRequest, Generation, LoadOptions, Model, Precision,
+    SamplingParams, argmax,
+};
+use blyan_primitives::ExpertId;
+use blyan_tokenizer::Tokenizer;
+
+const DECODE_TOKENS: usize = 256;
+const STREAMS: usize = 8;
+
+fn main() {
+    let arg = std::env::args().nth(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = arg.map_or_else(|| tmp.path().join("chain"), PathBuf::from);
+    let store = Arc::new(Store::open(&dir).unwrap());
+    if store.meta().unwrap().is_none() {
+        genesis::init(
+            &store,
+            genesis::default_genesis(genesis::GENESIS_SEED).unwrap(),
+        )
+        .unwrap();
+    }
+    let (_, meta) = store.meta().unwrap().unwrap();
+    let tokenizer = Arc::new(Tokenizer::from_json(&meta.tokenizer).unwrap());
+    let mut report = serde_json::Map::new();
+    for precision in [Precision::F32, Precision::Int8] {
+        let model = Arc::new(
+            Model::load(
+                store.clone(),
+                LoadOptions {
+                    precision,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let cold = cold_loads(&model);
+        let forward_tps = forward_decode(&model);
+        let (e2e_tps, ttft_ms) = end_to_end(&model, &tokenizer);
+        let (batch_tps, batch_ttft_ms) = batched(&model, &tokenizer);
+        report.insert(
+            precision.to_string(),
+            serde_json::json!({
+                "cold_expert_load_ms": cold,
+                "single_stream_forward_tok_s": forward_tps,
+                "single_stream_tok_s": e2e_tps,
+                "time_to_first_token_ms": ttft_ms,
+                "streams": STREAMS,
+                "aggregate_tok_s": batch_tps,
+                "aggregate_over_single": batch_tps / e2e_tps,
+                "batched_time_to_first_token_ms": batch_ttft_ms,
+                "expert_cache": model.cache_stats(),
+            }),
+        );
+    }
+    report.insert("peak_rss_mib".into(), peak_rss_mib().into());
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// Median and worst time to load one expert from its block into an empty cache.
+fn cold_loads(model: &Model) -> serde_json::Value {
+    let c = model.config();
+    let mut times = Vec::new();
+    for l in 0..c.layers {
+        for e in 0..c.experts {
+            model.clear_expert_cache();
+            let start = Instant::now();
+            model
+                .load_expert(ExpertId::new(l as u16, e as u16))
+                .unwrap();
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "median": times[times.len() / 2],
+        "max": times[times.len() - 1],
+        "count": times.len(),
+    })
+}
+
+/// Greedy decode through `Model::forward` alone, experts warm.
+fn forward_decode(model: &Model) -> f64 {
+    let mut seq = model.new_sequence().unwrap();
+    let prompt: Vec<u32> = "The model on the chain".bytes().map(u32::from).collect();
+    let mut logits = model.forward(&mut [(&mut seq, &prompt)]).unwrap();
+    // Warm every expert first so the timing is decode, not loading.
+    for l in 0..model.config().layers {
+        for e in 0..model.config().experts {
+            model
+                .load_expert(ExpertId::new(l as u16, e as u16))
+                .unwrap();
+        }
+    }
+    let start = Instant::now();
+    for _ in 0..DECODE_TOKENS {
+        let next = argmax(&logits[0]);
+        logits = model.forward(&mut [(&mut seq, &[next])]).unwrap();
+    }
+    DECODE_TOKENS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn request(i: usize) -> GenerateRequest {
+    GenerateRequest {
+        sampling: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            seed: i as u64,
+            ..SamplingParams::default()
+        },
+        ..GenerateRequest::new(format!("Request {i} to the chain"), DECODE_TOKENS as u32)
+    }
+}
+
+/// One generation with sampling and streaming text: decode tokens/s and first-token time.
+fn end_to_end(model: &Model, tokenizer: &Tokenizer) -> (f64, f64) {
+    let mut generation = Generation::new(model, tokenizer, &request(0)).unwrap();
+    generation.by_ref().for_each(|s| drop(s.unwrap()));
+    let s = generation.summary();
+    (
+        s.decode_tokens_per_s(),
+        s.time_to_first_token.as_secs_f64() * 1e3,
+    )
+}
+
+/// `STREAMS` requests submitted together to the engine: generated tokens per second of wall
+/// time, and the mean time to first token.
+fn batched(model: &Arc<Model>, tokenizer: &Arc<Tokenizer>) -> (f64, f64) {
+    let engine = Engine::start(model.clone(), tokenizer.clone(), EngineConfig::default());
+    let start = Instant::now();
+    let receivers: Vec<_> = (0..STREAMS)
+        .map(|i| engine.submit(&request(i + 1)).unwrap())
+        .collect();
+    let mut tokens = 0;
+    let mut ttft = 0.0;
+    for rx in receivers {
+        for event in rx {
+            match event {
+                Event::Step(_) => {}
+                Event::Done(s) => {
+                    tokens += s.completion_tokens;
+                    ttft += s.time_to_first_token.as_secs_f64() * 1e3;
+                }
+                Event::Failed(e) => panic!("{e}"),
+            }
+        }
+    }
+    (
+        tokens as f64 / start.elapsed().as_secs_f64(),
+        ttft / STREAMS as f64,
+    )
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
