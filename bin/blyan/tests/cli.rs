@@ -133,3 +133,110 @@ fn bad_arguments_are_refused_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no block"));
 }
+
+#[test]
+fn generate_streams_text_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    json(&blyan(dir.path(), &["init", "--json"]));
+    let args = [
+        "generate",
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "5",
+        "--json",
+    ];
+    let a = json(&blyan(dir.path(), &args));
+    for key in [
+        "text",
+        "tokens",
+        "prompt_tokens",
+        "tokens_per_s",
+        "precision",
+        "expert_cache",
+        "experts_used",
+    ] {
+        assert!(a.get(key).is_some(), "{key} missing in {a}");
+    }
+    assert_eq!(a["precision"], "int8");
+    assert_eq!(a["prompt_tokens"], 6, "BOS + five bytes");
+    assert!(a["tokens"].as_u64().unwrap() <= 12);
+    assert!(a["expert_cache"]["misses"].as_u64().unwrap() > 0);
+    let used: u64 = a["experts_used"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(used > 0);
+    // The same seed gives the same text.
+    let b = json(&blyan(dir.path(), &args));
+    assert_eq!(a["text"], b["text"]);
+
+    // Without --json the text is streamed to stdout.
+    let out = blyan(
+        dir.path(),
+        &[
+            "generate",
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "12",
+            "--seed",
+            "5",
+        ],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(a["text"].as_str().unwrap()));
+
+    let f32_run = json(&blyan(
+        dir.path(),
+        &[
+            "generate",
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "4",
+            "--precision",
+            "f32",
+            "--json",
+        ],
+    ));
+    assert_eq!(f32_run["precision"], "f32");
+}
+
+#[test]
+fn generate_refuses_bad_requests_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = blyan(dir.path(), &["generate", "--prompt", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("blyan init"));
+
+    json(&blyan(dir.path(), &["init", "--json"]));
+    for (args, needle) in [
+        (vec!["--temperature", "NaN"], "temperature"),
+        (vec!["--top-p", "0"], "top_p"),
+        (vec!["--max-tokens", "0"], "max_tokens"),
+        (vec!["--precision", "int4"], "int4"),
+        (vec!["--expert-version", "0.1=zz"], "0.1=zz"),
+        (
+            vec![
+                "--expert-version",
+                "0.1=0000000000000000000000000000000000000000000000000000000000000000",
+            ],
+            "not a version of expert 0.1",
+        ),
+    ] {
+        let mut all = vec!["generate", "--prompt", "x"];
+        all.extend(args);
+        let out = blyan(dir.path(), &all);
+        assert!(!out.status.success(), "{all:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{all:?}: {stderr}");
+    }
+    let long = "y".repeat(2000);
+    let out = blyan(dir.path(), &["generate", "--prompt", &long]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("context window"));
+}
