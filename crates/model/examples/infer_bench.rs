@@ -5,7 +5,8 @@
 //! Without DATA_DIR it builds the default genesis network in a temporary directory. It prints
 //! one JSON object: cold expert load times, single-stream decode speed (forward pass only and
 //! end to end with sampling and text), time to first token, aggregate speed of 8 concurrent
-//! streams through the batching engine, and peak RSS.
+//! streams through the batching engine, the mean next-token loss of f32 and int8 on a
+//! held-out text (this repository's docs/ARCHITECTURE.md, first 512 tokens), and peak RSS.
 
 #![allow(clippy::unwrap_used)]
 
@@ -37,6 +38,15 @@ fn main() {
     let (_, meta) = store.meta().unwrap().unwrap();
     let tokenizer = Arc::new(Tokenizer::from_json(&meta.tokenizer).unwrap());
     let mut report = serde_json::Map::new();
+    let held_out = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/ARCHITECTURE.md"
+    ))
+    .unwrap();
+    let mut held_out_ids = vec![meta.spec.bos_token_id];
+    held_out_ids.extend(tokenizer.encode(&held_out).unwrap());
+    held_out_ids.truncate(513);
+    let mut losses = Vec::new();
     for precision in [Precision::F32, Precision::Int8] {
         let model = Arc::new(
             Model::load(
@@ -48,6 +58,7 @@ fn main() {
             )
             .unwrap(),
         );
+        losses.push(mean_loss(&model, &held_out_ids));
         let cold = cold_loads(&model);
         let forward_tps = forward_decode(&model);
         let (e2e_tps, ttft_ms) = end_to_end(&model, &tokenizer);
@@ -56,6 +67,7 @@ fn main() {
             precision.to_string(),
             serde_json::json!({
                 "cold_expert_load_ms": cold,
+                "held_out_loss": losses.last(),
                 "single_stream_forward_tok_s": forward_tps,
                 "single_stream_tok_s": e2e_tps,
                 "time_to_first_token_ms": ttft_ms,
@@ -67,8 +79,30 @@ fn main() {
             }),
         );
     }
+    report.insert(
+        "held_out_loss_delta_int8".into(),
+        (losses[1] - losses[0]).into(),
+    );
     report.insert("peak_rss_mib".into(), peak_rss_mib().into());
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// Mean cross-entropy (nats per token) of predicting each token of `ids` from its prefix.
+fn mean_loss(model: &Model, ids: &[u32]) -> f64 {
+    let mut seq = model.new_sequence().unwrap();
+    let mut total = 0.0;
+    for w in ids.windows(2) {
+        let logits = model.forward(&mut [(&mut seq, &w[..1])]).unwrap().remove(0);
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = logits
+            .iter()
+            .map(|&x| f64::from(x - max).exp())
+            .sum::<f64>()
+            .ln()
+            + f64::from(max);
+        total += log_sum - f64::from(logits[w[1] as usize]);
+    }
+    total / (ids.len() - 1) as f64
 }
 
 /// Median and worst time to load one expert from its block into an empty cache.
