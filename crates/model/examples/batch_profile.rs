@@ -1,6 +1,6 @@
 //! Profiles batched decode steps: 8 sequences through `Model::forward` together.
 //!
-//! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps]`
+//! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps] [streams]`
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,7 +29,10 @@ fn main() {
         },
     )
     .unwrap();
-    for streams in [1, 8] {
+    let list: Vec<usize> = std::env::args()
+        .nth(3)
+        .map_or(vec![1, 8], |s| vec![s.parse().unwrap()]);
+    for streams in list {
         let mut seqs: Vec<_> = (0..streams)
             .map(|_| model.new_sequence().unwrap())
             .collect();

@@ -1,14 +1,28 @@
 //! Weight matrices in f32 or Q8_0, applied as `x · Wᵀ`.
 
+use std::borrow::Cow;
+
+use blyan_tensor::{
+    DType as TensorDType, Q8_0_BLOCK_LEN, TensorRef, quantize_q8_0, quantize_q8_0_le_bytes,
+};
 use candle_core::{
-    Module, Tensor,
-    quantized::{GgmlDType, QMatMul, QTensor},
+    Device, Module, Tensor,
+    quantized::{GgmlDType, QMatMul, QStorage, QTensor},
 };
 
 use crate::{ModelError, Precision};
 
-/// Q8_0 quantizes rows in blocks of this many values.
-pub(crate) const Q8_BLOCK: usize = 32;
+fn check_q8_width(cols: usize) -> Result<(), ModelError> {
+    if cols.is_multiple_of(Q8_0_BLOCK_LEN) {
+        Ok(())
+    } else {
+        Err(ModelError::Unsupported {
+            reason: format!(
+                "int8 needs input widths divisible by {Q8_0_BLOCK_LEN}; this matrix has {cols}"
+            ),
+        })
+    }
+}
 
 /// A `[out, in]` weight matrix.
 #[derive(Debug)]
@@ -27,14 +41,60 @@ impl Linear {
                 inner: QMatMul::Tensor(weight),
             }),
             Precision::Int8 => {
-                if !cols.is_multiple_of(Q8_BLOCK) {
-                    return Err(ModelError::Unsupported {
-                        reason: format!(
-                            "int8 needs input widths divisible by {Q8_BLOCK}; this matrix has {cols}"
-                        ),
-                    });
-                }
+                check_q8_width(cols)?;
                 let q = QTensor::quantize(&weight, GgmlDType::Q8_0)?;
+                Ok(Linear {
+                    bytes: q.storage_size_in_bytes(),
+                    inner: QMatMul::from_qtensor(q)?,
+                })
+            }
+        }
+    }
+
+    /// The matrix made of `parts` (payload tensors `[rows_i, in]`) stacked by rows, built
+    /// straight from the payload bytes: for int8 the f32 bytes are quantized without an
+    /// intermediate copy.
+    pub(crate) fn stacked(
+        parts: &[&TensorRef<'_>],
+        precision: Precision,
+    ) -> Result<Linear, ModelError> {
+        let cols = parts
+            .first()
+            .and_then(|t| t.shape.get(1))
+            .copied()
+            .unwrap_or(0);
+        if parts
+            .iter()
+            .any(|t| t.shape.len() != 2 || t.shape[1] != cols)
+        {
+            return Err(ModelError::Unsupported {
+                reason: "stacked matrices must be 2-D with equal widths".into(),
+            });
+        }
+        let rows: usize = parts.iter().map(|t| t.shape[0]).sum();
+        match precision {
+            Precision::F32 => {
+                let mut values = Vec::with_capacity(rows * cols);
+                for t in parts {
+                    values.extend(t.to_f32());
+                }
+                Linear::new(
+                    Tensor::from_vec(values, (rows, cols), &Device::Cpu)?,
+                    precision,
+                )
+            }
+            Precision::Int8 => {
+                check_q8_width(cols)?;
+                let mut blocks = Vec::new();
+                for t in parts {
+                    match t.dtype {
+                        TensorDType::F32 => quantize_q8_0_le_bytes(t.data, &mut blocks),
+                        _ => quantize_q8_0(&t.to_f32(), &mut blocks),
+                    }
+                }
+                let storage =
+                    QStorage::from_data(Cow::Owned(blocks), &Device::Cpu, GgmlDType::Q8_0)?;
+                let q = QTensor::new(storage, (rows, cols))?;
                 Ok(Linear {
                     bytes: q.storage_size_in_bytes(),
                     inner: QMatMul::from_qtensor(q)?,
@@ -51,5 +111,22 @@ impl Linear {
     /// Bytes the matrix occupies in memory.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_q8_0_blocks_are_candles() {
+        let values: Vec<f32> = (0..64 * 96)
+            .map(|i| ((i * 7919) % 1000) as f32 / 313.0 - 1.6)
+            .collect();
+        let t = Tensor::from_vec(values.clone(), (96, 64), &Device::Cpu).unwrap();
+        let theirs = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let mut ours = Vec::new();
+        quantize_q8_0(&values, &mut ours);
+        assert_eq!(theirs.data().unwrap().as_ref(), ours.as_slice());
     }
 }

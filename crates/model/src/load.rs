@@ -3,7 +3,7 @@
 
 use blyan_chain::{ChainError, Store, spec::TensorGroup};
 use blyan_primitives::Hash;
-use blyan_tensor::TensorSet;
+use blyan_tensor::{TensorRef, TensorSet};
 use candle_core::{Device, Tensor};
 
 use crate::ModelError;
@@ -17,6 +17,29 @@ pub(crate) fn read_group(
     group: &TensorGroup,
     part: &str,
 ) -> Result<Vec<Tensor>, ModelError> {
+    with_group(store, block, group, part, |tensors| {
+        tensors
+            .iter()
+            .map(|t| {
+                Ok(Tensor::from_vec(
+                    t.to_f32(),
+                    t.shape.as_slice(),
+                    &Device::Cpu,
+                )?)
+            })
+            .collect()
+    })
+}
+
+/// Runs `f` on the tensors of `group` from block `block` (name-sorted), borrowed from the
+/// verified, mapped payload.
+pub(crate) fn with_group<R>(
+    store: &Store,
+    block: Hash,
+    group: &TensorGroup,
+    part: &str,
+    f: impl FnOnce(&[TensorRef<'_>]) -> Result<R, ModelError>,
+) -> Result<R, ModelError> {
     let corrupt = |reason: String| ModelError::BlockCorrupt {
         part: part.to_owned(),
         block,
@@ -37,14 +60,5 @@ pub(crate) fn read_group(
             group.name
         )));
     }
-    set.tensors()
-        .iter()
-        .map(|t| {
-            Ok(Tensor::from_vec(
-                t.to_f32(),
-                t.shape.as_slice(),
-                &Device::Cpu,
-            )?)
-        })
-        .collect()
+    f(set.tensors())
 }

@@ -23,7 +23,7 @@ use crate::{
     attention::{Dims, LayerKv, RopeTables, attend},
     cache::{ByteSize, CacheStats, ExpertCache},
     linear::Linear,
-    load::read_group,
+    load::{read_group, with_group},
 };
 
 /// Default byte budget of the expert cache.
@@ -503,12 +503,17 @@ impl Model {
             .get(&name)
             .ok_or_else(|| ModelError::PartMissing { part: part.clone() })?;
         // Sorted by name: w1, w2, w3.
-        let [w1, w2, w3]: [Tensor; 3] = read_group(&self.store, source.block, group, &part)?
-            .try_into()
-            .map_err(|_| ModelError::PartMissing { part: part.clone() })?;
+        let precision = self.precision;
+        let (w13, w2) = with_group(&self.store, source.block, group, &part, |t| match t {
+            [w1, w2, w3] => Ok((
+                Linear::stacked(&[w1, w3], precision)?,
+                Linear::stacked(&[w2], precision)?,
+            )),
+            _ => Err(ModelError::PartMissing { part: part.clone() }),
+        })?;
         Ok(Expert {
-            w13: Linear::new(Tensor::cat(&[w1, w3], 0)?, self.precision)?,
-            w2: Linear::new(w2, self.precision)?,
+            w13,
+            w2,
             ffn: self.config.intermediate_size,
         })
     }

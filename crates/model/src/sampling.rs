@@ -150,27 +150,7 @@ impl Sampler {
             c.truncate(k);
         }
         if p.top_p < 1.0 {
-            let total: f32 = c.iter().map(|x| x.1).sum();
-            let want = p.top_p * total;
-            // The nucleus is usually a small head of the distribution: sort only the best m
-            // candidates, and look further only if their mass falls short.
-            let mut m = 64.min(c.len());
-            let keep = loop {
-                if m < c.len() {
-                    c.select_nth_unstable_by(m - 1, by_prob);
-                }
-                c[..m].sort_unstable_by(by_prob);
-                let mut cumulative = 0.0;
-                let found = c[..m].iter().position(|&(_, w)| {
-                    cumulative += w;
-                    cumulative >= want
-                });
-                match found {
-                    Some(i) => break i + 1,
-                    None if m == c.len() => break m,
-                    None => m = (m * 4).min(c.len()),
-                }
-            };
+            let keep = nucleus_len(c, p.top_p, by_prob);
             c.truncate(keep);
         }
         let total: f64 = c.iter().map(|x| f64::from(x.1)).sum();
@@ -183,6 +163,43 @@ impl Sampler {
         }
         c.last().map_or_else(|| argmax(logits), |x| x.0)
     }
+}
+
+/// Reorders `c` so that its first `n` entries are the nucleus (the fewest most likely
+/// candidates whose mass reaches `top_p` of the total) and returns `n`.
+///
+/// Repeated partitioning around a middle element finds the cut in expected linear time; a
+/// full sort would cost more than the rest of a decode step on a flat distribution. The
+/// partitioning is deterministic, so the same inputs give the same order.
+fn nucleus_len(
+    c: &mut [(TokenId, f32)],
+    top_p: f32,
+    by_prob: impl Fn(&(TokenId, f32), &(TokenId, f32)) -> std::cmp::Ordering + Copy,
+) -> usize {
+    let total: f32 = c.iter().map(|x| x.1).sum();
+    let want = top_p * total;
+    // Invariant: c[..lo] are the best `lo` candidates, with mass `above` < want; the cut lies
+    // in lo+1..=hi.
+    let (mut lo, mut hi, mut above) = (0, c.len(), 0f32);
+    while hi - lo > 32 {
+        let mid = lo + (hi - lo) / 2;
+        c[lo..hi].select_nth_unstable_by(mid - lo, by_prob);
+        let mass: f32 = c[lo..mid].iter().map(|x| x.1).sum();
+        if above + mass >= want {
+            hi = mid;
+        } else {
+            above += mass;
+            lo = mid;
+        }
+    }
+    c[lo..hi].sort_unstable_by(by_prob);
+    for (i, &(_, w)) in c[lo..hi].iter().enumerate() {
+        above += w;
+        if above >= want {
+            return lo + i + 1;
+        }
+    }
+    hi
 }
 
 /// The index of the largest logit, the first one on ties.
@@ -243,6 +260,40 @@ mod tests {
             .collect();
         assert!(draws.iter().all(|&t| t < 2));
         assert!(draws.contains(&1));
+    }
+
+    #[test]
+    fn the_nucleus_is_the_smallest_head_reaching_top_p() {
+        let by_prob =
+            |a: &(TokenId, f32), b: &(TokenId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        for (n, top_p) in [(1000usize, 0.5f32), (1000, 0.999), (4096, 0.95), (7, 0.3)] {
+            let mut c: Vec<(TokenId, f32)> = (0..n as u32)
+                .map(|i| (i, 1.0 + ((i * 7919) % 997) as f32 / 100.0))
+                .collect();
+            let mut sorted = c.clone();
+            sorted.sort_by(by_prob);
+            let total: f32 = sorted.iter().map(|x| x.1).sum();
+            let mut acc = 0.0;
+            let expected = sorted
+                .iter()
+                .position(|x| {
+                    acc += x.1;
+                    acc >= top_p * total
+                })
+                .unwrap()
+                + 1;
+            let got = nucleus_len(&mut c, top_p, by_prob);
+            // Float sums in a different order can move the cut by one at the boundary.
+            assert!(
+                got.abs_diff(expected) <= 1,
+                "{n} {top_p}: {got} vs {expected}"
+            );
+            let mut kept: Vec<u32> = c[..got].iter().map(|x| x.0).collect();
+            kept.sort_unstable();
+            let mut best: Vec<u32> = sorted[..got].iter().map(|x| x.0).collect();
+            best.sort_unstable();
+            assert_eq!(kept, best, "the kept set is the most likely head");
+        }
     }
 
     #[test]

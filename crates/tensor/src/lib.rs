@@ -1,5 +1,5 @@
-//! Tensor payloads of parameter blocks: a deterministic safetensors layout, dtypes and weight
-//! sanity checks.
+//! Tensor payloads of parameter blocks: a deterministic safetensors layout, dtypes, weight
+//! sanity checks and Q8_0 quantization.
 //!
 //! A parameter block's payload is a safetensors file. Blyan writes it deterministically
 //! (tensors sorted by name, data in that order, header padded to 8 bytes) so that the same
@@ -9,10 +9,14 @@
 
 mod dtype;
 mod payload;
+mod q8_0;
 
 pub use dtype::DType;
 pub use payload::{
     TensorDesc, TensorError, TensorRef, TensorSet, check_finite, encode_tensors, f32_to_bytes,
+};
+pub use q8_0::{
+    Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN, dequantize_q8_0, quantize_q8_0, quantize_q8_0_le_bytes,
 };
 
 /// Most dimensions a tensor may have.
