@@ -3,6 +3,7 @@
 
 mod chain_cmd;
 mod generate_cmd;
+mod interop_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,12 @@ enum Command {
     Up,
     /// Generate text with the model on the chain.
     Generate(generate_cmd::GenerateArgs),
+    /// Import a model from files into the chain.
+    #[command(subcommand)]
+    Import(interop_cmd::ImportCommand),
+    /// Export the chain's current model to files.
+    #[command(subcommand)]
+    Export(interop_cmd::ExportCommand),
     /// Inspect and verify the block store.
     #[command(subcommand)]
     Chain(chain_cmd::ChainCommand),
@@ -81,6 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init(&data_dir, &args).map(|_| ExitCode::SUCCESS),
         Command::Up => up(&data_dir),
         Command::Generate(args) => generate_cmd::run(&data_dir, args).map(|_| ExitCode::SUCCESS),
+        Command::Import(cmd) => interop_cmd::import(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
+        Command::Export(cmd) => interop_cmd::export(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
         Command::Chain(cmd) => chain_cmd::run(&open_store(&data_dir)?, cmd),
     }
 }
