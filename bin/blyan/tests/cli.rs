@@ -240,3 +240,44 @@ fn generate_refuses_bad_requests_with_clear_errors() {
     let out = blyan(dir.path(), &["generate", "--prompt", &long]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("context window"));
 }
+
+#[test]
+fn export_import_round_trip_and_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let hf = dir.path().join("hf");
+    let init = json(&blyan(&a, &["init", "--json"]));
+    let out = blyan(&a, &["export", "hf", hf.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let imported = json(&blyan(
+        &b,
+        &["import", "hf", hf.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(imported["created"], true);
+    assert_eq!(imported["network"], init["network"]);
+    let again = json(&blyan(
+        &b,
+        &["import", "hf", hf.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(again["created"], false);
+    assert_eq!(again["unchanged"], 47);
+
+    let gguf = dir.path().join("m.gguf");
+    let out = blyan(&b, &["export", "gguf", gguf.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&std::fs::read(&gguf).unwrap()[..4], b"GGUF");
+
+    // Exporting over existing files is refused.
+    let out = blyan(&a, &["export", "hf", hf.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}

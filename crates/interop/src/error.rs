@@ -38,9 +38,12 @@ pub enum InteropError {
     /// The store has no model.
     #[error("the chain has no model spec; run `blyan init` or import one first")]
     NoModel,
-    /// A block built from the input was refused.
+    /// A block built from the input was refused (e.g. a NaN weight).
     #[error("block refused: {0}")]
     Block(#[from] BlockError),
+    /// The store refused a block built from the input.
+    #[error("block refused: {0}")]
+    Refused(ChainError),
     /// The store failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -55,8 +58,16 @@ impl InteropError {
             InteropError::SpecMismatch { .. } => "spec_mismatch",
             InteropError::DestinationNotEmpty { .. } => "destination_not_empty",
             InteropError::NoModel => "no_model",
-            InteropError::Block(_) => "block_refused",
+            InteropError::Block(_) | InteropError::Refused(_) => "block_refused",
             InteropError::Chain(_) => "chain",
+        }
+    }
+
+    /// Separates the store refusing a block from the store failing.
+    pub(crate) fn appending(e: ChainError) -> InteropError {
+        match e {
+            ChainError::Invalid { .. } => InteropError::Refused(e),
+            other => InteropError::Chain(other),
         }
     }
 

@@ -189,6 +189,9 @@ pub enum ImportOutcome {
     },
 }
 
+/// A checkpoint's tensors by name: descriptor and bytes.
+type TensorIndex<'a> = HashMap<String, (TensorDesc, &'a [u8])>;
+
 /// The mapped safetensors files of a checkpoint directory.
 struct Checkpoint {
     files: Vec<(PathBuf, memmap2::Mmap)>,
@@ -225,17 +228,14 @@ impl Checkpoint {
     }
 
     /// Every tensor by name, with the file it is in. Checks names are unique and known.
-    fn index(
-        &self,
-        spec: &ModelSpec,
-    ) -> Result<HashMap<String, (usize, TensorDesc, &[u8])>, InteropError> {
+    fn index(&self, spec: &ModelSpec) -> Result<TensorIndex<'_>, InteropError> {
         let layout = spec.layout();
         let known: HashMap<&str, &TensorDesc> = layout
             .values()
             .flat_map(|g| g.tensors.iter().map(|t| (t.name.as_str(), t)))
             .collect();
         let mut out = HashMap::new();
-        for (i, (path, map)) in self.files.iter().enumerate() {
+        for (path, map) in &self.files {
             let st = SafeTensors::deserialize(map)
                 .map_err(|e| InteropError::invalid(path, e.to_string()))?;
             for (name, view) in st.tensors() {
@@ -273,7 +273,7 @@ impl Checkpoint {
                         ),
                     ));
                 }
-                if out.insert(name.clone(), (i, desc, view.data())).is_some() {
+                if out.insert(name.clone(), (desc, view.data())).is_some() {
                     return Err(InteropError::invalid(
                         path,
                         format!("tensor {name} appears twice"),
@@ -293,7 +293,7 @@ impl Checkpoint {
 
 /// Genesis weights read from a checkpoint.
 struct CheckpointWeights<'a> {
-    tensors: &'a HashMap<String, (usize, TensorDesc, &'a [u8])>,
+    tensors: &'a TensorIndex<'a>,
 }
 
 impl WeightSource for CheckpointWeights<'_> {
@@ -302,7 +302,7 @@ impl WeightSource for CheckpointWeights<'_> {
             .tensors
             .iter()
             .map(|d| {
-                let (_, desc, data) = &self.tensors[&d.name];
+                let (desc, data) = &self.tensors[&d.name];
                 (desc.clone(), data.to_vec())
             })
             .collect()
@@ -355,7 +355,7 @@ pub fn import_hf(
     let Some((network, current)) = store.meta()? else {
         let blocks = genesis_blocks(&meta, &mut CheckpointWeights { tensors: &tensors })?;
         let count = blocks.len();
-        let network = match init(store, blocks)? {
+        let network = match init(store, blocks).map_err(InteropError::appending)? {
             InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => network,
         };
         return Ok(ImportOutcome::Created {
@@ -383,7 +383,7 @@ pub fn import_hf(
             .tensors
             .iter()
             .map(|d| {
-                let (_, desc, data) = &tensors[&d.name];
+                let (desc, data) = &tensors[&d.name];
                 (desc.clone(), *data)
             })
             .collect();
@@ -418,7 +418,9 @@ pub fn import_hf(
         names.push(group.name.clone());
         blocks.push(block);
     }
-    let hashes = store.append_batch(blocks)?;
+    let hashes = store
+        .append_batch(blocks)
+        .map_err(InteropError::appending)?;
     Ok(ImportOutcome::Updated {
         network,
         versions: names.into_iter().zip(hashes).collect(),
