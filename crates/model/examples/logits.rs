@@ -12,7 +12,9 @@ use blyan_model::{LoadOptions, Model, Precision};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().expect("usage: logits STORE_DIR PRECISION TOKEN...");
+    let dir = args
+        .next()
+        .expect("usage: logits STORE_DIR PRECISION TOKEN...");
     let precision: Precision = args.next().expect("precision").parse().unwrap();
     let tokens: Vec<u32> = args.map(|t| t.parse().unwrap()).collect();
     let store = Arc::new(Store::open(dir).unwrap());
