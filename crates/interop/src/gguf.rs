@@ -106,10 +106,10 @@ pub fn export_gguf(store: &Store, path: &Path, ty: GgufType) -> Result<(), Inter
             values.insert(t.name.clone(), (t.shape.clone(), t.to_f32()));
         }
     }
-    let take = |name: &str| {
+    // Each tensor is used once, so it is moved out rather than copied.
+    let mut take = |name: &str| {
         values
-            .get(name)
-            .cloned()
+            .remove(name)
             .ok_or_else(|| InteropError::invalid(store.dir(), format!("no tensor {name}")))
     };
 
