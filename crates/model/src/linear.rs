@@ -32,25 +32,6 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// Wraps an f32 `[out, in]` matrix, quantizing it for [`Precision::Int8`].
-    pub(crate) fn new(weight: Tensor, precision: Precision) -> Result<Linear, ModelError> {
-        let (rows, cols) = weight.dims2()?;
-        match precision {
-            Precision::F32 => Ok(Linear {
-                bytes: rows * cols * 4,
-                inner: QMatMul::Tensor(weight),
-            }),
-            Precision::Int8 => {
-                check_q8_width(cols)?;
-                let q = QTensor::quantize(&weight, GgmlDType::Q8_0)?;
-                Ok(Linear {
-                    bytes: q.storage_size_in_bytes(),
-                    inner: QMatMul::from_qtensor(q)?,
-                })
-            }
-        }
-    }
-
     /// The matrix made of `parts` (payload tensors `[rows_i, in]`) stacked by rows, built
     /// straight from the payload bytes: for int8 the f32 bytes are quantized without an
     /// intermediate copy.
@@ -58,6 +39,11 @@ impl Linear {
         parts: &[&TensorRef<'_>],
         precision: Precision,
     ) -> Result<Linear, ModelError> {
+        if parts.is_empty() {
+            return Err(ModelError::Unsupported {
+                reason: "a weight matrix needs at least one part".into(),
+            });
+        }
         let cols = parts
             .first()
             .and_then(|t| t.shape.get(1))
@@ -78,10 +64,10 @@ impl Linear {
                 for t in parts {
                     values.extend(t.to_f32());
                 }
-                Linear::new(
-                    Tensor::from_vec(values, (rows, cols), &Device::Cpu)?,
-                    precision,
-                )
+                Ok(Linear {
+                    bytes: rows * cols * 4,
+                    inner: QMatMul::Tensor(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?),
+                })
             }
             Precision::Int8 => {
                 check_q8_width(cols)?;

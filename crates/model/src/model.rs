@@ -150,15 +150,17 @@ impl Model {
         let layout = spec.layout();
         let precision = options.precision;
 
-        let dense = |name: &str| -> Result<Vec<Tensor>, ModelError> {
-            let group = layout.get(name).ok_or_else(|| ModelError::PartMissing {
+        let head = |name: &str| -> Result<(Hash, &TensorGroup), ModelError> {
+            let missing = || ModelError::PartMissing {
                 part: name.to_owned(),
-            })?;
-            let block = store
-                .group_head(name)?
-                .ok_or_else(|| ModelError::PartMissing {
-                    part: name.to_owned(),
-                })?;
+            };
+            let group = layout.get(name).ok_or_else(missing)?;
+            let block = store.group_head(name)?.ok_or_else(missing)?;
+            Ok((block, group))
+        };
+        // Vectors and the embedding table stay f32 tensors.
+        let dense = |name: &str| -> Result<Vec<Tensor>, ModelError> {
+            let (block, group) = head(name)?;
             read_group(&store, block, group, name)
         };
         let one = |name: &str| -> Result<Tensor, ModelError> {
@@ -166,17 +168,33 @@ impl Model {
                 .pop()
                 .ok_or_else(|| ModelError::PartMissing { part: name.into() })
         };
+        // Weight matrices are built straight from the payload, as experts are.
+        let matrices = |name: &str, stacks: &[&[usize]]| -> Result<Vec<Linear>, ModelError> {
+            let (block, group) = head(name)?;
+            with_group(&store, block, group, name, |t| {
+                stacks
+                    .iter()
+                    .map(|rows| {
+                        let parts = rows
+                            .iter()
+                            .map(|&i| t.get(i))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| ModelError::PartMissing { part: name.into() })?;
+                        Linear::stacked(&parts, precision)
+                    })
+                    .collect()
+            })
+        };
 
         let embed = one("model.embed_tokens")?;
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let p = format!("model.layers.{l}");
             // Group tensors come sorted by name: k, o, q, v and input, post-attention.
-            let [k, o, q, v]: [Tensor; 4] =
-                dense(&format!("{p}.self_attn"))?.try_into().map_err(|_| {
-                    ModelError::PartMissing {
-                        part: format!("{p}.self_attn"),
-                    }
+            let [qkv, o]: [Linear; 2] = matrices(&format!("{p}.self_attn"), &[&[2, 0, 3], &[1]])?
+                .try_into()
+                .map_err(|_| ModelError::PartMissing {
+                    part: format!("{p}.self_attn"),
                 })?;
             let [input_norm, post_norm]: [Tensor; 2] = dense(&format!("{p}.norms"))?
                 .try_into()
@@ -186,13 +204,18 @@ impl Model {
             layers.push(Layer {
                 input_norm,
                 post_norm,
-                qkv: Linear::new(Tensor::cat(&[q, k, v], 0)?, precision)?,
-                o: Linear::new(o, precision)?,
+                qkv,
+                o,
                 router: one(&format!("{p}.block_sparse_moe.gate"))?,
             });
         }
         let norm = one("model.norm")?;
-        let lm_head = Linear::new(one("lm_head")?, precision)?;
+        let lm_head =
+            matrices("lm_head", &[&[0]])?
+                .pop()
+                .ok_or_else(|| ModelError::PartMissing {
+                    part: "lm_head".into(),
+                })?;
 
         let mut experts = Vec::with_capacity(config.layers);
         for &id in options.expert_versions.keys() {
