@@ -6,16 +6,15 @@
 //! `k_proj` are permuted within each head on export (pair `(i, i + half)` moves to
 //! `(2i, 2i + 1)`), exactly as llama.cpp's own converter does.
 
-use std::{
-    fs::File,
-    io::{BufWriter, Write},
-    path::Path,
-};
+use std::path::Path;
 
 use blyan_chain::{Store, spec::ModelSpec};
 use blyan_tensor::{Q8_0_BLOCK_LEN, TensorSet, quantize_q8_0};
 
-use crate::{InteropError, hf::head_payloads};
+use crate::{
+    InteropError,
+    hf::{head_payloads, write_file},
+};
 
 /// GGUF format version written.
 const GGUF_VERSION: u32 = 3;
@@ -193,15 +192,7 @@ pub fn export_gguf(store: &Store, path: &Path, ty: GgufType) -> Result<(), Inter
         tokenizer_metadata(spec, &meta.tokenizer)
             .map_err(|reason| InteropError::invalid(store.dir(), format!("tokenizer: {reason}")))?,
     );
-    let bytes = encode(&kv, &tensors);
-    let tmp = path.with_extension("partial");
-    {
-        let file = File::create(&tmp).map_err(InteropError::io(&tmp))?;
-        let mut w = BufWriter::new(file);
-        w.write_all(&bytes).map_err(InteropError::io(&tmp))?;
-        w.flush().map_err(InteropError::io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(InteropError::io(path))?;
+    write_file(path, &encode(&kv, &tensors))?;
     Ok(())
 }
 

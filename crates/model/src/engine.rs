@@ -26,8 +26,9 @@ pub enum Event {
     Step(Step),
     /// The request finished; nothing follows.
     Done(Summary),
-    /// The request failed; nothing follows.
-    Failed(ModelError),
+    /// The request failed; nothing follows. A failed forward pass fails every request in
+    /// it, and they all receive the same error.
+    Failed(Arc<ModelError>),
 }
 
 /// Engine settings.
@@ -211,7 +212,7 @@ impl Worker {
                 cancel: job.cancel,
             }),
             Err(e) => {
-                let _ = job.events.send(Event::Failed(e));
+                let _ = job.events.send(Event::Failed(Arc::new(e)));
             }
         }
     }
@@ -230,16 +231,10 @@ impl Worker {
         let logits = match self.model.forward(&mut batch) {
             Ok(logits) => logits,
             Err(e) => {
-                // A failed pass (a corrupt expert block, say) fails every request in it; the
-                // error is reported to each with its full message.
-                let message = e.to_string();
-                let code = e.code();
-                let mut first = Some(e);
+                // A failed pass (a corrupt expert block, say) fails every request in it.
+                let e = Arc::new(e);
                 for a in active.drain(..) {
-                    let err = first.take().unwrap_or_else(|| ModelError::Unsupported {
-                        reason: format!("{code}: {message}"),
-                    });
-                    let _ = a.events.send(Event::Failed(err));
+                    let _ = a.events.send(Event::Failed(e.clone()));
                 }
                 return;
             }
@@ -252,7 +247,7 @@ impl Worker {
             let step = match a.decoder.advance(&self.tokenizer, &mut row) {
                 Ok(step) => step,
                 Err(e) => {
-                    let _ = a.events.send(Event::Failed(e));
+                    let _ = a.events.send(Event::Failed(Arc::new(e)));
                     return false;
                 }
             };

@@ -398,8 +398,10 @@ impl<'a> Generation<'a> {
             ],
         };
         let mut logits = self.model.forward(&mut [(&mut self.seq, &input)])?;
-        let logits = logits.first_mut().ok_or(ModelError::EngineStopped)?;
-        self.decoder.advance(self.tokenizer, logits)
+        let row = logits
+            .first_mut()
+            .expect("forward returns one row per sequence");
+        self.decoder.advance(self.tokenizer, row)
     }
 }
 
