@@ -2,8 +2,10 @@
 //! binary. This file is the command line only; the work happens in the library crates.
 
 mod chain_cmd;
+mod expert_cmd;
 mod generate_cmd;
 mod interop_cmd;
+mod train_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,9 @@ enum Command {
     /// Export the chain's current model to files.
     #[command(subcommand)]
     Export(interop_cmd::ExportCommand),
+    /// Train the tokenizer, the genesis model, or one expert.
+    #[command(subcommand)]
+    Train(train_cmd::TrainCommand),
     /// Inspect and verify the block store.
     #[command(subcommand)]
     Chain(chain_cmd::ChainCommand),
@@ -90,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate_cmd::run(&data_dir, args).map(|_| ExitCode::SUCCESS),
         Command::Import(cmd) => interop_cmd::import(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
         Command::Export(cmd) => interop_cmd::export(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
+        Command::Train(cmd) => train_cmd::run(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
         Command::Chain(cmd) => chain_cmd::run(&open_store(&data_dir)?, cmd),
     }
 }

@@ -72,6 +72,65 @@ impl WeightSource for RandomWeights {
     }
 }
 
+/// Weights from a bundle (`blyan_tensor::encode_bundle`), e.g. the trained genesis model.
+/// Built only after every tensor of the spec was found with its shape, so filling a group
+/// cannot fail.
+#[derive(Debug, Clone)]
+pub struct BundleWeights {
+    tensors: std::collections::BTreeMap<String, Vec<f32>>,
+}
+
+impl BundleWeights {
+    /// Decodes `bundle` and checks it holds exactly the tensors of `spec`'s layout.
+    pub fn new(bundle: &[u8], spec: &ModelSpec) -> Result<BundleWeights, BlockError> {
+        let bad = |detail: String| BlockError::InvalidSpec { detail };
+        let mut tensors = std::collections::BTreeMap::new();
+        for (name, shape, values) in
+            blyan_tensor::decode_bundle(bundle).map_err(|e| bad(e.to_string()))?
+        {
+            tensors.insert(name, (shape, values));
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for group in spec.groups_in_order() {
+            for desc in &group.tensors {
+                let (shape, values) = tensors
+                    .remove(&desc.name)
+                    .ok_or_else(|| bad(format!("the weights lack {}", desc.name)))?;
+                let want: Vec<usize> = desc.shape.iter().map(|&d| d as usize).collect();
+                if shape != want {
+                    return Err(bad(format!(
+                        "{} has shape {shape:?}, the spec says {want:?}",
+                        desc.name
+                    )));
+                }
+                out.insert(desc.name.clone(), values);
+            }
+        }
+        if let Some(name) = tensors.keys().next() {
+            return Err(bad(format!(
+                "the weights hold {name}, which the spec lacks"
+            )));
+        }
+        Ok(BundleWeights { tensors: out })
+    }
+}
+
+impl WeightSource for BundleWeights {
+    fn tensors(&mut self, group: &TensorGroup) -> Vec<(TensorDesc, Vec<u8>)> {
+        group
+            .tensors
+            .iter()
+            .map(|desc| {
+                let values = self
+                    .tensors
+                    .get(&desc.name)
+                    .expect("BundleWeights::new checked every tensor of the spec");
+                (desc.clone(), f32_to_bytes(values))
+            })
+            .collect()
+    }
+}
+
 /// `n` samples of N(0, std²) by the Box–Muller transform.
 fn normal_samples(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);

@@ -7,10 +7,12 @@
 
 #![warn(missing_docs)]
 
+mod bundle;
 mod dtype;
 mod payload;
 mod q8_0;
 
+pub use bundle::{BUNDLE_TENSORS_MAX, BundleTensor, decode_bundle, encode_bundle};
 pub use dtype::DType;
 pub use payload::{
     TensorDesc, TensorError, TensorRef, TensorSet, check_finite, encode_tensors, f32_to_bytes,
