@@ -29,7 +29,7 @@ pub(crate) struct ExpertArgs {
     #[arg(long, default_value_t = 4)]
     batch: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 48)]
     seq_len: usize,
     /// Where to write the candidate file.
     #[arg(long, value_name = "CANDIDATE")]
@@ -37,6 +37,11 @@ pub(crate) struct ExpertArgs {
     /// Print one JSON object instead of progress.
     #[arg(long)]
     json: bool,
+}
+
+/// A trainer error with its stable code in front: `[empty_data] the training data is empty`.
+pub(crate) fn coded(e: blyan_train::TrainError) -> anyhow::Error {
+    anyhow::anyhow!("[{}] {e}", e.code())
 }
 
 pub(crate) fn run(data_dir: &Path, args: ExpertArgs) -> anyhow::Result<()> {
@@ -51,7 +56,7 @@ pub(crate) fn run(data_dir: &Path, args: ExpertArgs) -> anyhow::Result<()> {
         batch: args.batch,
         seq_len: args.seq_len,
     };
-    let mut run = ExpertTraining::new(&store, &data, opts)?;
+    let mut run = ExpertTraining::new(&store, &data, opts).map_err(coded)?;
     let (train_tokens, eval_tokens) = run.token_counts();
     if !args.json {
         eprintln!(
@@ -64,7 +69,7 @@ pub(crate) fn run(data_dir: &Path, args: ExpertArgs) -> anyhow::Result<()> {
     let mut tokens = 0u64;
     let mut step_ms = Vec::new();
     while !run.is_done() {
-        let r = run.step()?;
+        let r = run.step().map_err(coded)?;
         tokens += r.tokens as u64;
         step_ms.push(r.elapsed.as_secs_f64() * 1e3);
         if !args.json && (r.step % 10 == 0 || run.is_done()) {

@@ -51,8 +51,12 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct InitArgs {
-    /// Seed of the random genesis weights.
-    #[arg(long, default_value_t = GENESIS_SEED)]
+    /// Start from untrained random weights and the byte-level tokenizer instead of the
+    /// bundled trained genesis model (for tests and benchmarks).
+    #[arg(long)]
+    random_weights: bool,
+    /// Seed of the random weights (with --random-weights).
+    #[arg(long, default_value_t = GENESIS_SEED, requires = "random_weights")]
     seed: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -100,6 +104,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The trained genesis model `blyan init` writes (see genesis/recipe.json for how it was
+/// made): its spec, tokenizer and Q8_0 weight bundle.
+const GENESIS_SPEC: &[u8] = include_bytes!("../../../genesis/spec.json");
+const GENESIS_TOKENIZER: &[u8] = include_bytes!("../../../genesis/tokenizer.json");
+const GENESIS_WEIGHTS: &[u8] = include_bytes!("../../../genesis/weights.q8");
+
 /// The block store inside a data directory.
 fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
     let dir = data_dir.join("chain");
@@ -108,7 +118,12 @@ fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
 
 fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutcome> {
     let store = open_store(data_dir)?;
-    let blocks = genesis::default_genesis(args.seed).context("building the genesis blocks")?;
+    let blocks = if args.random_weights {
+        genesis::random_genesis(args.seed)
+    } else {
+        genesis::bundled_genesis(GENESIS_SPEC, GENESIS_TOKENIZER, GENESIS_WEIGHTS)
+    }
+    .context("building the genesis blocks")?;
     let count = blocks.len();
     let bytes: u64 = blocks.iter().map(|b| b.header.payload_len).sum();
     let outcome = genesis::init(&store, blocks)?;
@@ -144,6 +159,7 @@ fn up(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let outcome = init(
         data_dir,
         &InitArgs {
+            random_weights: false,
             seed: GENESIS_SEED,
             json: false,
         },

@@ -77,7 +77,7 @@ fn main() {
     // 3: raw SHA-256 vs verify --full on the genesis store.
     let dir = tmp.path().join("genesis");
     let store = Store::open(&dir).unwrap();
-    genesis::init(&store, genesis::default_genesis(GENESIS_SEED).unwrap()).unwrap();
+    genesis::init(&store, genesis::random_genesis(GENESIS_SEED).unwrap()).unwrap();
     let buf = vec![0x5au8; 256 << 20];
     let raw = best_of(5, || {
         let t = Instant::now();

@@ -227,14 +227,36 @@ pub fn genesis_blocks(
     Ok(blocks)
 }
 
-/// The default network: the genesis spec, the byte-level tokenizer and seeded random weights.
-pub fn default_genesis(seed: u64) -> Result<Vec<Block>, BlockError> {
+/// An untrained network: the genesis architecture, the byte-level tokenizer (no merges) and
+/// seeded random weights. For tests and benchmarks; `blyan init` ships the trained model.
+pub fn random_genesis(seed: u64) -> Result<Vec<Block>, BlockError> {
     let tokenizer = byte_level_tokenizer_json();
     let meta = MetaPayload {
         spec: ModelSpec::genesis(Hash::of(&tokenizer)),
         tokenizer,
     };
     genesis_blocks(&meta, &mut RandomWeights { seed })
+}
+
+/// A network from a trained model: its spec as JSON (`ModelSpec`'s serde form), its
+/// `tokenizer.json` and its weights as a bundle. The spec must name the tokenizer's hash
+/// and the bundle must hold exactly the spec's tensors.
+pub fn bundled_genesis(
+    spec_json: &[u8],
+    tokenizer: &[u8],
+    weights: &[u8],
+) -> Result<Vec<Block>, BlockError> {
+    let spec: ModelSpec =
+        serde_json::from_slice(spec_json).map_err(|e| BlockError::InvalidSpec {
+            detail: format!("spec JSON: {e}"),
+        })?;
+    let meta = MetaPayload {
+        spec,
+        tokenizer: tokenizer.to_vec(),
+    };
+    meta.check()?;
+    let mut source = BundleWeights::new(weights, &meta.spec)?;
+    genesis_blocks(&meta, &mut source)
 }
 
 /// What `init` did.

@@ -323,7 +323,8 @@ impl MetaPayload {
         Ok(payload)
     }
 
-    fn check(&self) -> Result<(), BlockError> {
+    /// Checks the spec and that it names this tokenizer.
+    pub fn check(&self) -> Result<(), BlockError> {
         self.spec.check()?;
         let actual = Hash::of(&self.tokenizer);
         if actual != self.spec.tokenizer_hash {

@@ -18,7 +18,7 @@ fn main() {
     let store = Arc::new(Store::open(tmp.path()).unwrap());
     genesis::init(
         &store,
-        genesis::default_genesis(genesis::GENESIS_SEED).unwrap(),
+        genesis::random_genesis(genesis::GENESIS_SEED).unwrap(),
     )
     .unwrap();
     let model = Model::load(

@@ -31,7 +31,7 @@ fn main() {
     if store.meta().unwrap().is_none() {
         genesis::init(
             &store,
-            genesis::default_genesis(genesis::GENESIS_SEED).unwrap(),
+            genesis::random_genesis(genesis::GENESIS_SEED).unwrap(),
         )
         .unwrap();
     }

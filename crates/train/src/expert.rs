@@ -44,7 +44,7 @@ pub struct ExpertOptions {
 }
 
 impl ExpertOptions {
-    /// Defaults for `expert`: 100 steps at 1e-3, batches of 4 × 64 tokens.
+    /// Defaults for `expert`: 100 steps at 1e-3, batches of 4 × 48 tokens.
     pub fn new(expert: ExpertId) -> ExpertOptions {
         ExpertOptions {
             expert,
@@ -52,7 +52,7 @@ impl ExpertOptions {
             lr: 1e-3,
             seed: 0,
             batch: 4,
-            seq_len: 64,
+            seq_len: 48,
         }
     }
 }

@@ -195,6 +195,11 @@ pub fn train_genesis(
 
     write(&opts.out.join("weights.q8"), &bundle)?;
     write(&opts.out.join("tokenizer.json"), &meta.tokenizer)?;
+    let spec_json = serde_json::to_vec_pretty(spec).map_err(|e| TrainError::Io {
+        path: opts.out.join("spec.json"),
+        source: std::io::Error::other(e),
+    })?;
+    write(&opts.out.join("spec.json"), &spec_json)?;
     let train_points: Vec<(u64, f32)> = history.iter().map(|r| (r.step, r.loss)).collect();
     let val_points: Vec<(u64, f64)> = history
         .iter()
