@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use crate::TensorError;
 use crate::q8_0::{Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN, dequantize_q8_0, quantize_q8_0};
+use crate::{TensorError, f32_from_bytes, f32_to_bytes};
 
 /// Most tensors in one bundle.
 pub const BUNDLE_TENSORS_MAX: usize = 4096;
@@ -56,7 +56,7 @@ pub fn encode_bundle(tensors: &[BundleTensor]) -> Result<Vec<u8>, TensorError> {
             out
         } else {
             meta.insert(name.clone(), format!("f32:{dims}"));
-            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            f32_to_bytes(values)
         };
         encoded.push((name.clone(), bytes));
     }
@@ -108,9 +108,7 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<BundleTensor>, TensorError> {
                 if Some(data.len()) != numel.checked_mul(4) {
                     return Err(bad("f32 data does not match the shape"));
                 }
-                data.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
+                f32_from_bytes(data)
             }
             _ => return Err(bad("unknown encoding")),
         };

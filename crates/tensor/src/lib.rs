@@ -15,7 +15,8 @@ mod q8_0;
 pub use bundle::{BUNDLE_TENSORS_MAX, BundleTensor, decode_bundle, encode_bundle};
 pub use dtype::DType;
 pub use payload::{
-    TensorDesc, TensorError, TensorRef, TensorSet, check_finite, encode_tensors, f32_to_bytes,
+    TensorDesc, TensorError, TensorRef, TensorSet, check_finite, encode_tensors, f32_from_bytes,
+    f32_to_bytes,
 };
 pub use q8_0::{
     Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN, dequantize_q8_0, quantize_q8_0, quantize_q8_0_le_bytes,

@@ -145,11 +145,7 @@ impl TensorRef<'_> {
     /// The elements as `f32`, converting from half types.
     pub fn to_f32(&self) -> Vec<f32> {
         match self.dtype {
-            DType::F32 => self
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
+            DType::F32 => f32_from_bytes(self.data),
             DType::F16 => self
                 .data
                 .chunks_exact(2)
@@ -251,6 +247,15 @@ pub fn check_finite(name: &str, dtype: DType, data: &[u8]) -> Result<(), TensorE
 /// Little-endian bytes of `values`.
 pub fn f32_to_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Little-endian `f32` bytes as values (the inverse of [`f32_to_bytes`]); a trailing partial
+/// value is ignored.
+pub fn f32_from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Writes tensors as a deterministic safetensors file: sorted by name, data contiguous in

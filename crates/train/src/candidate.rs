@@ -92,13 +92,7 @@ impl Candidate {
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors
             .iter()
-            .map(|(n, s, v)| {
-                (
-                    n.clone(),
-                    s.clone(),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
-            })
+            .map(|(n, s, v)| (n.clone(), s.clone(), blyan_tensor::f32_to_bytes(v)))
             .collect();
         let views = bytes
             .iter()
@@ -153,11 +147,7 @@ impl Candidate {
             if view.dtype() != safetensors::Dtype::F32 {
                 return Err(bad(format!("{name} is {:?}, not F32", view.dtype())));
             }
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let values = blyan_tensor::f32_from_bytes(view.data());
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(bad(format!("{name} holds a non-finite value at {i}")));
             }

@@ -84,13 +84,25 @@ impl TokenStream {
         batch: usize,
         seq: usize,
     ) -> Result<Vec<(Tensor, Tensor)>, TrainError> {
-        let offsets: Vec<usize> = (0..)
-            .map(|i| i * seq)
-            .take_while(|&o| o + seq < self.tokens.len())
-            .collect();
-        offsets
+        self.eval_offsets(seq)
             .chunks(batch.max(1))
             .map(|c| self.gather(c, seq))
+            .collect()
+    }
+
+    /// The (previous token, target) pairs that [`TokenStream::eval_batches`] scores, in order.
+    pub fn eval_pairs(&self, seq: usize) -> Vec<(TokenId, TokenId)> {
+        self.eval_offsets(seq)
+            .into_iter()
+            .flat_map(|o| (o..o + seq).map(move |i| (self.tokens[i], self.tokens[i + 1])))
+            .collect()
+    }
+
+    /// Starts of the non-overlapping evaluation windows of `seq + 1` tokens.
+    fn eval_offsets(&self, seq: usize) -> Vec<usize> {
+        (0..)
+            .map(|i| i * seq)
+            .take_while(|&o| o + seq < self.tokens.len())
             .collect()
     }
 

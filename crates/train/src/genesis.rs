@@ -133,7 +133,7 @@ pub fn train_genesis(
     let train = split_stream(corpus, Split::Train, &tok, spec)?;
     let validation = split_stream(corpus, Split::Validation, &tok, spec)?;
     let train_split_tokens = train.len();
-    let pairs = eval_pairs(&validation, opts.train.seq_len);
+    let pairs = validation.eval_pairs(opts.train.seq_len);
     let base = baselines(train.tokens(), cfg.vocab_size, &pairs);
 
     let params = Params::new(random_weights(spec, opts.init_seed)?, |_| true)?;
@@ -252,20 +252,6 @@ pub fn net_from_bundle(cfg: &ModelConfig, bundle: &[u8]) -> Result<Net, TrainErr
         tensors.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
     }
     Net::new(cfg.clone(), Params::new(tensors, |_| false)?)
-}
-
-/// The (previous token, target) pairs the model is scored on for `stream`.
-pub fn eval_pairs(stream: &TokenStream, seq: usize) -> Vec<(u32, u32)> {
-    let t = stream.tokens();
-    let mut out = Vec::new();
-    let mut o = 0;
-    while o + seq < t.len() {
-        for i in o..o + seq {
-            out.push((t[i], t[i + 1]));
-        }
-        o += seq;
-    }
-    out
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {

@@ -22,4 +22,4 @@ mod trainer;
 pub mod weights;
 
 pub use error::TrainError;
-pub use trainer::{StepReport, TrainConfig, Trainer, eval_loss, tensors_from_safetensors};
+pub use trainer::{StepReport, TrainConfig, Trainer, eval_loss};

@@ -1,7 +1,7 @@
 //! One training loop for both genesis and expert fine-tuning: a step is one optimizer
 //! update on one batch, small enough to be a yield point.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -300,10 +300,4 @@ pub fn eval_loss(
         });
     }
     Ok(sum / count as f64)
-}
-
-/// Named f32 tensors from a safetensors file's bytes.
-pub fn tensors_from_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>, TrainError> {
-    let map = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
-    Ok(map.into_iter().collect())
 }

@@ -6,7 +6,7 @@ use blyan_chain::Store;
 use blyan_chain::genesis::{RandomWeights, WeightSource};
 use blyan_chain::spec::{MetaPayload, ModelSpec};
 use blyan_primitives::Hash;
-use blyan_tensor::{TensorDesc, TensorSet};
+use blyan_tensor::{TensorDesc, TensorSet, f32_from_bytes};
 use candle_core::{Device, Tensor};
 
 use crate::TrainError;
@@ -18,11 +18,7 @@ pub fn random_weights(spec: &ModelSpec, seed: u64) -> Result<BTreeMap<String, Te
     let mut out = BTreeMap::new();
     for group in spec.groups_in_order() {
         for (desc, bytes) in source.tensors(&group) {
-            let values: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            out.insert(desc.name.clone(), to_tensor(&desc, values)?);
+            out.insert(desc.name.clone(), to_tensor(&desc, f32_from_bytes(&bytes))?);
         }
     }
     Ok(out)
