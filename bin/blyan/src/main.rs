@@ -2,9 +2,11 @@
 //! binary. This file is the command line only; the work happens in the library crates.
 
 mod chain_cmd;
+mod chat_cmd;
 mod expert_cmd;
 mod generate_cmd;
 mod interop_cmd;
+mod node_cmd;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -31,8 +33,12 @@ struct Cli {
 enum Command {
     /// Create a network in the data directory from the genesis spec and weights.
     Init(InitArgs),
-    /// Initialise the data directory if needed, verify it, and report the node's state.
-    Up,
+    /// Initialise the data directory if needed, verify it, then run the node.
+    Up(node_cmd::NodeArgs),
+    /// Serve the OpenAI-compatible API and the web UI for the network in the data directory.
+    Node(node_cmd::NodeArgs),
+    /// Chat with a running node in the terminal, streamed.
+    Chat(chat_cmd::ChatArgs),
     /// Generate text with the model on the chain.
     Generate(generate_cmd::GenerateArgs),
     /// Import a model from files into the chain.
@@ -64,8 +70,9 @@ struct InitArgs {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli, started) {
         Ok(code) => code,
         // A reader that stops early (`blyan chain log | head`) is not an error.
         Err(e)
@@ -86,7 +93,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
     let data_dir = match cli.data_dir {
         Some(d) => d,
         None => dirs::data_dir()
@@ -95,7 +102,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Init(args) => init(&data_dir, &args).map(|_| ExitCode::SUCCESS),
-        Command::Up => up(&data_dir),
+        Command::Up(args) => up(&data_dir, &args, started),
+        Command::Node(args) => node_cmd::run(&data_dir, &args, started).map(|_| ExitCode::SUCCESS),
+        Command::Chat(args) => chat_cmd::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Generate(args) => generate_cmd::run(&data_dir, args).map(|_| ExitCode::SUCCESS),
         Command::Import(cmd) => interop_cmd::import(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
         Command::Export(cmd) => interop_cmd::export(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
@@ -155,7 +164,11 @@ fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutco
     Ok(outcome)
 }
 
-fn up(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn up(
+    data_dir: &std::path::Path,
+    args: &node_cmd::NodeArgs,
+    started: std::time::Instant,
+) -> anyhow::Result<ExitCode> {
     let outcome = init(
         data_dir,
         &InitArgs {
@@ -177,9 +190,7 @@ fn up(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 report.blocks
             );
             println!("network {network} is ready in {}", data_dir.display());
-            println!(
-                "this build holds the chain only: chat, the API and the web UI are not part of it yet"
-            );
+            node_cmd::run(data_dir, args, started)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {

@@ -77,6 +77,19 @@ impl Receiver {
     pub fn recv(&self) -> Option<Event> {
         self.events.recv().ok()
     }
+
+    /// The next event, waiting at most `timeout`: `Err(Timeout)` if none came in time,
+    /// `Ok(None)` after the last one.
+    pub fn recv_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Event>, mpsc::RecvTimeoutError> {
+        match self.events.recv_timeout(timeout) {
+            Ok(event) => Ok(Some(event)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Iterator for Receiver {

@@ -297,6 +297,14 @@ impl Model {
             .collect()
     }
 
+    /// Whether expert `id`'s served version is decoded in the expert cache now.
+    pub fn expert_cached(&self, id: ExpertId) -> bool {
+        self.experts
+            .get(usize::from(id.layer))
+            .and_then(|row| row.get(usize::from(id.expert)))
+            .is_some_and(|s| self.cache.contains(&s.block))
+    }
+
     /// Expert cache counters.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()

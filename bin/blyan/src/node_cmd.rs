@@ -1,0 +1,137 @@
+//! `blyan node` and `blyan up`: serve the API and web UI until SIGINT or SIGTERM.
+
+use std::{path::Path, sync::Arc, time::Instant};
+
+use anyhow::Context;
+use blyan_node::{ConfigLayer, Node, NodeConfig};
+
+/// Settings of `blyan node` / `blyan up`. Each overrides the environment variable named
+/// beside it, which overrides the config file, which overrides the defaults.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// TOML config file [default: DATA_DIR/blyan.toml if it exists].
+    #[arg(long, env = "BLYAN_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Address of the API and web UI [default: 127.0.0.1:8420].
+    #[arg(long, env = "BLYAN_LISTEN", value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Precision of the served weights, f32 or int8 [default: int8].
+    #[arg(long, env = "BLYAN_PRECISION", value_parser = ["f32", "int8"])]
+    precision: Option<String>,
+    /// Byte budget of the expert cache, in MiB [default: 256].
+    #[arg(long, env = "BLYAN_EXPERT_CACHE_MIB")]
+    expert_cache_mib: Option<usize>,
+    /// Most sequences decoded together [default: 32].
+    #[arg(long, env = "BLYAN_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Most generations in flight before requests are refused [default: 256].
+    #[arg(long, env = "BLYAN_MAX_ACTIVE")]
+    max_active: Option<usize>,
+}
+
+impl NodeArgs {
+    fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            listen: self.listen,
+            precision: self.precision.clone(),
+            expert_cache_mib: self.expert_cache_mib,
+            max_batch: self.max_batch,
+            max_active: self.max_active,
+            ..ConfigLayer::default()
+        }
+    }
+}
+
+/// The settings: defaults, then the config file, then environment and flags.
+fn node_config(data_dir: &Path, args: &NodeArgs) -> anyhow::Result<NodeConfig> {
+    let mut config = NodeConfig::default();
+    let file = match &args.config {
+        Some(f) => Some(f.clone()),
+        None => Some(data_dir.join("blyan.toml")).filter(|f| f.exists()),
+    };
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading the config file {}", file.display()))?;
+        let layer = ConfigLayer::from_toml(&text)
+            .with_context(|| format!("in the config file {}", file.display()))?;
+        config
+            .apply(&layer)
+            .with_context(|| format!("in the config file {}", file.display()))?;
+    }
+    config.apply(&args.layer())?;
+    Ok(config)
+}
+
+pub(crate) fn run(data_dir: &Path, args: &NodeArgs, started: Instant) -> anyhow::Result<()> {
+    let config = node_config(data_dir, args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("blyan-api")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let dir = data_dir.to_owned();
+        let node =
+            tokio::task::spawn_blocking(move || Node::open(&dir, config, blyan_api::unix_ms()))
+                .await
+                .context("loading the node")??;
+        let node = Arc::new(node);
+        let info = node.info();
+        println!(
+            "node of network {} serving {} ({} layers × {} experts, top-{}) from {}",
+            info.network,
+            info.precision,
+            info.layers,
+            info.experts,
+            info.top_k,
+            data_dir.display()
+        );
+        println!("web UI       http://{addr}/");
+        println!(
+            "OpenAI API   http://{addr}/v1   (model \"{}\")",
+            blyan_api::MODEL_ID
+        );
+        println!("health       http://{addr}/health   metrics http://{addr}/metrics");
+        println!(
+            "ready in {:.2} s; Ctrl-C stops the node",
+            started.elapsed().as_secs_f64()
+        );
+        blyan_api::serve(node.clone(), listener, shutdown_signal())
+            .await
+            .context("serving the API")?;
+        println!(
+            "stopped cleanly ({} generations were in flight)",
+            node.active_generations()
+        );
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    eprintln!("shutting down: refusing new requests, finishing streams");
+}

@@ -1,0 +1,297 @@
+// Blyan web UI: chat (streamed over the OpenAI-compatible API), expert dashboard, chain
+// explorer, activity and health. Plain browser JavaScript; no build step.
+'use strict';
+
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'class') node.className = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+async function getJson(path, init) {
+  const res = await fetch(path, init);
+  const body = await res.json().catch(() => null);
+  if (!res.ok) {
+    const e = body && body.error;
+    throw new Error(e ? `[${e.code}] ${e.message}` : `${res.status} ${res.statusText}`);
+  }
+  return body;
+}
+
+const short = (h) => (h ? h.slice(0, 12) : '');
+const bytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
+
+// ---- tabs ----
+const loaders = {};
+for (const tab of document.querySelectorAll('.tab')) {
+  tab.addEventListener('click', () => {
+    document.querySelectorAll('.tab').forEach((t) => t.classList.toggle('active', t === tab));
+    document.querySelectorAll('.panel').forEach((p) => p.classList.toggle('active', p.id === `tab-${tab.dataset.tab}`));
+    const load = loaders[tab.dataset.tab];
+    if (load) load();
+  });
+}
+
+// ---- chat ----
+let history = [];
+let controller = null;
+
+function addMessage(role, text) {
+  const m = el('div', { class: `msg ${role}` }, text);
+  $('#messages').append(m);
+  $('#messages').scrollTop = $('#messages').scrollHeight;
+  return m;
+}
+
+function setStreaming(on) {
+  $('#send').disabled = on;
+  $('#stop').disabled = !on;
+  $('#prompt').disabled = on;
+}
+
+async function sendChat(event) {
+  event.preventDefault();
+  const text = $('#prompt').value.trim();
+  if (!text || controller) return;
+  $('#prompt').value = '';
+  history.push({ role: 'user', content: text });
+  addMessage('user', text);
+  const reply = addMessage('assistant streaming', '');
+  const body = {
+    model: 'blyan',
+    messages: history,
+    stream: true,
+    stream_options: { include_usage: true },
+    max_tokens: Number($('#max-tokens').value) || 96,
+    temperature: Number($('#temperature').value),
+  };
+  if ($('#seed').value !== '') body.seed = Number($('#seed').value);
+  controller = new AbortController();
+  setStreaming(true);
+  $('#chat-status').textContent = 'generating…';
+  const started = performance.now();
+  let firstAt = null;
+  let content = '';
+  let finish = null;
+  let usage = null;
+  try {
+    const res = await fetch('/v1/chat/completions', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: controller.signal,
+    });
+    if (!res.ok) {
+      const b = await res.json().catch(() => null);
+      throw new Error(b && b.error ? `[${b.error.code}] ${b.error.message}` : `${res.status}`);
+    }
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf('\n\n')) >= 0) {
+        const frame = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        for (const line of frame.split('\n')) {
+          if (!line.startsWith('data:')) continue;
+          const data = line.slice(5).trim();
+          if (data === '[DONE]') continue;
+          const chunk = JSON.parse(data);
+          if (chunk.error) throw new Error(`[${chunk.error.code}] ${chunk.error.message}`);
+          if (chunk.usage) usage = chunk.usage;
+          const choice = chunk.choices[0];
+          if (!choice) continue;
+          if (choice.delta && choice.delta.content) {
+            if (firstAt === null) firstAt = performance.now();
+            content += choice.delta.content;
+            reply.textContent = content;
+            $('#messages').scrollTop = $('#messages').scrollHeight;
+          }
+          if (choice.finish_reason) finish = choice.finish_reason;
+        }
+      }
+    }
+    history.push({ role: 'assistant', content });
+    const secs = (performance.now() - started) / 1000;
+    const ttft = firstAt === null ? '–' : `${Math.round(firstAt - started)} ms`;
+    const tokens = usage ? usage.completion_tokens : '?';
+    $('#chat-status').textContent = `finished (${finish}); ${tokens} tokens in ${secs.toFixed(2)} s; first token after ${ttft}`;
+  } catch (e) {
+    if (e.name === 'AbortError') {
+      history.push({ role: 'assistant', content });
+      $('#chat-status').textContent = `stopped after ${content.length} characters`;
+    } else {
+      history.pop();
+      addMessage('error', String(e.message || e));
+      $('#chat-status').textContent = 'failed';
+    }
+  } finally {
+    reply.classList.remove('streaming');
+    reply.dataset.done = finish || 'stopped';
+    controller = null;
+    setStreaming(false);
+    $('#prompt').focus();
+  }
+}
+
+$('#chat-form').addEventListener('submit', sendChat);
+$('#prompt').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey) {
+    e.preventDefault();
+    $('#chat-form').requestSubmit();
+  }
+});
+$('#stop').addEventListener('click', () => controller && controller.abort());
+$('#reset').addEventListener('click', () => {
+  if (controller) controller.abort();
+  history = [];
+  $('#messages').replaceChildren();
+  $('#chat-status').textContent = '';
+});
+
+// ---- experts ----
+loaders.experts = async () => {
+  try {
+    const data = await getJson('/experts');
+    const c = data.cache;
+    const rate = c.hit_rate === null ? 'n/a' : `${(100 * c.hit_rate).toFixed(1)}%`;
+    $('#cache-summary').textContent = `expert cache: hit rate ${rate}, ${c.hits} hits, ${c.misses} misses, ${c.evictions} evictions, ${bytes(c.bytes)} of ${bytes(c.budget_bytes)} in ${c.entries} experts`;
+    const max = Math.max(1, ...data.experts.map((x) => x.tokens_routed));
+    const rows = data.experts.map((x) => {
+      const select = el('select', { 'data-expert': x.id });
+      x.versions.forEach((v, i) => {
+        const label = `v${i + 1} ${short(v)}${v === x.head ? ' (head)' : ''}`;
+        const opt = el('option', { value: v }, label);
+        if (v === x.served) opt.selected = true;
+        select.append(opt);
+      });
+      return el('tr', {},
+        el('td', {}, x.id),
+        el('td', {}, el('span', { class: 'bar', style: `width:${Math.round(80 * x.tokens_routed / max)}px` }), ` ${x.tokens_routed}`),
+        el('td', {}, x.cached ? 'yes' : 'no'),
+        el('td', {}, x.versions.length),
+        el('td', {}, select));
+    });
+    $('#experts-table tbody').replaceChildren(...rows);
+  } catch (e) {
+    $('#cache-summary').textContent = `could not load experts: ${e.message}`;
+  }
+};
+
+async function serve(pins) {
+  $('#serving-status').textContent = 'loading the model with the chosen versions…';
+  try {
+    const r = await getJson('/experts/serving', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ pins }),
+    });
+    const n = Object.keys(r.pins).length;
+    $('#serving-status').textContent = n ? `serving ${n} pinned expert versions` : 'serving every expert\'s head';
+    loaders.experts();
+  } catch (e) {
+    $('#serving-status').textContent = `not changed: ${e.message}`;
+  }
+}
+
+$('#apply-versions').addEventListener('click', () => {
+  const pins = {};
+  for (const s of document.querySelectorAll('#experts-table select')) {
+    const head = [...s.options].find((o) => o.textContent.endsWith('(head)'));
+    if (!head || s.value !== head.value) pins[s.dataset.expert] = s.value;
+  }
+  serve(pins);
+});
+$('#heads').addEventListener('click', () => serve({}));
+
+// ---- chain ----
+const PAGE = 25;
+let offset = 0;
+loaders.chain = async () => {
+  const chain = $('#chain-filter').value;
+  try {
+    const page = await getJson(`/chain/blocks?limit=${PAGE}&offset=${offset}${chain ? `&chain=${chain}` : ''}`);
+    const rows = page.blocks.map((b) => el('tr', { onclick: () => showBlock(b.hash) },
+      el('td', {}, b.chain), el('td', {}, b.height), el('td', {}, b.kind), el('td', {}, b.name),
+      el('td', {}, bytes(b.payload_len)), el('td', { class: 'hash' }, short(b.hash))));
+    $('#blocks-table tbody').replaceChildren(...rows);
+    const last = Math.min(page.total, offset + page.blocks.length);
+    $('#page-info').textContent = `${page.total ? offset + 1 : 0}–${last} of ${page.total}`;
+    $('#prev-page').disabled = offset === 0;
+    $('#next-page').disabled = last >= page.total;
+  } catch (e) {
+    $('#page-info').textContent = `could not load blocks: ${e.message}`;
+  }
+};
+
+async function showBlock(hash) {
+  const d = $('#block-detail');
+  d.hidden = false;
+  try {
+    d.textContent = JSON.stringify(await getJson(`/chain/blocks/${hash}`), null, 2);
+  } catch (e) {
+    d.textContent = e.message;
+  }
+}
+
+$('#chain-filter').addEventListener('change', () => { offset = 0; loaders.chain(); });
+$('#prev-page').addEventListener('click', () => { offset = Math.max(0, offset - PAGE); loaders.chain(); });
+$('#next-page').addEventListener('click', () => { offset += PAGE; loaders.chain(); });
+
+// ---- activity ----
+loaders.activity = async () => {
+  try {
+    const pol = await getJson('/pol/status');
+    $('#pol-status').textContent = pol.available ? `mode ${pol.mode}; ${pol.candidates} candidates` : pol.reason;
+    const experts = (await getJson('/experts')).experts.filter((x) => x.versions.length > 1);
+    $('#new-versions').textContent = experts.length
+      ? experts.map((x) => `${x.id}: ${x.versions.length} versions, head ${short(x.head)}`).join('\n')
+      : 'No expert has a version beyond genesis yet. `blyan train expert` makes a candidate; Proof of Learning will accept it.';
+    const proofs = await getJson('/chain/blocks?chain=proof&limit=50');
+    $('#proof-blocks').textContent = proofs.blocks.map((b) => `#${b.height} ${b.kind} ${b.name} ${short(b.hash)}`).join('\n') || 'empty';
+  } catch (e) {
+    $('#pol-status').textContent = `could not load activity: ${e.message}`;
+  }
+};
+
+// ---- health ----
+async function refreshHealth() {
+  try {
+    const h = await getJson('/health');
+    const badge = $('#stage-badge');
+    badge.textContent = `${h.stage} · ${(100 * h.readiness).toFixed(1)}%`;
+    badge.className = `badge ${h.stage}`;
+    $('#health-stage').textContent = h.stage;
+    $('#health-readiness').textContent = `readiness ${(100 * h.readiness).toFixed(1)}% after ${h.updates} checks`;
+    $('#health-reason').textContent = h.reason;
+    $('#health-table tbody').replaceChildren(...h.components.map((c) => el('tr', {},
+      el('td', {}, c.name), el('td', {}, `${(100 * c.readiness).toFixed(1)}%`), el('td', {}, c.weight),
+      el('td', {}, c.critical ? 'yes' : 'no'), el('td', {}, c.detail))));
+  } catch (e) {
+    $('#stage-badge').textContent = 'unreachable';
+    $('#stage-badge').className = 'badge unavailable';
+  }
+}
+loaders.health = refreshHealth;
+
+(async () => {
+  try {
+    const info = await getJson('/node');
+    $('#network').textContent = `network ${short(info.node.network)} · ${info.node.precision} · ${info.node.layers}×${info.node.experts} experts, top-${info.node.top_k}`;
+  } catch (e) {
+    $('#network').textContent = 'node unreachable';
+  }
+  refreshHealth();
+  setInterval(refreshHealth, 5000);
+})();

@@ -1,0 +1,142 @@
+//! The HTTP API of a node: OpenAI-compatible chat and completions with streaming, chain,
+//! expert, health and metrics endpoints, and the web UI.
+//!
+//! [`router`] builds the axum router over a [`Node`]; [`serve`] runs it on a listener with the
+//! Agent Checker's probe loop and a graceful shutdown. Handlers translate between HTTP and
+//! the node's typed calls; they know nothing of how blocks are stored.
+
+#![warn(missing_docs)]
+
+mod error;
+mod node_routes;
+mod openai;
+mod openapi;
+mod ui;
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post, put},
+};
+use blyan_node::Node;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use openai::{ApiJson, MODEL_ID};
+
+/// The router of every endpoint, over `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.config().body_limit_bytes;
+    Router::new()
+        .route("/", get(ui::index))
+        .route("/assets/{file}", get(ui::asset))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/node", get(node_routes::info))
+        .route("/chain/blocks", get(node_routes::blocks))
+        .route("/chain/blocks/{hash}", get(node_routes::block))
+        .route("/experts", get(node_routes::experts))
+        .route("/experts/serving", put(node_routes::serve_versions))
+        .route("/pol/status", get(node_routes::pol_status))
+        .route("/pol/validate", post(node_routes::pol_validate))
+        .route("/health", get(node_routes::health))
+        .route("/health/live", get(node_routes::live))
+        .route("/health/ready", get(node_routes::ready))
+        .route("/metrics", get(node_routes::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(node.clone(), track))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(node)
+}
+
+/// Records each routed request's duration and status.
+async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    node.record_response(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn not_found(State(node): State<Arc<Node>>, req: Request) -> ApiError {
+    node.record_response(req.method().as_str(), "unmatched", 404, 0.0);
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no endpoint {} {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, probing the node's components
+/// every `probe_interval_s`. At shutdown new requests are refused, streams in flight get
+/// `shutdown_grace_s` to finish before they are cancelled (each still ends with its finish
+/// chunk and `[DONE]`), and the Agent Checker's state is saved.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    node.set_listening(Some(listener.local_addr()?));
+    let probe_node = node.clone();
+    let probes = tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(probe_node.config().probe_interval_s));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let n = probe_node.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.probe(unix_ms())).await {
+                eprintln!("blyan-api: saving the Agent Checker state failed: {e}");
+            }
+        }
+    });
+    let signal_node = node.clone();
+    let signal = async move {
+        shutdown.await;
+        signal_node.begin_shutdown();
+        let grace = Duration::from_secs(signal_node.config().shutdown_grace_s);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            signal_node.cancel_all();
+        });
+    };
+    let served = axum::serve(listener, router(node.clone()))
+        .with_graceful_shutdown(signal)
+        .await;
+    probes.abort();
+    node.set_listening(None);
+    node.cancel_all();
+    if let Err(e) = node.save_state() {
+        eprintln!("blyan-api: saving the Agent Checker state failed: {e}");
+    }
+    served
+}

@@ -1,0 +1,540 @@
+//! The OpenAI-compatible endpoints: `/v1/models`, `/v1/chat/completions` and
+//! `/v1/completions`, plain and streaming (server-sent events ending with `data: [DONE]`).
+//!
+//! Blyan's model is a base language model, so a chat is rendered as text: each message's
+//! content on its own line, then a newline, and the reply continues from there.
+//! Generation runs on the node's batching engine; a blocking task forwards its events to the
+//! response, and when the client goes away the forwarder's send fails, the generation is
+//! dropped and the engine cancels it at its next step.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json,
+    extract::{FromRequest, Path, Request, State},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, Sse},
+    },
+};
+use blyan_model::{CancelToken, Event, FinishReason, SamplingParams};
+use blyan_node::{CompletionRequest, Generation, Node};
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::ApiError;
+
+/// The id under which the node's model is listed.
+pub const MODEL_ID: &str = "blyan";
+/// Most messages in one chat request.
+const MESSAGES_MAX: usize = 256;
+/// Chunks buffered between the generation and a slow client.
+const STREAM_BUFFER: usize = 64;
+
+/// A JSON body whose rejections are [`ApiError`]s in OpenAI's shape.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| ApiJson(v))
+            .map_err(ApiError::from)
+    }
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Message content: a string, or a list of parts of which only text parts are accepted.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Option<Content>,
+}
+
+/// Fields shared by chat and text completions.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    /// Blyan extension.
+    top_k: Option<u32>,
+    /// Blyan extension.
+    repetition_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// `POST /v1/completions` body.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TextRequest {
+    prompt: Prompt,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Chat or text completion: the response objects differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&node)]}))
+}
+
+/// `GET /v1/models/{id}`.
+pub(crate) async fn model(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_model(Some(&id))?;
+    Ok(Json(model_object(&node)))
+}
+
+fn model_object(node: &Node) -> Value {
+    let info = node.info();
+    json!({
+        "id": MODEL_ID,
+        "object": "model",
+        "created": info.started_ms / 1000,
+        "owned_by": "blyan",
+        "network": info.network,
+        "precision": info.precision,
+        "context_length": info.context_len,
+        "experts": {"layers": info.layers, "per_layer": info.experts, "top_k": info.top_k},
+    })
+}
+
+fn check_model(model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        None | Some(MODEL_ID) => Ok(()),
+        Some(other) => Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("the model {other:?} does not exist; this node serves {MODEL_ID:?}"),
+        )),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(node): State<Arc<Node>>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let prompt = chat_prompt(&req.messages)?;
+    complete(node, Kind::Chat, prompt, req.common).await
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(
+    State(node): State<Arc<Node>>,
+    ApiJson(req): ApiJson<TextRequest>,
+) -> Result<Response, ApiError> {
+    let prompt = match req.prompt {
+        Prompt::One(p) => p,
+        Prompt::Many(mut ps) if ps.len() == 1 => ps.remove(0),
+        Prompt::Many(_) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "exactly one prompt per request is supported",
+            ));
+        }
+    };
+    complete(node, Kind::Text, prompt, req.common).await
+}
+
+/// Renders the conversation as the text the model continues.
+fn chat_prompt(messages: &[ChatMessage]) -> Result<String, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "at least one message is required",
+        ));
+    }
+    if messages.len() > MESSAGES_MAX {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("at most {MESSAGES_MAX} messages per request"),
+        ));
+    }
+    let mut prompt = String::new();
+    for m in messages {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "developer" | "user" | "assistant"
+        ) {
+            return Err(ApiError::invalid(
+                "messages",
+                format!(
+                    "unsupported role {:?}; expected system, developer, user or assistant",
+                    m.role
+                ),
+            ));
+        }
+        match &m.content {
+            None => {}
+            Some(Content::Text(t)) => prompt.push_str(t),
+            Some(Content::Parts(parts)) => {
+                for p in parts {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => prompt.push_str(t),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                "messages",
+                                format!(
+                                    "content part of type {:?} is not supported; only text",
+                                    p.kind
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        prompt.push('\n');
+    }
+    Ok(prompt)
+}
+
+/// A seed for requests that bring none: distinct per request, from the clock and a counter.
+fn fresh_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // SplitMix64 finaliser: spreads nearby clock readings over the whole range.
+    let mut z = nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn request_id(kind: Kind) -> String {
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Text => "cmpl",
+    };
+    format!("{prefix}-{:016x}", fresh_seed())
+}
+
+fn finish_str(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+    }
+}
+
+async fn complete(
+    node: Arc<Node>,
+    kind: Kind,
+    prompt: String,
+    common: Common,
+) -> Result<Response, ApiError> {
+    check_model(common.model.as_deref())?;
+    if let Some(n) = common.n
+        && n != 1
+    {
+        return Err(ApiError::invalid("n", "only n = 1 is supported"));
+    }
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: common.temperature.unwrap_or(defaults.temperature),
+        top_p: common.top_p.unwrap_or(defaults.top_p),
+        top_k: common.top_k.unwrap_or(defaults.top_k),
+        repetition_penalty: common
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty),
+        seed: common.seed.unwrap_or_else(fresh_seed),
+    };
+    let stop = match common.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    let request = CompletionRequest {
+        prompt,
+        max_tokens: common.max_completion_tokens.or(common.max_tokens),
+        sampling,
+        stop,
+    };
+    let submit_node = node.clone();
+    let generation = tokio::task::spawn_blocking(move || submit_node.submit(request))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("submission task failed: {e}"),
+            )
+        })??;
+    let meta = ResponseMeta {
+        id: request_id(kind),
+        created: unix_s(),
+        kind,
+    };
+    if common.stream {
+        let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
+        Ok(stream_response(generation, meta, include_usage))
+    } else {
+        whole_response(generation, meta).await
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ResponseMeta {
+    id: String,
+    created: u64,
+    kind: Kind,
+}
+
+impl ResponseMeta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+
+    /// A streamed chunk with one choice carrying `text` (and the role, on the first).
+    fn chunk(&self, text: &str, first: bool, finish: Option<&str>, usage: bool) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => {
+                let delta = match (first, finish) {
+                    (true, _) => json!({"role": "assistant", "content": text}),
+                    (false, Some(_)) if text.is_empty() => json!({}),
+                    _ => json!({"content": text}),
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Text => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+            }
+        };
+        let mut v = json!({
+            "id": self.id,
+            "object": self.object(true),
+            "created": self.created,
+            "model": MODEL_ID,
+            "choices": [choice],
+        });
+        if usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+
+    fn usage_chunk(&self, usage: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(true),
+            "created": self.created,
+            "model": MODEL_ID,
+            "choices": [],
+            "usage": usage,
+        })
+    }
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Cancels a generation when the request handler is dropped (its client went away) before
+/// it finished.
+struct CancelOnDrop(Option<CancelToken>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.cancel();
+        }
+    }
+}
+
+async fn whole_response(
+    mut generation: Generation,
+    meta: ResponseMeta,
+) -> Result<Response, ApiError> {
+    let mut guard = CancelOnDrop(Some(generation.cancel_token()));
+    let prompt_tokens = generation.prompt_tokens();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        while let Some(event) = generation.next_event() {
+            match event {
+                Event::Step(step) => text.push_str(&step.text),
+                Event::Done(summary) => return Ok((text, summary)),
+                Event::Failed(e) => return Err(e),
+            }
+        }
+        Err(Arc::new(blyan_model::ModelError::EngineStopped))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("generation task failed: {e}"),
+        )
+    })?;
+    guard.0 = None;
+    let (text, summary) = outcome.map_err(|e| {
+        eprintln!("blyan-api: generation failed [{}]: {e}", e.code());
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            e.code(),
+            "generation failed; see the node's log",
+        )
+    })?;
+    let finish = finish_str(summary.finish_reason);
+    let choice = match meta.kind {
+        Kind::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": null,
+            "finish_reason": finish,
+        }),
+        Kind::Text => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+    };
+    Ok(Json(json!({
+        "id": meta.id,
+        "object": meta.object(false),
+        "created": meta.created,
+        "model": MODEL_ID,
+        "choices": [choice],
+        "usage": usage(prompt_tokens, summary.completion_tokens),
+    }))
+    .into_response())
+}
+
+fn stream_response(
+    mut generation: Generation,
+    meta: ResponseMeta,
+    include_usage: bool,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<String>(STREAM_BUFFER);
+    let prompt_tokens = generation.prompt_tokens();
+    tokio::task::spawn_blocking(move || {
+        let send = |v: Value| tx.blocking_send(v.to_string()).is_ok();
+        if !send(meta.chunk("", true, None, include_usage)) {
+            return;
+        }
+        while let Some(event) = generation.next_event() {
+            let delivered = match event {
+                Event::Step(step) if step.text.is_empty() => true,
+                Event::Step(step) => send(meta.chunk(&step.text, false, None, include_usage)),
+                Event::Done(summary) => {
+                    let finish = finish_str(summary.finish_reason);
+                    let _ = send(meta.chunk("", false, Some(finish), include_usage))
+                        && (!include_usage
+                            || send(
+                                meta.usage_chunk(usage(prompt_tokens, summary.completion_tokens)),
+                            ))
+                        && tx.blocking_send("[DONE]".into()).is_ok();
+                    return;
+                }
+                Event::Failed(e) => {
+                    eprintln!("blyan-api: generation failed [{}]: {e}", e.code());
+                    let err = ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        e.code(),
+                        "generation failed; see the node's log",
+                    );
+                    let _ = send(err.body()) && tx.blocking_send("[DONE]".into()).is_ok();
+                    return;
+                }
+            };
+            if !delivered {
+                // The client is gone: dropping the generation cancels it.
+                return;
+            }
+        }
+    });
+    let events = stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|data| (Ok::<_, Infallible>(SseEvent::default().data(data)), rx))
+    });
+    Sse::new(events).into_response()
+}

@@ -1,0 +1,130 @@
+//! The OpenAPI 3.1 description of the API, served at `/openapi.json`.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// Every documented operation: method, path, summary, and whether it takes a JSON body.
+pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
+    ("get", "/v1/models", "List the served model.", false),
+    ("get", "/v1/models/{id}", "Describe a model.", false),
+    (
+        "post",
+        "/v1/chat/completions",
+        "OpenAI-compatible chat completion; `stream: true` answers with server-sent events ending in `data: [DONE]`.",
+        true,
+    ),
+    (
+        "post",
+        "/v1/completions",
+        "OpenAI-compatible text completion, plain or streamed.",
+        true,
+    ),
+    (
+        "get",
+        "/node",
+        "The node's identity, model summary and load.",
+        false,
+    ),
+    (
+        "get",
+        "/chain/blocks",
+        "Blocks in chain then height order; query `chain` (meta, param, dataset, proof), `offset`, `limit` (1–500, default 50).",
+        false,
+    ),
+    ("get", "/chain/blocks/{hash}", "One block's header.", false),
+    (
+        "get",
+        "/experts",
+        "Per expert: head, served version, every version, tokens routed, cache state; cache counters.",
+        false,
+    ),
+    (
+        "put",
+        "/experts/serving",
+        "Choose the expert versions to serve: `{\"pins\": {\"L.E\": \"HASH\"}}`; `{}` pins serve the heads.",
+        true,
+    ),
+    ("get", "/pol/status", "Proof of Learning status.", false),
+    (
+        "post",
+        "/pol/validate",
+        "Submit a candidate for Proof of Learning (501 `pol_unavailable` until it lands).",
+        true,
+    ),
+    (
+        "get",
+        "/health",
+        "Agent Checker: stage, readiness, components and the reason.",
+        false,
+    ),
+    (
+        "get",
+        "/health/live",
+        "200 while the process answers.",
+        false,
+    ),
+    (
+        "get",
+        "/health/ready",
+        "200 at stage Development or better, else 503.",
+        false,
+    ),
+    ("get", "/metrics", "Prometheus text format.", false),
+    ("get", "/openapi.json", "This document.", false),
+];
+
+/// `GET /openapi.json`.
+pub(crate) async fn document() -> Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary, body) in OPERATIONS {
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                "200": {"description": "Success."},
+                "4XX": {
+                    "description": "The request was refused.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
+        });
+        if *body {
+            op["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            });
+        }
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Blyan node API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A node of a network in which a Mixture-of-Experts language model lives on a blockchain.",
+        },
+        "paths": paths,
+        "components": {"schemas": {"Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {
+                "type": "object",
+                "required": ["message", "type", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "code": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                },
+            }},
+        }}},
+    }))
+}

@@ -1,0 +1,228 @@
+//! Node settings, assembled in layers: defaults < config file < environment < flags.
+//!
+//! Every layer is a [`ConfigLayer`] of optional values; [`NodeConfig::apply`] lays one over
+//! the settings so far. The TOML file and the command line produce layers; this crate never
+//! reads the environment or argv itself.
+
+use std::net::SocketAddr;
+
+use blyan_model::Precision;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeError;
+
+/// The address the node listens on unless told otherwise.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8420";
+/// Largest request body the API accepts by default.
+const BODY_LIMIT_BYTES_DEFAULT: usize = 1 << 20;
+/// Upper bound on any configured body limit.
+const BODY_LIMIT_BYTES_MAX: usize = 64 << 20;
+/// Most sequences decoded together by default.
+const MAX_BATCH_DEFAULT: usize = 32;
+/// Upper bound on the engine batch.
+const MAX_BATCH_MAX: usize = 256;
+/// Generations in flight (running or queued) beyond which new ones are refused.
+const MAX_ACTIVE_DEFAULT: usize = 256;
+/// Upper bound on `max_active`.
+const MAX_ACTIVE_MAX: usize = 4096;
+/// Tokens generated when a request names no `max_tokens`.
+const MAX_TOKENS_DEFAULT: u32 = 128;
+/// Largest TOML config file read.
+pub(crate) const CONFIG_FILE_LEN_MAX: usize = 64 << 10;
+
+/// The node's settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeConfig {
+    /// Address of the HTTP API and web UI.
+    pub listen: SocketAddr,
+    /// Precision of the served weights.
+    pub precision: Precision,
+    /// Byte budget of the expert cache, in MiB.
+    pub expert_cache_mib: usize,
+    /// Most sequences the engine decodes together; more wait in its queue.
+    pub max_batch: usize,
+    /// Most generations in flight (decoding or queued); more are refused with `overloaded`.
+    pub max_active: usize,
+    /// Largest request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Tokens generated when a request does not say.
+    pub max_tokens_default: u32,
+    /// Seconds between Agent Checker probes.
+    pub probe_interval_s: u64,
+    /// Seconds in-flight generations may run on after a shutdown signal before they are
+    /// cancelled.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            listen: LISTEN_DEFAULT
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8420))),
+            precision: Precision::Int8,
+            expert_cache_mib: 256,
+            max_batch: MAX_BATCH_DEFAULT,
+            max_active: MAX_ACTIVE_DEFAULT,
+            body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
+            max_tokens_default: MAX_TOKENS_DEFAULT,
+            probe_interval_s: 10,
+            shutdown_grace_s: 10,
+        }
+    }
+}
+
+/// One layer of settings: every value optional. The TOML config file has exactly these keys.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// See [`NodeConfig::listen`].
+    pub listen: Option<SocketAddr>,
+    /// `f32` or `int8`.
+    pub precision: Option<String>,
+    /// See [`NodeConfig::expert_cache_mib`].
+    pub expert_cache_mib: Option<usize>,
+    /// See [`NodeConfig::max_batch`].
+    pub max_batch: Option<usize>,
+    /// See [`NodeConfig::max_active`].
+    pub max_active: Option<usize>,
+    /// See [`NodeConfig::body_limit_bytes`].
+    pub body_limit_bytes: Option<usize>,
+    /// See [`NodeConfig::max_tokens_default`].
+    pub max_tokens_default: Option<u32>,
+    /// See [`NodeConfig::probe_interval_s`].
+    pub probe_interval_s: Option<u64>,
+    /// See [`NodeConfig::shutdown_grace_s`].
+    pub shutdown_grace_s: Option<u64>,
+}
+
+impl ConfigLayer {
+    /// Parses a TOML config file. Unknown keys are errors, so a typo is not silently ignored.
+    pub fn from_toml(text: &str) -> Result<ConfigLayer, NodeError> {
+        if text.len() > CONFIG_FILE_LEN_MAX {
+            return Err(NodeError::Config(format!(
+                "config file is {} bytes; at most {CONFIG_FILE_LEN_MAX} are read",
+                text.len()
+            )));
+        }
+        toml::from_str(text).map_err(|e| NodeError::Config(e.message().to_owned()))
+    }
+}
+
+impl NodeConfig {
+    /// Lays `layer` over these settings and checks the result.
+    pub fn apply(&mut self, layer: &ConfigLayer) -> Result<(), NodeError> {
+        if let Some(v) = layer.listen {
+            self.listen = v;
+        }
+        if let Some(v) = &layer.precision {
+            self.precision = v.parse().map_err(NodeError::Config)?;
+        }
+        if let Some(v) = layer.expert_cache_mib {
+            self.expert_cache_mib = v;
+        }
+        if let Some(v) = layer.max_batch {
+            self.max_batch = v;
+        }
+        if let Some(v) = layer.max_active {
+            self.max_active = v;
+        }
+        if let Some(v) = layer.body_limit_bytes {
+            self.body_limit_bytes = v;
+        }
+        if let Some(v) = layer.max_tokens_default {
+            self.max_tokens_default = v;
+        }
+        if let Some(v) = layer.probe_interval_s {
+            self.probe_interval_s = v;
+        }
+        if let Some(v) = layer.shutdown_grace_s {
+            self.shutdown_grace_s = v;
+        }
+        self.check()
+    }
+
+    /// Refuses settings a node cannot run with.
+    pub fn check(&self) -> Result<(), NodeError> {
+        let range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(NodeError::Config(format!(
+                    "{name} = {v} is outside {lo}..={hi}"
+                )))
+            }
+        };
+        range("expert_cache_mib", self.expert_cache_mib as u64, 1, 1 << 20)?;
+        range("max_batch", self.max_batch as u64, 1, MAX_BATCH_MAX as u64)?;
+        range(
+            "max_active",
+            self.max_active as u64,
+            1,
+            MAX_ACTIVE_MAX as u64,
+        )?;
+        range(
+            "body_limit_bytes",
+            self.body_limit_bytes as u64,
+            1024,
+            BODY_LIMIT_BYTES_MAX as u64,
+        )?;
+        range(
+            "max_tokens_default",
+            u64::from(self.max_tokens_default),
+            1,
+            1 << 20,
+        )?;
+        range("probe_interval_s", self.probe_interval_s, 1, 3600)?;
+        range("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let mut config = NodeConfig::default();
+        let file = ConfigLayer::from_toml(
+            "listen = \"127.0.0.1:9000\"\nprecision = \"f32\"\nmax_batch = 8\n",
+        )
+        .expect("file");
+        config.apply(&file).expect("file applies");
+        let env = ConfigLayer {
+            max_batch: Some(4),
+            ..ConfigLayer::default()
+        };
+        config.apply(&env).expect("env applies");
+        let flags = ConfigLayer {
+            listen: Some("127.0.0.1:9001".parse().expect("addr")),
+            ..ConfigLayer::default()
+        };
+        config.apply(&flags).expect("flags apply");
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.precision, Precision::F32);
+        assert_eq!(config.max_batch, 4);
+        assert_eq!(config.expert_cache_mib, 256);
+    }
+
+    #[test]
+    fn bad_files_and_values_are_refused() {
+        assert!(ConfigLayer::from_toml("listn = \"127.0.0.1:1\"").is_err());
+        assert!(ConfigLayer::from_toml("max_batch = \"many\"").is_err());
+        assert!(ConfigLayer::from_toml("listen = \"nowhere\"").is_err());
+        assert!(ConfigLayer::from_toml(&"#".repeat(CONFIG_FILE_LEN_MAX + 1)).is_err());
+        let mut config = NodeConfig::default();
+        let zero = ConfigLayer {
+            max_batch: Some(0),
+            ..ConfigLayer::default()
+        };
+        assert!(config.apply(&zero).is_err());
+        let bad = ConfigLayer {
+            precision: Some("f16".into()),
+            ..ConfigLayer::default()
+        };
+        assert!(config.apply(&bad).is_err());
+    }
+}

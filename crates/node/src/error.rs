@@ -1,0 +1,100 @@
+//! The node crate's error type, with a stable code per variant.
+
+use blyan_chain::ChainError;
+use blyan_model::ModelError;
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The settings are invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The data directory holds no network.
+    #[error("no network in {0}; run `blyan init` first")]
+    NoNetwork(String),
+    /// The model refused or failed a request.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Reading the chain failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The caller asked for something that does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// A request parameter is out of range.
+    #[error("invalid {name}: {reason}")]
+    InvalidParameter {
+        /// The parameter.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The prompt plus the requested tokens do not fit the context window.
+    #[error(
+        "this model's context window is {context_len} tokens; the prompt has {prompt_tokens} and {max_tokens} more were requested"
+    )]
+    ContextLengthExceeded {
+        /// The model's window.
+        context_len: usize,
+        /// Prompt tokens, BOS included.
+        prompt_tokens: usize,
+        /// Requested completion tokens.
+        max_tokens: u32,
+    },
+    /// Too many generations are in flight.
+    #[error("the node is busy: {active} generations in flight (limit {limit}); retry later")]
+    Overloaded {
+        /// Generations in flight.
+        active: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The node is shutting down and takes no new work.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// File-system work failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl NodeError {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NodeError::Config(_) => "invalid_config",
+            NodeError::NoNetwork(_) => "no_network",
+            NodeError::Model(e) => e.code(),
+            NodeError::Chain(_) => "chain",
+            NodeError::NotFound { .. } => "not_found",
+            NodeError::InvalidParameter { .. } => "invalid_parameter",
+            NodeError::ContextLengthExceeded { .. } => "context_length_exceeded",
+            NodeError::Overloaded { .. } => "overloaded",
+            NodeError::ShuttingDown => "shutting_down",
+            NodeError::Io { .. } => "io",
+        }
+    }
+
+    /// Whether the caller's input caused the error (as opposed to the node's state).
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            NodeError::Model(e) => e.is_client_error(),
+            NodeError::NotFound { .. }
+            | NodeError::InvalidParameter { .. }
+            | NodeError::ContextLengthExceeded { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+        let context = context.into();
+        move |source| NodeError::Io { context, source }
+    }
+}

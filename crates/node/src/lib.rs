@@ -1,0 +1,24 @@
+//! The node: configuration, the served model and its engine, the Agent Checker and metrics.
+//!
+//! A [`Node`] owns the block store, the tokenizer and the model being served (with its
+//! batching engine), and keeps the node's books: per-expert routing counts, Prometheus
+//! [`Metrics`] and the [`AgentChecker`]'s readiness. The HTTP layer (`blyan-api`) and the CLI
+//! drive it; nothing here knows about HTTP.
+
+#![warn(missing_docs)]
+
+mod checker;
+mod config;
+mod error;
+mod metrics;
+mod node;
+
+pub use checker::{
+    AgentChecker, ComponentHealth, ComponentReport, Health, SAVE_EVERY, Stage, StageChange,
+};
+pub use config::{ConfigLayer, LISTEN_DEFAULT, NodeConfig};
+pub use error::NodeError;
+pub use metrics::Metrics;
+pub use node::{
+    BlockPage, CompletionRequest, ExpertInfo, Generation, Node, NodeInfo, PAGE_LIMIT_MAX,
+};

@@ -1,0 +1,760 @@
+//! The node: the block store, the served model with its batching engine, and the books kept
+//! about them (routing counts, metrics, health).
+//!
+//! Generations go through [`Node::submit`], which refuses what cannot fit (context window,
+//! in-flight limit, shutdown) before queueing, and returns a [`Generation`] whose events are
+//! counted into the metrics as they pass. Changing which expert versions are served loads a
+//! second model beside the first and swaps them; requests already decoding finish on the old
+//! one.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use blyan_chain::{BlockHeader, BlockSummary, ChainId, Store};
+use blyan_model::{
+    CancelToken, Engine, EngineConfig, Event, GenerateRequest, LoadOptions, Model, ModelConfig,
+    ModelError, Precision, Receiver, SamplingParams, Summary,
+};
+use blyan_primitives::{ExpertId, Hash};
+use blyan_tokenizer::Tokenizer;
+use serde::Serialize;
+
+use crate::{AgentChecker, ComponentReport, Health, Metrics, NodeConfig, NodeError};
+
+/// Most blocks one page of the chain listing returns.
+pub const PAGE_LIMIT_MAX: usize = 500;
+/// Responses remembered for the API's error-rate probe.
+const RECENT_RESPONSES_MAX: usize = 200;
+/// How long the model probe waits for its token.
+const MODEL_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Free disk below which the disk probe starts to fall.
+const DISK_FREE_COMFORT_BYTES: u64 = 1 << 30;
+
+/// The model being served and the engine decoding for it.
+#[derive(Debug)]
+struct Serving {
+    engine: Engine,
+    pins: BTreeMap<ExpertId, Hash>,
+    /// Bumped at every swap, so cache counters can restart from zero.
+    epoch: u64,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    data_dir: PathBuf,
+    store: Arc<Store>,
+    tokenizer: Arc<Tokenizer>,
+    network: Hash,
+    spec_block: Hash,
+    model_config: ModelConfig,
+    serving: RwLock<Arc<Serving>>,
+    /// Serialises version switches (each loads a model).
+    switching: Mutex<()>,
+    metrics: Metrics,
+    cache_epoch_seen: AtomicU64,
+    checker: AgentChecker,
+    active: Mutex<BTreeMap<u64, CancelToken>>,
+    next_id: AtomicU64,
+    expert_tokens: Mutex<BTreeMap<ExpertId, u64>>,
+    recent_status: Mutex<VecDeque<u16>>,
+    listening: Mutex<Option<SocketAddr>>,
+    shutting_down: AtomicBool,
+    probe_round: AtomicU64,
+    started_ms: u64,
+}
+
+/// What to generate, as the API receives it.
+#[derive(Clone, Debug)]
+pub struct CompletionRequest {
+    /// Prompt text.
+    pub prompt: String,
+    /// Most tokens to generate; the node's default (capped by the room left in the context
+    /// window) when absent.
+    pub max_tokens: Option<u32>,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+}
+
+/// The node's identity and what it serves.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeInfo {
+    /// Hash of the genesis spec block: the network's name.
+    pub network: Hash,
+    /// The spec block the model was built from.
+    pub spec_block: Hash,
+    /// Served precision.
+    pub precision: Precision,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Experts per layer.
+    pub experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Context window in tokens.
+    pub context_len: usize,
+    /// Expert versions served instead of the heads.
+    pub pins: BTreeMap<ExpertId, Hash>,
+    /// When the node started, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// The blyan version.
+    pub version: &'static str,
+}
+
+/// One expert as `/experts` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpertInfo {
+    /// Which expert.
+    pub id: ExpertId,
+    /// Its head version.
+    pub head: Hash,
+    /// The version being served (the head unless pinned).
+    pub served: Hash,
+    /// Every version, oldest first.
+    pub versions: Vec<Hash>,
+    /// Tokens routed to it since the node started (prompt and generated).
+    pub tokens_routed: u64,
+    /// Whether its served version is decoded in the cache now.
+    pub cached: bool,
+}
+
+/// A page of the chain listing.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockPage {
+    /// Blocks matching the filter.
+    pub total: usize,
+    /// Index of the first block returned.
+    pub offset: usize,
+    /// Most blocks asked for.
+    pub limit: usize,
+    /// The blocks, in chain then height order.
+    pub blocks: Vec<BlockSummary>,
+}
+
+impl Node {
+    /// Opens the network in `data_dir` and starts serving its model. `now_ms` is the wall
+    /// clock at start (ms since the Unix epoch).
+    pub fn open(data_dir: &Path, config: NodeConfig, now_ms: u64) -> Result<Node, NodeError> {
+        config.check()?;
+        let chain_dir = data_dir.join("chain");
+        if !chain_dir.exists() {
+            return Err(NodeError::NoNetwork(data_dir.display().to_string()));
+        }
+        let store = Arc::new(Store::open(&chain_dir)?);
+        let (spec_block, meta) = store
+            .meta()?
+            .ok_or_else(|| NodeError::NoNetwork(data_dir.display().to_string()))?;
+        let network = store.at_height(ChainId::Meta, 0)?.unwrap_or(spec_block);
+        let tokenizer = Arc::new(Tokenizer::from_json(&meta.tokenizer).map_err(ModelError::from)?);
+        let model_config = ModelConfig::from_spec(&meta.spec);
+        let serving = start_serving(&store, &tokenizer, &config, BTreeMap::new(), 0)?;
+        let checker = AgentChecker::open(Some(data_dir.join("node").join("checker.json")));
+        Ok(Node {
+            data_dir: data_dir.to_owned(),
+            store,
+            tokenizer,
+            network,
+            spec_block,
+            model_config,
+            serving: RwLock::new(Arc::new(serving)),
+            switching: Mutex::new(()),
+            metrics: Metrics::new()?,
+            cache_epoch_seen: AtomicU64::new(0),
+            checker,
+            active: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            expert_tokens: Mutex::new(BTreeMap::new()),
+            recent_status: Mutex::new(VecDeque::new()),
+            listening: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+            probe_round: AtomicU64::new(0),
+            started_ms: now_ms,
+            config,
+        })
+    }
+
+    /// The node's settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The block store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The model's context window, in tokens.
+    pub fn context_len(&self) -> usize {
+        self.model_config.context_len
+    }
+
+    /// Identity and model summary.
+    pub fn info(&self) -> NodeInfo {
+        let c = &self.model_config;
+        NodeInfo {
+            network: self.network,
+            spec_block: self.spec_block,
+            precision: self.config.precision,
+            layers: c.layers,
+            experts: c.experts,
+            top_k: c.top_k,
+            d_model: c.hidden_size,
+            vocab_size: c.vocab_size,
+            context_len: c.context_len,
+            pins: self.serving().pins.clone(),
+            started_ms: self.started_ms,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    fn serving(&self) -> Arc<Serving> {
+        self.serving
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Prompt tokens of `prompt`, BOS included.
+    pub fn prompt_tokens(&self, prompt: &str) -> Result<usize, NodeError> {
+        Ok(self
+            .tokenizer
+            .encode(prompt)
+            .map_err(ModelError::from)?
+            .len()
+            + 1)
+    }
+
+    /// Checks and queues a generation.
+    pub fn submit(self: &Arc<Self>, request: CompletionRequest) -> Result<Generation, NodeError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(NodeError::ShuttingDown);
+        }
+        let prompt_tokens = self.prompt_tokens(&request.prompt)?;
+        let context_len = self.context_len();
+        let room = context_len.saturating_sub(prompt_tokens);
+        let max_tokens = match request.max_tokens {
+            Some(0) => {
+                return Err(NodeError::InvalidParameter {
+                    name: "max_tokens",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Some(n) if n as usize > room => {
+                return Err(NodeError::ContextLengthExceeded {
+                    context_len,
+                    prompt_tokens,
+                    max_tokens: n,
+                });
+            }
+            Some(n) => n,
+            None if room == 0 => {
+                return Err(NodeError::ContextLengthExceeded {
+                    context_len,
+                    prompt_tokens,
+                    max_tokens: 1,
+                });
+            }
+            None => self
+                .config
+                .max_tokens_default
+                .min(u32::try_from(room).unwrap_or(u32::MAX)),
+        };
+        let request = GenerateRequest {
+            prompt: request.prompt,
+            max_tokens,
+            sampling: request.sampling,
+            stop: request.stop,
+        };
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.len() >= self.config.max_active {
+            return Err(NodeError::Overloaded {
+                active: active.len(),
+                limit: self.config.max_active,
+            });
+        }
+        let receiver = self.serving().engine.submit(&request)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        active.insert(id, receiver.cancel_token());
+        drop(active);
+        self.metrics.generation_started();
+        Ok(Generation {
+            node: self.clone(),
+            id,
+            receiver,
+            prompt_tokens,
+            max_tokens,
+            done: false,
+        })
+    }
+
+    /// Generations decoding or queued now.
+    pub fn active_generations(&self) -> usize {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Refuses new generations from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Node::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Cancels every generation in flight; each ends with finish reason `cancelled`.
+    pub fn cancel_all(&self) {
+        for token in self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            token.cancel();
+        }
+    }
+
+    /// Records where the API listens (for the API probe).
+    pub fn set_listening(&self, addr: Option<SocketAddr>) {
+        *self.listening.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// Records one HTTP response, for the metrics and the API's error-rate probe.
+    pub fn record_response(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.metrics.observe_request(method, route, status, seconds);
+        let mut recent = self.recent_status.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_RESPONSES_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(status);
+    }
+
+    /// Every expert: versions, the one served, tokens routed and cache state.
+    pub fn experts(&self) -> Result<Vec<ExpertInfo>, NodeError> {
+        let serving = self.serving();
+        let model = serving.engine.model();
+        let served = model.expert_blocks();
+        let routed = self
+            .expert_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = Vec::with_capacity(served.len());
+        for (id, block) in served {
+            let head = self.store.expert_head(id)?.unwrap_or(block);
+            out.push(ExpertInfo {
+                id,
+                head,
+                served: block,
+                versions: self.store.expert_versions(id)?,
+                tokens_routed: routed.get(&id).copied().unwrap_or(0),
+                cached: model.expert_cached(id),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Expert cache counters of the served model.
+    pub fn cache_stats(&self) -> blyan_model::CacheStats {
+        self.serving().engine.model().cache_stats()
+    }
+
+    /// Serves `pins` (expert → version) instead of the heads; an empty map serves every
+    /// head. Loads the new model before swapping, so a bad pin changes nothing; requests
+    /// already decoding finish on the old model. Blocks while they do.
+    pub fn serve_versions(&self, pins: BTreeMap<ExpertId, Hash>) -> Result<(), NodeError> {
+        let _guard = self.switching.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.serving().epoch + 1;
+        let next = start_serving(&self.store, &self.tokenizer, &self.config, pins, epoch)?;
+        let old = std::mem::replace(
+            &mut *self.serving.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(next),
+        );
+        // The old engine finishes the requests it holds, then stops (Engine's Drop joins it).
+        drop(old);
+        Ok(())
+    }
+
+    /// One page of the chain listing, optionally of one chain.
+    pub fn blocks(
+        &self,
+        chain: Option<ChainId>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<BlockPage, NodeError> {
+        if limit == 0 || limit > PAGE_LIMIT_MAX {
+            return Err(NodeError::InvalidParameter {
+                name: "limit",
+                reason: format!("must be in 1..={PAGE_LIMIT_MAX}"),
+            });
+        }
+        let all = self.store.blocks(chain)?;
+        let total = all.len();
+        let blocks = all.into_iter().skip(offset).take(limit).collect();
+        Ok(BlockPage {
+            total,
+            offset,
+            limit,
+            blocks,
+        })
+    }
+
+    /// A block's header.
+    pub fn block(&self, hash: &Hash) -> Result<BlockHeader, NodeError> {
+        self.store.header(hash)?.ok_or_else(|| NodeError::NotFound {
+            what: format!("block {hash}"),
+        })
+    }
+
+    /// The latest health, without probing.
+    pub fn health(&self) -> Health {
+        self.checker.health()
+    }
+
+    /// Probes every component, updates the Agent Checker and returns the new health.
+    /// `now_ms` is the wall clock (ms since the Unix epoch).
+    pub fn probe(&self, now_ms: u64) -> Result<Health, NodeError> {
+        let round = self.probe_round.fetch_add(1, Ordering::Relaxed);
+        let reports = vec![
+            self.probe_store(round),
+            self.probe_model(),
+            self.probe_expert_cache(),
+            self.probe_api(),
+            self.probe_disk(),
+        ];
+        let health = self.checker.update(&reports, now_ms)?;
+        self.metrics.observe_health(&health);
+        Ok(health)
+    }
+
+    /// Saves the Agent Checker's state (at shutdown).
+    pub fn save_state(&self) -> Result<(), NodeError> {
+        self.checker.save()
+    }
+
+    /// The metrics, refreshed from the cache and the store, in Prometheus text format.
+    pub fn render_metrics(&self) -> Result<String, NodeError> {
+        let serving = self.serving();
+        let reset = self.cache_epoch_seen.swap(serving.epoch, Ordering::Relaxed) != serving.epoch;
+        self.metrics
+            .observe_cache(serving.engine.model().cache_stats(), reset);
+        let mut per_chain: BTreeMap<ChainId, (u64, u64)> = BTreeMap::new();
+        for b in self.store.blocks(None)? {
+            let e = per_chain.entry(b.chain).or_default();
+            e.0 += 1;
+            e.1 += b.payload_len;
+        }
+        for (chain, (blocks, bytes)) in per_chain {
+            self.metrics.observe_chain(chain.as_str(), blocks, bytes);
+        }
+        self.metrics.render()
+    }
+
+    /// The block store: readable, and one block's payload (a different one each round)
+    /// re-hashed against its header.
+    fn probe_store(&self, round: u64) -> ComponentReport {
+        let report = |readiness: f64, detail: String| ComponentReport {
+            name: "block_store",
+            readiness,
+            detail,
+            weight: 3.0,
+            critical: true,
+        };
+        let blocks = match self.store.blocks(None) {
+            Ok(b) => b,
+            Err(e) => return report(0.0, format!("index unreadable: {e}")),
+        };
+        if blocks.is_empty() {
+            return report(0.0, "no blocks".into());
+        }
+        let sample = &blocks[(round % blocks.len() as u64) as usize];
+        match self.store.payload_verified(&sample.hash) {
+            Ok(_) => report(
+                1.0,
+                format!(
+                    "{} blocks; payload of {} ({}) re-hashed and intact",
+                    blocks.len(),
+                    sample.name,
+                    short(&sample.hash)
+                ),
+            ),
+            Err(e) => report(0.0, format!("{} blocks; {e}", blocks.len())),
+        }
+    }
+
+    /// The model: one real token generated through the engine.
+    fn probe_model(&self) -> ComponentReport {
+        let report = |readiness: f64, detail: String| ComponentReport {
+            name: "model",
+            readiness,
+            detail,
+            weight: 3.0,
+            critical: true,
+        };
+        let serving = self.serving();
+        let request = GenerateRequest {
+            prompt: "In the beginning".into(),
+            max_tokens: 1,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+        };
+        let started = Instant::now();
+        let receiver = match serving.engine.submit(&request) {
+            Ok(r) => r,
+            Err(e) => return report(0.0, format!("engine refused the probe: {e}")),
+        };
+        loop {
+            match receiver.recv_timeout(MODEL_PROBE_TIMEOUT) {
+                Ok(Some(Event::Step(_))) => {}
+                Ok(Some(Event::Done(s))) if s.completion_tokens == 1 => {
+                    return report(
+                        1.0,
+                        format!(
+                            "{} model generated a probe token in {:.1} ms",
+                            self.config.precision,
+                            started.elapsed().as_secs_f64() * 1e3
+                        ),
+                    );
+                }
+                Ok(Some(Event::Done(s))) => {
+                    return report(
+                        0.5,
+                        format!(
+                            "probe ended after {} tokens ({:?})",
+                            s.completion_tokens, s.finish_reason
+                        ),
+                    );
+                }
+                Ok(Some(Event::Failed(e))) => return report(0.0, format!("probe failed: {e}")),
+                Ok(None) => return report(0.0, "engine stopped during the probe".into()),
+                Err(_) => {
+                    receiver.cancel();
+                    return report(
+                        0.5,
+                        format!(
+                            "no probe token within {} s (engine saturated)",
+                            MODEL_PROBE_TIMEOUT.as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The expert cache: every served expert's block is present (length checked), and the
+    /// hit rate so far.
+    fn probe_expert_cache(&self) -> ComponentReport {
+        let serving = self.serving();
+        let model = serving.engine.model();
+        let blocks = model.expert_blocks();
+        let mut present = 0usize;
+        let mut missing = Vec::new();
+        for (id, block) in &blocks {
+            match self.store.payload(block) {
+                Ok(_) => present += 1,
+                Err(_) => missing.push(id.to_string()),
+            }
+        }
+        let stats = model.cache_stats();
+        let lookups = stats.hits + stats.misses;
+        let hit_rate = if lookups > 0 {
+            format!("{:.1}%", 100.0 * stats.hits as f64 / lookups as f64)
+        } else {
+            "n/a".into()
+        };
+        let mut detail = format!(
+            "{present}/{} expert blocks present; hit rate {hit_rate}; {:.1} of {} MiB",
+            blocks.len(),
+            stats.bytes as f64 / f64::from(1u32 << 20),
+            self.config.expert_cache_mib
+        );
+        if !missing.is_empty() {
+            detail.push_str(&format!("; unreadable: {}", missing.join(", ")));
+        }
+        ComponentReport {
+            name: "expert_cache",
+            readiness: if blocks.is_empty() {
+                0.0
+            } else {
+                present as f64 / blocks.len() as f64
+            },
+            detail,
+            weight: 1.0,
+            critical: false,
+        }
+    }
+
+    /// The API: listening, and the share of recent responses that were not server errors.
+    fn probe_api(&self) -> ComponentReport {
+        let listening = *self.listening.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = self.recent_status.lock().unwrap_or_else(|p| p.into_inner());
+        let errors = recent.iter().filter(|s| **s >= 500).count();
+        let (readiness, detail) = match listening {
+            None => (0.0, "not listening".to_owned()),
+            Some(addr) if recent.is_empty() => (1.0, format!("listening on {addr}")),
+            Some(addr) => (
+                1.0 - errors as f64 / recent.len() as f64,
+                format!(
+                    "listening on {addr}; {errors} server errors in the last {} responses",
+                    recent.len()
+                ),
+            ),
+        };
+        ComponentReport {
+            name: "api",
+            readiness,
+            detail,
+            weight: 2.0,
+            critical: false,
+        }
+    }
+
+    /// Free space where the data directory lives.
+    fn probe_disk(&self) -> ComponentReport {
+        let (readiness, detail) = match fs4::available_space(&self.data_dir) {
+            Ok(free) => (
+                (free as f64 / DISK_FREE_COMFORT_BYTES as f64).min(1.0),
+                format!("{:.1} GiB free", free as f64 / f64::from(1u32 << 30)),
+            ),
+            Err(e) => (0.0, format!("cannot read free space: {e}")),
+        };
+        ComponentReport {
+            name: "disk",
+            readiness,
+            detail,
+            weight: 1.0,
+            critical: false,
+        }
+    }
+
+    fn finish(&self, id: u64, summary: Option<&Summary>) {
+        if let Some(summary) = summary {
+            self.metrics.observe_generation(summary);
+            let mut routed = self.expert_tokens.lock().unwrap_or_else(|p| p.into_inner());
+            for (expert, n) in &summary.experts_used {
+                *routed.entry(*expert).or_default() += n;
+            }
+        }
+        if self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .is_some()
+        {
+            self.metrics.generation_ended();
+        }
+    }
+}
+
+fn start_serving(
+    store: &Arc<Store>,
+    tokenizer: &Arc<Tokenizer>,
+    config: &NodeConfig,
+    pins: BTreeMap<ExpertId, Hash>,
+    epoch: u64,
+) -> Result<Serving, NodeError> {
+    let model = Model::load(
+        store.clone(),
+        LoadOptions {
+            precision: config.precision,
+            expert_cache_bytes: config.expert_cache_mib << 20,
+            expert_versions: pins.clone(),
+        },
+    )?;
+    let engine = Engine::start(
+        Arc::new(model),
+        tokenizer.clone(),
+        EngineConfig {
+            max_batch: config.max_batch,
+        },
+    );
+    Ok(Serving {
+        engine,
+        pins,
+        epoch,
+    })
+}
+
+fn short(hash: &Hash) -> String {
+    hash.to_string()[..12].to_owned()
+}
+
+/// A queued or running generation. Dropping it before its end cancels it.
+#[derive(Debug)]
+pub struct Generation {
+    node: Arc<Node>,
+    id: u64,
+    receiver: Receiver,
+    prompt_tokens: usize,
+    max_tokens: u32,
+    done: bool,
+}
+
+impl Generation {
+    /// Prompt tokens, BOS included.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// The number of tokens asked for (after defaults).
+    pub fn max_tokens(&self) -> u32 {
+        self.max_tokens
+    }
+
+    /// A token that cancels this generation from elsewhere.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.receiver.cancel_token()
+    }
+
+    /// The next event, blocking; `None` after the last.
+    pub fn next_event(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let event = self.receiver.recv();
+        match &event {
+            Some(Event::Done(summary)) => {
+                self.done = true;
+                self.node.finish(self.id, Some(summary));
+            }
+            Some(Event::Failed(_)) | None => {
+                self.done = true;
+                self.node.metrics.generation_failed();
+                self.node.finish(self.id, None);
+            }
+            Some(Event::Step(_)) => {}
+        }
+        event
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.done {
+            // The engine notices at its next step and drops the sequence.
+            self.receiver.cancel();
+            self.node.finish(self.id, None);
+        }
+    }
+}
