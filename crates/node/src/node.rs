@@ -608,7 +608,9 @@ impl Node {
     fn probe_api(&self) -> ComponentReport {
         let listening = *self.listening.lock().unwrap_or_else(|p| p.into_inner());
         let recent = self.recent_status.lock().unwrap_or_else(|p| p.into_inner());
-        let errors = recent.iter().filter(|s| **s >= 500).count();
+        // Internal failures only: 501 (not built yet) and 503 (not ready, shutting down) are
+        // deliberate answers, not faults.
+        let errors = recent.iter().filter(|s| **s == 500).count();
         let (readiness, detail) = match listening {
             None => (0.0, "not listening".to_owned()),
             Some(addr) if recent.is_empty() => (1.0, format!("listening on {addr}")),

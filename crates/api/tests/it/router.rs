@@ -1,0 +1,647 @@
+//! Router tests: requests through `oneshot`, no socket.
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use blyan_chain::ChainId;
+use blyan_node::NodeConfig;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::{net, net_with, new_version};
+
+/// Sends one request and returns the status and the body (JSON when it parses, else a string).
+async fn call(
+    node: &std::sync::Arc<blyan_node::Node>,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(ct) = content_type {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    let response = blyan_api::router(node.clone())
+        .oneshot(req.body(body.into()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 64 << 20)
+        .await
+        .expect("body");
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+async fn post_json(
+    node: &std::sync::Arc<blyan_node::Node>,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    call(
+        node,
+        "POST",
+        path,
+        Some("application/json"),
+        body.to_string(),
+    )
+    .await
+}
+
+async fn get(node: &std::sync::Arc<blyan_node::Node>, path: &str) -> (StatusCode, Value) {
+    call(node, "GET", path, None, Body::empty()).await
+}
+
+#[tokio::test]
+async fn models_lists_the_served_model() {
+    let net = net();
+    let (status, body) = get(&net.node, "/v1/models").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][0]["id"], "blyan");
+    assert_eq!(body["data"][0]["context_length"], 1024);
+    let (status, _) = get(&net.node, "/v1/models/blyan").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = get(&net.node, "/v1/models/gpt-4").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn chat_completion_is_deterministic_per_seed_and_counts_usage() {
+    let net = net();
+    let request = json!({
+        "model": "blyan",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
+        "max_tokens": 12,
+        "seed": 5,
+        "temperature": 0.9,
+    });
+    let (status, a) = post_json(&net.node, "/v1/chat/completions", request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let (_, b) = post_json(&net.node, "/v1/chat/completions", request).await;
+    assert_eq!(a["object"], "chat.completion");
+    assert_eq!(a["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        a["choices"][0]["message"]["content"],
+        b["choices"][0]["message"]["content"]
+    );
+    let usage = &a["usage"];
+    let completion = usage["completion_tokens"].as_u64().expect("completion");
+    assert!((1..=12).contains(&completion), "{usage}");
+    // BOS + "Be brief.\nhello\n" in the byte-level tokenizer.
+    assert_eq!(usage["prompt_tokens"], 1 + "Be brief.\nhello\n".len());
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(completion + usage["prompt_tokens"].as_u64().expect("prompt"))
+    );
+    let finish = a["choices"][0]["finish_reason"].as_str().expect("finish");
+    assert!(finish == "stop" || finish == "length", "{finish}");
+    assert!(a["id"].as_str().expect("id").starts_with("chatcmpl-"));
+}
+
+#[tokio::test]
+async fn text_completion_honours_max_tokens() {
+    let net = net();
+    let (status, body) = post_json(
+        &net.node,
+        "/v1/completions",
+        json!({"model": "blyan", "prompt": "abc", "max_tokens": 3, "temperature": 0, "seed": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(body["choices"][0]["text"].is_string());
+    assert!(body["usage"]["completion_tokens"].as_u64().expect("n") <= 3);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_in_openai_shape() {
+    let config = NodeConfig {
+        body_limit_bytes: 4096,
+        ..NodeConfig::default()
+    };
+    let net = net_with(config);
+    let msg = |extra: Value| {
+        let mut v = json!({"messages": [{"role": "user", "content": "hi"}]});
+        for (k, x) in extra.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+        v.to_string()
+    };
+    let json_ct = Some("application/json");
+    let unknown_block = format!("/chain/blocks/{}", "ab".repeat(32));
+    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            "{not json".into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            "".into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            "[1,2]".into(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            json!({"messages": "hi"}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"model": "gpt-4"})),
+            404,
+            "model_not_found",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"max_tokens": 5000})),
+            400,
+            "context_length_exceeded",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"max_tokens": 0})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"max_tokens": -1})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"temperature": -0.5})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({})).replace("{", "{\"temperature\":1e999,"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"top_p": 0})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"n": 2})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"seed": -3})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"stop": ["a", "b", "c", "d", "e"]})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            json!({"messages": []}).to_string(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            json!({"messages": [{"role": "tool", "content": "x"}]}).to_string(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"pad": "x".repeat(5000)})),
+            413,
+            "body_too_large",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some("text/plain"),
+            msg(json!({})),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            None,
+            msg(json!({})),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            json_ct,
+            json!({"prompt": ["a", "b"]}).to_string(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            json_ct,
+            json!({"prompt": "a", "max_tokens": 1023}).to_string(),
+            400,
+            "context_length_exceeded",
+        ),
+        ("GET", "/v1/nothing", None, String::new(), 404, "not_found"),
+        (
+            "GET",
+            "/chain/blocks?chain=nope",
+            None,
+            String::new(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "GET",
+            "/chain/blocks?limit=0",
+            None,
+            String::new(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "GET",
+            "/chain/blocks?limit=many",
+            None,
+            String::new(),
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/chain/blocks/xyz",
+            None,
+            String::new(),
+            400,
+            "invalid_parameter",
+        ),
+        ("GET", &unknown_block, None, String::new(), 404, "not_found"),
+        (
+            "PUT",
+            "/experts/serving",
+            json_ct,
+            json!({"pins": {"9.9": "ab".repeat(32)}}).to_string(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/experts/serving",
+            json_ct,
+            json!({"pins": {"x": "y"}}).to_string(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/experts/serving",
+            json_ct,
+            json!({"pin": {}}).to_string(),
+            422,
+            "invalid_request",
+        ),
+    ];
+    for (method, path, ct, body, status, code) in cases {
+        let (got, value) = call(&net.node, method, path, ct, body.clone()).await;
+        let short: String = body.chars().take(80).collect();
+        assert_eq!(got.as_u16(), status, "{method} {path} {short}: {value}");
+        let error = &value["error"];
+        assert_eq!(error["code"], code, "{method} {path} {short}: {value}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{value}"
+        );
+        assert!(error["type"].is_string(), "{value}");
+    }
+    // Nothing was left running or queued by the refusals.
+    assert_eq!(net.node.active_generations(), 0);
+}
+
+#[tokio::test]
+async fn chain_endpoints_page_and_filter() {
+    let net = net();
+    let (status, all) = get(&net.node, "/chain/blocks?limit=500").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all["total"], 50);
+    let (_, page) = get(&net.node, "/chain/blocks?chain=param&offset=40&limit=5").await;
+    assert_eq!(page["total"], 47);
+    let blocks = page["blocks"].as_array().expect("blocks");
+    assert_eq!(blocks.len(), 5);
+    assert_eq!(blocks[0]["height"], 40);
+    assert!(blocks.iter().all(|b| b["chain"] == "param"));
+    let (_, tail) = get(&net.node, "/chain/blocks?chain=param&offset=45&limit=5").await;
+    assert_eq!(tail["blocks"].as_array().expect("blocks").len(), 2);
+
+    let hash = blocks[0]["hash"].as_str().expect("hash");
+    let (status, block) = get(&net.node, &format!("/chain/blocks/{hash}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(block["hash"], hash);
+    assert_eq!(block["header"]["height"], 40);
+    assert_eq!(block["header"]["chain"], "param");
+}
+
+#[tokio::test]
+async fn expert_versions_can_be_chosen_and_reset() {
+    let net = net();
+    let (status, body) = get(&net.node, "/experts").await;
+    assert_eq!(status, StatusCode::OK);
+    let experts = body["experts"].as_array().expect("experts");
+    assert_eq!(experts.len(), 32);
+    assert!(experts.iter().all(|e| e["served"] == e["head"]));
+
+    let id = "0.3".parse().expect("id");
+    let genesis = net
+        .node
+        .store()
+        .expert_head(id)
+        .expect("head")
+        .expect("some");
+    let v2 = new_version(net.node.store(), id);
+    let expert = |body: &Value| {
+        body["experts"]
+            .as_array()
+            .expect("experts")
+            .iter()
+            .find(|e| e["id"] == "0.3")
+            .cloned()
+            .expect("0.3")
+    };
+    let (_, body) = get(&net.node, "/experts").await;
+    let e = expert(&body);
+    assert_eq!(e["versions"].as_array().expect("versions").len(), 2);
+    assert_eq!(e["head"], v2.to_string());
+    // The model loaded at start still serves the version it loaded.
+    assert_eq!(e["served"], genesis.to_string());
+
+    // Pin the old version explicitly, then go back to heads.
+    let (status, body) = call(
+        &net.node,
+        "PUT",
+        "/experts/serving",
+        Some("application/json"),
+        json!({"pins": {"0.3": genesis.to_string()}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["pins"]["0.3"], genesis.to_string());
+    let (status, _) = call(
+        &net.node,
+        "PUT",
+        "/experts/serving",
+        Some("application/json"),
+        json!({"pins": {}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = get(&net.node, "/experts").await;
+    assert_eq!(expert(&body)["served"], v2.to_string());
+
+    // A pin naming another expert's block is refused and changes nothing.
+    let other = net
+        .node
+        .store()
+        .expert_head("1.1".parse().expect("id"))
+        .expect("head")
+        .expect("some");
+    let (status, body) = call(
+        &net.node,
+        "PUT",
+        "/experts/serving",
+        Some("application/json"),
+        json!({"pins": {"0.3": other.to_string()}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, body) = get(&net.node, "/experts").await;
+    assert_eq!(expert(&body)["served"], v2.to_string());
+    // And the node still generates.
+    let (status, _) = post_json(
+        &net.node,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn health_reports_stage_components_and_readiness() {
+    let net = net();
+    let (_, before) = get(&net.node, "/health").await;
+    assert_eq!(before["stage"], "unavailable");
+    let (status, _) = get(&net.node, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    net.node
+        .set_listening(Some("127.0.0.1:1".parse().expect("addr")));
+    let node = net.node.clone();
+    tokio::task::spawn_blocking(move || node.probe(1))
+        .await
+        .expect("join")
+        .expect("probe");
+    let (status, health) = get(&net.node, "/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["stage"], "release", "{health}");
+    let names: Vec<&str> = health["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["block_store", "model", "expert_cache", "api", "disk"]
+    );
+    assert!(
+        health["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("release")
+    );
+    let (status, _) = get(&net.node, "/health/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, live) = get(&net.node, "/health/live").await;
+    assert_eq!(
+        (status, live["live"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_block_takes_the_node_out_of_release() {
+    let net = net();
+    net.node
+        .set_listening(Some("127.0.0.1:1".parse().expect("addr")));
+    // Damage the payload the store probe re-hashes first (round 0: the first block).
+    let first = net.node.store().blocks(None).expect("blocks")[0].clone();
+    let header = net
+        .node
+        .store()
+        .header(&first.hash)
+        .expect("h")
+        .expect("some");
+    let path = net.node.store().payload_path(&header.payload_hash);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write");
+    let node = net.node.clone();
+    let health = tokio::task::spawn_blocking(move || node.probe(1))
+        .await
+        .expect("join")
+        .expect("probe");
+    assert_eq!(health.readiness, 0.0, "{health:?}");
+    assert!(health.reason.contains("block_store"), "{}", health.reason);
+    let (status, _) = get(&net.node, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(first.chain, ChainId::Meta);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_cache_and_chain() {
+    let net = net();
+    let (status, body) = post_json(
+        &net.node,
+        "/v1/completions",
+        json!({"prompt": "hello", "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let generated = body["usage"]["completion_tokens"].as_u64().expect("n");
+    let (status, text) = get(&net.node, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("text");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    };
+    assert_eq!(value("blyan_tokens_generated_total"), generated as f64);
+    assert_eq!(
+        value(
+            "blyan_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/completions\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert!(value("blyan_expert_cache_misses_total") >= 2.0);
+    assert!(value("blyan_expert_cache_hits_total") > 0.0);
+    assert!(value("blyan_expert_cache_bytes") > 0.0);
+    assert_eq!(value("blyan_chain_blocks{chain=\"param\"}"), 47.0);
+    assert_eq!(value("blyan_time_to_first_token_seconds_count"), 1.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(text.contains("process_cpu_seconds_total"));
+    assert!(text.contains("blyan_expert_tokens_total{expert="));
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let net = net();
+    let (status, doc) = get(&net.node, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let spec = net.node.info().spec_block.to_string();
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 15, "{}", paths.len());
+    for (path, ops) in paths {
+        for method in ops.as_object().expect("ops").keys() {
+            let concrete = path.replace("{id}", "blyan").replace("{hash}", &spec);
+            let (status, body) = call(
+                &net.node,
+                &method.to_uppercase(),
+                &concrete,
+                Some("application/json"),
+                "{}",
+            )
+            .await;
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_web_ui_is_served() {
+    let net = net();
+    let (status, page) = get(&net.node, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    let page = page.as_str().expect("html");
+    assert!(page.contains("<title>Blyan node</title>"));
+    assert!(page.contains("/assets/app.js"));
+    let (status, js) = get(&net.node, "/assets/app.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(js.as_str().expect("js").contains("/v1/chat/completions"));
+    let (status, _) = get(&net.node, "/assets/style.css").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = get(&net.node, "/assets/../Cargo.toml").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
