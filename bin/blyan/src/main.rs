@@ -169,33 +169,39 @@ fn up(
     args: &node_cmd::NodeArgs,
     started: std::time::Instant,
 ) -> anyhow::Result<ExitCode> {
-    let outcome = init(
-        data_dir,
-        &InitArgs {
-            random_weights: false,
-            seed: GENESIS_SEED,
-            json: false,
+    // A data directory that already holds a network (bundled, random or imported) is run as
+    // it is; an empty one gets the bundled genesis.
+    let existing = {
+        let store = open_store(data_dir)?;
+        store.at_height(blyan_chain::ChainId::Meta, 0)?
+    };
+    let network = match existing {
+        Some(network) => network,
+        None => match init(
+            data_dir,
+            &InitArgs {
+                random_weights: false,
+                seed: GENESIS_SEED,
+                json: false,
+            },
+        )? {
+            InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => network,
         },
-    )?;
-    let store = open_store(data_dir)?;
-    match store.verify(VerifyMode::Links, |_| {})? {
-        Ok(report) => {
-            let network = match outcome {
-                InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => {
-                    network
-                }
-            };
-            println!(
-                "store verified: {} blocks, every header and link intact",
-                report.blocks
-            );
-            println!("network {network} is ready in {}", data_dir.display());
-            node_cmd::run(data_dir, args, started)?;
-            Ok(ExitCode::SUCCESS)
+    };
+    let report = {
+        let store = open_store(data_dir)?;
+        match store.verify(VerifyMode::Links, |_| {})? {
+            Ok(report) => report,
+            Err(failure) => {
+                chain_cmd::print_failure(&failure);
+                return Ok(ExitCode::FAILURE);
+            }
         }
-        Err(failure) => {
-            chain_cmd::print_failure(&failure);
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    };
+    println!(
+        "store verified: {} blocks, every header and link intact; network {network}",
+        report.blocks
+    );
+    node_cmd::run(data_dir, args, started)?;
+    Ok(ExitCode::SUCCESS)
 }

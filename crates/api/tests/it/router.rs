@@ -118,6 +118,9 @@ async fn text_completion_honours_max_tokens() {
     assert!(body["usage"]["completion_tokens"].as_u64().expect("n") <= 3);
 }
 
+/// Method, path, content type, body, expected status, expected code.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+
 #[tokio::test]
 async fn bad_input_gets_a_4xx_in_openai_shape() {
     let config = NodeConfig {
@@ -134,7 +137,7 @@ async fn bad_input_gets_a_4xx_in_openai_shape() {
     };
     let json_ct = Some("application/json");
     let unknown_block = format!("/chain/blocks/{}", "ab".repeat(32));
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             "/v1/chat/completions",

@@ -1,0 +1,237 @@
+//! `blyan up`, `blyan node` and `blyan chat` as a user runs them: a node on a loopback port,
+//! a terminal chat against it, the config layers, SIGTERM, and the web UI in Chromium.
+
+// Tests fail loudly: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// A `blyan` process serving on a loopback port, and what it printed.
+struct RunningNode {
+    child: Child,
+    url: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl RunningNode {
+    /// Starts `blyan --data-dir DIR <args> --listen 127.0.0.1:0` and waits until it listens.
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunningNode {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blyan"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            let Ok(line) = lines.recv_timeout(Duration::from_secs(120)) else {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the node never listened: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            if let Some(url) = line.strip_prefix("web UI") {
+                let url = url.trim().trim_end_matches('/').to_owned();
+                return RunningNode { child, url, lines };
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        ureq::get(format!("{}{path}", self.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_json()
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and returns whether it exited successfully, and what it printed after.
+    fn terminate(mut self) -> (bool, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        (exit.success(), rest.join("\n"))
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init_random(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["init", "--random-weights"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn up_serves_a_terminal_chat_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    init_random(dir.path());
+    let node = RunningNode::start(dir.path(), &["up"], &[]);
+    assert_eq!(node.get("/v1/models")["data"][0]["id"], "blyan");
+
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .args([
+            "chat",
+            "--url",
+            &node.url,
+            "--seed",
+            "1",
+            "--max-tokens",
+            "8",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    chat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\n/reset\nagain\n")
+        .unwrap();
+    let out = chat.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(conversation forgotten)"), "{stdout}");
+    // Two replies were streamed and both finished (blyan chat fails on a cut stream).
+    let metrics = ureq::get(format!("{}/metrics", node.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "blyan_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/chat/completions\",status=\"200\"} 2"
+        ),
+        "{metrics}"
+    );
+
+    let (success, printed) = node.terminate();
+    assert!(success, "the node did not exit cleanly");
+    assert!(printed.contains("stopped cleanly"), "{printed}");
+    assert!(dir.path().join("node").join("checker.json").exists());
+}
+
+#[test]
+fn config_file_environment_and_flags_layer_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    init_random(dir.path());
+    std::fs::write(dir.path().join("blyan.toml"), "precision = \"f32\"\n").unwrap();
+    let node = RunningNode::start(dir.path(), &["node"], &[]);
+    assert_eq!(node.get("/node")["node"]["precision"], "f32");
+    drop(node);
+
+    let node = RunningNode::start(dir.path(), &["node"], &[("BLYAN_PRECISION", "int8")]);
+    assert_eq!(node.get("/node")["node"]["precision"], "int8");
+    drop(node);
+
+    let node = RunningNode::start(
+        dir.path(),
+        &["node", "--precision", "f32"],
+        &[("BLYAN_PRECISION", "int8")],
+    );
+    assert_eq!(node.get("/node")["node"]["precision"], "f32");
+    drop(node);
+
+    std::fs::write(dir.path().join("blyan.toml"), "precison = \"f32\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["node", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("blyan.toml") && stderr.contains("precison"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn chat_without_a_node_says_so() {
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .args(["chat", "--url", "http://127.0.0.1:9"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    chat.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let out = chat.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is `blyan node` running?"), "{stderr}");
+}
+
+/// The web UI in Debian's headless Chromium through playwright-core (`e2e/web_ui.mjs`).
+/// Needs `node`, `/usr/bin/chromium` and `e2e/node_modules`; `scripts/test-deps.sh`
+/// installs them, and the README's test command runs it first.
+#[test]
+fn web_ui_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("e2e/web_ui.mjs");
+    assert!(
+        root.join("e2e/node_modules/playwright-core").exists(),
+        "playwright-core is not installed; run scripts/test-deps.sh"
+    );
+    // The bundled trained genesis, so that the screenshots show what a user sees.
+    let dir = tempfile::tempdir().unwrap();
+    let node = RunningNode::start(dir.path(), &["up"], &[]);
+    let shots = root.join("target/e2e");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(&node.url)
+        .arg(&shots)
+        .output()
+        .expect("running node (Node.js); run scripts/test-deps.sh");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shots.join("web-ui-chat.png").exists());
+}
