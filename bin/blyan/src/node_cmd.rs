@@ -21,7 +21,7 @@ pub(crate) struct NodeArgs {
     /// Byte budget of the expert cache, in MiB [default: 256].
     #[arg(long, env = "BLYAN_EXPERT_CACHE_MIB")]
     expert_cache_mib: Option<usize>,
-    /// Most sequences decoded together [default: 32].
+    /// Most sequences decoded together [default: 64].
     #[arg(long, env = "BLYAN_MAX_BATCH")]
     max_batch: Option<usize>,
     /// Most generations in flight before requests are refused [default: 256].

@@ -46,8 +46,8 @@ pub(crate) struct GenesisArgs {
     /// Output directory; a run found there is resumed from its newest checkpoint.
     #[arg(long)]
     out: PathBuf,
-    /// Optimizer steps in total.
-    #[arg(long, default_value_t = 3000)]
+    /// Optimizer steps in total (the defaults are the shipped genesis recipe).
+    #[arg(long, default_value_t = 900)]
     steps: u64,
     /// Sequences per step.
     #[arg(long, default_value_t = 16)]
@@ -59,7 +59,7 @@ pub(crate) struct GenesisArgs {
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
     /// Warm-up steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 80)]
     warmup: u64,
     /// Weight of the router's load-balancing loss.
     #[arg(long, default_value_t = 0.01)]
@@ -68,10 +68,10 @@ pub(crate) struct GenesisArgs {
     #[arg(long, default_value_t = blyan_chain::genesis::GENESIS_SEED)]
     seed: u64,
     /// Steps between validation scores.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 150)]
     eval_every: u64,
     /// Steps between checkpoints.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 100)]
     checkpoint_every: u64,
     /// Print the recipe as JSON at the end.
     #[arg(long)]

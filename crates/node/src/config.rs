@@ -18,7 +18,7 @@ const BODY_LIMIT_BYTES_DEFAULT: usize = 1 << 20;
 /// Upper bound on any configured body limit.
 const BODY_LIMIT_BYTES_MAX: usize = 64 << 20;
 /// Most sequences decoded together by default.
-const MAX_BATCH_DEFAULT: usize = 32;
+const MAX_BATCH_DEFAULT: usize = 64;
 /// Upper bound on the engine batch.
 const MAX_BATCH_MAX: usize = 256;
 /// Generations in flight (running or queued) beyond which new ones are refused.
