@@ -47,6 +47,13 @@ impl Server {
         let addr = addr_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server address");
+        // `serve` probes once at start (one token through the engine); wait for it so that it
+        // cannot overlap what a test measures.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while net.node.health().updates == 0 {
+            assert!(Instant::now() < deadline, "the first probe never finished");
+            thread::sleep(Duration::from_millis(10));
+        }
         Server {
             net,
             addr,
@@ -179,7 +186,11 @@ fn chat_streams_openai_chunks_that_add_up_to_the_plain_answer() {
 
 #[test]
 fn a_client_that_disconnects_stops_its_generation() {
-    let server = Server::start(NodeConfig::default());
+    // No probe during the test: it would generate a token of its own.
+    let server = Server::start(NodeConfig {
+        probe_interval_s: 3600,
+        ..NodeConfig::default()
+    });
     let request = json!({
         "prompt": "a long story",
         "max_tokens": 1000,
