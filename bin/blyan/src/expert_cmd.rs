@@ -31,6 +31,10 @@ pub(crate) struct ExpertArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 48)]
     seq_len: usize,
+    /// Sequences per micro-step (the yield point); a step sums the gradients of its
+    /// micro-steps.
+    #[arg(long, default_value_t = blyan_train::expert::MICRO_ROWS_DEFAULT)]
+    micro_rows: usize,
     /// Where to write the candidate file.
     #[arg(long, value_name = "CANDIDATE")]
     out: PathBuf,
@@ -55,6 +59,7 @@ pub(crate) fn run(data_dir: &Path, args: ExpertArgs) -> anyhow::Result<()> {
         seed: args.seed,
         batch: args.batch,
         seq_len: args.seq_len,
+        micro_rows: args.micro_rows,
     };
     let mut run = ExpertTraining::new(&store, &data, opts).map_err(coded)?;
     let (train_tokens, eval_tokens) = run.token_counts();
@@ -67,11 +72,14 @@ pub(crate) fn run(data_dir: &Path, args: ExpertArgs) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let mut tokens = 0u64;
+    // Latency of each micro-step, the unit a serving node would yield between.
     let mut step_ms = Vec::new();
     while !run.is_done() {
-        let r = run.step().map_err(coded)?;
+        let micro = Instant::now();
+        let report = run.step().map_err(coded)?;
+        step_ms.push(micro.elapsed().as_secs_f64() * 1e3);
+        let Some(r) = report else { continue };
         tokens += r.tokens as u64;
-        step_ms.push(r.elapsed.as_secs_f64() * 1e3);
         if !args.json && (r.step % 10 == 0 || run.is_done()) {
             eprintln!("step {:>5}  loss {:.4}  lr {:.2e}", r.step, r.loss, r.lr);
         }
@@ -94,12 +102,13 @@ pub(crate) fn run(data_dir: &Path, args: ExpertArgs) -> anyhow::Result<()> {
             "candidate": args.out,
             "expert": args.expert.to_string(),
             "parent": candidate.parent,
+            "micro_steps": step_ms.len(),
             "step_ms": {"p50": pct(0.5), "p90": pct(0.9), "max": pct(1.0)},
         });
         println!("{out}");
     } else {
         println!(
-            "held-out loss {:.4} -> {:.4}; {} steps, {:.0} tokens/s; step p50 {:.0} ms, max {:.0} ms",
+            "held-out loss {:.4} -> {:.4}; {} steps, {:.0} tokens/s; micro-step p50 {:.0} ms, max {:.0} ms",
             candidate.manifest.eval_loss_before,
             candidate.manifest.eval_loss_after,
             candidate.manifest.steps,

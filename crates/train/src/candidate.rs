@@ -40,6 +40,9 @@ pub struct Manifest {
     pub batch: usize,
     /// Tokens per sequence.
     pub seq_len: usize,
+    /// Sequences per micro-step (a step's gradient is summed over its micro-steps).
+    #[serde(default)]
+    pub micro_rows: usize,
     /// Warm-up steps.
     pub warmup_steps: u64,
     /// Weight decay.

@@ -1,5 +1,6 @@
 //! One training loop for both genesis and expert fine-tuning: a step is one optimizer
-//! update on one batch, small enough to be a yield point.
+//! update on one batch, and `micro_step` splits it into parts small enough to be yield
+//! points.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,8 @@ pub struct Trainer {
     opt: AdamW,
     data: TokenStream,
     cfg: TrainConfig,
+    /// An optimizer step begun by [`Trainer::micro_step`] and not finished yet.
+    pending: Option<Pending>,
 }
 
 impl Trainer {
@@ -99,6 +102,7 @@ impl Trainer {
             opt,
             data,
             cfg,
+            pending: None,
         })
     }
 
@@ -117,9 +121,11 @@ impl Trainer {
         &self.cfg
     }
 
-    /// One optimizer step on the next batch.
+    /// One optimizer step on the next batch (a step begun by [`Trainer::micro_step`] is
+    /// dropped and restarted whole).
     pub fn step(&mut self) -> Result<StepReport, TrainError> {
         let start = Instant::now();
+        self.pending = None;
         let step = self.opt.steps();
         let (x, y) = self
             .data
@@ -149,6 +155,99 @@ impl Trainer {
             tokens: self.cfg.batch * self.cfg.seq_len,
             elapsed: start.elapsed(),
         })
+    }
+
+    /// Part of an optimizer step: forward and backward over the next `rows` sequences of the
+    /// step's batch, gradients summed; the update is applied after the batch's last rows,
+    /// and then the step's report is returned. Splitting a step this way bounds the time
+    /// between yield points whatever the batch; with `rows >= batch` it is exactly
+    /// [`Trainer::step`]. Each part's loss is weighted by its share of the batch, so the
+    /// summed gradient is the whole batch's (the balance loss, which is not a per-row mean,
+    /// is taken per part).
+    pub fn micro_step(&mut self, rows: usize) -> Result<Option<StepReport>, TrainError> {
+        if rows == 0 {
+            return Err(TrainError::invalid("micro_rows", "must be at least 1"));
+        }
+        if rows >= self.cfg.batch && self.pending.is_none() {
+            return self.step().map(Some);
+        }
+        let step = self.opt.steps();
+        let mut pending = match self.pending.take() {
+            Some(p) => p,
+            None => {
+                let (x, y) =
+                    self.data
+                        .batch(self.cfg.seed, step, self.cfg.batch, self.cfg.seq_len)?;
+                Pending {
+                    x,
+                    y,
+                    row: 0,
+                    sums: HashMap::new(),
+                    loss: 0.0,
+                    balance: 0.0,
+                    elapsed: Duration::ZERO,
+                }
+            }
+        };
+        let start = Instant::now();
+        let batch = self.cfg.batch;
+        let n = rows.min(batch - pending.row);
+        let share = n as f64 / batch as f64;
+        let x = pending.x.narrow(0, pending.row, n)?;
+        let y = if pending.y.rank() == 1 {
+            let seq = self.cfg.seq_len;
+            pending.y.narrow(0, pending.row * seq, n * seq)?
+        } else {
+            pending.y.narrow(0, pending.row, n)?
+        };
+        let fwd = self.net.forward(&x)?;
+        let ce = cross_entropy(&fwd.logits, &y)?;
+        let loss = if self.cfg.balance_coef > 0.0 {
+            (&ce + (&fwd.balance * self.cfg.balance_coef)?)?
+        } else {
+            ce.clone()
+        };
+        let ce_value = ce.to_scalar::<f32>()?;
+        if !ce_value.is_finite() {
+            return Err(TrainError::Diverged {
+                step,
+                loss: ce_value,
+            });
+        }
+        let mut grads = (loss * share)?.backward()?;
+        for (name, var) in self.net.params.vars() {
+            if let Some(g) = grads.remove(var.as_tensor()) {
+                let sum = match pending.sums.remove(name) {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                };
+                pending.sums.insert(name.clone(), sum);
+            }
+        }
+        pending.loss += f64::from(ce_value) * share;
+        pending.balance += f64::from(fwd.balance.to_scalar::<f32>()?) * share;
+        pending.row += n;
+        pending.elapsed += start.elapsed();
+        if pending.row < batch {
+            self.pending = Some(pending);
+            return Ok(None);
+        }
+        let update = Instant::now();
+        for (name, var) in self.net.params.vars() {
+            if let Some(sum) = pending.sums.remove(name) {
+                grads.insert(var.as_tensor(), sum);
+            }
+        }
+        let stats = self.opt.step(self.net.params.vars(), &grads)?;
+        Ok(Some(StepReport {
+            step: self.opt.steps(),
+            loss: pending.loss as f32,
+            balance: pending.balance as f32,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            tokens: batch * self.cfg.seq_len,
+            elapsed: pending.elapsed + update.elapsed(),
+        }))
     }
 
     /// Mean cross-entropy (nats per token) of the model over `stream`.
@@ -208,6 +307,7 @@ impl Trainer {
     /// Restores the newest checkpoint in `dir`, if any; returns its path. The checkpoint
     /// must come from a run with the same settings and the same trainable tensors.
     pub fn resume(&mut self, dir: &Path) -> Result<Option<PathBuf>, TrainError> {
+        self.pending = None;
         let Some(path) = checkpoints(dir)?.pop() else {
             return Ok(None);
         };
@@ -248,6 +348,18 @@ impl Trainer {
         self.opt.restore(state.step, optim).map_err(bad)?;
         Ok(Some(path))
     }
+}
+
+/// An optimizer step in progress: its batch, the rows done, the gradient sums so far.
+#[derive(Debug)]
+struct Pending {
+    x: Tensor,
+    y: Tensor,
+    row: usize,
+    sums: HashMap<String, Tensor>,
+    loss: f64,
+    balance: f64,
+    elapsed: Duration,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -159,6 +159,44 @@ fn a_small_model_overfits_a_tiny_text() -> Result {
 }
 
 #[test]
+fn micro_steps_sum_to_the_whole_batch_step() -> Result {
+    let meta = small_meta();
+    let stream = text_stream(&meta, &TEXT.repeat(3))?;
+    // Without the balance loss the split is exact up to float summation order.
+    let config = TrainConfig {
+        balance_coef: 0.0,
+        ..cfg(6, 3e-3)
+    };
+    let mut whole = Trainer::new(random_net(&meta, 4)?, stream.clone(), config.clone())?;
+    let mut parts = Trainer::new(random_net(&meta, 4)?, stream, config)?;
+    for step in 1..=3u64 {
+        let a = whole.step()?;
+        // batch 4 in micro-steps of 3 + 1 rows: an uneven split on purpose.
+        assert!(parts.micro_step(3)?.is_none(), "a step ended early");
+        assert_eq!(parts.steps(), step - 1);
+        let b = parts.micro_step(3)?.expect("the step completes");
+        assert_eq!(b.step, step);
+        assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0),
+            "{} vs {}",
+            a.grad_norm,
+            b.grad_norm
+        );
+    }
+    let (a, b) = (whole.net().params.all(), parts.net().params.all());
+    for (name, ta) in &a {
+        let diff = (ta - &b[name])?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{name} differs by {diff}");
+    }
+    assert_eq!(
+        parts.micro_step(0).expect_err("refused").code(),
+        "invalid_parameter"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_resumed_run_equals_an_uninterrupted_one() -> Result {
     let meta = small_meta();
     let stream = text_stream(&meta, &TEXT.repeat(3))?;
