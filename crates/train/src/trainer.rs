@@ -130,26 +130,13 @@ impl Trainer {
         let (x, y) = self
             .data
             .batch(self.cfg.seed, step, self.cfg.batch, self.cfg.seq_len)?;
-        let fwd = self.net.forward(&x)?;
-        let ce = cross_entropy(&fwd.logits, &y)?;
-        let loss = if self.cfg.balance_coef > 0.0 {
-            (&ce + (&fwd.balance * self.cfg.balance_coef)?)?
-        } else {
-            ce.clone()
-        };
-        let ce_value = ce.to_scalar::<f32>()?;
-        if !ce_value.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                loss: ce_value,
-            });
-        }
+        let (loss, ce_value, balance) = self.loss(&x, &y, step)?;
         let grads = loss.backward()?;
         let stats = self.opt.step(self.net.params.vars(), &grads)?;
         Ok(StepReport {
             step: self.opt.steps(),
             loss: ce_value,
-            balance: fwd.balance.to_scalar::<f32>()?,
+            balance,
             lr: stats.lr,
             grad_norm: stats.grad_norm,
             tokens: self.cfg.batch * self.cfg.seq_len,
@@ -200,20 +187,7 @@ impl Trainer {
         } else {
             pending.y.narrow(0, pending.row, n)?
         };
-        let fwd = self.net.forward(&x)?;
-        let ce = cross_entropy(&fwd.logits, &y)?;
-        let loss = if self.cfg.balance_coef > 0.0 {
-            (&ce + (&fwd.balance * self.cfg.balance_coef)?)?
-        } else {
-            ce.clone()
-        };
-        let ce_value = ce.to_scalar::<f32>()?;
-        if !ce_value.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                loss: ce_value,
-            });
-        }
+        let (loss, ce_value, balance) = self.loss(&x, &y, step)?;
         let mut grads = (loss * share)?.backward()?;
         for (name, var) in self.net.params.vars() {
             if let Some(g) = grads.remove(var.as_tensor()) {
@@ -225,7 +199,7 @@ impl Trainer {
             }
         }
         pending.loss += f64::from(ce_value) * share;
-        pending.balance += f64::from(fwd.balance.to_scalar::<f32>()?) * share;
+        pending.balance += f64::from(balance) * share;
         pending.row += n;
         pending.elapsed += start.elapsed();
         if pending.row < batch {
@@ -248,6 +222,26 @@ impl Trainer {
             tokens: batch * self.cfg.seq_len,
             elapsed: pending.elapsed + update.elapsed(),
         }))
+    }
+
+    /// The training loss on `(x, y)` (cross-entropy plus the weighted balance loss), with
+    /// the cross-entropy and balance values; a non-finite loss is `Diverged`.
+    fn loss(&self, x: &Tensor, y: &Tensor, step: u64) -> Result<(Tensor, f32, f32), TrainError> {
+        let fwd = self.net.forward(x)?;
+        let ce = cross_entropy(&fwd.logits, y)?;
+        let loss = if self.cfg.balance_coef > 0.0 {
+            (&ce + (&fwd.balance * self.cfg.balance_coef)?)?
+        } else {
+            ce.clone()
+        };
+        let ce_value = ce.to_scalar::<f32>()?;
+        if !ce_value.is_finite() {
+            return Err(TrainError::Diverged {
+                step,
+                loss: ce_value,
+            });
+        }
+        Ok((loss, ce_value, fwd.balance.to_scalar::<f32>()?))
     }
 
     /// Mean cross-entropy (nats per token) of the model over `stream`.
