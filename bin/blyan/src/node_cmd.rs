@@ -7,7 +7,7 @@ use blyan_node::{ConfigLayer, Node, NodeConfig};
 
 /// Settings of `blyan node` / `blyan up`. Each overrides the environment variable named
 /// beside it, which overrides the config file, which overrides the defaults.
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, clap::Args)]
 pub(crate) struct NodeArgs {
     /// TOML config file [default: DATA_DIR/blyan.toml if it exists].
     #[arg(long, env = "BLYAN_CONFIG", value_name = "FILE")]

@@ -278,13 +278,6 @@ fn fresh_seed() -> u64 {
     z ^ (z >> 31)
 }
 
-fn unix_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn request_id(kind: Kind) -> String {
     let prefix = match kind {
         Kind::Chat => "chatcmpl",
@@ -346,7 +339,7 @@ async fn complete(
         })??;
     let meta = ResponseMeta {
         id: request_id(kind),
-        created: unix_s(),
+        created: crate::unix_ms() / 1000,
         kind,
     };
     if common.stream {

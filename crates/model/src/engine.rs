@@ -145,7 +145,19 @@ impl Engine {
 
     /// Validates and queues a request. Invalid requests are refused here, before queueing.
     pub fn submit(&self, request: &GenerateRequest) -> Result<Receiver, ModelError> {
-        let (decoder, prompt) = Decoder::new(&self.model, &self.tokenizer, request)?;
+        let ids = self.tokenizer.encode(&request.prompt)?;
+        self.submit_encoded(request, ids)
+    }
+
+    /// As [`Engine::submit`], for a caller that has already encoded `request.prompt` with
+    /// this engine's tokenizer (`ids`, without BOS), so that it is not tokenized twice.
+    pub fn submit_encoded(
+        &self,
+        request: &GenerateRequest,
+        ids: Vec<TokenId>,
+    ) -> Result<Receiver, ModelError> {
+        let (decoder, prompt) =
+            Decoder::with_prompt_ids(&self.model, &self.tokenizer, request, ids)?;
         let (events, rx) = mpsc::channel();
         let cancel = CancelToken::new();
         let job = Job {

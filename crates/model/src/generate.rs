@@ -155,6 +155,17 @@ impl Decoder {
         tokenizer: &Tokenizer,
         request: &GenerateRequest,
     ) -> Result<(Decoder, Vec<TokenId>), ModelError> {
+        let ids = tokenizer.encode(&request.prompt)?;
+        Decoder::with_prompt_ids(model, tokenizer, request, ids)
+    }
+
+    /// As [`Decoder::new`], with the prompt already encoded by `tokenizer` (no BOS).
+    pub(crate) fn with_prompt_ids(
+        model: &Model,
+        tokenizer: &Tokenizer,
+        request: &GenerateRequest,
+        ids: Vec<TokenId>,
+    ) -> Result<(Decoder, Vec<TokenId>), ModelError> {
         let c = model.config();
         request.sampling.check(c.vocab_size)?;
         if request.max_tokens == 0 {
@@ -179,8 +190,9 @@ impl Decoder {
                 reason: format!("stop sequences must be 1..={STOP_LEN_MAX} bytes"),
             });
         }
-        let mut prompt = vec![c.bos_token_id];
-        prompt.extend(tokenizer.encode(&request.prompt)?);
+        let mut prompt = Vec::with_capacity(ids.len() + 1);
+        prompt.push(c.bos_token_id);
+        prompt.extend(ids);
         // Policy: a prompt that leaves no room for one generated token is refused, never
         // truncated; a generation that fills the window ends with `length`.
         if prompt.len() >= c.context_len {

@@ -228,7 +228,7 @@ impl AgentChecker {
         let bytes = serde_json::to_vec_pretty(&State {
             health: health.clone(),
         })
-        .map_err(|e| NodeError::Config(format!("encoding checker state: {e}")))?;
+        .map_err(|e| NodeError::Internal(format!("encoding checker state: {e}")))?;
         write_atomic(path, &bytes)
     }
 

@@ -55,6 +55,9 @@ pub enum NodeError {
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Encoding the node's own state or metrics failed (a bug, not bad input).
+    #[error("internal: {0}")]
+    Internal(String),
     /// File-system work failed.
     #[error("{context}: {source}")]
     Io {
@@ -78,6 +81,7 @@ impl NodeError {
             NodeError::ContextLengthExceeded { .. } => "context_length_exceeded",
             NodeError::Overloaded { .. } => "overloaded",
             NodeError::ShuttingDown => "shutting_down",
+            NodeError::Internal(_) => "internal",
             NodeError::Io { .. } => "io",
         }
     }

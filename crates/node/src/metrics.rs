@@ -48,7 +48,7 @@ pub struct Metrics {
 }
 
 fn metric_error(e: prometheus::Error) -> NodeError {
-    NodeError::Config(format!("metrics: {e}"))
+    NodeError::Internal(format!("metrics: {e}"))
 }
 
 impl Metrics {

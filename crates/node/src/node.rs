@@ -234,22 +234,18 @@ impl Node {
             .clone()
     }
 
-    /// Prompt tokens of `prompt`, BOS included.
-    pub fn prompt_tokens(&self, prompt: &str) -> Result<usize, NodeError> {
-        Ok(self
-            .tokenizer
-            .encode(prompt)
-            .map_err(ModelError::from)?
-            .len()
-            + 1)
-    }
-
     /// Checks and queues a generation.
     pub fn submit(self: &Arc<Self>, request: CompletionRequest) -> Result<Generation, NodeError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(NodeError::ShuttingDown);
         }
-        let prompt_tokens = self.prompt_tokens(&request.prompt)?;
+        // Encoded once here: the count decides the default and the limit of max_tokens, and
+        // the ids go to the engine as they are.
+        let ids = self
+            .tokenizer
+            .encode(&request.prompt)
+            .map_err(ModelError::from)?;
+        let prompt_tokens = ids.len() + 1;
         let context_len = self.context_len();
         let room = context_len.saturating_sub(prompt_tokens);
         let max_tokens = match request.max_tokens {
@@ -292,7 +288,7 @@ impl Node {
                 limit: self.config.max_active,
             });
         }
-        let receiver = self.serving().engine.submit(&request)?;
+        let receiver = self.serving().engine.submit_encoded(&request, ids)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         active.insert(id, receiver.cancel_token());
         drop(active);
@@ -495,7 +491,7 @@ impl Node {
                     "{} blocks; payload of {} ({}) re-hashed and intact",
                     blocks.len(),
                     sample.name,
-                    short(&sample.hash)
+                    sample.hash.short(12)
                 ),
             ),
             Err(e) => report(0.0, format!("{} blocks; {e}", blocks.len())),
@@ -696,10 +692,6 @@ fn start_serving(
         pins,
         epoch,
     })
-}
-
-fn short(hash: &Hash) -> String {
-    hash.to_string()[..12].to_owned()
 }
 
 /// A queued or running generation. Dropping it before its end cancels it.

@@ -48,8 +48,9 @@ pub struct ExpertOptions {
 }
 
 /// Sequences per micro-step by default. On this project's 2-core reference machine a
-/// micro-step of 2 × 48 tokens takes about 100 ms for an expert in layer 0 (the deepest
-/// backward pass), within the 50–200 ms a serving node can yield for.
+/// micro-step of 2 × 48 tokens measured p50 81 ms / p90 97 ms for an expert in layer 0 (the
+/// deepest backward pass) and 53 / 64 ms in layer 2 (docs/BENCHMARKS.md), inside the
+/// 50–200 ms a serving node can yield for.
 pub const MICRO_ROWS_DEFAULT: usize = 2;
 
 impl ExpertOptions {
