@@ -86,6 +86,15 @@ fn show(store: &Store, hash: Hash, json: bool) -> anyhow::Result<()> {
             serde_json::json!({ "spec": meta.spec, "tokenizer_bytes": meta.tokenizer.len() })
         }
         BlockKind::ChainGenesis => serde_json::to_value(ChainGenesis::decode(&payload)?)?,
+        BlockKind::LedgerBatch => {
+            let batch = blyan_chain::LedgerBatch::decode(&payload)?;
+            let postings = batch
+                .postings
+                .iter()
+                .map(|p| blyan_ledger::PostingRecord::decode(p).map(|r| r.to_json()))
+                .collect::<Result<Vec<_>, _>>()?;
+            serde_json::json!({ "first_seq": batch.first_seq, "root": batch.root, "postings": postings })
+        }
         BlockKind::Expert | BlockKind::Router | BlockKind::Dense => {
             let set = TensorSet::parse(&payload)?;
             let tensors: Vec<_> = set

@@ -25,7 +25,7 @@ pub const DEPENDS_ON_MAX: usize = 16;
 /// Longest block name in bytes.
 pub const NAME_LEN_MAX: usize = 256;
 
-/// The four chains of a network. Discriminants are part of the header encoding.
+/// The chains of a network. Discriminants are part of the header encoding.
 #[derive(
     Clone,
     Copy,
@@ -52,15 +52,18 @@ pub enum ChainId {
     Dataset = 2,
     /// P: Proof-of-Learning verdicts and reward events.
     Proof = 3,
+    /// L: the BLY ledger's postings, anchored in batches.
+    Ledger = 4,
 }
 
 impl ChainId {
     /// Every chain, in the order they are listed and verified.
-    pub const ALL: [ChainId; 4] = [
+    pub const ALL: [ChainId; 5] = [
         ChainId::Meta,
         ChainId::Param,
         ChainId::Dataset,
         ChainId::Proof,
+        ChainId::Ledger,
     ];
 
     /// Lowercase name used on the command line and in JSON.
@@ -70,6 +73,7 @@ impl ChainId {
             ChainId::Param => "param",
             ChainId::Dataset => "dataset",
             ChainId::Proof => "proof",
+            ChainId::Ledger => "ledger",
         }
     }
 
@@ -80,6 +84,7 @@ impl ChainId {
             ChainId::Param => 'B',
             ChainId::Dataset => 'D',
             ChainId::Proof => 'P',
+            ChainId::Ledger => 'L',
         }
     }
 }
@@ -99,8 +104,9 @@ impl FromStr for ChainId {
             "param" | "params" | "b" => Ok(ChainId::Param),
             "dataset" | "d" => Ok(ChainId::Dataset),
             "proof" | "p" => Ok(ChainId::Proof),
+            "ledger" | "l" => Ok(ChainId::Ledger),
             _ => Err(format!(
-                "unknown chain {s:?} (meta, param, dataset or proof)"
+                "unknown chain {s:?} (meta, param, dataset, proof or ledger)"
             )),
         }
     }
@@ -133,6 +139,8 @@ pub enum BlockKind {
     Dense = 3,
     /// First block of the dataset or proof chain ([`crate::genesis::ChainGenesis`]).
     ChainGenesis = 4,
+    /// Ledger chain: a batch of ledger postings under a Merkle root ([`crate::LedgerBatch`]).
+    LedgerBatch = 5,
 }
 
 impl BlockKind {
@@ -142,6 +150,7 @@ impl BlockKind {
             BlockKind::Spec => chain == ChainId::Meta,
             BlockKind::Expert | BlockKind::Router | BlockKind::Dense => chain == ChainId::Param,
             BlockKind::ChainGenesis => matches!(chain, ChainId::Dataset | ChainId::Proof),
+            BlockKind::LedgerBatch => chain == ChainId::Ledger,
         }
     }
 
@@ -161,6 +170,7 @@ impl BlockKind {
             BlockKind::Router => "router",
             BlockKind::Dense => "dense",
             BlockKind::ChainGenesis => "chain_genesis",
+            BlockKind::LedgerBatch => "ledger_batch",
         }
     }
 }

@@ -11,6 +11,7 @@ mod block;
 pub mod dag;
 mod error;
 pub mod genesis;
+mod ledger;
 pub mod spec;
 mod store;
 mod validate;
@@ -21,6 +22,7 @@ pub use block::{
     HEADER_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX,
 };
 pub use error::{BlockError, ChainError};
+pub use ledger::{LEDGER_BATCH_POSTINGS_MAX, LEDGER_POSTING_LEN_MAX, LedgerBatch};
 pub use store::{BlockSummary, Payload, Store};
 pub use validate::{CheckedBlock, ValidBlock};
 pub use verify::{VerifyFailure, VerifyMode, VerifyReport};

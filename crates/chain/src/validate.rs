@@ -9,6 +9,7 @@ use blyan_tensor::{TensorDesc, TensorSet};
 
 use crate::block::NAME_LEN_MAX;
 use crate::genesis::ChainGenesis;
+use crate::ledger::LedgerBatch;
 use crate::spec::{MetaPayload, TensorGroup};
 use crate::{
     Block, BlockError, BlockHeader, BlockKind, ChainError, ChainId, DEPENDS_ON_MAX, FORMAT_VERSION,
@@ -130,6 +131,7 @@ fn check_payload(h: &BlockHeader, payload: &[u8]) -> Result<(), BlockError> {
     match h.kind {
         BlockKind::Spec => MetaPayload::decode(payload).map(drop),
         BlockKind::ChainGenesis => ChainGenesis::decode(payload).map(drop),
+        BlockKind::LedgerBatch => LedgerBatch::decode(payload).map(drop),
         BlockKind::Expert | BlockKind::Router | BlockKind::Dense => Ok(()),
     }
 }
@@ -229,7 +231,7 @@ pub(crate) fn validate(
         .filter(|(_, p)| p.kind == BlockKind::Spec)
         .map(|(hash, _)| *hash)
         .collect();
-    if matches!(h.kind, BlockKind::ChainGenesis) || h.kind.has_tensors() {
+    if matches!(h.kind, BlockKind::ChainGenesis | BlockKind::LedgerBatch) || h.kind.has_tensors() {
         match specs.len() {
             0 => return Err(invalid(BlockError::MissingSpec)),
             1 => {}

@@ -1,14 +1,17 @@
-//! Hashes, identifiers, addresses and the canonical binary encoding shared by every Blyan crate.
+//! Hashes, identifiers, addresses, amounts of BLY, Merkle roots and the canonical binary encoding shared by every Blyan crate.
 //!
 //! Nothing here performs I/O; every type is plain data with a canonical byte form.
 
 #![warn(missing_docs)]
 
 mod address;
+mod amount;
 pub mod codec;
 mod expert;
 mod hash;
+pub mod merkle;
 
 pub use address::{Address, AddressParseError};
+pub use amount::{Amount, AmountParseError, NANO_PER_BLY};
 pub use expert::{ExpertId, ExpertIdParseError};
 pub use hash::{Hash, HashParseError, Hasher};

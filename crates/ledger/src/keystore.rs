@@ -1,0 +1,224 @@
+//! The node's keystore: one secp256k1 key per account, each in its own file readable only by
+//! the owner, and API keys bound to accounts (only their SHA-256 is stored in the ledger).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use blyan_primitives::{Address, Hash};
+use k256::ecdsa::SigningKey;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::AccountKind;
+use crate::ledger::{Ledger, account_exists, hex, now_i64, parse_hex};
+use crate::sql::{self, Value};
+use crate::{LedgerError, Refusal};
+
+/// The prefix of every API key.
+pub const API_KEY_PREFIX: &str = "bly_";
+
+/// One key file: the account's address and its secret key in hex.
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    address: Address,
+    secret_key: String,
+    created_ms: u64,
+}
+
+/// Where account keys live: `DATA_DIR/keystore`.
+#[derive(Debug, Clone)]
+pub struct Keystore {
+    dir: PathBuf,
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> LedgerError {
+    move |source| LedgerError::Io { context, source }
+}
+
+impl Keystore {
+    /// The keystore in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Keystore {
+        Keystore { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes a new key and stores it in `<address>.json` with mode 0600 (the directory
+    /// 0700). The file is written, synced and only then renamed into place.
+    pub fn generate(&self, now_ms: u64) -> Result<Address, LedgerError> {
+        let mut rng = rand::rng();
+        let key = loop {
+            let mut secret = [0u8; 32];
+            rng.fill_bytes(&mut secret);
+            // A uniformly random 32 bytes is a valid scalar except with probability ~2^-128.
+            if let Ok(key) = SigningKey::from_slice(&secret) {
+                break key;
+            }
+        };
+        let address = address_of(&key);
+        std::fs::create_dir_all(&self.dir)
+            .map_err(io(format!("creating {}", self.dir.display())))?;
+        set_mode(&self.dir, 0o700)?;
+        let file = KeyFile {
+            address,
+            secret_key: hex::encode(key.to_bytes()),
+            created_ms: now_ms,
+        };
+        let text = serde_json::to_string_pretty(&file)
+            .map_err(|e| LedgerError::Store(format!("encoding a key file: {e}")))?;
+        let path = self.path(&address);
+        let tmp = path.with_extension("json.tmp");
+        {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options
+                .open(&tmp)
+                .map_err(io(format!("creating {}", tmp.display())))?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(io(format!("writing {}", tmp.display())))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
+        Ok(address)
+    }
+
+    /// The key file of `address`.
+    pub fn path(&self, address: &Address) -> PathBuf {
+        self.dir.join(format!("{}.json", address.to_hex_lower()))
+    }
+
+    /// Loads `address`'s key, checking the file's address matches its key.
+    pub fn load(&self, address: &Address) -> Result<SigningKey, LedgerError> {
+        let path = self.path(address);
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        let file: KeyFile = serde_json::from_str(&text)
+            .map_err(|e| LedgerError::Store(format!("{}: {e}", path.display())))?;
+        let secret = hex::decode(&file.secret_key)
+            .map_err(|e| LedgerError::Store(format!("{}: {e}", path.display())))?;
+        let key = SigningKey::from_slice(&secret)
+            .map_err(|e| LedgerError::Store(format!("{}: {e}", path.display())))?;
+        if address_of(&key) != *address || file.address != *address {
+            return Err(LedgerError::Store(format!(
+                "{} does not hold the key of {address}",
+                path.display()
+            )));
+        }
+        Ok(key)
+    }
+}
+
+/// The Ethereum address of a signing key.
+pub fn address_of(key: &SigningKey) -> Address {
+    let point = key.verifying_key().to_encoded_point(false);
+    let bytes = point.as_bytes();
+    let mut xy = [0u8; 64];
+    xy.copy_from_slice(&bytes[1..65]);
+    Address::from_public_key(&xy)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), LedgerError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("setting the mode of {}", path.display())))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> Result<(), LedgerError> {
+    Ok(())
+}
+
+fn key_hash(api_key: &str) -> String {
+    Hash::of(api_key.as_bytes()).to_string()
+}
+
+impl Ledger {
+    /// Makes a key in `keystore`, opens its account and issues an API key bound to it.
+    /// Returns the address and the API key, which is shown once and stored only hashed.
+    pub fn new_user(
+        &self,
+        keystore: &Keystore,
+        now_ms: u64,
+    ) -> Result<(Address, String), LedgerError> {
+        let address = keystore.generate(now_ms)?;
+        self.create_account(address, AccountKind::User, now_ms)?;
+        let api_key = self.issue_api_key(address, now_ms)?;
+        Ok((address, api_key))
+    }
+
+    /// Issues a new API key for `address`'s account.
+    pub fn issue_api_key(&self, address: Address, now_ms: u64) -> Result<String, LedgerError> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let api_key = format!("{API_KEY_PREFIX}{}", hex::encode(bytes));
+        let hash = key_hash(&api_key);
+        sql::write(&*self.store, |tx| {
+            if !account_exists(tx, &address)? {
+                return Err(LedgerError::refused(
+                    Refusal::UnknownAccount,
+                    format!("no account {address}"),
+                ));
+            }
+            tx.exec(
+                "INSERT INTO api_keys (key_hash, address, created_ms) VALUES ($1, $2, $3)",
+                &[Value::Text(hash.clone()), hex(&address), now_i64(now_ms)],
+            )?;
+            Ok(())
+        })?;
+        Ok(api_key)
+    }
+
+    /// The account an API key bills.
+    pub fn account_for_api_key(&self, api_key: &str) -> Result<Address, LedgerError> {
+        let unknown = || {
+            LedgerError::refused(
+                Refusal::UnknownApiKey,
+                "the API key is not known to this node",
+            )
+        };
+        if !api_key.starts_with(API_KEY_PREFIX) || api_key.len() > 128 {
+            return Err(unknown());
+        }
+        let hash = key_hash(api_key);
+        let found = sql::read(&*self.store, |tx| {
+            tx.query_opt(
+                "SELECT address FROM api_keys WHERE key_hash = $1",
+                &[Value::Text(hash.clone())],
+            )?
+            .map(|r| parse_hex(r.text(0)?))
+            .transpose()
+        })?;
+        found.ok_or_else(unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_with_private_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ks = Keystore::new(dir.path().join("keystore"));
+        let a = ks.generate(1).expect("generate");
+        let key = ks.load(&a).expect("load");
+        assert_eq!(address_of(&key), a);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(ks.path(&a))
+                .expect("stat")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let b = ks.generate(2).expect("generate");
+        assert_ne!(a, b);
+    }
+}
