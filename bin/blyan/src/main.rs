@@ -6,6 +6,7 @@ mod chat_cmd;
 mod expert_cmd;
 mod generate_cmd;
 mod interop_cmd;
+mod ledger_cmd;
 mod node_cmd;
 mod train_cmd;
 
@@ -24,6 +25,11 @@ struct Cli {
     /// Node data directory [default: the per-user data directory, e.g. ~/.local/share/blyan].
     #[arg(long, global = true, env = "BLYAN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// The ledger's PostgreSQL URL (postgres://user@host:port/db) [default: the SQLite file
+    /// DATA_DIR/ledger.sqlite].
+    #[arg(long, global = true, env = "BLYAN_LEDGER_URL", value_name = "URL")]
+    ledger_url: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -53,6 +59,12 @@ enum Command {
     /// Inspect and verify the block store.
     #[command(subcommand)]
     Chain(chain_cmd::ChainCommand),
+    /// Create accounts and API keys.
+    #[command(subcommand)]
+    Account(ledger_cmd::AccountCommand),
+    /// BLY balances, transfers, history, supply, anchoring and the audit.
+    #[command(subcommand)]
+    Ledger(ledger_cmd::LedgerCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,10 +112,17 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
             .context("no per-user data directory on this system; pass --data-dir")?
             .join("blyan"),
     };
+    let url = cli.ledger_url.as_deref();
     match cli.command {
-        Command::Init(args) => init(&data_dir, &args).map(|_| ExitCode::SUCCESS),
-        Command::Up(args) => up(&data_dir, &args, started),
-        Command::Node(args) => node_cmd::run(&data_dir, &args, started).map(|_| ExitCode::SUCCESS),
+        Command::Init(args) => init(&data_dir, url, &args).map(|_| ExitCode::SUCCESS),
+        Command::Up(args) => up(&data_dir, url, &args, started),
+        Command::Node(args) => {
+            node_cmd::run(&data_dir, url, &args, started).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Account(cmd) => {
+            ledger_cmd::account(&data_dir, url, cmd).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Ledger(cmd) => ledger_cmd::ledger(&data_dir, url, cmd),
         Command::Chat(args) => chat_cmd::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Generate(args) => generate_cmd::run(&data_dir, args).map(|_| ExitCode::SUCCESS),
         Command::Import(cmd) => interop_cmd::import(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
@@ -120,12 +139,16 @@ const GENESIS_TOKENIZER: &[u8] = include_bytes!("../../../genesis/tokenizer.json
 const GENESIS_WEIGHTS: &[u8] = include_bytes!("../../../genesis/weights.q8");
 
 /// The block store inside a data directory.
-fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+pub(crate) fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
     let dir = data_dir.join("chain");
     Store::open(&dir).with_context(|| format!("opening the block store in {}", dir.display()))
 }
 
-fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutcome> {
+fn init(
+    data_dir: &std::path::Path,
+    ledger_url: Option<&str>,
+    args: &InitArgs,
+) -> anyhow::Result<InitOutcome> {
     let store = open_store(data_dir)?;
     let blocks = if args.random_weights {
         genesis::random_genesis(args.seed)
@@ -140,6 +163,9 @@ fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutco
         InitOutcome::Created { network } => (true, network),
         InitOutcome::AlreadyPresent { network } => (false, network),
     };
+    let ledger = blyan_ledger::setup(data_dir, ledger_url, blyan_node::unix_ms())
+        .context("creating the ledger")?;
+    let operator_balance = ledger.ledger.balance(ledger.operator)?;
     if args.json {
         let out = serde_json::json!({
             "created": created,
@@ -147,6 +173,13 @@ fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutco
             "blocks": count,
             "payload_bytes": bytes,
             "data_dir": data_dir,
+            "ledger": {
+                "backend": ledger.ledger.store().backend(),
+                "location": ledger.ledger.store().location(),
+                "created": ledger.created,
+                "operator": ledger.operator,
+                "operator_available": operator_balance.available,
+            },
         });
         println!("{out}");
     } else if created {
@@ -161,11 +194,20 @@ fn init(data_dir: &std::path::Path, args: &InitArgs) -> anyhow::Result<InitOutco
             data_dir.display()
         );
     }
+    if !args.json {
+        println!(
+            "ledger ({}) operator {} holds {} BLY",
+            ledger.ledger.store().backend(),
+            ledger.operator,
+            operator_balance.available
+        );
+    }
     Ok(outcome)
 }
 
 fn up(
     data_dir: &std::path::Path,
+    ledger_url: Option<&str>,
     args: &node_cmd::NodeArgs,
     started: std::time::Instant,
 ) -> anyhow::Result<ExitCode> {
@@ -179,6 +221,7 @@ fn up(
         Some(network) => network,
         None => match init(
             data_dir,
+            ledger_url,
             &InitArgs {
                 random_weights: false,
                 seed: GENESIS_SEED,
@@ -202,6 +245,6 @@ fn up(
         "store verified: {} blocks, every header and link intact; network {network}",
         report.blocks
     );
-    node_cmd::run(data_dir, args, started)?;
+    node_cmd::run(data_dir, ledger_url, args, started)?;
     Ok(ExitCode::SUCCESS)
 }

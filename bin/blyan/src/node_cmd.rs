@@ -27,11 +27,21 @@ pub(crate) struct NodeArgs {
     /// Most generations in flight before requests are refused [default: 256].
     #[arg(long, env = "BLYAN_MAX_ACTIVE")]
     max_active: Option<usize>,
+    /// Account billed for keyless requests from loopback addresses; "" makes every request
+    /// bring an API key (do that behind a reverse proxy) [default: operator].
+    #[arg(long, env = "BLYAN_LOOPBACK_ACCOUNT", value_name = "ACCOUNT")]
+    loopback_account: Option<String>,
+    /// Seconds between anchoring rounds of ledger postings on the chain; 0 never [default: 10].
+    #[arg(long, env = "BLYAN_ANCHOR_INTERVAL_S")]
+    anchor_interval_s: Option<u64>,
 }
 
 impl NodeArgs {
-    fn layer(&self) -> ConfigLayer {
+    fn layer(&self, ledger_url: Option<&str>) -> ConfigLayer {
         ConfigLayer {
+            ledger_url: ledger_url.map(str::to_owned),
+            loopback_account: self.loopback_account.clone(),
+            anchor_interval_s: self.anchor_interval_s,
             listen: self.listen,
             precision: self.precision.clone(),
             expert_cache_mib: self.expert_cache_mib,
@@ -43,7 +53,11 @@ impl NodeArgs {
 }
 
 /// The settings: defaults, then the config file, then environment and flags.
-fn node_config(data_dir: &Path, args: &NodeArgs) -> anyhow::Result<NodeConfig> {
+fn node_config(
+    data_dir: &Path,
+    ledger_url: Option<&str>,
+    args: &NodeArgs,
+) -> anyhow::Result<NodeConfig> {
     let mut config = NodeConfig::default();
     let file = match &args.config {
         Some(f) => Some(f.clone()),
@@ -58,12 +72,17 @@ fn node_config(data_dir: &Path, args: &NodeArgs) -> anyhow::Result<NodeConfig> {
             .apply(&layer)
             .with_context(|| format!("in the config file {}", file.display()))?;
     }
-    config.apply(&args.layer())?;
+    config.apply(&args.layer(ledger_url))?;
     Ok(config)
 }
 
-pub(crate) fn run(data_dir: &Path, args: &NodeArgs, started: Instant) -> anyhow::Result<()> {
-    let config = node_config(data_dir, args)?;
+pub(crate) fn run(
+    data_dir: &Path,
+    ledger_url: Option<&str>,
+    args: &NodeArgs,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let config = node_config(data_dir, ledger_url, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("blyan-api")
@@ -96,6 +115,15 @@ pub(crate) fn run(data_dir: &Path, args: &NodeArgs, started: Instant) -> anyhow:
             blyan_api::MODEL_ID
         );
         println!("health       http://{addr}/health   metrics http://{addr}/metrics");
+        println!(
+            "ledger       {} at {}; keyless local requests bill {}",
+            node.ledger().store().backend(),
+            node.ledger().store().location(),
+            match node.config().loopback_account.as_str() {
+                "" => "nobody (API keys required)".to_owned(),
+                who => who.to_owned(),
+            }
+        );
         println!(
             "ready in {:.2} s; Ctrl-C stops the node",
             started.elapsed().as_secs_f64()

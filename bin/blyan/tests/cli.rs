@@ -126,7 +126,7 @@ fn bad_arguments_are_refused_clearly() {
     let out = blyan(dir.path(), &["chain", "show", "nothex"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex characters"));
-    let out = blyan(dir.path(), &["chain", "log", "--chain", "ledger"]);
+    let out = blyan(dir.path(), &["chain", "log", "--chain", "treasure"]);
     assert_eq!(out.status.code(), Some(2));
     let missing = "0".repeat(64);
     let out = blyan(dir.path(), &["chain", "show", &missing]);

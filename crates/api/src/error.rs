@@ -78,6 +78,11 @@ impl IntoResponse for ApiError {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> ApiError {
         let status = match &e {
+            NodeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            NodeError::Ledger(l) if l.refusal().is_some() => l
+                .refusal()
+                .and_then(|r| StatusCode::from_u16(r.http_status()).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST),
             NodeError::NotFound { .. } => StatusCode::NOT_FOUND,
             NodeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

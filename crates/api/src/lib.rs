@@ -7,7 +7,9 @@
 
 #![warn(missing_docs)]
 
+mod billing;
 mod error;
+mod ledger_routes;
 mod node_routes;
 mod openai;
 mod openapi;
@@ -15,8 +17,9 @@ mod ui;
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -54,6 +57,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health/live", get(node_routes::live))
         .route("/health/ready", get(node_routes::ready))
         .route("/metrics", get(node_routes::metrics))
+        .route("/ledger", get(ledger_routes::supply))
+        .route("/ledger/accounts/{who}", get(ledger_routes::balance))
+        .route(
+            "/ledger/accounts/{who}/history",
+            get(ledger_routes::history),
+        )
+        .route("/ledger/transfers", post(ledger_routes::transfer))
+        .route("/ledger/audit", get(ledger_routes::audit))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(node.clone(), track))
         .fallback(not_found)
@@ -88,13 +99,7 @@ async fn not_found(State(node): State<Arc<Node>>, req: Request) -> ApiError {
     )
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use blyan_node::unix_ms;
 
 /// Serves the API on `listener` until `shutdown` resolves, probing the node's components
 /// every `probe_interval_s`. At shutdown new requests are refused, streams in flight get
@@ -129,9 +134,32 @@ pub async fn serve(
             signal_node.cancel_all();
         });
     };
-    let served = axum::serve(listener, router(node.clone()))
+    let anchor_node = node.clone();
+    let anchoring = tokio::spawn(async move {
+        let every = anchor_node.config().anchor_interval_s;
+        if every == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(every));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let n = anchor_node.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.anchor_ledger()).await {
+                eprintln!("blyan-api: anchoring ledger postings failed: {e}");
+            }
+        }
+    });
+    let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await;
+    anchoring.abort();
+    // Postings made while draining are anchored before the node stops.
+    let n = node.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.anchor_ledger()).await {
+        eprintln!("blyan-api: anchoring ledger postings at shutdown failed: {e}");
+    }
     probes.abort();
     node.set_listening(None);
     node.cancel_all();

@@ -13,9 +13,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
 use axum::{
     Json,
     extract::{FromRequest, Path, Request, State},
@@ -24,7 +26,8 @@ use axum::{
         sse::{Event as SseEvent, Sse},
     },
 };
-use blyan_model::{CancelToken, Event, FinishReason, SamplingParams};
+use blyan_ledger::{Begin, IdempotencyKey, IdempotentReply};
+use blyan_model::{CancelToken, Event, FinishReason, SamplingParams, Summary};
 use blyan_node::{CompletionRequest, Generation, Node};
 use futures_util::stream;
 use serde::Deserialize;
@@ -32,6 +35,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::ApiError;
+use crate::billing::{Billed, Caller};
 
 /// The id under which the node's model is listed.
 pub const MODEL_ID: &str = "blyan";
@@ -177,7 +181,7 @@ fn check_model(model: Option<&str>) -> Result<(), ApiError> {
     match model {
         None | Some(MODEL_ID) => Ok(()),
         Some(other) => Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
             "model_not_found",
             format!("the model {other:?} does not exist; this node serves {MODEL_ID:?}"),
         )),
@@ -187,17 +191,27 @@ fn check_model(model: Option<&str>) -> Result<(), ApiError> {
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(node): State<Arc<Node>>,
-    ApiJson(req): ApiJson<ChatRequest>,
+    billed: Billed<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    let Billed {
+        value: req,
+        body,
+        caller,
+    } = billed;
     let prompt = chat_prompt(&req.messages)?;
-    complete(node, Kind::Chat, prompt, req.common).await
+    complete(node, Kind::Chat, prompt, req.common, caller, body).await
 }
 
 /// `POST /v1/completions`.
 pub(crate) async fn completions(
     State(node): State<Arc<Node>>,
-    ApiJson(req): ApiJson<TextRequest>,
+    billed: Billed<TextRequest>,
 ) -> Result<Response, ApiError> {
+    let Billed {
+        value: req,
+        body,
+        caller,
+    } = billed;
     let prompt = match req.prompt {
         Prompt::One(p) => p,
         Prompt::Many(mut ps) if ps.len() == 1 => ps.remove(0),
@@ -208,7 +222,7 @@ pub(crate) async fn completions(
             ));
         }
     };
-    complete(node, Kind::Text, prompt, req.common).await
+    complete(node, Kind::Text, prompt, req.common, caller, body).await
 }
 
 /// Renders the conversation as the text the model continues.
@@ -299,6 +313,8 @@ async fn complete(
     kind: Kind,
     prompt: String,
     common: Common,
+    caller: Caller,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     check_model(common.model.as_deref())?;
     if let Some(n) = common.n
@@ -321,33 +337,122 @@ async fn complete(
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(v)) => v,
     };
+    let payer = {
+        let node = node.clone();
+        let api_key = caller.api_key.clone();
+        blocking(move || node.payer(api_key.as_deref(), caller.loopback)).await?
+    };
+    let idempotency = match &caller.idempotency_key {
+        None => None,
+        Some(k) => Some(
+            IdempotencyKey::new(payer, k, &body)
+                .map_err(|e| ApiError::from(blyan_node::NodeError::Ledger(e)))?,
+        ),
+    };
+    if let Some(key) = &idempotency
+        && let Some(reply) = claim(&node, key).await?
+    {
+        return Ok(replay(reply, common.stream));
+    }
     let request = CompletionRequest {
         prompt,
         max_tokens: common.max_completion_tokens.or(common.max_tokens),
         sampling,
         stop,
+        payer,
+        idempotency: idempotency.clone(),
     };
     let submit_node = node.clone();
-    let generation = tokio::task::spawn_blocking(move || submit_node.submit(request))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("submission task failed: {e}"),
-            )
-        })??;
+    let submitted = blocking(move || submit_node.submit(request)).await;
+    let generation = match submitted {
+        Ok(g) => g,
+        Err(e) => {
+            if let Some(key) = idempotency {
+                let node = node.clone();
+                let _ = tokio::task::spawn_blocking(move || node.idempotency_abort(&key)).await;
+            }
+            return Err(e);
+        }
+    };
     let meta = ResponseMeta {
         id: request_id(kind),
         created: crate::unix_ms() / 1000,
         kind,
     };
+    let record = idempotency.is_some();
     if common.stream {
         let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
-        Ok(stream_response(generation, meta, include_usage))
+        Ok(stream_response(generation, meta, include_usage, record))
     } else {
-        whole_response(generation, meta).await
+        whole_response(generation, meta, record).await
     }
+}
+
+/// How long a retry waits for the first attempt under the same idempotency key to finish.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(600);
+
+/// Claims `key`: `None` to go ahead, or the stored reply of a finished attempt. While the
+/// same request runs elsewhere, waits for it.
+async fn claim(
+    node: &Arc<Node>,
+    key: &IdempotencyKey,
+) -> Result<Option<IdempotentReply>, ApiError> {
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    loop {
+        let n = node.clone();
+        let k = key.clone();
+        match blocking(move || n.idempotency_begin(&k)).await? {
+            Begin::Fresh => return Ok(None),
+            Begin::Done(reply) => return Ok(Some(reply)),
+            Begin::InFlight if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Begin::InFlight => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_in_flight",
+                    "a request under this idempotency key is still running",
+                ));
+            }
+        }
+    }
+}
+
+/// The stored reply of an earlier attempt, sent again as it was.
+fn replay(reply: IdempotentReply, stream: bool) -> Response {
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::HeaderName::from_static("idempotent-replayed"),
+                "true",
+            ),
+        ],
+        reply.body,
+    )
+        .into_response()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, blyan_node::NodeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
 }
 
 #[derive(Clone, Debug)]
@@ -429,37 +534,82 @@ impl Drop for CancelOnDrop {
 async fn whole_response(
     mut generation: Generation,
     meta: ResponseMeta,
+    record: bool,
 ) -> Result<Response, ApiError> {
     let mut guard = CancelOnDrop(Some(generation.cancel_token()));
     let prompt_tokens = generation.prompt_tokens();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
-        while let Some(event) = generation.next_event() {
-            match event {
-                Event::Step(step) => text.push_str(&step.text),
-                Event::Done(summary) => return Ok((text, summary)),
-                Event::Failed(e) => return Err(e),
+        let summary = loop {
+            match generation.next_event() {
+                Some(Event::Step(step)) => text.push_str(&step.text),
+                Some(Event::Done(summary)) => break summary,
+                Some(Event::Failed(e)) => return Err(Failure::Model(e)),
+                None => {
+                    return Err(Failure::Model(Arc::new(
+                        blyan_model::ModelError::EngineStopped,
+                    )));
+                }
             }
-        }
-        Err(Arc::new(blyan_model::ModelError::EngineStopped))
+        };
+        let body = whole_body(&meta, prompt_tokens, &text, &summary).to_string();
+        // Charged before the answer leaves: the reply is stored with the capture, so a retry
+        // under the same idempotency key gets these bytes and is not charged again.
+        let reply = record.then(|| IdempotentReply {
+            status: 200,
+            body: body.clone(),
+        });
+        let capture = generation
+            .capture(&summary, reply)
+            .map_err(Failure::Billing)?;
+        Ok((body, capture.fee.nano()))
     })
     .await
     .map_err(|e| {
         ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             format!("generation task failed: {e}"),
         )
     })?;
     guard.0 = None;
-    let (text, summary) = outcome.map_err(|e| {
-        eprintln!("blyan-api: generation failed [{}]: {e}", e.code());
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            e.code(),
-            "generation failed; see the node's log",
-        )
-    })?;
+    let (body, fee) = outcome.map_err(Failure::into_api)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::HeaderName::from_static("x-blyan-fee-nano"),
+                fee.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Why a generation produced no answer.
+enum Failure {
+    Model(Arc<blyan_model::ModelError>),
+    Billing(blyan_node::NodeError),
+}
+
+impl Failure {
+    fn into_api(self) -> ApiError {
+        match self {
+            Failure::Model(e) => {
+                eprintln!("blyan-api: generation failed [{}]: {e}", e.code());
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.code(),
+                    "generation failed; see the node's log",
+                )
+            }
+            Failure::Billing(e) => ApiError::from(e),
+        }
+    }
+}
+
+fn whole_body(meta: &ResponseMeta, prompt_tokens: usize, text: &str, summary: &Summary) -> Value {
     let finish = finish_str(summary.finish_reason);
     let choice = match meta.kind {
         Kind::Chat => json!({
@@ -470,56 +620,96 @@ async fn whole_response(
         }),
         Kind::Text => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
     };
-    Ok(Json(json!({
+    json!({
         "id": meta.id,
         "object": meta.object(false),
         "created": meta.created,
         "model": MODEL_ID,
         "choices": [choice],
         "usage": usage(prompt_tokens, summary.completion_tokens),
-    }))
-    .into_response())
+    })
+}
+
+/// The sending end of a stream; with an idempotency key it also keeps the events sent, as
+/// SSE text, to store as the reply when the request is captured.
+struct Sink {
+    tx: mpsc::Sender<String>,
+    sent: Option<String>,
+}
+
+impl Sink {
+    fn send(&mut self, data: String) -> bool {
+        if let Some(sent) = &mut self.sent {
+            sent.push_str("data: ");
+            sent.push_str(&data);
+            sent.push_str("\n\n");
+        }
+        self.tx.blocking_send(data).is_ok()
+    }
 }
 
 fn stream_response(
     mut generation: Generation,
     meta: ResponseMeta,
     include_usage: bool,
+    record: bool,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<String>(STREAM_BUFFER);
     let prompt_tokens = generation.prompt_tokens();
     tokio::task::spawn_blocking(move || {
-        let send = |v: Value| tx.blocking_send(v.to_string()).is_ok();
-        if !send(meta.chunk("", true, None, include_usage)) {
+        let mut sink = Sink {
+            tx,
+            sent: record.then(String::new),
+        };
+        if !sink.send(meta.chunk("", true, None, include_usage).to_string()) {
             return;
         }
         while let Some(event) = generation.next_event() {
             let delivered = match event {
                 Event::Step(step) if step.text.is_empty() => true,
-                Event::Step(step) => send(meta.chunk(&step.text, false, None, include_usage)),
+                Event::Step(step) => sink.send(
+                    meta.chunk(&step.text, false, None, include_usage)
+                        .to_string(),
+                ),
                 Event::Done(summary) => {
                     let finish = finish_str(summary.finish_reason);
-                    let _ = send(meta.chunk("", false, Some(finish), include_usage))
-                        && (!include_usage
-                            || send(
-                                meta.usage_chunk(usage(prompt_tokens, summary.completion_tokens)),
-                            ))
-                        && tx.blocking_send("[DONE]".into()).is_ok();
+                    let ok = sink.send(
+                        meta.chunk("", false, Some(finish), include_usage)
+                            .to_string(),
+                    ) && (!include_usage
+                        || sink.send(
+                            meta.usage_chunk(usage(prompt_tokens, summary.completion_tokens))
+                                .to_string(),
+                        ));
+                    if !ok {
+                        // The client left before the end: nothing is charged.
+                        return;
+                    }
+                    let reply = sink.sent.take().map(|mut body| {
+                        body.push_str("data: [DONE]\n\n");
+                        IdempotentReply { status: 200, body }
+                    });
+                    // `[DONE]` goes out only once the request is charged.
+                    if let Err(e) = generation.capture(&summary, reply) {
+                        let _ = sink.tx.blocking_send(ApiError::from(e).body().to_string());
+                    }
+                    let _ = sink.tx.blocking_send("[DONE]".into());
                     return;
                 }
                 Event::Failed(e) => {
                     eprintln!("blyan-api: generation failed [{}]: {e}", e.code());
                     let err = ApiError::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        StatusCode::INTERNAL_SERVER_ERROR,
                         e.code(),
                         "generation failed; see the node's log",
                     );
-                    let _ = send(err.body()) && tx.blocking_send("[DONE]".into()).is_ok();
+                    let _ = sink.tx.blocking_send(err.body().to_string()).is_ok()
+                        && sink.tx.blocking_send("[DONE]".into()).is_ok();
                     return;
                 }
             };
             if !delivered {
-                // The client is gone: dropping the generation cancels it.
+                // The client is gone: dropping the generation cancels it and voids its hold.
                 return;
             }
         }

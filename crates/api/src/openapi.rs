@@ -70,6 +70,36 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     ("get", "/metrics", "Prometheus text format.", false),
+    (
+        "get",
+        "/ledger",
+        "BLY supply (cap, unminted, burned, circulating; nano-BLY), postings, accounts, fee and split.",
+        false,
+    ),
+    (
+        "get",
+        "/ledger/accounts/{who}",
+        "Balances `{address, available, pending}` in nano-BLY of an address or account name.",
+        false,
+    ),
+    (
+        "get",
+        "/ledger/accounts/{who}/history",
+        "Postings of an account, newest first; query `before` (sequence number), `limit` (1–1000, default 50).",
+        false,
+    ),
+    (
+        "post",
+        "/ledger/transfers",
+        "Pay `{to, amount (decimal BLY string), reference?}` from the caller's account (`Authorization: Bearer`); `Idempotency-Key` makes retries post once.",
+        true,
+    ),
+    (
+        "get",
+        "/ledger/audit",
+        "Replay every posting and compare with the balances and the ledger chain (local callers only).",
+        false,
+    ),
     ("get", "/openapi.json", "This document.", false),
 ];
 
@@ -112,7 +142,14 @@ pub(crate) async fn document() -> Json<Value> {
             "description": "A node of a network in which a Mixture-of-Experts language model lives on a blockchain.",
         },
         "paths": paths,
-        "components": {"schemas": {"Error": {
+        "security": [{"bearer": []}, {}],
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key from `blyan account new`; keyless requests from loopback bill the node's loopback account.",
+            }},
+            "schemas": {"Error": {
             "type": "object",
             "required": ["error"],
             "properties": {"error": {

@@ -141,7 +141,7 @@ impl fmt::Display for Refusal {
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// The operation broke a rule; nothing was posted.
-    #[error("{refusal}: {detail}")]
+    #[error("{detail} [{refusal}]")]
     Refused {
         /// Which rule.
         refusal: Refusal,

@@ -44,6 +44,9 @@ pub struct TransferReceipt {
     pub to: Address,
     /// Nano-BLY moved.
     pub amount: Amount,
+    /// Whether this receipt answers a retry under an idempotency key (nothing was posted).
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 /// The supply and size of the ledger.
@@ -365,33 +368,7 @@ impl Ledger {
         now_ms: u64,
     ) -> Result<TransferReceipt, LedgerError> {
         check_reference(reference)?;
-        if amount.is_zero() {
-            return Err(LedgerError::refused(
-                Refusal::ZeroAmount,
-                "the amount must be above zero",
-            ));
-        }
-        if from == to {
-            return Err(LedgerError::refused(
-                Refusal::SelfTransfer,
-                format!("{from} cannot pay itself"),
-            ));
-        }
-        if let Some(s) = SystemAccount::of(from)
-            && s != SystemAccount::Treasury
-        {
-            return Err(LedgerError::refused(
-                Refusal::SystemAccount,
-                format!("the {s} account cannot pay by transfer"),
-            ));
-        }
-        if let Some(s @ (SystemAccount::Emission | SystemAccount::FeePool)) = SystemAccount::of(to)
-        {
-            return Err(LedgerError::refused(
-                Refusal::SystemAccount,
-                format!("the {s} account cannot be paid by transfer"),
-            ));
-        }
+        let kind = check_transfer(from, to, amount)?;
         let request =
             Hash::of(format!("transfer:{from}:{to}:{}:{reference}", amount.nano()).as_bytes())
                 .to_string();
@@ -402,8 +379,14 @@ impl Ledger {
                     crate::billing::idem_lookup(tx, &from, key, &request, now_ms, u64::MAX)?
             {
                 return match stored {
-                    crate::billing::Stored::Done { body, .. } => serde_json::from_str(&body)
-                        .map_err(|e| LedgerError::Store(format!("stored receipt: {e}"))),
+                    crate::billing::Stored::Done { body, .. } => {
+                        serde_json::from_str::<TransferReceipt>(&body)
+                            .map(|r| TransferReceipt {
+                                replayed: true,
+                                ..r
+                            })
+                            .map_err(|e| LedgerError::Store(format!("stored receipt: {e}")))
+                    }
                     crate::billing::Stored::InFlight => Err(LedgerError::Store(
                         "a transfer under this idempotency key is in flight".into(),
                     )),
@@ -417,11 +400,6 @@ impl Ledger {
                     ));
                 }
             }
-            let kind = if SystemAccount::of(to) == Some(SystemAccount::Burn) {
-                PostingKind::Burn
-            } else {
-                PostingKind::Transfer
-            };
             let (tx_id, seq) = post(
                 tx,
                 &[Leg {
@@ -441,6 +419,7 @@ impl Ledger {
                 from,
                 to,
                 amount,
+                replayed: false,
             };
             if let Some(key) = idempotency {
                 let body = serde_json::to_string(&receipt)
@@ -448,6 +427,58 @@ impl Ledger {
                 crate::billing::idem_store(tx, &from, key, &request, 200, &body, now_ms)?;
             }
             Ok(receipt)
+        })
+    }
+
+    /// Makes every transfer in `batch` in one write transaction: all of them or none. Each
+    /// is its own operation with its own receipt, under the same rules as
+    /// [`transfer`](Ledger::transfer).
+    pub fn transfer_batch(
+        &self,
+        batch: &[(Address, Address, Amount)],
+        reference: &str,
+        now_ms: u64,
+    ) -> Result<Vec<TransferReceipt>, LedgerError> {
+        check_reference(reference)?;
+        let kinds = batch
+            .iter()
+            .map(|&(from, to, amount)| check_transfer(from, to, amount))
+            .collect::<Result<Vec<_>, _>>()?;
+        sql::write(&*self.store, |tx| {
+            require_init(tx)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for (&(from, to, amount), &kind) in batch.iter().zip(&kinds) {
+                for a in [&from, &to] {
+                    if !account_exists(tx, a)? {
+                        return Err(LedgerError::refused(
+                            Refusal::UnknownAccount,
+                            format!("no account {a}"),
+                        ));
+                    }
+                }
+                let (tx_id, seq) = post(
+                    tx,
+                    &[Leg {
+                        kind,
+                        debit: from,
+                        debit_book: Book::Available,
+                        credit: to,
+                        credit_book: Book::Available,
+                        amount,
+                    }],
+                    reference,
+                    now_ms,
+                )?;
+                out.push(TransferReceipt {
+                    tx: tx_id,
+                    seq,
+                    from,
+                    to,
+                    amount,
+                    replayed: false,
+                });
+            }
+            Ok(out)
         })
     }
 
@@ -552,6 +583,7 @@ impl Ledger {
                 from: SystemAccount::Emission.address(),
                 to,
                 amount,
+                replayed: false,
             })
         })
     }
@@ -614,6 +646,38 @@ impl Ledger {
     /// The number of postings (the next sequence number).
     pub fn posting_count(&self) -> Result<u64, LedgerError> {
         sql::read(&*self.store, next_seq)
+    }
+}
+
+/// The rules a transfer must meet before the database is asked; returns its posting kind.
+fn check_transfer(from: Address, to: Address, amount: Amount) -> Result<PostingKind, LedgerError> {
+    if amount.is_zero() {
+        return Err(LedgerError::refused(
+            Refusal::ZeroAmount,
+            "the amount must be above zero",
+        ));
+    }
+    if from == to {
+        return Err(LedgerError::refused(
+            Refusal::SelfTransfer,
+            format!("{from} cannot pay itself"),
+        ));
+    }
+    if let Some(s) = SystemAccount::of(from)
+        && s != SystemAccount::Treasury
+    {
+        return Err(LedgerError::refused(
+            Refusal::SystemAccount,
+            format!("the {s} account cannot pay by transfer"),
+        ));
+    }
+    match SystemAccount::of(to) {
+        Some(s @ (SystemAccount::Emission | SystemAccount::FeePool)) => Err(LedgerError::refused(
+            Refusal::SystemAccount,
+            format!("the {s} account cannot be paid by transfer"),
+        )),
+        Some(SystemAccount::Burn) => Ok(PostingKind::Burn),
+        _ => Ok(PostingKind::Transfer),
     }
 }
 

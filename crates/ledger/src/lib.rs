@@ -82,3 +82,55 @@ pub fn load_economics(data_dir: &Path) -> Result<Economics, LedgerError> {
         Tokenomics::default().check()
     }
 }
+
+/// A ledger ready for a node: opened, initialized, with its operator account.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The ledger.
+    pub ledger: Ledger,
+    /// The operator's address.
+    pub operator: blyan_primitives::Address,
+    /// Whether this call created the ledger.
+    pub created: bool,
+    /// Whether this call created the operator account (and its key).
+    pub operator_created: bool,
+}
+
+/// Opens the ledger of `data_dir` (PostgreSQL at `url` when given) and makes sure it is
+/// ready: the tokenomics file written with the defaults if missing, the system accounts and
+/// genesis allocation created, and an `operator` account with a key in the keystore, funded
+/// from the treasury. Safe to call on every start: what exists is left alone.
+pub fn setup(data_dir: &Path, url: Option<&str>, now_ms: u64) -> Result<Setup, LedgerError> {
+    let path = data_dir.join(TOKENOMICS_FILE);
+    if !path.exists() {
+        std::fs::create_dir_all(data_dir).map_err(|source| LedgerError::Io {
+            context: format!("creating {}", data_dir.display()),
+            source,
+        })?;
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, Tokenomics::default().to_toml())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| LedgerError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            })?;
+    }
+    let econ = Tokenomics::load(&path)?;
+    let ledger = Ledger::new(open_store(data_dir, url)?, econ);
+    let created = ledger.init(now_ms)?;
+    let (operator, operator_created) = match ledger.resolve(OPERATOR) {
+        Ok(a) => (a, false),
+        Err(e) if e.refusal() == Some(Refusal::UnknownAccount) => {
+            let keystore = Keystore::new(data_dir.join(KEYSTORE_DIR));
+            let address = keystore.generate(now_ms)?;
+            (ledger.create_operator(address, now_ms)?, true)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Setup {
+        ledger,
+        operator,
+        created,
+        operator_created,
+    })
+}

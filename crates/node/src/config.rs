@@ -52,6 +52,16 @@ pub struct NodeConfig {
     /// Seconds in-flight generations may run on after a shutdown signal before they are
     /// cancelled.
     pub shutdown_grace_s: u64,
+    /// PostgreSQL URL of the ledger (`postgres://…`); the SQLite file in the data directory
+    /// when absent. Never serialized: it may hold a password.
+    #[serde(skip)]
+    pub ledger_url: Option<String>,
+    /// The account billed for requests from loopback addresses that bring no API key (a name
+    /// such as `operator`, or an address). Empty: every request needs a key.
+    pub loopback_account: String,
+    /// Seconds between anchoring rounds of new ledger postings on the chain (0: never; anchor
+    /// with `blyan ledger anchor`).
+    pub anchor_interval_s: u64,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +78,9 @@ impl Default for NodeConfig {
             max_tokens_default: MAX_TOKENS_DEFAULT,
             probe_interval_s: 10,
             shutdown_grace_s: 10,
+            ledger_url: None,
+            loopback_account: blyan_ledger::OPERATOR.to_owned(),
+            anchor_interval_s: 10,
         }
     }
 }
@@ -94,6 +107,12 @@ pub struct ConfigLayer {
     pub probe_interval_s: Option<u64>,
     /// See [`NodeConfig::shutdown_grace_s`].
     pub shutdown_grace_s: Option<u64>,
+    /// See [`NodeConfig::ledger_url`].
+    pub ledger_url: Option<String>,
+    /// See [`NodeConfig::loopback_account`].
+    pub loopback_account: Option<String>,
+    /// See [`NodeConfig::anchor_interval_s`].
+    pub anchor_interval_s: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -139,6 +158,15 @@ impl NodeConfig {
         if let Some(v) = layer.shutdown_grace_s {
             self.shutdown_grace_s = v;
         }
+        if let Some(v) = &layer.ledger_url {
+            self.ledger_url = Some(v.clone());
+        }
+        if let Some(v) = &layer.loopback_account {
+            self.loopback_account = v.clone();
+        }
+        if let Some(v) = layer.anchor_interval_s {
+            self.anchor_interval_s = v;
+        }
         self.check()
     }
 
@@ -175,6 +203,21 @@ impl NodeConfig {
         )?;
         range("probe_interval_s", self.probe_interval_s, 1, 3600)?;
         range("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)?;
+        range("anchor_interval_s", self.anchor_interval_s, 0, 86_400)?;
+        if self.loopback_account.len() > 64 {
+            return Err(NodeError::Config(
+                "loopback_account is an account name or address".into(),
+            ));
+        }
+        if let Some(url) = &self.ledger_url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite://"))
+        {
+            return Err(NodeError::Config(
+                "ledger_url must start with postgres:// or sqlite://".into(),
+            ));
+        }
         Ok(())
     }
 }

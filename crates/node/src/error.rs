@@ -58,6 +58,12 @@ pub enum NodeError {
     /// Encoding the node's own state or metrics failed (a bug, not bad input).
     #[error("internal: {0}")]
     Internal(String),
+    /// The request carries no usable credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The ledger refused or failed an operation.
+    #[error(transparent)]
+    Ledger(#[from] blyan_ledger::LedgerError),
     /// File-system work failed.
     #[error("{context}: {source}")]
     Io {
@@ -69,6 +75,14 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// The ledger's refusal behind this error, if that is what it is.
+    pub fn refusal(&self) -> Option<blyan_ledger::Refusal> {
+        match self {
+            NodeError::Ledger(e) => e.refusal(),
+            _ => None,
+        }
+    }
+
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -83,6 +97,8 @@ impl NodeError {
             NodeError::ShuttingDown => "shutting_down",
             NodeError::Internal(_) => "internal",
             NodeError::Io { .. } => "io",
+            NodeError::Ledger(e) => e.code(),
+            NodeError::Unauthorized(_) => "missing_api_key",
         }
     }
 
@@ -93,6 +109,7 @@ impl NodeError {
             NodeError::NotFound { .. }
             | NodeError::InvalidParameter { .. }
             | NodeError::ContextLengthExceeded { .. } => true,
+            NodeError::Ledger(e) => e.refusal().is_some_and(|r| r.http_status() < 500),
             _ => false,
         }
     }

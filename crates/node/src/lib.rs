@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+mod billing;
 mod checker;
 mod config;
 mod error;
@@ -22,3 +23,11 @@ pub use metrics::Metrics;
 pub use node::{
     BlockPage, CompletionRequest, ExpertInfo, Generation, Node, NodeInfo, PAGE_LIMIT_MAX,
 };
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

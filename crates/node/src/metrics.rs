@@ -17,6 +17,10 @@ use crate::{Health, NodeError};
 const LATENCY_BUCKETS_S: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Billing-step buckets in seconds, 25 µs to 1 s.
+const BILLING_BUCKETS_S: &[f64] = &[
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
 /// Decode-rate buckets in tokens per second.
 const RATE_BUCKETS: &[f64] = &[
     10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0,
@@ -45,6 +49,12 @@ pub struct Metrics {
     readiness: Gauge,
     stage: IntGauge,
     component_readiness: GaugeVec,
+    ledger_postings: IntCounterVec,
+    ledger_refusals: IntCounterVec,
+    billing_duration: HistogramVec,
+    ledger_total_postings: IntGauge,
+    ledger_supply: IntGaugeVec,
+    ledger_unanchored: IntGauge,
 }
 
 fn metric_error(e: prometheus::Error) -> NodeError {
@@ -157,9 +167,64 @@ impl Metrics {
                 &["component"],
             )
             .map_err(metric_error)?,
+            ledger_postings: IntCounterVec::new(
+                Opts::new(
+                    "blyan_ledger_postings_total",
+                    "Ledger postings this node made, by kind.",
+                ),
+                &["kind"],
+            )
+            .map_err(metric_error)?,
+            ledger_refusals: IntCounterVec::new(
+                Opts::new(
+                    "blyan_ledger_refusals_total",
+                    "Ledger operations refused, by stable code.",
+                ),
+                &["code"],
+            )
+            .map_err(metric_error)?,
+            billing_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "blyan_billing_duration_seconds",
+                    "Time spent in the ledger per billed request, by step (hold, capture, void).",
+                )
+                .buckets(BILLING_BUCKETS_S.to_vec()),
+                &["step"],
+            )
+            .map_err(metric_error)?,
+            ledger_total_postings: IntGauge::new(
+                "blyan_ledger_postings",
+                "Postings in the ledger (all writers).",
+            )
+            .map_err(metric_error)?,
+            ledger_supply: IntGaugeVec::new(
+                Opts::new(
+                    "blyan_ledger_supply_nano",
+                    "BLY supply in nano-BLY: circulating, unminted and burned.",
+                ),
+                &["part"],
+            )
+            .map_err(metric_error)?,
+            ledger_unanchored: IntGauge::new(
+                "blyan_ledger_unanchored_postings",
+                "Postings not yet anchored on the ledger chain.",
+            )
+            .map_err(metric_error)?,
             registry,
         };
         let r = &m.registry;
+        r.register(Box::new(m.ledger_postings.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.ledger_refusals.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.billing_duration.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.ledger_total_postings.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.ledger_supply.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.ledger_unanchored.clone()))
+            .map_err(metric_error)?;
         r.register(Box::new(m.http_duration.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.ttft.clone())).map_err(metric_error)?;
@@ -201,6 +266,38 @@ impl Metrics {
         ))
         .map_err(metric_error)?;
         Ok(m)
+    }
+
+    /// Counts postings of `kind`.
+    pub(crate) fn ledger_posted(&self, kind: &str, n: u64) {
+        self.ledger_postings.with_label_values(&[kind]).inc_by(n);
+    }
+
+    /// Counts a refusal by its stable code.
+    pub(crate) fn ledger_refused(&self, code: &str) {
+        self.ledger_refusals.with_label_values(&[code]).inc();
+    }
+
+    /// Records the time one billing step took.
+    pub(crate) fn observe_billing(&self, step: &str, seconds: f64) {
+        self.billing_duration
+            .with_label_values(&[step])
+            .observe(seconds);
+    }
+
+    /// Records the ledger's size and supply.
+    pub(crate) fn observe_ledger(&self, supply: &blyan_ledger::Supply, unanchored: u64) {
+        self.ledger_total_postings.set(clamp_i64(supply.postings));
+        for (part, v) in [
+            ("circulating", supply.circulating),
+            ("unminted", supply.unminted),
+            ("burned", supply.burned),
+        ] {
+            self.ledger_supply
+                .with_label_values(&[part])
+                .set(clamp_i64(v.nano()));
+        }
+        self.ledger_unanchored.set(clamp_i64(unanchored));
     }
 
     /// Records one HTTP request.

@@ -19,14 +19,16 @@ use std::{
 };
 
 use blyan_chain::{BlockHeader, BlockSummary, ChainId, Store};
+use blyan_ledger::{Capture, IdempotencyKey, IdempotentReply, Ledger};
 use blyan_model::{
     CancelToken, Engine, EngineConfig, Event, GenerateRequest, LoadOptions, Model, ModelConfig,
     ModelError, Precision, Receiver, SamplingParams, Summary,
 };
-use blyan_primitives::{ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash};
 use blyan_tokenizer::Tokenizer;
 use serde::Serialize;
 
+use crate::billing::Bill;
 use crate::{AgentChecker, ComponentReport, Health, Metrics, NodeConfig, NodeError};
 
 /// Most blocks one page of the chain listing returns.
@@ -43,6 +45,8 @@ const DISK_FREE_COMFORT_BYTES: u64 = 1 << 30;
 struct Serving {
     engine: Engine,
     pins: BTreeMap<ExpertId, Hash>,
+    /// Who made each served expert version: royalties go to them.
+    authors: Arc<BTreeMap<ExpertId, Address>>,
     /// Bumped at every swap, so cache counters can restart from zero.
     epoch: u64,
 }
@@ -50,27 +54,33 @@ struct Serving {
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
-    config: NodeConfig,
-    data_dir: PathBuf,
-    store: Arc<Store>,
-    tokenizer: Arc<Tokenizer>,
-    network: Hash,
-    spec_block: Hash,
-    model_config: ModelConfig,
+    pub(crate) config: NodeConfig,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) store: Arc<Store>,
+    pub(crate) tokenizer: Arc<Tokenizer>,
+    pub(crate) network: Hash,
+    pub(crate) spec_block: Hash,
+    pub(crate) model_config: ModelConfig,
     serving: RwLock<Arc<Serving>>,
     /// Serialises version switches (each loads a model).
-    switching: Mutex<()>,
-    metrics: Metrics,
-    cache_epoch_seen: AtomicU64,
-    checker: AgentChecker,
-    active: Mutex<BTreeMap<u64, CancelToken>>,
-    next_id: AtomicU64,
-    expert_tokens: Mutex<BTreeMap<ExpertId, u64>>,
-    recent_status: Mutex<VecDeque<u16>>,
-    listening: Mutex<Option<SocketAddr>>,
-    shutting_down: AtomicBool,
-    probe_round: AtomicU64,
-    started_ms: u64,
+    pub(crate) switching: Mutex<()>,
+    pub(crate) metrics: Metrics,
+    pub(crate) cache_epoch_seen: AtomicU64,
+    pub(crate) checker: AgentChecker,
+    pub(crate) active: Mutex<BTreeMap<u64, CancelToken>>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) expert_tokens: Mutex<BTreeMap<ExpertId, u64>>,
+    pub(crate) recent_status: Mutex<VecDeque<u16>>,
+    pub(crate) listening: Mutex<Option<SocketAddr>>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) probe_round: AtomicU64,
+    pub(crate) started_ms: u64,
+    pub(crate) ledger: Ledger,
+    pub(crate) operator: Address,
+    /// The account billed for keyless loopback requests, if any.
+    pub(crate) loopback_payer: Option<Address>,
+    /// Serialises anchoring rounds.
+    pub(crate) anchoring: Mutex<()>,
 }
 
 /// What to generate, as the API receives it.
@@ -85,6 +95,10 @@ pub struct CompletionRequest {
     pub sampling: SamplingParams,
     /// Stop sequences.
     pub stop: Vec<String>,
+    /// The account that pays.
+    pub payer: Address,
+    /// The request's idempotency key, stored with the reply when the request is captured.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// The node's identity and what it serves.
@@ -164,7 +178,21 @@ impl Node {
         let model_config = ModelConfig::from_spec(&meta.spec);
         let serving = start_serving(&store, &tokenizer, &config, BTreeMap::new(), 0)?;
         let checker = AgentChecker::open(Some(data_dir.join("node").join("checker.json")));
+        let setup = blyan_ledger::setup(data_dir, config.ledger_url.as_deref(), now_ms)?;
+        let loopback_payer = match config.loopback_account.as_str() {
+            "" => None,
+            who => Some(
+                setup
+                    .ledger
+                    .resolve(who)
+                    .map_err(|e| NodeError::Config(format!("loopback_account {who:?}: {e}")))?,
+            ),
+        };
         Ok(Node {
+            ledger: setup.ledger,
+            operator: setup.operator,
+            loopback_payer,
+            anchoring: Mutex::new(()),
             data_dir: data_dir.to_owned(),
             store,
             tokenizer,
@@ -275,12 +303,29 @@ impl Node {
                 .max_tokens_default
                 .min(u32::try_from(room).unwrap_or(u32::MAX)),
         };
-        let request = GenerateRequest {
+        let generate = GenerateRequest {
             prompt: request.prompt,
             max_tokens,
             sampling: request.sampling,
             stop: request.stop,
         };
+        let active = self.active_generations();
+        if active >= self.config.max_active {
+            return Err(NodeError::Overloaded {
+                active,
+                limit: self.config.max_active,
+            });
+        }
+        let serving = self.serving();
+        // The hold covers the most this request can use; a refusal (402 for want of funds)
+        // happens before anything is queued. Once made, the Bill voids it on every path that
+        // does not capture.
+        let bill = self.hold(
+            request.payer,
+            (prompt_tokens as u64).saturating_add(u64::from(max_tokens)),
+            request.idempotency,
+            serving.authors.clone(),
+        )?;
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if active.len() >= self.config.max_active {
             return Err(NodeError::Overloaded {
@@ -288,7 +333,7 @@ impl Node {
                 limit: self.config.max_active,
             });
         }
-        let receiver = self.serving().engine.submit_encoded(&request, ids)?;
+        let receiver = serving.engine.submit_encoded(&generate, ids)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         active.insert(id, receiver.cancel_token());
         drop(active);
@@ -300,6 +345,7 @@ impl Node {
             prompt_tokens,
             max_tokens,
             done: false,
+            bill: Some(bill),
         })
     }
 
@@ -437,6 +483,7 @@ impl Node {
             self.probe_expert_cache(),
             self.probe_api(),
             self.probe_disk(),
+            self.probe_ledger(),
         ];
         let health = self.checker.update(&reports, now_ms)?;
         self.metrics.observe_health(&health);
@@ -463,6 +510,10 @@ impl Node {
         for (chain, (blocks, bytes)) in per_chain {
             self.metrics.observe_chain(chain.as_str(), blocks, bytes);
         }
+        let supply = self.ledger.supply()?;
+        let (anchored, _) = blyan_ledger::anchored_end(&self.store)?;
+        self.metrics
+            .observe_ledger(&supply, supply.postings.saturating_sub(anchored));
         self.metrics.render()
     }
 
@@ -680,6 +731,13 @@ fn start_serving(
             expert_versions: pins.clone(),
         },
     )?;
+    let mut authors = BTreeMap::new();
+    for (id, block) in model.expert_blocks() {
+        let header = store
+            .header(&block)?
+            .ok_or(blyan_chain::ChainError::NotFound(block))?;
+        authors.insert(id, header.author);
+    }
     let engine = Engine::start(
         Arc::new(model),
         tokenizer.clone(),
@@ -690,6 +748,7 @@ fn start_serving(
     Ok(Serving {
         engine,
         pins,
+        authors: Arc::new(authors),
         epoch,
     })
 }
@@ -703,6 +762,7 @@ pub struct Generation {
     prompt_tokens: usize,
     max_tokens: u32,
     done: bool,
+    bill: Option<Bill>,
 }
 
 impl Generation {
@@ -714,6 +774,20 @@ impl Generation {
     /// The number of tokens asked for (after defaults).
     pub fn max_tokens(&self) -> u32 {
         self.max_tokens
+    }
+
+    /// Charges the payer for the tokens `summary` reports and pays royalties by routing,
+    /// storing `reply` under the request's idempotency key in the same transaction.
+    /// Call once, after [`Event::Done`]; a generation dropped without it is voided.
+    pub fn capture(
+        &mut self,
+        summary: &Summary,
+        reply: Option<IdempotentReply>,
+    ) -> Result<Capture, NodeError> {
+        let bill = self.bill.take().ok_or_else(|| {
+            NodeError::Internal("this generation was already captured or voided".into())
+        })?;
+        self.node.capture(bill, summary, reply)
     }
 
     /// A token that cancels this generation from elsewhere.
@@ -745,6 +819,10 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
+        if let Some(bill) = self.bill.take() {
+            // Not captured: the request failed or was cancelled, so nothing is charged.
+            self.node.void(bill);
+        }
         if !self.done {
             // The engine notices at its next step and drops the sequence.
             self.receiver.cancel();

@@ -1,6 +1,7 @@
 //! Integration tests of the HTTP API: router tests through `oneshot`, and real-socket tests
 //! for streaming, disconnects, load and shutdown.
 
+mod billing;
 mod router;
 mod socket;
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use blyan_chain::{Block, ChainId, Store, genesis};
 use blyan_node::{Node, NodeConfig};
-use blyan_primitives::{ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash};
 use tempfile::TempDir;
 
 /// A node over a fresh untrained genesis network in a temporary directory.
@@ -39,6 +40,11 @@ pub(crate) fn net() -> Net {
 
 /// Appends a new version of expert `id` (a copy of its head's payload) and returns its hash.
 pub(crate) fn new_version(store: &Store, id: ExpertId) -> Hash {
+    new_version_by(store, id, Address::ZERO)
+}
+
+/// Like [`new_version`], authored by `author`.
+pub(crate) fn new_version_by(store: &Store, id: ExpertId, author: Address) -> Hash {
     let parent = store.expert_head(id).expect("head").expect("expert");
     let parent_header = store.header(&parent).expect("header").expect("present");
     let payload = store.payload(&parent).expect("payload").to_vec();
@@ -52,7 +58,7 @@ pub(crate) fn new_version(store: &Store, id: ExpertId) -> Hash {
         parent_header.kind,
         parent_header.meta.clone(),
         payload,
-        parent_header.author,
+        author,
         parent_header.timestamp_ms + 1,
     );
     store.append(block).expect("append")

@@ -522,7 +522,14 @@ async fn health_reports_stage_components_and_readiness() {
         .collect();
     assert_eq!(
         names,
-        ["block_store", "model", "expert_cache", "api", "disk"]
+        [
+            "block_store",
+            "model",
+            "expert_cache",
+            "api",
+            "disk",
+            "ledger"
+        ]
     );
     assert!(
         health["reason"]
@@ -615,7 +622,10 @@ async fn every_documented_operation_is_routed() {
     assert!(paths.len() >= 15, "{}", paths.len());
     for (path, ops) in paths {
         for method in ops.as_object().expect("ops").keys() {
-            let concrete = path.replace("{id}", "blyan").replace("{hash}", &spec);
+            let concrete = path
+                .replace("{id}", "blyan")
+                .replace("{hash}", &spec)
+                .replace("{who}", "operator");
             let (status, body) = call(
                 &net.node,
                 &method.to_uppercase(),

@@ -116,4 +116,5 @@ both!(
     concurrent_idempotent_retries_charge_once,
     random_operation_sequences_keep_the_books,
     killed_writer_leaves_no_partial_transfer,
+    batches_are_all_or_nothing,
 );

@@ -1,0 +1,302 @@
+//! The node's side of the ledger: who pays for a request, the hold made before it is queued,
+//! the capture after it finishes (or the void when it does not), anchoring postings on the
+//! chain, and the ledger's readiness probe.
+//!
+//! Every call here blocks on the ledger's database; the HTTP layer makes them from blocking
+//! threads, never from async tasks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use blyan_ledger::{
+    Anchored, AuditReport, Balance, Begin, Capture, IdempotencyKey, IdempotentReply, Ledger,
+    LedgerError, PostingKind, PostingRecord, Supply, TransferReceipt,
+};
+use blyan_model::Summary;
+use blyan_primitives::{Address, Amount, ExpertId};
+
+use crate::{ComponentReport, Node, NodeError};
+
+/// Unanchored postings beyond which the ledger probe reports the anchoring as behind.
+const UNANCHORED_COMFORT: u64 = 100_000;
+
+/// A hold made for one generation, until it is captured or voided.
+#[derive(Debug)]
+pub(crate) struct Bill {
+    hold: String,
+    idempotency: Option<IdempotencyKey>,
+    authors: Arc<BTreeMap<ExpertId, Address>>,
+}
+
+impl Node {
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The operator's account.
+    pub fn operator(&self) -> Address {
+        self.operator
+    }
+
+    fn refused(&self, e: LedgerError) -> NodeError {
+        if let Some(r) = e.refusal() {
+            self.metrics.ledger_refused(r.code());
+        }
+        NodeError::Ledger(e)
+    }
+
+    /// The account a request pays from: the one its API key is bound to, or, for a keyless
+    /// request from a loopback address, the configured loopback account. A keyless request
+    /// from elsewhere is refused with [`NodeError::Unauthorized`].
+    pub fn payer(&self, api_key: Option<&str>, loopback: bool) -> Result<Address, NodeError> {
+        match api_key {
+            Some(key) => self
+                .ledger
+                .account_for_api_key(key)
+                .map_err(|e| self.refused(e)),
+            None if loopback => self.loopback_payer.ok_or(NodeError::Unauthorized(
+                "this node bills every request to an API key: send `Authorization: Bearer <key>`",
+            )),
+            None => Err(NodeError::Unauthorized(
+                "requests from other machines need `Authorization: Bearer <api key>`; \
+                 create one with `blyan account new`",
+            )),
+        }
+    }
+
+    /// Claims an idempotency key for a request about to run.
+    pub fn idempotency_begin(&self, key: &IdempotencyKey) -> Result<Begin, NodeError> {
+        self.ledger
+            .idempotency_begin(key, crate::unix_ms())
+            .map_err(|e| self.refused(e))
+    }
+
+    /// Forgets a claimed key whose request failed before anything was held.
+    pub fn idempotency_abort(&self, key: &IdempotencyKey) {
+        if let Err(e) = self.ledger.idempotency_abort(key) {
+            eprintln!("blyan-node: releasing idempotency key {:?}: {e}", key.key);
+        }
+    }
+
+    pub(crate) fn hold(
+        &self,
+        payer: Address,
+        tokens: u64,
+        idempotency: Option<IdempotencyKey>,
+        authors: Arc<BTreeMap<ExpertId, Address>>,
+    ) -> Result<Bill, NodeError> {
+        let started = Instant::now();
+        let hold = self.ledger.hold(payer, tokens, crate::unix_ms());
+        self.metrics
+            .observe_billing("hold", started.elapsed().as_secs_f64());
+        let hold = hold.map_err(|e| self.refused(e))?;
+        if !hold.amount.is_zero() {
+            self.metrics.ledger_posted(PostingKind::Hold.as_str(), 1);
+        }
+        Ok(Bill {
+            hold: hold.id,
+            idempotency,
+            authors,
+        })
+    }
+
+    pub(crate) fn capture(
+        &self,
+        bill: Bill,
+        summary: &Summary,
+        reply: Option<IdempotentReply>,
+    ) -> Result<Capture, NodeError> {
+        let started = Instant::now();
+        let mut contributors: BTreeMap<Address, u64> = BTreeMap::new();
+        for (expert, tokens) in &summary.experts_used {
+            let author = bill.authors.get(expert).copied().unwrap_or(Address::ZERO);
+            let slot = contributors.entry(author).or_default();
+            *slot = slot.saturating_add(*tokens);
+        }
+        let tokens =
+            (summary.prompt_tokens as u64).saturating_add(summary.completion_tokens as u64);
+        let finish = match (&bill.idempotency, &reply) {
+            (Some(k), Some(r)) => Some((k, r)),
+            _ => None,
+        };
+        let result = self.ledger.capture(
+            &bill.hold,
+            tokens,
+            &contributors,
+            self.operator,
+            finish,
+            crate::unix_ms(),
+        );
+        self.metrics
+            .observe_billing("capture", started.elapsed().as_secs_f64());
+        match result {
+            Ok(c) => {
+                let count = |kind: PostingKind, n: usize| {
+                    if n > 0 {
+                        self.metrics.ledger_posted(kind.as_str(), n as u64);
+                    }
+                };
+                count(PostingKind::Fee, usize::from(!c.fee.is_zero()));
+                count(PostingKind::Release, usize::from(!c.released.is_zero()));
+                count(PostingKind::Royalty, c.royalties.len());
+                count(
+                    PostingKind::OperatorShare,
+                    usize::from(!c.operator_share.is_zero()),
+                );
+                count(PostingKind::Burn, usize::from(!c.burned.is_zero()));
+                Ok(c)
+            }
+            Err(e) => {
+                // Nothing was charged; release the hold so the payer is not left short.
+                self.void(bill);
+                Err(self.refused(e))
+            }
+        }
+    }
+
+    pub(crate) fn void(&self, bill: Bill) {
+        let started = Instant::now();
+        match self
+            .ledger
+            .void(&bill.hold, bill.idempotency.as_ref(), crate::unix_ms())
+        {
+            Ok(released) => {
+                if !released.is_zero() {
+                    self.metrics.ledger_posted(PostingKind::Release.as_str(), 1);
+                }
+            }
+            Err(e) => {
+                // The hold expires on its own after the hold TTL.
+                eprintln!("blyan-node: voiding hold {}: {e}", bill.hold);
+            }
+        }
+        self.metrics
+            .observe_billing("void", started.elapsed().as_secs_f64());
+    }
+
+    /// `address`'s balances.
+    pub fn balance(&self, address: Address) -> Result<Balance, NodeError> {
+        self.ledger.balance(address).map_err(|e| self.refused(e))
+    }
+
+    /// `address`'s postings, newest first.
+    pub fn history(
+        &self,
+        address: Address,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PostingRecord>, NodeError> {
+        self.ledger
+            .history(address, before, limit)
+            .map_err(|e| self.refused(e))
+    }
+
+    /// Moves `amount` from `from` to `to` (the caller has authenticated `from`).
+    pub fn transfer(
+        &self,
+        from: Address,
+        to: Address,
+        amount: Amount,
+        reference: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<TransferReceipt, NodeError> {
+        let receipt = self
+            .ledger
+            .transfer(
+                from,
+                to,
+                amount,
+                reference,
+                idempotency_key,
+                crate::unix_ms(),
+            )
+            .map_err(|e| self.refused(e))?;
+        if !receipt.replayed {
+            let kind = if to == blyan_ledger::SystemAccount::Burn.address() {
+                PostingKind::Burn
+            } else {
+                PostingKind::Transfer
+            };
+            self.metrics.ledger_posted(kind.as_str(), 1);
+        }
+        Ok(receipt)
+    }
+
+    /// The supply and the ledger's size.
+    pub fn supply(&self) -> Result<Supply, NodeError> {
+        self.ledger.supply().map_err(|e| self.refused(e))
+    }
+
+    /// Audits the ledger against itself and the chain.
+    pub fn audit_ledger(&self) -> Result<AuditReport, NodeError> {
+        Ok(self.ledger.audit(Some(&self.store))?)
+    }
+
+    /// Anchors new postings on the chain and voids lapsed holds; returns the blocks written.
+    pub fn anchor_ledger(&self) -> Result<Vec<Anchored>, NodeError> {
+        let _one = self.anchoring.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::unix_ms();
+        let expired = self.ledger.expire_holds(now)?;
+        if expired > 0 {
+            self.metrics
+                .ledger_posted(PostingKind::Release.as_str(), expired as u64);
+        }
+        Ok(self.ledger.anchor(
+            &self.store,
+            self.operator,
+            blyan_ledger::ANCHOR_BATCH_DEFAULT,
+            now,
+        )?)
+    }
+
+    /// The ledger: its database answers, the books sum to the supply cap, and anchoring
+    /// keeps up.
+    pub(crate) fn probe_ledger(&self) -> ComponentReport {
+        let report = |readiness: f64, detail: String| ComponentReport {
+            name: "ledger",
+            readiness,
+            detail,
+            weight: 2.0,
+            critical: true,
+        };
+        let supply = match self.ledger.supply() {
+            Ok(s) => s,
+            Err(e) => {
+                return report(
+                    0.0,
+                    format!("{} store unreadable: {e}", self.ledger.store().backend()),
+                );
+            }
+        };
+        let anchored = match blyan_ledger::anchored_end(&self.store) {
+            Ok((end, _)) => end,
+            Err(e) => return report(0.5, format!("ledger chain unreadable: {e}")),
+        };
+        let unanchored = supply.postings.saturating_sub(anchored);
+        let total = supply
+            .circulating
+            .nano()
+            .checked_add(supply.unminted.nano())
+            .and_then(|v| v.checked_add(supply.burned.nano()));
+        if total != Some(supply.cap.nano()) {
+            return report(
+                0.0,
+                "circulating + unminted + burned differs from the supply cap".into(),
+            );
+        }
+        let detail = format!(
+            "{} ledger at {}: {} postings ({unanchored} not yet anchored), {} accounts, {} BLY circulating",
+            self.ledger.store().backend(),
+            self.ledger.store().location(),
+            supply.postings,
+            supply.accounts,
+            supply.circulating
+        );
+        if unanchored > UNANCHORED_COMFORT && self.config.anchor_interval_s > 0 {
+            return report(0.8, format!("{detail}; anchoring is behind"));
+        }
+        report(1.0, detail)
+    }
+}
