@@ -74,7 +74,7 @@ try {
   await page.click('[data-tab=activity]');
   await page.waitForFunction(() => document.querySelector('#pol-status').textContent.length > 0);
   await page.click('[data-tab=health]');
-  await page.waitForFunction(() => document.querySelectorAll('#health-table tbody tr').length === 5);
+  await page.waitForFunction(() => document.querySelectorAll('#health-table tbody tr').length === 6);
   assert.match(await page.textContent('#health-stage'), /release|production|development|unavailable/);
   await page.screenshot({ path: `${outDir}/web-ui-health.png` });
 

@@ -285,3 +285,152 @@ fn export_import_round_trip_and_gguf() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 }
+
+#[test]
+fn ledger_commands_on_sqlite_and_postgres() {
+    ledger_commands(None);
+    // The same commands on PostgreSQL, in a schema of their own.
+    let base = std::env::var("BLYAN_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("cli_{}", std::process::id());
+    let url = format!("{base}?options=-csearch_path%3D{schema}");
+    let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .unwrap();
+    let result = std::panic::catch_unwind(|| ledger_commands(Some(&url)));
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+    result.unwrap();
+}
+
+fn ledger_commands(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(u) = url {
+            all.extend(["--ledger-url", u]);
+        }
+        all.extend(args);
+        blyan(dir.path(), &all)
+    };
+    let init = json(&run(&["init", "--random-weights", "--json"]));
+    let ledger = &init["ledger"];
+    assert_eq!(
+        ledger["backend"],
+        if url.is_some() { "postgres" } else { "sqlite" }
+    );
+    assert_eq!(ledger["operator_available"], 1_000_000_000_000_000u64);
+    let operator = ledger["operator"].as_str().unwrap().to_owned();
+    let key_dir = dir.path().join("keystore");
+    assert!(
+        key_dir
+            .join(format!("{}.json", &operator[2..].to_lowercase()))
+            .exists()
+    );
+
+    let account = json(&run(&["account", "new", "--json"]));
+    let address = account["address"].as_str().unwrap().to_owned();
+    assert!(account["api_key"].as_str().unwrap().starts_with("bly_"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file = key_dir.join(format!("{}.json", &address[2..].to_lowercase()));
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let balance = json(&run(&["ledger", "balance", &address, "--json"]));
+    assert_eq!(
+        balance,
+        serde_json::json!({"address": address, "available": 0, "pending": 0})
+    );
+    let receipt = json(&run(&[
+        "ledger", "transfer", "--from", "operator", "--to", &address, "--amount", "12.5", "--json",
+    ]));
+    assert_eq!(receipt["amount"], 12_500_000_000u64);
+    let balance = json(&run(&[
+        "ledger",
+        "balance",
+        &address.to_lowercase(),
+        "--json",
+    ]));
+    assert_eq!(balance["available"], 12_500_000_000u64);
+
+    // Refusals: stable code on stderr, exit 1, nothing posted.
+    for (args, code) in [
+        (
+            vec!["--to", "operator", "--amount", "100"],
+            "[insufficient_funds]",
+        ),
+        (vec!["--to", "operator", "--amount", "0"], "[zero_amount]"),
+        (
+            vec!["--to", "operator", "--amount=-3"],
+            "[malformed_amount]",
+        ),
+        (
+            vec!["--to", "operator", "--amount", "1e2"],
+            "[malformed_amount]",
+        ),
+        (vec!["--to", &address, "--amount", "1"], "[self_transfer]"),
+        (
+            vec!["--to", "0xabc", "--amount", "1"],
+            "[malformed_address]",
+        ),
+    ] {
+        let mut full = vec!["ledger", "transfer", "--from", &address];
+        full.extend(args.iter().copied());
+        let out = run(&full);
+        assert_eq!(out.status.code(), Some(1), "{full:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(code), "{full:?}: {stderr}");
+    }
+    // Paying from an account whose key this node does not hold is refused.
+    let stranger = format!("0x{}", "ab".repeat(20));
+    let out = run(&[
+        "ledger", "transfer", "--from", &stranger, "--to", "operator", "--amount", "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let balance = json(&run(&["ledger", "balance", &address, "--json"]));
+    assert_eq!(balance["available"], 12_500_000_000u64);
+
+    let history = json(&run(&["ledger", "history", &address, "--json"]));
+    assert_eq!(history["postings"].as_array().unwrap().len(), 1);
+    let anchored = json(&run(&["ledger", "anchor", "--json"]));
+    assert_eq!(anchored.as_array().unwrap().len(), 1);
+    let audit = json(&run(&["ledger", "audit", "--json"]));
+    assert_eq!(audit["ok"], true, "{audit}");
+    assert_eq!(audit["unanchored"], 0);
+    let log = json(&run(&["chain", "log", "--chain", "ledger", "--json"]));
+    let hash = log[0]["hash"].as_str().unwrap().to_owned();
+    let shown = json(&run(&["chain", "show", &hash, "--json"]));
+    assert_eq!(
+        shown["payload"]["postings"][0]["kind"], "genesis",
+        "{shown}"
+    );
+
+    // Edit a balance behind the ledger's back: the audit names it and exits 1.
+    match url {
+        None => {
+            let db = rusqlite::Connection::open(dir.path().join("ledger.sqlite")).unwrap();
+            db.execute(
+                "UPDATE balances SET amount = amount + 1 WHERE address = ?1 AND book = 0",
+                [&address[2..].to_lowercase()],
+            )
+            .unwrap();
+        }
+        Some(u) => {
+            let mut db = postgres::Client::connect(u, postgres::NoTls).unwrap();
+            db.execute(
+                "UPDATE balances SET amount = amount + 1 WHERE address = $1 AND book = 0",
+                &[&address[2..].to_lowercase()],
+            )
+            .unwrap();
+        }
+    }
+    let out = run(&["ledger", "audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("audit failed"), "{stderr}");
+    assert!(stderr.contains(&address), "{stderr}");
+}

@@ -47,7 +47,7 @@ pub(crate) async fn blocks(
         Some(c) => Some(c.parse::<ChainId>().map_err(|_| {
             ApiError::invalid(
                 "chain",
-                format!("unknown chain {c:?}; expected meta, param, dataset or proof"),
+                format!("unknown chain {c:?}; expected meta, param, dataset, proof or ledger"),
             )
         })?),
     };

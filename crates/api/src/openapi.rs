@@ -28,7 +28,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     (
         "get",
         "/chain/blocks",
-        "Blocks in chain then height order; query `chain` (meta, param, dataset, proof), `offset`, `limit` (1–500, default 50).",
+        "Blocks in chain then height order; query `chain` (meta, param, dataset, proof, ledger), `offset`, `limit` (1–500, default 50).",
         false,
     ),
     ("get", "/chain/blocks/{hash}", "One block's header.", false),
