@@ -555,6 +555,11 @@ async fn whole_response(
         let body = whole_body(&meta, prompt_tokens, &text, &summary).to_string();
         // Charged before the answer leaves: the reply is stored with the capture, so a retry
         // under the same idempotency key gets these bytes and is not charged again.
+        if summary.finish_reason == FinishReason::Cancelled {
+            // Cancelled (the client left, or the node is shutting down): not charged; the
+            // dropped generation voids its hold and frees its idempotency key.
+            return Ok((body, 0));
+        }
         let reply = record.then(|| IdempotentReply {
             status: 200,
             body: body.clone(),
@@ -683,6 +688,13 @@ fn stream_response(
                         ));
                     if !ok {
                         // The client left before the end: nothing is charged.
+                        return;
+                    }
+                    if summary.finish_reason == FinishReason::Cancelled {
+                        // Cancelled at shutdown: not charged. Dropping the generation voids
+                        // its hold, before `[DONE]` tells the client the request is over.
+                        drop(generation);
+                        let _ = sink.tx.blocking_send("[DONE]".into());
                         return;
                     }
                     let reply = sink.sent.take().map(|mut body| {

@@ -204,7 +204,15 @@ impl From<rusqlite::Error> for LedgerError {
 
 impl From<postgres::Error> for LedgerError {
     fn from(e: postgres::Error) -> LedgerError {
-        LedgerError::Store(format!("postgres: {e}"))
+        LedgerError::Store(pg_message(&e))
+    }
+}
+
+/// A PostgreSQL error with the server's message and SQLSTATE when there is one.
+pub(crate) fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("postgres: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => format!("postgres: {e}"),
     }
 }
 

@@ -856,10 +856,22 @@ pub(crate) fn post(
                 "the burn account can never pay",
             ));
         }
-        let have = book_balance(tx, &leg.debit, leg.debit_book)?.ok_or_else(|| {
-            LedgerError::refused(Refusal::UnknownAccount, format!("no account {}", leg.debit))
-        })?;
-        if have < leg.amount {
+        let amount = int(leg.amount)?;
+        // One statement per side: the debit only where the funds are there, the credit only
+        // where it cannot overflow. A miss is explained afterwards, off the common path.
+        let debited = tx.exec(
+            "UPDATE balances SET amount = amount - $3
+             WHERE address = $1 AND book = $2 AND amount >= $3",
+            &[
+                hex(&leg.debit),
+                Value::Int(leg.debit_book.number()),
+                amount.clone(),
+            ],
+        )?;
+        if debited == 0 {
+            let have = book_balance(tx, &leg.debit, leg.debit_book)?.ok_or_else(|| {
+                LedgerError::refused(Refusal::UnknownAccount, format!("no account {}", leg.debit))
+            })?;
             return Err(LedgerError::refused(
                 Refusal::InsufficientFunds,
                 format!(
@@ -874,38 +886,28 @@ pub(crate) fn post(
                 ),
             ));
         }
-        let target = book_balance(tx, &leg.credit, leg.credit_book)?.ok_or_else(|| {
-            LedgerError::refused(
-                Refusal::UnknownAccount,
-                format!("no account {}", leg.credit),
-            )
-        })?;
-        let after = target
-            .checked_add(leg.amount)
-            .filter(|a| a.nano() <= i64::MAX as u64);
-        if after.is_none() {
-            return Err(LedgerError::refused(
-                Refusal::AmountOverflow,
-                format!("{}'s balance would overflow", leg.credit),
-            ));
-        }
-        let amount = int(leg.amount)?;
-        tx.exec(
-            "UPDATE balances SET amount = amount - $3 WHERE address = $1 AND book = $2",
-            &[
-                hex(&leg.debit),
-                Value::Int(leg.debit_book.number()),
-                amount.clone(),
-            ],
-        )?;
-        tx.exec(
-            "UPDATE balances SET amount = amount + $3 WHERE address = $1 AND book = $2",
+        let credited = tx.exec(
+            "UPDATE balances SET amount = amount + $3
+             WHERE address = $1 AND book = $2 AND amount <= CAST($4 AS BIGINT) - $3",
             &[
                 hex(&leg.credit),
                 Value::Int(leg.credit_book.number()),
                 amount.clone(),
+                Value::Int(i64::MAX),
             ],
         )?;
+        if credited == 0 {
+            return Err(match book_balance(tx, &leg.credit, leg.credit_book)? {
+                None => LedgerError::refused(
+                    Refusal::UnknownAccount,
+                    format!("no account {}", leg.credit),
+                ),
+                Some(_) => LedgerError::refused(
+                    Refusal::AmountOverflow,
+                    format!("{}'s balance would overflow", leg.credit),
+                ),
+            });
+        }
         tx.exec(
             &format!(
                 "INSERT INTO postings ({POSTING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"

@@ -193,7 +193,7 @@ impl PgTx<'_, '_> {
     }
 
     fn keep(&mut self, e: postgres::Error) -> LedgerError {
-        let error = LedgerError::Store(format!("postgres: {e}"));
+        let error = LedgerError::Store(crate::error::pg_message(&e));
         self.failed.get_or_insert(e);
         error
     }

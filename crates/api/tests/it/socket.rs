@@ -223,6 +223,11 @@ fn a_client_that_disconnects_stops_its_generation() {
     let hits = server.node().cache_stats().hits;
     thread::sleep(Duration::from_millis(300));
     assert_eq!(server.node().cache_stats().hits, hits);
+    // Nothing was charged: the hold was voided whole.
+    let op = server.node().operator();
+    let balance = server.node().ledger().balance(op).expect("balance");
+    assert_eq!(balance.pending.nano(), 0);
+    assert_eq!(balance.available.nano(), 1_000_000_000_000_000);
 }
 
 #[test]
@@ -305,6 +310,13 @@ fn shutdown_ends_streams_cleanly_and_saves_the_checker_state() {
         "{finish}"
     );
     assert!(state.exists(), "checker state not saved at shutdown");
+    // A stream cancelled by the shutdown is not charged, and its postings are anchored.
+    let op = server.node().operator();
+    let balance = server.node().ledger().balance(op).expect("balance");
+    assert_eq!(balance.pending.nano(), 0);
+    assert_eq!(balance.available.nano(), 1_000_000_000_000_000);
+    let report = server.node().audit_ledger().expect("audit");
+    assert!(report.ok && report.unanchored == 0, "{report:?}");
     assert!(server.node().is_shutting_down());
     assert!(
         agent().get(server.url("/health/live")).call().is_err(),

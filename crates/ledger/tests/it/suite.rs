@@ -178,7 +178,8 @@ pub(crate) fn bad_input_is_refused_and_posts_nothing(backend: &str) {
     );
     assert_eq!(
         refusal(l.transfer(a, b, Amount::from_nano(u64::MAX), "", None, T0)),
-        Refusal::InsufficientFunds
+        Refusal::AmountOverflow,
+        "more than any balance can hold"
     );
     assert_eq!(
         refusal(l.transfer(SystemAccount::Burn.address(), a, bly(1), "", None, T0)),
