@@ -18,26 +18,11 @@ use blyan_primitives::Address;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::ApiError;
 use crate::billing::{Billed, Caller};
+use crate::{ApiError, blocking};
 
 /// Postings per history page when the query does not say.
 const HISTORY_LIMIT_DEFAULT: usize = 50;
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("task failed: {e}"),
-            )
-        })?
-        .map_err(ApiError::from)
-}
 
 fn resolve(node: &Node, who: &str) -> Result<Address, NodeError> {
     node.ledger().resolve(who).map_err(NodeError::Ledger)

@@ -101,6 +101,23 @@ async fn not_found(State(node): State<Arc<Node>>, req: Request) -> ApiError {
 
 pub use blyan_node::unix_ms;
 
+/// Runs a blocking node call (the model, the block store, the ledger's database) off the
+/// async workers and turns its error into the API's.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, blyan_node::NodeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, probing the node's components
 /// every `probe_interval_s`. At shutdown new requests are refused, streams in flight get
 /// `shutdown_grace_s` to finish before they are cancelled (each still ends with its finish

@@ -15,7 +15,7 @@ use blyan_primitives::{ExpertId, Hash};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{ApiError, ApiJson};
+use crate::{ApiError, ApiJson, blocking};
 
 /// Blocks per page when the query does not say.
 const PAGE_LIMIT_DEFAULT: usize = 50;
@@ -179,20 +179,4 @@ pub(crate) async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, A
         text,
     )
         .into_response())
-}
-
-/// Runs node work that reads the store or loads a model off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, blyan_node::NodeError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("task failed: {e}"),
-            )
-        })?
-        .map_err(ApiError::from)
 }

@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::ApiError;
 use crate::billing::{Billed, Caller};
+use crate::blocking;
 
 /// The id under which the node's model is listed.
 pub const MODEL_ID: &str = "blyan";
@@ -438,21 +439,6 @@ fn replay(reply: IdempotentReply, stream: bool) -> Response {
         reply.body,
     )
         .into_response()
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, blyan_node::NodeError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("task failed: {e}"),
-            )
-        })?
-        .map_err(ApiError::from)
 }
 
 #[derive(Clone, Debug)]

@@ -392,35 +392,7 @@ impl Ledger {
                     )),
                 };
             }
-            for a in [&from, &to] {
-                if !account_exists(tx, a)? {
-                    return Err(LedgerError::refused(
-                        Refusal::UnknownAccount,
-                        format!("no account {a}"),
-                    ));
-                }
-            }
-            let (tx_id, seq) = post(
-                tx,
-                &[Leg {
-                    kind,
-                    debit: from,
-                    debit_book: Book::Available,
-                    credit: to,
-                    credit_book: Book::Available,
-                    amount,
-                }],
-                reference,
-                now_ms,
-            )?;
-            let receipt = TransferReceipt {
-                tx: tx_id,
-                seq,
-                from,
-                to,
-                amount,
-                replayed: false,
-            };
+            let receipt = transfer_in(tx, from, to, amount, kind, reference, now_ms)?;
             if let Some(key) = idempotency {
                 let body = serde_json::to_string(&receipt)
                     .map_err(|e| LedgerError::Store(format!("encoding a receipt: {e}")))?;
@@ -448,35 +420,7 @@ impl Ledger {
             require_init(tx)?;
             let mut out = Vec::with_capacity(batch.len());
             for (&(from, to, amount), &kind) in batch.iter().zip(&kinds) {
-                for a in [&from, &to] {
-                    if !account_exists(tx, a)? {
-                        return Err(LedgerError::refused(
-                            Refusal::UnknownAccount,
-                            format!("no account {a}"),
-                        ));
-                    }
-                }
-                let (tx_id, seq) = post(
-                    tx,
-                    &[Leg {
-                        kind,
-                        debit: from,
-                        debit_book: Book::Available,
-                        credit: to,
-                        credit_book: Book::Available,
-                        amount,
-                    }],
-                    reference,
-                    now_ms,
-                )?;
-                out.push(TransferReceipt {
-                    tx: tx_id,
-                    seq,
-                    from,
-                    to,
-                    amount,
-                    replayed: false,
-                });
+                out.push(transfer_in(tx, from, to, amount, kind, reference, now_ms)?);
             }
             Ok(out)
         })
@@ -647,6 +591,40 @@ impl Ledger {
     pub fn posting_count(&self) -> Result<u64, LedgerError> {
         sql::read(&*self.store, next_seq)
     }
+}
+
+/// One transfer inside the caller's transaction. An unknown payer or payee is refused by
+/// [`post`] (its guarded updates find no row), which rolls the transaction back.
+fn transfer_in(
+    tx: &mut dyn Tx,
+    from: Address,
+    to: Address,
+    amount: Amount,
+    kind: PostingKind,
+    reference: &str,
+    now_ms: u64,
+) -> Result<TransferReceipt, LedgerError> {
+    let (tx_id, seq) = post(
+        tx,
+        &[Leg {
+            kind,
+            debit: from,
+            debit_book: Book::Available,
+            credit: to,
+            credit_book: Book::Available,
+            amount,
+        }],
+        reference,
+        now_ms,
+    )?;
+    Ok(TransferReceipt {
+        tx: tx_id,
+        seq,
+        from,
+        to,
+        amount,
+        replayed: false,
+    })
 }
 
 /// The rules a transfer must meet before the database is asked; returns its posting kind.
