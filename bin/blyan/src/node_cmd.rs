@@ -31,7 +31,7 @@ pub(crate) struct NodeArgs {
     /// bring an API key (do that behind a reverse proxy) [default: operator].
     #[arg(long, env = "BLYAN_LOOPBACK_ACCOUNT", value_name = "ACCOUNT")]
     loopback_account: Option<String>,
-    /// Seconds between anchoring rounds of ledger postings on the chain; 0 never [default: 10].
+    /// Seconds between anchoring rounds of ledger postings on the chain; 0 never [default: 60].
     #[arg(long, env = "BLYAN_ANCHOR_INTERVAL_S")]
     anchor_interval_s: Option<u64>,
 }

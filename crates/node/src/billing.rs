@@ -234,15 +234,21 @@ impl Node {
         Ok(self.ledger.audit(Some(&self.store))?)
     }
 
-    /// Anchors new postings on the chain and voids lapsed holds; returns the blocks written.
-    pub fn anchor_ledger(&self) -> Result<Vec<Anchored>, NodeError> {
-        let _one = self.anchoring.lock().unwrap_or_else(|p| p.into_inner());
-        let now = crate::unix_ms();
-        let expired = self.ledger.expire_holds(now)?;
+    /// Voids holds past their expiry (left by a crashed node, or a generation that outlived
+    /// the hold TTL); returns how many.
+    pub fn expire_holds(&self) -> Result<usize, NodeError> {
+        let expired = self.ledger.expire_holds(crate::unix_ms())?;
         if expired > 0 {
             self.metrics
                 .ledger_posted(PostingKind::Release.as_str(), expired as u64);
         }
+        Ok(expired)
+    }
+
+    /// Anchors the postings not yet on the chain; returns the blocks written.
+    pub fn anchor_ledger(&self) -> Result<Vec<Anchored>, NodeError> {
+        let _one = self.anchoring.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::unix_ms();
         Ok(self.ledger.anchor(
             &self.store,
             self.operator,

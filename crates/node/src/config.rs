@@ -80,7 +80,7 @@ impl Default for NodeConfig {
             shutdown_grace_s: 10,
             ledger_url: None,
             loopback_account: blyan_ledger::OPERATOR.to_owned(),
-            anchor_interval_s: 10,
+            anchor_interval_s: 60,
         }
     }
 }

@@ -477,6 +477,9 @@ impl Node {
     /// `now_ms` is the wall clock (ms since the Unix epoch).
     pub fn probe(&self, now_ms: u64) -> Result<Health, NodeError> {
         let round = self.probe_round.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.expire_holds() {
+            eprintln!("blyan-node: expiring ledger holds failed: {e}");
+        }
         let reports = vec![
             self.probe_store(round),
             self.probe_model(),
