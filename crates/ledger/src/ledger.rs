@@ -532,6 +532,39 @@ impl Ledger {
         })
     }
 
+    /// Mints the validation reward for `batches` evaluated sample batches to `validator`.
+    pub fn reward_validation(
+        &self,
+        validator: Address,
+        batches: u64,
+        reference: &str,
+        now_ms: u64,
+    ) -> Result<TransferReceipt, LedgerError> {
+        let amount = self
+            .econ
+            .validation_reward
+            .checked_mul(batches)
+            .ok_or_else(|| LedgerError::refused(Refusal::AmountOverflow, "reward overflows"))?;
+        self.mint(validator, amount, reference, now_ms)
+    }
+
+    /// Mints the learning reward for an improvement of `improvement_bps` basis points of
+    /// held-out loss (100 = 1%) to `contributor`. Refused, like every mint, beyond this
+    /// epoch's emission budget or the supply cap.
+    pub fn reward_learning(
+        &self,
+        contributor: Address,
+        improvement_bps: u64,
+        reference: &str,
+        now_ms: u64,
+    ) -> Result<TransferReceipt, LedgerError> {
+        let amount = self
+            .econ
+            .learning_reward(improvement_bps)
+            .ok_or_else(|| LedgerError::refused(Refusal::AmountOverflow, "reward overflows"))?;
+        self.mint(contributor, amount, reference, now_ms)
+    }
+
     /// The supply and the ledger's size.
     pub fn supply(&self) -> Result<Supply, LedgerError> {
         let econ = self.econ;

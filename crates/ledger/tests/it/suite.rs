@@ -462,8 +462,22 @@ pub(crate) fn mint_respects_inflation_and_supply_caps(backend: &str) {
         refusal(l.mint(addr(0x77), Amount(1), "", day + 3)),
         Refusal::InflationCapReached
     );
+    // Rewards are mints at the tokenomics' rates, within the same budget.
+    let next = day + e.epoch_ms;
+    let r = l
+        .reward_validation(addr(0x78), 3, "3 batches", next)
+        .unwrap();
+    assert_eq!(r.amount, bly(60), "20 BLY per evaluated batch");
+    assert_eq!(
+        refusal(l.reward_learning(addr(0x79), 100, "1%", next)),
+        Refusal::InflationCapReached,
+        "20,000 BLY for 1% is beyond one day's budget of a 1M BLY circulation"
+    );
+    let r = l.reward_learning(addr(0x79), 1, "0.01%", next).unwrap();
+    assert_eq!(r.amount, bly(200));
     // The next epoch has a fresh budget.
-    l.mint(addr(0x77), bly(1), "", day + e.epoch_ms).unwrap();
+    l.mint(addr(0x77), bly(1), "", day + 2 * e.epoch_ms)
+        .unwrap();
     assert_eq!(
         refusal(l.mint(SystemAccount::Burn.address(), bly(1), "", day + e.epoch_ms)),
         Refusal::SystemAccount
