@@ -822,13 +822,17 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        if let Some(bill) = self.bill.take() {
-            // Not captured: the request failed or was cancelled, so nothing is charged.
-            self.node.void(bill);
-        }
         if !self.done {
             // The engine notices at its next step and drops the sequence.
             self.receiver.cancel();
+        }
+        if let Some(bill) = self.bill.take() {
+            // Not captured: the request failed or was cancelled, so nothing is charged. Voided
+            // before the generation stops counting as active, so that "nothing in flight"
+            // also means "nothing held".
+            self.node.void(bill);
+        }
+        if !self.done {
             self.node.finish(self.id, None);
         }
     }
