@@ -3,12 +3,16 @@
 //! This first part is the decision: per evaluated item the parent's and the candidate's loss
 //! in integer micro-nats, summed exactly ([`PairedSums`]), and a one-sided paired t-test
 //! decided with integer arithmetic only ([`decide`]), so every validator reaches the same
-//! verdict bit for bit. The hidden pool, the evaluator, proof blocks and rewards build on it.
+//! verdict bit for bit; and the hidden pool ([`Pool`]): items under a Merkle root, samples
+//! drawn without reuse from a seed fixed only after the candidate is committed. The
+//! evaluator, proof blocks and rewards build on these.
 
 #![warn(missing_docs)]
 
+mod pool;
 mod stats;
 
+pub use pool::{Pool, PoolError, evaluation_seed};
 pub use stats::{
     Alpha, DIFF_MAX, Decision, ITEMS_MAX, PairedSums, StatsError, Thresholds, decide,
     t_critical_micro,

@@ -1,0 +1,172 @@
+//! The hidden evaluation pool: items committed to by a Merkle root, and samples drawn from
+//! the items not yet used, with a seed that exists only once the candidate is committed.
+//!
+//! The seed of an evaluation is `SHA-256("blyan-pol-seed" || candidate block || pool root ||
+//! proof-chain head)`: the candidate block must be on chain before its hash exists, and the
+//! proof-chain head changes with every verdict, so a contributor cannot choose a candidate for
+//! a sample, and the same candidate evaluated again later draws a different one.
+
+use std::collections::BTreeSet;
+
+use blyan_primitives::{Hash, merkle};
+use rand::{Rng, SeedableRng};
+
+/// Why a sample cannot be drawn.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// Fewer unused items remain than a sample needs.
+    #[error("the hidden pool is exhausted: {remaining} unused items, {wanted} needed")]
+    Exhausted {
+        /// Items never used.
+        remaining: usize,
+        /// Items one sample takes.
+        wanted: usize,
+    },
+    /// A sample of no items.
+    #[error("a sample needs at least one item")]
+    EmptySample,
+}
+
+/// The items a validator evaluates on, each in its canonical bytes, in a fixed order.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    items: Vec<Vec<u8>>,
+    root: Hash,
+}
+
+impl Pool {
+    /// A pool of `items`; its root commits to every item and their order.
+    pub fn new(items: Vec<Vec<u8>>) -> Pool {
+        let root = merkle::merkle_root(&items);
+        Pool { items, root }
+    }
+
+    /// The Merkle root published on chain before any submission.
+    pub fn root(&self) -> Hash {
+        self.root
+    }
+
+    /// Items in the pool.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the pool has no items.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Item `i`'s bytes.
+    pub fn item(&self, i: u32) -> Option<&[u8]> {
+        self.items.get(i as usize).map(Vec::as_slice)
+    }
+
+    /// Draws `k` distinct items, none of them in `retired`, determined by `seed` alone: the
+    /// unused indices in ascending order, shuffled by a partial Fisher–Yates with ChaCha8
+    /// seeded from `seed`; the first `k`, sorted. The caller retires them.
+    pub fn draw(
+        &self,
+        seed: Hash,
+        k: usize,
+        retired: &BTreeSet<u32>,
+    ) -> Result<Vec<u32>, PoolError> {
+        if k == 0 {
+            return Err(PoolError::EmptySample);
+        }
+        let mut unused: Vec<u32> = (0..self.items.len() as u32)
+            .filter(|i| !retired.contains(i))
+            .collect();
+        if unused.len() < k {
+            return Err(PoolError::Exhausted {
+                remaining: unused.len(),
+                wanted: k,
+            });
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(seed.0);
+        for i in 0..k {
+            let j = rng.random_range(i..unused.len());
+            unused.swap(i, j);
+        }
+        let mut sample = unused[..k].to_vec();
+        sample.sort_unstable();
+        Ok(sample)
+    }
+}
+
+/// The seed of one evaluation (see the module documentation).
+pub fn evaluation_seed(candidate_block: &Hash, pool_root: &Hash, proof_head: &Hash) -> Hash {
+    let mut bytes = Vec::with_capacity(14 + 96);
+    bytes.extend_from_slice(b"blyan-pol-seed");
+    bytes.extend_from_slice(&candidate_block.0);
+    bytes.extend_from_slice(&pool_root.0);
+    bytes.extend_from_slice(&proof_head.0);
+    Hash::of(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> Pool {
+        Pool::new((0..n).map(|i| format!("item {i}").into_bytes()).collect())
+    }
+
+    #[test]
+    fn draws_are_deterministic_distinct_and_never_reuse() {
+        let p = pool(100);
+        let seed = evaluation_seed(&Hash::of(b"c"), &p.root(), &Hash::ZERO);
+        let a = p.draw(seed, 30, &BTreeSet::new()).unwrap();
+        assert_eq!(a, p.draw(seed, 30, &BTreeSet::new()).unwrap());
+        assert_eq!(a.iter().collect::<BTreeSet<_>>().len(), 30);
+        let mut retired: BTreeSet<u32> = a.iter().copied().collect();
+        let other = evaluation_seed(&Hash::of(b"c"), &p.root(), &Hash::of(b"next verdict"));
+        assert_ne!(other, seed);
+        let b = p.draw(other, 30, &retired).unwrap();
+        assert!(b.iter().all(|i| !retired.contains(i)));
+        retired.extend(&b);
+        let c = p.draw(seed, 40, &retired).unwrap();
+        retired.extend(&c);
+        assert_eq!(retired.len(), 100);
+        assert_eq!(
+            p.draw(seed, 1, &retired),
+            Err(PoolError::Exhausted {
+                remaining: 0,
+                wanted: 1
+            })
+        );
+        assert_eq!(
+            p.draw(seed, 0, &BTreeSet::new()),
+            Err(PoolError::EmptySample)
+        );
+    }
+
+    #[test]
+    fn the_root_commits_to_items_and_order() {
+        let mut items: Vec<Vec<u8>> = (0..5).map(|i| vec![i]).collect();
+        let root = Pool::new(items.clone()).root();
+        items.swap(0, 1);
+        assert_ne!(Pool::new(items.clone()).root(), root);
+        items.swap(0, 1);
+        items[4] = vec![9];
+        assert_ne!(Pool::new(items).root(), root);
+    }
+
+    #[test]
+    fn every_item_is_equally_likely() {
+        let p = pool(20);
+        let mut counts = [0u32; 20];
+        for s in 0..4000u32 {
+            for i in p
+                .draw(Hash::of(&s.to_le_bytes()), 5, &BTreeSet::new())
+                .unwrap()
+            {
+                counts[i as usize] += 1;
+            }
+        }
+        // 4000 draws × 5 / 20 = 1000 each; binomial sd ≈ 27.
+        assert!(
+            counts.iter().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
+    }
+}
