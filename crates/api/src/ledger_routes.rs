@@ -108,7 +108,7 @@ pub(crate) struct TransferRequest {
 pub(crate) async fn transfer(
     State(node): State<Arc<Node>>,
     billed: Billed<TransferRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let Billed { value, caller, .. } = billed;
     let amount = parse_amount(&value.amount).map_err(|e| ApiError::from(NodeError::Ledger(e)))?;
     let receipt = blocking(move || {
@@ -123,7 +123,7 @@ pub(crate) async fn transfer(
         )
     })
     .await?;
-    Ok((StatusCode::OK, Json(json!(receipt))))
+    Ok(Json(json!(receipt)))
 }
 
 /// `GET /ledger/audit`: the audit report; local callers only.

@@ -508,27 +508,15 @@ impl Ledger {
             if !account_exists(tx, &to)? {
                 insert_account(tx, to, None, AccountKind::External, now_ms)?;
             }
-            let (tx_id, seq) = post(
+            transfer_in(
                 tx,
-                &[Leg {
-                    kind: PostingKind::Mint,
-                    debit: SystemAccount::Emission.address(),
-                    debit_book: Book::Available,
-                    credit: to,
-                    credit_book: Book::Available,
-                    amount,
-                }],
-                reference,
-                now_ms,
-            )?;
-            Ok(TransferReceipt {
-                tx: tx_id,
-                seq,
-                from: SystemAccount::Emission.address(),
+                SystemAccount::Emission.address(),
                 to,
                 amount,
-                replayed: false,
-            })
+                PostingKind::Mint,
+                reference,
+                now_ms,
+            )
         })
     }
 
@@ -580,7 +568,7 @@ impl Ledger {
                 cap: econ.supply_cap,
                 unminted,
                 burned,
-                circulating: circulating_in(tx, econ)?,
+                circulating: circulating(econ, unminted, burned)?,
                 postings,
                 accounts: u64_of(accounts)?,
             })
@@ -822,6 +810,11 @@ fn book_balance(
 pub(crate) fn circulating_in(tx: &mut dyn Tx, econ: Economics) -> Result<Amount, LedgerError> {
     let unminted = balance_in(tx, SystemAccount::Emission.address())?.available;
     let burned = balance_in(tx, SystemAccount::Burn.address())?.available;
+    circulating(econ, unminted, burned)
+}
+
+/// The supply in circulation: the cap less what is unminted and what is burned.
+fn circulating(econ: Economics, unminted: Amount, burned: Amount) -> Result<Amount, LedgerError> {
     econ.supply_cap
         .checked_sub(unminted)
         .and_then(|a| a.checked_sub(burned))

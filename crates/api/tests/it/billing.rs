@@ -493,3 +493,48 @@ async fn ledger_routes_read_and_transfer() {
     assert!(metrics.contains("blyan_ledger_refusals_total{code=\"insufficient_funds\"} 1"));
     assert!(metrics.contains("blyan_ledger_unanchored_postings 0"));
 }
+
+#[tokio::test]
+async fn a_fee_pool_left_nonempty_takes_the_ledger_down() {
+    let net = net();
+    let node = net.node.clone();
+    let health = tokio::task::spawn_blocking(move || node.probe(1))
+        .await
+        .expect("join")
+        .expect("probe");
+    let ledger = health
+        .components
+        .iter()
+        .find(|c| c.name == "ledger")
+        .expect("ledger component");
+    assert_eq!(ledger.readiness, 1.0, "{}", ledger.detail);
+    // A split gone wrong would leave fees in the pool.
+    net.node
+        .ledger()
+        .store()
+        .write(&mut |tx| {
+            tx.exec(
+                "UPDATE balances SET amount = 5 WHERE address = $1 AND book = 0",
+                &[SystemAccount::FeePool.address().to_hex_lower().into()],
+            )?;
+            Ok(())
+        })
+        .expect("tamper");
+    let node = net.node.clone();
+    let health = tokio::task::spawn_blocking(move || node.probe(2))
+        .await
+        .expect("join")
+        .expect("probe");
+    let ledger = health
+        .components
+        .iter()
+        .find(|c| c.name == "ledger")
+        .expect("ledger component");
+    assert_eq!(ledger.readiness, 0.0);
+    assert!(
+        ledger.detail.contains("fee pool holds 5"),
+        "{}",
+        ledger.detail
+    );
+    assert_ne!(health.stage, blyan_node::Stage::Release);
+}
