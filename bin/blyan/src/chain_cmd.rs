@@ -95,6 +95,9 @@ fn show(store: &Store, hash: Hash, json: bool) -> anyhow::Result<()> {
                 .collect::<Result<Vec<_>, _>>()?;
             serde_json::json!({ "first_seq": batch.first_seq, "root": batch.root, "postings": postings })
         }
+        BlockKind::PoolCommit => serde_json::to_value(blyan_chain::PoolCommit::decode(&payload)?)?,
+        BlockKind::Verdict => serde_json::to_value(blyan_chain::Verdict::decode(&payload)?)?,
+        BlockKind::Migration => serde_json::to_value(blyan_chain::Migration::decode(&payload)?)?,
         BlockKind::Expert | BlockKind::Router | BlockKind::Dense => {
             let set = TensorSet::parse(&payload)?;
             let tensors: Vec<_> = set

@@ -8,6 +8,7 @@ mod generate_cmd;
 mod interop_cmd;
 mod ledger_cmd;
 mod node_cmd;
+mod pol_cmd;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -65,6 +66,17 @@ enum Command {
     /// BLY balances, transfers, history, supply, anchoring and the audit.
     #[command(subcommand)]
     Ledger(ledger_cmd::LedgerCommand),
+    /// Submit a candidate expert for Proof of Learning.
+    Submit(pol_cmd::SubmitArgs),
+    /// Proof of Learning: the hidden pool, status, verification and replication.
+    #[command(subcommand)]
+    Pol(pol_cmd::PolCommand),
+    /// Export a public split of the corpus.
+    #[command(subcommand)]
+    Corpus(pol_cmd::CorpusCommand),
+    /// Manage expert versions.
+    #[command(subcommand)]
+    Expert(pol_cmd::ExpertCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +91,10 @@ struct InitArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// The corpus whose hidden split becomes the Proof-of-Learning pool (skipped with a
+    /// note when the file is absent).
+    #[arg(long, default_value = pol_cmd::CORPUS_DEFAULT)]
+    corpus: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +145,10 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
         Command::Export(cmd) => interop_cmd::export(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
         Command::Train(cmd) => train_cmd::run(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
         Command::Chain(cmd) => chain_cmd::run(&open_store(&data_dir)?, cmd),
+        Command::Submit(args) => pol_cmd::submit(&data_dir, url, args),
+        Command::Pol(cmd) => pol_cmd::run(&data_dir, url, cmd),
+        Command::Corpus(cmd) => pol_cmd::corpus(cmd),
+        Command::Expert(cmd) => pol_cmd::expert(&data_dir, url, cmd),
     }
 }
 
@@ -159,6 +179,19 @@ fn init(
     let count = blocks.len();
     let bytes: u64 = blocks.iter().map(|b| b.header.payload_len).sum();
     let outcome = genesis::init(&store, blocks)?;
+    let pool = if blyan_pol::record::PolRecord::read(&store)?.commit.is_some() {
+        None
+    } else if args.corpus.exists() {
+        Some(pol_cmd::build_pool(&store, data_dir, &args.corpus)?)
+    } else {
+        if !args.json {
+            println!(
+                "no corpus at {}: Proof of Learning needs a hidden pool (`blyan pol pool --corpus FILE`)",
+                args.corpus.display()
+            );
+        }
+        None
+    };
     let (created, network) = match outcome {
         InitOutcome::Created { network } => (true, network),
         InitOutcome::AlreadyPresent { network } => (false, network),
@@ -173,6 +206,7 @@ fn init(
             "blocks": count,
             "payload_bytes": bytes,
             "data_dir": data_dir,
+            "pool": pool.as_ref().map(|(hash, c)| serde_json::json!({"block": hash, "root": c.root, "items": c.items})),
             "ledger": {
                 "backend": ledger.ledger.store().backend(),
                 "location": ledger.ledger.store().location(),
@@ -184,6 +218,12 @@ fn init(
         println!("{out}");
     } else if created {
         println!("created network {network} in {}", data_dir.display());
+        if let Some((_, c)) = &pool {
+            println!(
+                "hidden pool: {} items of {} tokens committed on chain P (root {})",
+                c.items, c.item_tokens, c.root
+            );
+        }
         println!(
             "{count} genesis blocks, {:.1} MB of payload",
             bytes as f64 / 1e6
@@ -226,6 +266,7 @@ fn up(
                 random_weights: false,
                 seed: GENESIS_SEED,
                 json: false,
+                corpus: pol_cmd::CORPUS_DEFAULT.into(),
             },
         )? {
             InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => network,

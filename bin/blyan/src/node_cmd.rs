@@ -7,7 +7,7 @@ use blyan_node::{ConfigLayer, Node, NodeConfig};
 
 /// Settings of `blyan node` / `blyan up`. Each overrides the environment variable named
 /// beside it, which overrides the config file, which overrides the defaults.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub(crate) struct NodeArgs {
     /// TOML config file [default: DATA_DIR/blyan.toml if it exists].
     #[arg(long, env = "BLYAN_CONFIG", value_name = "FILE")]
@@ -34,6 +34,9 @@ pub(crate) struct NodeArgs {
     /// Seconds between anchoring rounds of ledger postings on the chain; 0 never [default: 60].
     #[arg(long, env = "BLYAN_ANCHOR_INTERVAL_S")]
     anchor_interval_s: Option<u64>,
+    /// Proof-of-Learning mode: pol, hybrid or pow [default: pol].
+    #[arg(long, env = "BLYAN_POL_MODE", value_parser = ["pol", "hybrid", "pow"])]
+    pol_mode: Option<String>,
 }
 
 impl NodeArgs {
@@ -47,13 +50,14 @@ impl NodeArgs {
             expert_cache_mib: self.expert_cache_mib,
             max_batch: self.max_batch,
             max_active: self.max_active,
+            pol_mode: self.pol_mode.clone(),
             ..ConfigLayer::default()
         }
     }
 }
 
 /// The settings: defaults, then the config file, then environment and flags.
-fn node_config(
+pub(crate) fn node_config(
     data_dir: &Path,
     ledger_url: Option<&str>,
     args: &NodeArgs,

@@ -39,6 +39,7 @@ pub use openai::{ApiJson, MODEL_ID};
 /// The router of every endpoint, over `node`.
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config().body_limit_bytes;
+    let candidate_limit = node.candidate_len_max();
     Router::new()
         .route("/", get(ui::index))
         .route("/assets/{file}", get(ui::asset))
@@ -52,7 +53,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/experts", get(node_routes::experts))
         .route("/experts/serving", put(node_routes::serve_versions))
         .route("/pol/status", get(node_routes::pol_status))
-        .route("/pol/validate", post(node_routes::pol_validate))
+        .route(
+            "/pol/validate",
+            post(node_routes::pol_validate).layer(DefaultBodyLimit::max(candidate_limit)),
+        )
+        .route("/pol/replicate", post(node_routes::pol_replicate))
+        .route("/pol/proofs/{hash}/verify", get(node_routes::pol_verify))
         .route("/health", get(node_routes::health))
         .route("/health/live", get(node_routes::live))
         .route("/health/ready", get(node_routes::ready))

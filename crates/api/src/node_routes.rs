@@ -5,16 +5,23 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    body::Bytes,
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
+    http::request::Parts,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use blyan_chain::ChainId;
+use blyan_node::pol::Submission;
 use blyan_node::{Node, Stage};
-use blyan_primitives::{ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::billing::Caller;
 use crate::{ApiError, ApiJson, blocking};
 
 /// Blocks per page when the query does not say.
@@ -122,23 +129,89 @@ pub(crate) async fn serve_versions(
     Ok(Json(json!({"pins": info_node.info().pins})))
 }
 
-/// `GET /pol/status`.
-pub(crate) async fn pol_status() -> Json<Value> {
-    Json(json!({
-        "available": false,
-        "mode": null,
-        "reason": "Proof of Learning is not part of this build yet; candidates cannot be submitted",
-        "candidates": 0,
-    }))
+/// `GET /pol/status`: mode, thresholds, pool remaining, recent verdicts.
+pub(crate) async fn pol_status(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!(node.pol_status()))
 }
 
-/// `POST /pol/validate`.
-pub(crate) async fn pol_validate() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "pol_unavailable",
-        "Proof of Learning is not part of this build yet",
-    )
+/// Query of `POST /pol/validate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ValidateQuery {
+    /// The address paid for an accepted candidate.
+    contributor: String,
+    /// Proof-of-work nonce (hybrid mode).
+    pow_nonce: Option<u64>,
+}
+
+/// `POST /pol/validate?contributor=ADDR[&pow_nonce=N]`: the body is a candidate file
+/// (`application/octet-stream`, as `blyan train expert` writes it). Answers the verdict, or
+/// a refusal with a stable code when the candidate is rejected before evaluation.
+pub(crate) async fn pol_validate(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ValidateQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let contributor: Address = q
+        .contributor
+        .parse()
+        .map_err(|e| ApiError::invalid("contributor", format!("{:?}: {e}", q.contributor)))?;
+    if body.is_empty() {
+        return Err(ApiError::invalid(
+            "body",
+            "the body must be a candidate file",
+        ));
+    }
+    let submission = Submission {
+        candidate: body.to_vec(),
+        contributor,
+        pow_nonce: q.pow_nonce,
+    };
+    let report = blocking(move || node.pol_submit(submission, crate::unix_ms())).await?;
+    Ok(Json(json!(report)))
+}
+
+/// Body of `POST /pol/replicate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplicateRequest {
+    /// The accepted verdict to replicate.
+    proof: String,
+}
+
+/// `POST /pol/replicate`: replicate an accepted verdict on a fresh sample (local callers).
+pub(crate) async fn pol_replicate(
+    State(node): State<Arc<Node>>,
+    parts: Parts,
+    ApiJson(req): ApiJson<ReplicateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if !Caller::of(&parts)?.loopback {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "local_only",
+            "replications spend hidden-pool items; ask from the node's own machine",
+        ));
+    }
+    let proof: Hash = req
+        .proof
+        .parse()
+        .map_err(|e| ApiError::invalid("proof", format!("{:?}: {e}", req.proof)))?;
+    let report = blocking(move || node.pol_replicate(proof, crate::unix_ms())).await?;
+    Ok(Json(json!(report)))
+}
+
+/// `GET /pol/proofs/{hash}/verify`: recompute a verdict from the chain and the pool.
+pub(crate) async fn pol_verify(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(hash) = path?;
+    let proof: Hash = hash
+        .parse()
+        .map_err(|e| ApiError::invalid("hash", format!("{hash:?}: {e}")))?;
+    let check = blocking(move || node.pol_verify(proof)).await?;
+    Ok(Json(json!(check)))
 }
 
 /// `GET /health`: the latest Agent Checker verdict.

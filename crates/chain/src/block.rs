@@ -141,6 +141,12 @@ pub enum BlockKind {
     ChainGenesis = 4,
     /// Ledger chain: a batch of ledger postings under a Merkle root ([`crate::LedgerBatch`]).
     LedgerBatch = 5,
+    /// Proof chain: the hidden evaluation pool's commitment ([`crate::PoolCommit`]).
+    PoolCommit = 6,
+    /// Proof chain: a Proof-of-Learning verdict with its evidence ([`crate::Verdict`]).
+    Verdict = 7,
+    /// Param chain: an expert's default version moves to an older one ([`crate::Migration`]).
+    Migration = 8,
 }
 
 impl BlockKind {
@@ -151,6 +157,8 @@ impl BlockKind {
             BlockKind::Expert | BlockKind::Router | BlockKind::Dense => chain == ChainId::Param,
             BlockKind::ChainGenesis => matches!(chain, ChainId::Dataset | ChainId::Proof),
             BlockKind::LedgerBatch => chain == ChainId::Ledger,
+            BlockKind::PoolCommit | BlockKind::Verdict => chain == ChainId::Proof,
+            BlockKind::Migration => chain == ChainId::Param,
         }
     }
 
@@ -171,6 +179,9 @@ impl BlockKind {
             BlockKind::Dense => "dense",
             BlockKind::ChainGenesis => "chain_genesis",
             BlockKind::LedgerBatch => "ledger_batch",
+            BlockKind::PoolCommit => "pool_commit",
+            BlockKind::Verdict => "verdict",
+            BlockKind::Migration => "migration",
         }
     }
 }

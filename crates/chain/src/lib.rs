@@ -12,6 +12,7 @@ pub mod dag;
 mod error;
 pub mod genesis;
 mod ledger;
+mod proof;
 pub mod spec;
 mod store;
 mod validate;
@@ -23,6 +24,7 @@ pub use block::{
 };
 pub use error::{BlockError, ChainError};
 pub use ledger::{LEDGER_BATCH_POSTINGS_MAX, LEDGER_POSTING_LEN_MAX, LedgerBatch};
+pub use proof::{Migration, PROOF_TEXT_MAX, PolMode, PoolCommit, VERDICT_ITEMS_MAX, Verdict};
 pub use store::{BlockSummary, Payload, Store};
 pub use validate::{CheckedBlock, ValidBlock};
 pub use verify::{VerifyFailure, VerifyMode, VerifyReport};

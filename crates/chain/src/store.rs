@@ -439,6 +439,16 @@ impl<'t> Tables<'t> {
             self.versions.insert((name, next), valid.hash.0)?;
             self.group_heads.insert(name, valid.hash.0)?;
         }
+        if h.kind == BlockKind::Migration {
+            // Validation checked the payload against this same transaction's state.
+            let m = crate::Migration::decode(&valid.block.payload).map_err(|e| {
+                ChainError::Invalid {
+                    block: valid.hash,
+                    error: e,
+                }
+            })?;
+            self.group_heads.insert(m.group.as_str(), m.to.0)?;
+        }
         Ok(())
     }
 }
@@ -454,6 +464,10 @@ impl ChainView for Tables<'_> {
 
     fn has_versions(&self, group: &str) -> Result<bool, ChainError> {
         Ok(self.group_heads.get(group)?.is_some())
+    }
+
+    fn group_head(&self, group: &str) -> Result<Option<Hash>, ChainError> {
+        Ok(self.group_heads.get(group)?.map(|v| Hash(v.value())))
     }
 
     fn layout(&self, spec_block: &Hash) -> Result<Layout, ChainError> {

@@ -10,6 +10,7 @@ use blyan_tensor::{TensorDesc, TensorSet};
 use crate::block::NAME_LEN_MAX;
 use crate::genesis::ChainGenesis;
 use crate::ledger::LedgerBatch;
+use crate::proof::{Migration, PoolCommit, Verdict};
 use crate::spec::{MetaPayload, TensorGroup};
 use crate::{
     Block, BlockError, BlockHeader, BlockKind, ChainError, ChainId, DEPENDS_ON_MAX, FORMAT_VERSION,
@@ -132,6 +133,9 @@ fn check_payload(h: &BlockHeader, payload: &[u8]) -> Result<(), BlockError> {
         BlockKind::Spec => MetaPayload::decode(payload).map(drop),
         BlockKind::ChainGenesis => ChainGenesis::decode(payload).map(drop),
         BlockKind::LedgerBatch => LedgerBatch::decode(payload).map(drop),
+        BlockKind::PoolCommit => PoolCommit::decode(payload).map(drop),
+        BlockKind::Verdict => Verdict::decode(payload).map(drop),
+        BlockKind::Migration => Migration::decode(payload).map(drop),
         BlockKind::Expert | BlockKind::Router | BlockKind::Dense => Ok(()),
     }
 }
@@ -169,6 +173,7 @@ pub(crate) trait ChainView {
     fn header(&self, hash: &Hash) -> Result<Option<BlockHeader>, ChainError>;
     fn head(&self, chain: ChainId) -> Result<Option<(u64, Hash)>, ChainError>;
     fn has_versions(&self, group: &str) -> Result<bool, ChainError>;
+    fn group_head(&self, group: &str) -> Result<Option<Hash>, ChainError>;
     fn layout(&self, spec_block: &Hash) -> Result<Arc<BTreeMap<String, TensorGroup>>, ChainError>;
 }
 
@@ -251,10 +256,59 @@ pub(crate) fn validate(
             }));
         }
     }
+    if h.kind == BlockKind::Migration {
+        check_migration(h, &checked.block.payload, &parents, view).map_err(invalid)?;
+    }
     Ok(ValidBlock {
         block: checked.block,
         hash,
     })
+}
+
+/// A migration moves an existing group's head from the version it serves now to another
+/// version of the same group, which it names among its parents.
+fn check_migration(
+    h: &BlockHeader,
+    payload: &[u8],
+    parents: &[BlockHeader],
+    view: &impl ChainView,
+) -> Result<(), BlockError> {
+    let m = Migration::decode(payload)?;
+    let bad = |reason: String| BlockError::MalformedPayload { reason };
+    if m.group != h.meta.name {
+        return Err(bad(format!(
+            "the migration names group {}, its header {}",
+            m.group, h.meta.name
+        )));
+    }
+    let head = view
+        .group_head(&m.group)
+        .map_err(|e| bad(e.to_string()))?
+        .ok_or_else(|| BlockError::UnknownGroup {
+            name: m.group.clone(),
+        })?;
+    if head != m.from {
+        return Err(bad(format!(
+            "the migration starts from {}, but {} serves {head}",
+            m.from, m.group
+        )));
+    }
+    let target = h
+        .depends_on
+        .iter()
+        .zip(parents)
+        .find(|(hash, _)| **hash == m.to)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            bad(format!(
+                "the migration target {} is not among its parents",
+                m.to
+            ))
+        })?;
+    if !target.kind.has_tensors() || target.chain != ChainId::Param || target.meta.name != m.group {
+        return Err(bad(format!("{} is not a version of {}", m.to, m.group)));
+    }
+    Ok(())
 }
 
 fn check_against_spec(

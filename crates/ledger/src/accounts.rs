@@ -22,17 +22,21 @@ pub enum SystemAccount {
     ValidatorPool = 5,
     /// Destroyed supply; can never pay.
     Burn = 6,
+    /// Learning rewards minted at acceptance but not yet vested: released to the
+    /// contributor when the verdict replicates, burned when it does not.
+    Vesting = 7,
 }
 
 impl SystemAccount {
     /// Every system account.
-    pub const ALL: [SystemAccount; 6] = [
+    pub const ALL: [SystemAccount; 7] = [
         SystemAccount::Treasury,
         SystemAccount::Emission,
         SystemAccount::FeePool,
         SystemAccount::RoyaltyPool,
         SystemAccount::ValidatorPool,
         SystemAccount::Burn,
+        SystemAccount::Vesting,
     ];
 
     /// The account's address.
@@ -51,6 +55,7 @@ impl SystemAccount {
             SystemAccount::RoyaltyPool => "royalty_pool",
             SystemAccount::ValidatorPool => "validator_pool",
             SystemAccount::Burn => "burn",
+            SystemAccount::Vesting => "vesting",
         }
     }
 

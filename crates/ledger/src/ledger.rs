@@ -195,6 +195,18 @@ impl Ledger {
                         ),
                     ));
                 }
+                // System accounts added by later versions (vesting) open empty.
+                for s in SystemAccount::ALL {
+                    if !account_exists(tx, &s.address())? {
+                        insert_account(
+                            tx,
+                            s.address(),
+                            Some(s.name()),
+                            AccountKind::System,
+                            now_ms,
+                        )?;
+                    }
+                }
                 return Ok(false);
             }
             tx.exec(
@@ -446,7 +458,10 @@ impl Ledger {
         if let Some(s) = SystemAccount::of(to)
             && !matches!(
                 s,
-                SystemAccount::Treasury | SystemAccount::ValidatorPool | SystemAccount::RoyaltyPool
+                SystemAccount::Treasury
+                    | SystemAccount::ValidatorPool
+                    | SystemAccount::RoyaltyPool
+                    | SystemAccount::Vesting
             )
         {
             return Err(LedgerError::refused(
@@ -514,6 +529,49 @@ impl Ledger {
                 to,
                 amount,
                 PostingKind::Mint,
+                reference,
+                now_ms,
+            )
+        })
+    }
+
+    /// Settles `amount` held in the vesting account: to `to` when the reward vests, to the
+    /// burn account when it is withdrawn (`to = None`).
+    pub fn settle_vesting(
+        &self,
+        to: Option<Address>,
+        amount: Amount,
+        reference: &str,
+        now_ms: u64,
+    ) -> Result<TransferReceipt, LedgerError> {
+        check_reference(reference)?;
+        if amount.is_zero() {
+            return Err(LedgerError::refused(
+                Refusal::ZeroAmount,
+                "the amount must be above zero",
+            ));
+        }
+        let (to, kind) = match to {
+            Some(a) if SystemAccount::of(a).is_some() => {
+                return Err(LedgerError::refused(
+                    Refusal::SystemAccount,
+                    format!("vested rewards are paid to contributors, not to {a}"),
+                ));
+            }
+            Some(a) => (a, PostingKind::Transfer),
+            None => (SystemAccount::Burn.address(), PostingKind::Burn),
+        };
+        sql::write(&*self.store, |tx| {
+            require_init(tx)?;
+            if !account_exists(tx, &to)? {
+                insert_account(tx, to, None, AccountKind::External, now_ms)?;
+            }
+            transfer_in(
+                tx,
+                SystemAccount::Vesting.address(),
+                to,
+                amount,
+                kind,
                 reference,
                 now_ms,
             )

@@ -62,6 +62,8 @@ pub struct NodeConfig {
     /// Seconds between anchoring rounds of new ledger postings on the chain (0: never; anchor
     /// with `blyan ledger anchor`).
     pub anchor_interval_s: u64,
+    /// Proof of Learning (the `pol_*` keys).
+    pub pol: crate::pol::PolSettings,
 }
 
 impl Default for NodeConfig {
@@ -81,6 +83,7 @@ impl Default for NodeConfig {
             ledger_url: None,
             loopback_account: blyan_ledger::OPERATOR.to_owned(),
             anchor_interval_s: 60,
+            pol: crate::pol::PolSettings::default(),
         }
     }
 }
@@ -113,6 +116,26 @@ pub struct ConfigLayer {
     pub loopback_account: Option<String>,
     /// See [`NodeConfig::anchor_interval_s`].
     pub anchor_interval_s: Option<u64>,
+    /// `pol`, `hybrid` or `pow`.
+    pub pol_mode: Option<String>,
+    /// Significance level, percent: 1 or 5.
+    pub pol_alpha_percent: Option<u8>,
+    /// Minimum mean gain per routed item, micro-nats.
+    pub pol_min_effect_micro: Option<i64>,
+    /// Largest mixture regression tolerated, basis points.
+    pub pol_mixture_tolerance_bps: Option<u32>,
+    /// Items drawn per evaluation.
+    pub pol_sample_items: Option<usize>,
+    /// Largest relative change of an expert, millionths of the parent's norm.
+    pub pol_delta_norm_max_ppm: Option<u64>,
+    /// Leading zero bits of the hybrid-mode stamp.
+    pub pol_pow_bits: Option<u32>,
+    /// Evaluator threads (0: one per core).
+    pub pol_threads: Option<usize>,
+    /// Items per rewarded validation batch.
+    pub pol_batch_items: Option<usize>,
+    /// Replicate pending acceptances after each verdict.
+    pub pol_auto_replicate: Option<bool>,
 }
 
 impl ConfigLayer {
@@ -167,6 +190,37 @@ impl NodeConfig {
         if let Some(v) = layer.anchor_interval_s {
             self.anchor_interval_s = v;
         }
+        if let Some(v) = &layer.pol_mode {
+            self.pol.mode = v.parse().map_err(NodeError::Config)?;
+        }
+        let p = &mut self.pol;
+        if let Some(v) = layer.pol_alpha_percent {
+            p.alpha_percent = v;
+        }
+        if let Some(v) = layer.pol_min_effect_micro {
+            p.min_effect_micro = v;
+        }
+        if let Some(v) = layer.pol_mixture_tolerance_bps {
+            p.mixture_tolerance_bps = v;
+        }
+        if let Some(v) = layer.pol_sample_items {
+            p.sample_items = v;
+        }
+        if let Some(v) = layer.pol_delta_norm_max_ppm {
+            p.delta_norm_max_ppm = v;
+        }
+        if let Some(v) = layer.pol_pow_bits {
+            p.pow_bits = v;
+        }
+        if let Some(v) = layer.pol_threads {
+            p.threads = v;
+        }
+        if let Some(v) = layer.pol_batch_items {
+            p.batch_items = v;
+        }
+        if let Some(v) = layer.pol_auto_replicate {
+            p.auto_replicate = v;
+        }
         self.check()
     }
 
@@ -204,6 +258,34 @@ impl NodeConfig {
         range("probe_interval_s", self.probe_interval_s, 1, 3600)?;
         range("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)?;
         range("anchor_interval_s", self.anchor_interval_s, 0, 86_400)?;
+        if !matches!(self.pol.alpha_percent, 1 | 5) {
+            return Err(NodeError::Config(format!(
+                "pol_alpha_percent = {} must be 1 or 5",
+                self.pol.alpha_percent
+            )));
+        }
+        range(
+            "pol_min_effect_micro",
+            self.pol.min_effect_micro.max(-1) as u64,
+            0,
+            1_000_000_000,
+        )?;
+        range(
+            "pol_mixture_tolerance_bps",
+            u64::from(self.pol.mixture_tolerance_bps),
+            0,
+            10_000,
+        )?;
+        range("pol_sample_items", self.pol.sample_items as u64, 2, 65_536)?;
+        range(
+            "pol_delta_norm_max_ppm",
+            self.pol.delta_norm_max_ppm,
+            1,
+            100_000_000,
+        )?;
+        range("pol_pow_bits", u64::from(self.pol.pow_bits), 0, 40)?;
+        range("pol_threads", self.pol.threads as u64, 0, 256)?;
+        range("pol_batch_items", self.pol.batch_items as u64, 1, 65_536)?;
         if self.loopback_account.len() > 64 {
             return Err(NodeError::Config(
                 "loopback_account is an account name or address".into(),

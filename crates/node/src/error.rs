@@ -64,6 +64,14 @@ pub enum NodeError {
     /// The ledger refused or failed an operation.
     #[error(transparent)]
     Ledger(#[from] blyan_ledger::LedgerError),
+    /// Proof of Learning refused a submission or replication before a verdict.
+    #[error("{message}")]
+    Pol {
+        /// The stable reason.
+        refusal: crate::pol::PolRefusal,
+        /// What happened, for people.
+        message: String,
+    },
     /// File-system work failed.
     #[error("{context}: {source}")]
     Io {
@@ -99,6 +107,7 @@ impl NodeError {
             NodeError::Io { .. } => "io",
             NodeError::Ledger(e) => e.code(),
             NodeError::Unauthorized(_) => "missing_api_key",
+            NodeError::Pol { refusal, .. } => refusal.code(),
         }
     }
 
@@ -110,6 +119,7 @@ impl NodeError {
             | NodeError::InvalidParameter { .. }
             | NodeError::ContextLengthExceeded { .. } => true,
             NodeError::Ledger(e) => e.refusal().is_some_and(|r| r.http_status() < 500),
+            NodeError::Pol { refusal, .. } => refusal.http_status() < 500,
             _ => false,
         }
     }

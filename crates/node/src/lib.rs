@@ -13,6 +13,7 @@ mod config;
 mod error;
 mod metrics;
 mod node;
+pub mod pol;
 
 pub use checker::{
     AgentChecker, ComponentHealth, ComponentReport, Health, SAVE_EVERY, Stage, StageChange,

@@ -51,6 +51,7 @@ pub struct Metrics {
     component_readiness: GaugeVec,
     ledger_postings: IntCounterVec,
     ledger_refusals: IntCounterVec,
+    pol_verdicts: IntCounterVec,
     billing_duration: HistogramVec,
     ledger_total_postings: IntGauge,
     ledger_supply: IntGaugeVec,
@@ -183,6 +184,14 @@ impl Metrics {
                 &["code"],
             )
             .map_err(metric_error)?,
+            pol_verdicts: IntCounterVec::new(
+                Opts::new(
+                    "blyan_pol_verdicts_total",
+                    "Proof-of-Learning verdicts this node made, by reason code.",
+                ),
+                &["reason"],
+            )
+            .map_err(metric_error)?,
             billing_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "blyan_billing_duration_seconds",
@@ -216,6 +225,8 @@ impl Metrics {
         r.register(Box::new(m.ledger_postings.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.ledger_refusals.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.pol_verdicts.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.billing_duration.clone()))
             .map_err(metric_error)?;
@@ -276,6 +287,11 @@ impl Metrics {
     /// Counts a refusal by its stable code.
     pub(crate) fn ledger_refused(&self, code: &str) {
         self.ledger_refusals.with_label_values(&[code]).inc();
+    }
+
+    /// Counts a Proof-of-Learning verdict by its reason code.
+    pub(crate) fn record_pol_verdict(&self, reason: &str) {
+        self.pol_verdicts.with_label_values(&[reason]).inc();
     }
 
     /// Records the time one billing step took.

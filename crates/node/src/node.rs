@@ -81,6 +81,9 @@ pub struct Node {
     pub(crate) loopback_payer: Option<Address>,
     /// Serialises anchoring rounds.
     pub(crate) anchoring: Mutex<()>,
+    /// Proof of Learning: chain P's record, the hidden pool, recent verdicts. Held through
+    /// each evaluation, which serialises them.
+    pub(crate) pol: Mutex<crate::pol::PolState>,
 }
 
 /// What to generate, as the API receives it.
@@ -188,7 +191,9 @@ impl Node {
                     .map_err(|e| NodeError::Config(format!("loopback_account {who:?}: {e}")))?,
             ),
         };
+        let pol = crate::pol::load_state(&store, data_dir)?;
         Ok(Node {
+            pol: Mutex::new(pol),
             ledger: setup.ledger,
             operator: setup.operator,
             loopback_payer,
@@ -253,6 +258,11 @@ impl Node {
             started_ms: self.started_ms,
             version: env!("CARGO_PKG_VERSION"),
         }
+    }
+
+    /// The expert versions served instead of the heads.
+    pub(crate) fn pins(&self) -> BTreeMap<ExpertId, Hash> {
+        self.serving().pins.clone()
     }
 
     fn serving(&self) -> Arc<Serving> {

@@ -9,10 +9,18 @@
 
 #![warn(missing_docs)]
 
+pub mod eval;
+mod judge;
 mod pool;
+pub mod record;
+pub mod snapshot;
 mod stats;
 
-pub use pool::{Pool, PoolError, evaluation_seed};
+pub use judge::{
+    Judgement, Reason, Rules, delta_norm_ppm, judge, leading_zero_bits, pow_ok, pow_solve,
+    pow_stamp,
+};
+pub use pool::{Pool, PoolError, decode_item, encode_item, evaluation_seed};
 pub use stats::{
     Alpha, DIFF_MAX, Decision, ITEMS_MAX, PairedSums, StatsError, Thresholds, decide,
     t_critical_micro,

@@ -1,10 +1,11 @@
 //! The hidden evaluation pool: items committed to by a Merkle root, and samples drawn from
 //! the items not yet used, with a seed that exists only once the candidate is committed.
 //!
-//! The seed of an evaluation is `SHA-256("blyan-pol-seed" || candidate block || pool root ||
-//! proof-chain head)`: the candidate block must be on chain before its hash exists, and the
+//! The seed of an evaluation is `SHA-256("blyan-pol-seed" || candidate payload hash || pool
+//! root || proof-chain head)`: the candidate's bytes are fixed before the seed exists, the
 //! proof-chain head changes with every verdict, so a contributor cannot choose a candidate for
-//! a sample, and the same candidate evaluated again later draws a different one.
+//! a sample, and the same candidate evaluated again later (a replication) draws a different
+//! one. The verdict block extends exactly that head, so anyone can recompute the draw.
 
 use std::collections::BTreeSet;
 
@@ -56,6 +57,61 @@ impl Pool {
         self.items.is_empty()
     }
 
+    /// A pool of the consecutive, non-overlapping windows of `item_tokens` tokens in
+    /// `tokens` (a shorter tail is dropped), each encoded by [`encode_item`].
+    pub fn from_tokens(tokens: &[u32], item_tokens: usize) -> Pool {
+        Pool::new(
+            tokens
+                .chunks_exact(item_tokens.max(1))
+                .map(encode_item)
+                .collect(),
+        )
+    }
+
+    /// Item `i`'s tokens.
+    pub fn tokens(&self, i: u32) -> Option<Vec<u32>> {
+        self.item(i).map(decode_item)
+    }
+
+    /// The pool file's bytes: `BLYPOOL1`, the item count and each item's length-prefixed
+    /// bytes, all integers little-endian u32.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(12 + self.items.iter().map(|i| 4 + i.len()).sum::<usize>());
+        out.extend_from_slice(POOL_MAGIC);
+        out.extend_from_slice(&(self.items.len() as u32).to_le_bytes());
+        for item in &self.items {
+            out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+            out.extend_from_slice(item);
+        }
+        out
+    }
+
+    /// Parses a pool file.
+    pub fn decode(bytes: &[u8]) -> Result<Pool, String> {
+        let rest = bytes
+            .strip_prefix(POOL_MAGIC.as_slice())
+            .ok_or("not a pool file (bad magic)")?;
+        let mut at = 0usize;
+        let u32_at = |at: &mut usize| -> Result<usize, String> {
+            let b = rest.get(*at..*at + 4).ok_or("the pool file is truncated")?;
+            *at += 4;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let count = u32_at(&mut at)?;
+        let mut items = Vec::with_capacity(count.min(rest.len() / 4));
+        for _ in 0..count {
+            let len = u32_at(&mut at)?;
+            let item = rest.get(at..at + len).ok_or("the pool file is truncated")?;
+            items.push(item.to_vec());
+            at += len;
+        }
+        if at != rest.len() {
+            return Err("the pool file has trailing bytes".into());
+        }
+        Ok(Pool::new(items))
+    }
+
     /// Item `i`'s bytes.
     pub fn item(&self, i: u32) -> Option<&[u8]> {
         self.items.get(i as usize).map(Vec::as_slice)
@@ -93,11 +149,27 @@ impl Pool {
     }
 }
 
+/// Magic bytes of a pool file.
+const POOL_MAGIC: &[u8; 8] = b"BLYPOOL1";
+
+/// An item's canonical bytes: its token ids as little-endian u32.
+pub fn encode_item(tokens: &[u32]) -> Vec<u8> {
+    tokens.iter().flat_map(|t| t.to_le_bytes()).collect()
+}
+
+/// The token ids of an item's canonical bytes (a trailing partial id is ignored).
+pub fn decode_item(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// The seed of one evaluation (see the module documentation).
-pub fn evaluation_seed(candidate_block: &Hash, pool_root: &Hash, proof_head: &Hash) -> Hash {
+pub fn evaluation_seed(candidate: &Hash, pool_root: &Hash, proof_head: &Hash) -> Hash {
     let mut bytes = Vec::with_capacity(14 + 96);
     bytes.extend_from_slice(b"blyan-pol-seed");
-    bytes.extend_from_slice(&candidate_block.0);
+    bytes.extend_from_slice(&candidate.0);
     bytes.extend_from_slice(&pool_root.0);
     bytes.extend_from_slice(&proof_head.0);
     Hash::of(&bytes)

@@ -99,6 +99,23 @@ impl Document {
     }
 }
 
+impl Document {
+    /// The document as one line of text, its passages joined by spaces: the form
+    /// `blyan corpus export` writes and `blyan train expert` reads (one document per line),
+    /// and the form the Proof-of-Learning pool is tokenized from, so contributors train on
+    /// exactly the distribution they are judged on.
+    pub fn line(&self) -> String {
+        let mut out = String::new();
+        for (i, (_, text)) in self.passages.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(text.trim());
+        }
+        out
+    }
+}
+
 /// A parsed corpus.
 #[derive(Clone, Debug)]
 pub struct Corpus {

@@ -1,0 +1,373 @@
+//! Proof of Learning on the command line: the hidden pool, submissions, verification,
+//! replication, rollbacks and corpus export.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use blyan_chain::Store;
+use blyan_node::{Node, pol};
+use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_train::corpus::{Corpus, Split};
+use blyan_train::data::TokenStream;
+
+use crate::node_cmd::{NodeArgs, node_config};
+
+/// The corpus `blyan init` builds the hidden pool from when it exists.
+pub(crate) const CORPUS_DEFAULT: &str = "data/corpus/kjv.tsv";
+
+/// `blyan pol …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum PolCommand {
+    /// Build the hidden pool from the corpus's hidden split and commit its root on chain P
+    /// (`blyan init` does this when the corpus is present).
+    Pool {
+        /// The corpus file.
+        #[arg(long, default_value = CORPUS_DEFAULT)]
+        corpus: PathBuf,
+    },
+    /// Mode, thresholds, pool remaining and recent verdicts.
+    Status,
+    /// Recompute verdicts from the chain, the pool and the candidates; exits 1 on any
+    /// disagreement.
+    Verify {
+        /// The verdict block; every verdict when absent.
+        proof: Option<Hash>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replicate an accepted verdict on a fresh sample (vests or withdraws the second half
+    /// of its reward).
+    Replicate {
+        /// The accepted verdict block.
+        proof: Hash,
+    },
+}
+
+/// `blyan submit`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubmitArgs {
+    /// The candidate file (`blyan train expert --out`).
+    #[arg(long, value_name = "FILE")]
+    candidate: PathBuf,
+    /// The address paid if it is accepted.
+    #[arg(long, value_name = "ADDR")]
+    contributor: Address,
+    /// Proof-of-work nonce for hybrid mode [default: found here when the node is in hybrid
+    /// mode].
+    #[arg(long)]
+    pow_nonce: Option<u64>,
+    /// Submit to a running node at this URL (e.g. http://127.0.0.1:8420) instead of opening
+    /// the data directory.
+    #[arg(long, value_name = "URL")]
+    node: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `blyan corpus …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum CorpusCommand {
+    /// Write one public split as text, one document per line (the hidden split is never
+    /// exported).
+    Export {
+        /// `train` or `validation`.
+        #[arg(long)]
+        split: Split,
+        /// The corpus file.
+        #[arg(long, default_value = CORPUS_DEFAULT)]
+        corpus: PathBuf,
+        /// Where to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// `blyan expert …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ExpertCommand {
+    /// Make an older version an expert's head again; records a migration block.
+    Rollback {
+        /// The expert, `LAYER.EXPERT`.
+        expert: ExpertId,
+        /// The version to serve.
+        #[arg(long, value_name = "HASH")]
+        to: Hash,
+        /// Why, recorded in the block.
+        #[arg(long, default_value = "operator rollback")]
+        reason: String,
+    },
+}
+
+fn open_node(data_dir: &Path, ledger_url: Option<&str>) -> anyhow::Result<Node> {
+    let config = node_config(data_dir, ledger_url, &NodeArgs::default())?;
+    Node::open(data_dir, config, blyan_node::unix_ms()).with_context(|| {
+        format!(
+            "opening the node in {} (if it is running, use its HTTP API or --node)",
+            data_dir.display()
+        )
+    })
+}
+
+/// The hidden split of `corpus`, tokenized with the chain's tokenizer, as pool items.
+pub(crate) fn build_pool(
+    store: &Store,
+    data_dir: &Path,
+    corpus: &Path,
+) -> anyhow::Result<(Hash, blyan_chain::PoolCommit)> {
+    let corpus =
+        Corpus::read(corpus).with_context(|| format!("reading the corpus {}", corpus.display()))?;
+    let (_, meta) = store.meta()?.context("the store holds no model")?;
+    let tokenizer = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer)?;
+    let docs: Vec<String> = corpus.documents(Split::Hidden).map(|d| d.line()).collect();
+    let stream = TokenStream::from_documents(
+        &tokenizer,
+        &docs,
+        meta.spec.bos_token_id,
+        meta.spec.eos_token_id,
+    )?;
+    let source = format!(
+        "hidden split of corpus {} ({} documents)",
+        corpus.hash(),
+        docs.len()
+    );
+    Ok(pol::commit_pool(
+        store,
+        data_dir,
+        stream.tokens(),
+        &source,
+        blyan_node::unix_ms(),
+    )?)
+}
+
+pub(crate) fn run(
+    data_dir: &Path,
+    ledger_url: Option<&str>,
+    cmd: PolCommand,
+) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolCommand::Pool { corpus } => {
+            let store = crate::open_store(data_dir)?;
+            let (hash, commit) = build_pool(&store, data_dir, &corpus)?;
+            println!(
+                "committed a hidden pool of {} items ({} tokens each), root {}, in block {hash}",
+                commit.items, commit.item_tokens, commit.root
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PolCommand::Status => {
+            let node = open_node(data_dir, ledger_url)?;
+            println!("{}", serde_json::to_string_pretty(&node.pol_status())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolCommand::Verify { proof, json } => {
+            let node = open_node(data_dir, ledger_url)?;
+            let proofs: Vec<Hash> = match proof {
+                Some(p) => vec![p],
+                None => node.pol_verdicts().into_iter().map(|(h, _)| h).collect(),
+            };
+            let mut all_agree = true;
+            for p in proofs {
+                let check = node.pol_verify(p)?;
+                all_agree &= check.agrees;
+                if json {
+                    println!("{}", serde_json::to_string(&check)?);
+                } else if check.agrees {
+                    println!(
+                        "{p}  agrees ({}, n = {})",
+                        check.reason.as_deref().unwrap_or("accepted_pow"),
+                        check.n.unwrap_or(0)
+                    );
+                } else {
+                    println!("{p}  DISAGREES");
+                    for problem in &check.problems {
+                        println!("    {problem}");
+                    }
+                }
+            }
+            Ok(if all_agree {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PolCommand::Replicate { proof } => {
+            let node = open_node(data_dir, ledger_url)?;
+            let report = node.pol_replicate(proof, blyan_node::unix_ms())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.accepted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// The JSON of a refusal before evaluation, in the verdict's shape.
+fn refusal_json(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "accepted": false,
+        "reason": code,
+        "message": message,
+        "gain": null,
+        "lcb": null,
+        "n": 0,
+        "proof": null,
+        "reward": 0,
+    })
+}
+
+pub(crate) fn submit(
+    data_dir: &Path,
+    ledger_url: Option<&str>,
+    args: SubmitArgs,
+) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.candidate)
+        .with_context(|| format!("reading {}", args.candidate.display()))?;
+    let out = match &args.node {
+        Some(url) => submit_http(url, &bytes, &args)?,
+        None => {
+            let node = open_node(data_dir, ledger_url)?;
+            let settings = node.config().pol;
+            let pow_nonce = match (args.pow_nonce, settings.mode) {
+                (Some(n), _) => Some(n),
+                (None, blyan_chain::PolMode::Hybrid) => {
+                    let id = pol::candidate_id(&bytes)?;
+                    Some(blyan_pol::pow_solve(
+                        &id,
+                        &args.contributor,
+                        settings.pow_bits,
+                    ))
+                }
+                (None, _) => None,
+            };
+            let sub = pol::Submission {
+                candidate: bytes,
+                contributor: args.contributor,
+                pow_nonce,
+            };
+            match node.pol_submit(sub, blyan_node::unix_ms()) {
+                Ok(r) => serde_json::to_value(r)?,
+                Err(e @ blyan_node::NodeError::Pol { .. }) => {
+                    refusal_json(e.code(), &e.to_string())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let accepted = out["accepted"] == serde_json::Value::Bool(true);
+    if args.json {
+        println!("{out}");
+    } else if accepted {
+        let bly =
+            |v: &serde_json::Value| blyan_primitives::Amount::from_nano(v.as_u64().unwrap_or(0));
+        println!(
+            "accepted: gain {} nats per routed item (lower bound {}), mixture {} bps, n = {}",
+            out["gain"], out["lcb"], out["gain_bps"], out["n"]
+        );
+        println!(
+            "paid {} BLY now, {} BLY held until replication; proof {}; new head {}",
+            bly(&out["reward"]),
+            bly(&out["vesting"]),
+            out["proof"].as_str().unwrap_or(""),
+            out["block"].as_str().unwrap_or("")
+        );
+    } else {
+        println!(
+            "rejected ({}): {}",
+            out["reason"].as_str().unwrap_or(""),
+            out.get("message").and_then(|m| m.as_str()).map_or_else(
+                || format!(
+                    "gain {} nats per routed item, lower bound {}, n = {}; proof {}",
+                    out["gain"], out["lcb"], out["n"], out["proof"]
+                ),
+                str::to_owned
+            )
+        );
+    }
+    Ok(if accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn submit_http(url: &str, bytes: &[u8], args: &SubmitArgs) -> anyhow::Result<serde_json::Value> {
+    let mut target = format!(
+        "{}/pol/validate?contributor={}",
+        url.trim_end_matches('/'),
+        args.contributor
+    );
+    if let Some(n) = args.pow_nonce {
+        target.push_str(&format!("&pow_nonce={n}"));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(&target)
+        .header("content-type", "application/octet-stream")
+        .send(bytes)
+        .with_context(|| format!("posting to {target}"))?;
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("reading the reply of {target}"))?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        let code = body["error"]["code"].as_str().unwrap_or("http_error");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        Ok(refusal_json(code, &format!("HTTP {status}: {message}")))
+    }
+}
+
+pub(crate) fn corpus(cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CorpusCommand::Export { split, corpus, out } => {
+            if split == Split::Hidden {
+                anyhow::bail!(
+                    "[hidden_split] the hidden split is the Proof-of-Learning pool and is never exported"
+                );
+            }
+            let corpus = Corpus::read(&corpus)
+                .with_context(|| format!("reading the corpus {}", corpus.display()))?;
+            let mut text = String::new();
+            let mut docs = 0usize;
+            for d in corpus.documents(split) {
+                text.push_str(&d.line());
+                text.push('\n');
+                docs += 1;
+            }
+            let tmp = out.with_extension("tmp");
+            std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote the {split} split: {docs} documents, {} bytes, to {}",
+                text.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) fn expert(
+    data_dir: &Path,
+    ledger_url: Option<&str>,
+    cmd: ExpertCommand,
+) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ExpertCommand::Rollback { expert, to, reason } => {
+            let node = open_node(data_dir, ledger_url)?;
+            let hash = node.rollback_expert(expert, to, &reason, blyan_node::unix_ms())?;
+            println!("expert {expert} serves {to} again; migration block {hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

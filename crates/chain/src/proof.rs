@@ -1,0 +1,245 @@
+//! Payloads of the proof chain (P): the hidden pool's commitment, Proof-of-Learning verdicts,
+//! and head migrations (rollbacks) of the parameter chain. The chain checks their structure;
+//! `blyan-pol` gives them meaning and recomputes verdicts.
+
+use blyan_primitives::{Address, ExpertId, Hash, codec};
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::Serialize;
+
+use crate::BlockError;
+
+/// Most items one verdict may draw.
+pub const VERDICT_ITEMS_MAX: usize = 65_536;
+
+/// Longest free-text field (a source description or a reason code) in bytes.
+pub const PROOF_TEXT_MAX: usize = 256;
+
+/// The hidden pool a validator evaluates on, published before any submission.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, BorshSerialize, BorshDeserialize)]
+pub struct PoolCommit {
+    /// Merkle root of the items' canonical bytes, in pool order.
+    pub root: Hash,
+    /// Items in the pool.
+    pub items: u32,
+    /// Tokens per item (an item of `n` tokens scores `n − 1` predictions).
+    pub item_tokens: u32,
+    /// Where the items came from, for people.
+    pub source: String,
+}
+
+/// How a submission was judged.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    serde::Deserialize,
+    BorshSerialize,
+    BorshDeserialize,
+)]
+#[borsh(use_discriminant = true)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum PolMode {
+    /// The learning test alone.
+    Pol = 0,
+    /// The learning test plus a proof-of-work stamp on the submission.
+    Hybrid = 1,
+    /// No learning test and no rewards (bootstrapping).
+    Pow = 2,
+}
+
+impl PolMode {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolMode::Pol => "pol",
+            PolMode::Hybrid => "hybrid",
+            PolMode::Pow => "pow",
+        }
+    }
+}
+
+impl std::str::FromStr for PolMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PolMode, String> {
+        match s {
+            "pol" => Ok(PolMode::Pol),
+            "hybrid" => Ok(PolMode::Hybrid),
+            "pow" => Ok(PolMode::Pow),
+            _ => Err(format!("unknown mode {s:?}; expected pol, hybrid or pow")),
+        }
+    }
+}
+
+/// Everything needed to recompute one Proof-of-Learning verdict.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, BorshSerialize, BorshDeserialize)]
+pub struct Verdict {
+    /// The expert the candidate is a version of.
+    pub expert: ExpertId,
+    /// SHA-256 of the candidate's expert-block payload.
+    pub candidate: Hash,
+    /// The expert block the candidate was trained from.
+    pub parent: Hash,
+    /// The parameter chain's head when it was judged: with the migrations up to it, this
+    /// fixes every other group's version, so the model evaluated is known exactly.
+    pub param_head: Hash,
+    /// Who submitted it and is paid for it.
+    pub contributor: Address,
+    /// The mode it was judged in.
+    pub mode: PolMode,
+    /// Proof-of-work nonce (hybrid mode; zero otherwise).
+    pub pow_nonce: u64,
+    /// The verdict this one replicates, if it is a replication.
+    pub replicates: Option<Hash>,
+    /// Root of the pool the items came from.
+    pub pool_root: Hash,
+    /// Seed of the draw.
+    pub seed: Hash,
+    /// Pool indices drawn, ascending; retired by this block.
+    pub items: Vec<u32>,
+    /// Evaluator version.
+    pub evaluator_version: u32,
+    /// Significance level of the test, percent (1 or 5).
+    pub alpha_percent: u8,
+    /// Minimum mean gain per item, micro-nats.
+    pub min_effect_micro: i64,
+    /// Largest mixture regression tolerated, basis points of the parent's loss.
+    pub mixture_tolerance_bps: u32,
+    /// Items routed to the expert (the paired test's n).
+    pub n: u64,
+    /// Σ d over those items, micro-nats (d = parent − child, per-item mean loss).
+    pub sum: i128,
+    /// Σ d², micro-nats².
+    pub sum_sq: i128,
+    /// Σ parent per-item mean loss over routed items, micro-nats.
+    pub parent_sum: i128,
+    /// The whole mixture's loss over every drawn item, parent then child, micro-nats.
+    pub mixture_parent: i128,
+    /// As above with the candidate swapped in.
+    pub mixture_child: i128,
+    /// The decision.
+    pub accepted: bool,
+    /// Stable reason code (`accepted`, `not_significant`, …).
+    pub reason: String,
+    /// Mean gain relative to the parent's loss on routed items, basis points (0 if none).
+    pub gain_bps: u32,
+    /// Nano-BLY paid to the contributor by this block (half the learning reward at
+    /// acceptance; the held half when a replication passes).
+    pub reward: u64,
+    /// Nano-BLY held in the vesting account until this verdict is replicated (acceptances
+    /// only).
+    pub vesting: u64,
+    /// Nano-BLY minted to the validator by this block.
+    pub validator_reward: u64,
+}
+
+/// A change of the version an expert serves by default, recorded on the parameter chain.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, BorshSerialize, BorshDeserialize)]
+pub struct Migration {
+    /// The tensor group (expert) whose head moves.
+    pub group: String,
+    /// The version it served before.
+    pub from: Hash,
+    /// The version it serves from now on (an existing version of the group).
+    pub to: Hash,
+    /// Why, for people.
+    pub reason: String,
+}
+
+fn malformed(reason: String) -> BlockError {
+    BlockError::MalformedPayload { reason }
+}
+
+fn check_text(field: &str, s: &str) -> Result<(), BlockError> {
+    if s.len() > PROOF_TEXT_MAX {
+        return Err(malformed(format!(
+            "{field} is {} bytes; the limit is {PROOF_TEXT_MAX}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+impl PoolCommit {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes and checks a pool commitment.
+    pub fn decode(bytes: &[u8]) -> Result<PoolCommit, BlockError> {
+        let c: PoolCommit = codec::decode(bytes, 4096).map_err(|e| malformed(e.to_string()))?;
+        if c.items == 0 || c.item_tokens < 2 {
+            return Err(malformed(format!(
+                "a pool needs items of at least 2 tokens; this one has {} items of {}",
+                c.items, c.item_tokens
+            )));
+        }
+        check_text("source", &c.source)?;
+        Ok(c)
+    }
+}
+
+impl Verdict {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes and checks a verdict's structure: items ascending and distinct, counts that
+    /// fit, a known significance level, text within bounds.
+    pub fn decode(bytes: &[u8]) -> Result<Verdict, BlockError> {
+        let v: Verdict = codec::decode(bytes, 1024 + VERDICT_ITEMS_MAX * 4)
+            .map_err(|e| malformed(e.to_string()))?;
+        if v.items.len() > VERDICT_ITEMS_MAX {
+            return Err(malformed(format!(
+                "{} items; the limit is {VERDICT_ITEMS_MAX}",
+                v.items.len()
+            )));
+        }
+        if v.items.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(malformed("items must be ascending and distinct".into()));
+        }
+        if v.n > v.items.len() as u64 {
+            return Err(malformed(format!(
+                "n = {} exceeds the {} items drawn",
+                v.n,
+                v.items.len()
+            )));
+        }
+        if !matches!(v.alpha_percent, 1 | 5) {
+            return Err(malformed(format!(
+                "alpha must be 1% or 5%, not {}%",
+                v.alpha_percent
+            )));
+        }
+        if v.sum_sq < 0 || v.min_effect_micro < 0 {
+            return Err(malformed(
+                "negative sum of squares or minimum effect".into(),
+            ));
+        }
+        check_text("reason", &v.reason)?;
+        Ok(v)
+    }
+}
+
+impl Migration {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes and checks a migration's structure.
+    pub fn decode(bytes: &[u8]) -> Result<Migration, BlockError> {
+        let m: Migration = codec::decode(bytes, 2048).map_err(|e| malformed(e.to_string()))?;
+        if m.from == m.to {
+            return Err(malformed("a migration must change the head".into()));
+        }
+        check_text("group", &m.group)?;
+        check_text("reason", &m.reason)?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,324 @@
+//! From per-item scores to a verdict, and the checks a candidate must pass before any item
+//! is spent on it.
+
+use blyan_primitives::{Address, Hash};
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{ExpertWeights, ItemScore};
+use crate::stats::{Alpha, Decision, PairedSums, StatsError, Thresholds, decide};
+
+/// Basis points in one.
+const BPS: i128 = 10_000;
+
+/// Why a candidate was not accepted, or that it was. The strings are stable codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The test passed, the minimum effect is cleared and the mixture does not regress.
+    Accepted,
+    /// Accepted without a learning test (`pow` mode).
+    AcceptedPow,
+    /// The gain is not significant at the configured level.
+    NotSignificant,
+    /// The mean gain does not exceed the minimum effect.
+    BelowMinEffect,
+    /// The whole mixture got worse by more than the tolerance.
+    MixtureRegression,
+    /// Fewer than two drawn items route any position to the expert.
+    TooFewRoutedItems,
+}
+
+impl Reason {
+    /// The stable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Accepted => "accepted",
+            Reason::AcceptedPow => "accepted_pow",
+            Reason::NotSignificant => "not_significant",
+            Reason::BelowMinEffect => "below_min_effect",
+            Reason::MixtureRegression => "mixture_regression",
+            Reason::TooFewRoutedItems => "too_few_routed_items",
+        }
+    }
+
+    /// Whether it is an acceptance.
+    pub fn accepted(self) -> bool {
+        matches!(self, Reason::Accepted | Reason::AcceptedPow)
+    }
+
+    /// Parses a stable code.
+    pub fn parse(code: &str) -> Option<Reason> {
+        [
+            Reason::Accepted,
+            Reason::AcceptedPow,
+            Reason::NotSignificant,
+            Reason::BelowMinEffect,
+            Reason::MixtureRegression,
+            Reason::TooFewRoutedItems,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == code)
+    }
+}
+
+/// The thresholds of a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// The paired test's level and minimum effect.
+    pub thresholds: Thresholds,
+    /// Largest mixture regression tolerated, basis points of the parent's loss.
+    pub mixture_tolerance_bps: u32,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            thresholds: Thresholds::default(),
+            mixture_tolerance_bps: 10,
+        }
+    }
+}
+
+impl Rules {
+    /// The significance level in percent.
+    pub fn alpha_percent(&self) -> u8 {
+        match self.thresholds.alpha {
+            Alpha::OnePercent => 1,
+            Alpha::FivePercent => 5,
+        }
+    }
+}
+
+/// The evidence and the decision of one evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    /// Paired sums over the items routed to the expert.
+    pub sums: PairedSums,
+    /// Σ of the parent's per-item mean loss over those items, micro-nats.
+    pub parent_sum: i128,
+    /// The whole mixture's loss over every item with the parent, micro-nats.
+    pub mixture_parent: i128,
+    /// The same with the candidate swapped in.
+    pub mixture_child: i128,
+    /// The test, when at least two items were routed.
+    pub decision: Option<Decision>,
+    /// The verdict.
+    pub reason: Reason,
+    /// The mixture's gain relative to its loss with the parent, basis points (0 if none):
+    /// what the learning reward pays for.
+    pub gain_bps: u32,
+}
+
+/// One item's mean loss over its routed positions, micro-nats, rounded toward −∞.
+fn routed_mean(sum: i64, routed: u32) -> i64 {
+    sum.div_euclid(i64::from(routed))
+}
+
+/// Decides on `scores` under `rules`. Items that route no position to the expert carry no
+/// evidence about it and only count in the mixture check.
+pub fn judge(scores: &[ItemScore], rules: Rules) -> Result<Judgement, StatsError> {
+    let mut sums = PairedSums::default();
+    let mut parent_sum = 0i128;
+    let (mut mixture_parent, mut mixture_child) = (0i128, 0i128);
+    for s in scores {
+        mixture_parent += i128::from(s.parent_all);
+        mixture_child += i128::from(s.child_all);
+        if s.routed > 0 {
+            let parent = routed_mean(s.parent_routed, s.routed);
+            sums.push(parent, routed_mean(s.child_routed, s.routed))?;
+            parent_sum += i128::from(parent);
+        }
+    }
+    let gain_bps = if mixture_parent > 0 && mixture_child < mixture_parent {
+        u32::try_from((mixture_parent - mixture_child) * BPS / mixture_parent).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    let regression = (mixture_child - mixture_parent) * BPS
+        > i128::from(rules.mixture_tolerance_bps) * mixture_parent;
+    let decision = if sums.n >= 2 {
+        Some(decide(sums, rules.thresholds)?)
+    } else {
+        None
+    };
+    let reason = match &decision {
+        None => Reason::TooFewRoutedItems,
+        Some(d) if !d.passes => {
+            if d.mean_micro <= i128::from(rules.thresholds.min_effect_micro) {
+                Reason::BelowMinEffect
+            } else {
+                Reason::NotSignificant
+            }
+        }
+        Some(_) if regression => Reason::MixtureRegression,
+        Some(_) => Reason::Accepted,
+    };
+    Ok(Judgement {
+        sums,
+        parent_sum,
+        mixture_parent,
+        mixture_child,
+        decision,
+        reason,
+        gain_bps,
+    })
+}
+
+/// ‖child − parent‖ / ‖parent‖ over all three matrices, in millionths (fixed-order f64
+/// sums, rounded up). `u64::MAX` when the parent is all zeros and the child is not.
+pub fn delta_norm_ppm(parent: &ExpertWeights, child: &ExpertWeights) -> u64 {
+    let (mut diff, mut base) = (0f64, 0f64);
+    for (p, c) in [
+        (&parent.w1, &child.w1),
+        (&parent.w2, &child.w2),
+        (&parent.w3, &child.w3),
+    ] {
+        for (a, b) in p.iter().zip(c) {
+            let d = f64::from(*b) - f64::from(*a);
+            diff += d * d;
+            base += f64::from(*a) * f64::from(*a);
+        }
+    }
+    if base == 0.0 {
+        return if diff == 0.0 { 0 } else { u64::MAX };
+    }
+    let ratio = libm::sqrt(diff / base) * 1e6;
+    if ratio >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        libm::ceil(ratio) as u64
+    }
+}
+
+/// The proof-of-work stamp of a hybrid-mode submission:
+/// `SHA-256("blyan-pow" || candidate || contributor || nonce as 8 LE bytes)`.
+pub fn pow_stamp(candidate: &Hash, contributor: &Address, nonce: u64) -> Hash {
+    let mut bytes = Vec::with_capacity(9 + 32 + 20 + 8);
+    bytes.extend_from_slice(b"blyan-pow");
+    bytes.extend_from_slice(&candidate.0);
+    bytes.extend_from_slice(&contributor.0);
+    bytes.extend_from_slice(&nonce.to_le_bytes());
+    Hash::of(&bytes)
+}
+
+/// Leading zero bits of a hash.
+pub fn leading_zero_bits(h: &Hash) -> u32 {
+    let mut bits = 0;
+    for b in h.0 {
+        if b == 0 {
+            bits += 8;
+        } else {
+            bits += b.leading_zeros();
+            break;
+        }
+    }
+    bits
+}
+
+/// Whether `nonce` stamps the submission with at least `bits` leading zero bits.
+pub fn pow_ok(candidate: &Hash, contributor: &Address, nonce: u64, bits: u32) -> bool {
+    leading_zero_bits(&pow_stamp(candidate, contributor, nonce)) >= bits
+}
+
+/// The smallest nonce that stamps the submission with `bits` leading zero bits.
+pub fn pow_solve(candidate: &Hash, contributor: &Address, bits: u32) -> u64 {
+    (0..u64::MAX)
+        .find(|&n| pow_ok(candidate, contributor, n, bits))
+        .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(routed: u32, parent: i64, child: i64) -> ItemScore {
+        ItemScore {
+            positions: 32,
+            routed,
+            parent_routed: parent * i64::from(routed),
+            child_routed: child * i64::from(routed),
+            parent_all: parent * 32,
+            child_all: child * 32,
+        }
+    }
+
+    #[test]
+    fn a_clear_gain_is_accepted_and_pays_the_mixture_gain() {
+        let scores: Vec<ItemScore> = (0..100)
+            .map(|i| {
+                item(
+                    8,
+                    3_000_000 + i * 1000,
+                    2_950_000 + i * 1000 + (i % 3) * 500,
+                )
+            })
+            .collect();
+        let j = judge(&scores, Rules::default()).unwrap();
+        assert_eq!(j.reason, Reason::Accepted, "{j:?}");
+        assert!(j.gain_bps > 0);
+    }
+
+    #[test]
+    fn no_gain_is_refused_with_the_right_reason() {
+        let same: Vec<ItemScore> = (0..100)
+            .map(|i| item(8, 3_000_000 + i, 3_000_000 + i))
+            .collect();
+        assert_eq!(
+            judge(&same, Rules::default()).unwrap().reason,
+            Reason::BelowMinEffect
+        );
+        let noisy: Vec<ItemScore> = (0..100)
+            .map(|i| {
+                item(
+                    8,
+                    3_000_000,
+                    3_000_000 - 2_000 + if i % 2 == 0 { 200_000 } else { -200_000 },
+                )
+            })
+            .collect();
+        assert_eq!(
+            judge(&noisy, Rules::default()).unwrap().reason,
+            Reason::NotSignificant
+        );
+        let unrouted: Vec<ItemScore> = (0..100).map(|_| item(0, 3_000_000, 2_000_000)).collect();
+        assert_eq!(
+            judge(&unrouted, Rules::default()).unwrap().reason,
+            Reason::TooFewRoutedItems
+        );
+    }
+
+    #[test]
+    fn a_gain_on_the_expert_that_hurts_the_mixture_is_refused() {
+        let scores: Vec<ItemScore> = (0..100)
+            .map(|i| ItemScore {
+                positions: 32,
+                routed: 4,
+                parent_routed: 4 * (3_000_000 + i * 100),
+                child_routed: 4 * (2_900_000 + i * 100),
+                parent_all: 32 * 3_000_000,
+                child_all: 32 * 3_010_000,
+            })
+            .collect();
+        let j = judge(&scores, Rules::default()).unwrap();
+        assert_eq!(j.reason, Reason::MixtureRegression);
+        assert_eq!(j.gain_bps, 0);
+    }
+
+    #[test]
+    fn delta_norm_and_pow() {
+        let p = ExpertWeights {
+            w1: vec![3.0, 0.0],
+            w2: vec![4.0],
+            w3: vec![0.0],
+        };
+        let mut c = p.clone();
+        assert_eq!(delta_norm_ppm(&p, &c), 0);
+        c.w2[0] = 4.5;
+        assert_eq!(delta_norm_ppm(&p, &c), 100_000);
+        let (h, a) = (Hash::of(b"candidate"), Address::ZERO);
+        let nonce = pow_solve(&h, &a, 8);
+        assert!(pow_ok(&h, &a, nonce, 8));
+        assert!(leading_zero_bits(&pow_stamp(&h, &a, nonce)) >= 8);
+        assert!((0..nonce).all(|n| !pow_ok(&h, &a, n, 8)));
+    }
+}

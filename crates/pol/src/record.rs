@@ -1,0 +1,344 @@
+//! The Proof-of-Learning record on chain P, and recomputing any verdict in it.
+//!
+//! Chain P holds the pool commitment and every verdict in order. The items a verdict drew
+//! are retired by it, so the retired set before any verdict is the union of the items of
+//! the verdicts below it: nothing else needs to be stored, and `pol verify` can redo the
+//! draw, the evaluation and the decision from the chain, the pool and the candidate bytes.
+
+use std::collections::BTreeSet;
+
+use blyan_chain::spec::expert_group_name;
+use blyan_chain::{BlockKind, ChainError, ChainId, PolMode, PoolCommit, Store, Verdict};
+use blyan_primitives::{ExpertId, Hash};
+use serde::Serialize;
+
+use crate::eval::{EVALUATOR_VERSION, ExpertWeights, ItemScore, Model};
+use crate::judge::{Judgement, Reason, Rules, judge};
+use crate::pool::{Pool, evaluation_seed};
+use crate::snapshot::{Snapshot, SnapshotError, expert_weights, tensors_of_payload};
+use crate::stats::{Alpha, Thresholds};
+
+/// One verdict block.
+#[derive(Clone, Debug)]
+pub struct VerdictEntry {
+    /// Its block hash.
+    pub hash: Hash,
+    /// Its height on chain P.
+    pub height: u64,
+    /// The proof-chain block it extends (its draw's seed depends on it).
+    pub prev: Hash,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// What chain P says about Proof of Learning.
+#[derive(Clone, Debug, Default)]
+pub struct PolRecord {
+    /// The pool commitment block and its payload.
+    pub commit: Option<(Hash, PoolCommit)>,
+    /// Every verdict, oldest first.
+    pub verdicts: Vec<VerdictEntry>,
+}
+
+impl PolRecord {
+    /// Reads chain P.
+    pub fn read(store: &Store) -> Result<PolRecord, SnapshotError> {
+        let mut record = PolRecord::default();
+        let Some((top, _)) = store.head(ChainId::Proof)? else {
+            return Ok(record);
+        };
+        for height in 0..=top {
+            let hash = store
+                .at_height(ChainId::Proof, height)?
+                .ok_or(ChainError::NotFound(Hash::ZERO))?;
+            let header = store.header(&hash)?.ok_or(ChainError::NotFound(hash))?;
+            record.push(store, hash, &header)?;
+        }
+        Ok(record)
+    }
+
+    /// Adds a block just appended to chain P.
+    pub fn push(
+        &mut self,
+        store: &Store,
+        hash: Hash,
+        header: &blyan_chain::BlockHeader,
+    ) -> Result<(), SnapshotError> {
+        let corrupt = |e: blyan_chain::BlockError| SnapshotError::Corrupt {
+            block: hash,
+            detail: e.to_string(),
+        };
+        match header.kind {
+            BlockKind::PoolCommit if self.commit.is_none() => {
+                let payload = store.payload_verified(&hash)?;
+                self.commit = Some((hash, PoolCommit::decode(&payload).map_err(corrupt)?));
+            }
+            BlockKind::Verdict => {
+                let payload = store.payload_verified(&hash)?;
+                self.verdicts.push(VerdictEntry {
+                    hash,
+                    height: header.height,
+                    prev: header.prev,
+                    timestamp_ms: header.timestamp_ms,
+                    verdict: Verdict::decode(&payload).map_err(corrupt)?,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Items retired by verdicts below proof-chain height `height`.
+    pub fn retired_before(&self, height: u64) -> BTreeSet<u32> {
+        self.verdicts
+            .iter()
+            .filter(|v| v.height < height)
+            .flat_map(|v| v.verdict.items.iter().copied())
+            .collect()
+    }
+
+    /// Every retired item.
+    pub fn retired(&self) -> BTreeSet<u32> {
+        self.retired_before(u64::MAX)
+    }
+
+    /// Whether a candidate with this payload hash was judged before.
+    pub fn seen(&self, candidate: &Hash) -> bool {
+        self.verdicts
+            .iter()
+            .any(|v| v.verdict.candidate == *candidate && v.verdict.replicates.is_none())
+    }
+
+    /// The verdict block `hash`.
+    pub fn verdict(&self, hash: &Hash) -> Option<&VerdictEntry> {
+        self.verdicts.iter().find(|v| v.hash == *hash)
+    }
+
+    /// The replication of verdict `hash`, if one was made.
+    pub fn replication_of(&self, hash: &Hash) -> Option<&VerdictEntry> {
+        self.verdicts
+            .iter()
+            .find(|v| v.verdict.replicates == Some(*hash))
+    }
+
+    /// Accepted learning-test verdicts not yet replicated, oldest first.
+    pub fn awaiting_replication(&self) -> Vec<&VerdictEntry> {
+        self.verdicts
+            .iter()
+            .filter(|v| {
+                v.verdict.accepted
+                    && v.verdict.replicates.is_none()
+                    && v.verdict.mode != PolMode::Pow
+                    && self.replication_of(&v.hash).is_none()
+            })
+            .collect()
+    }
+}
+
+/// The rules a verdict recorded.
+pub fn rules_of(v: &Verdict) -> Rules {
+    Rules {
+        thresholds: Thresholds {
+            alpha: if v.alpha_percent == 5 {
+                Alpha::FivePercent
+            } else {
+                Alpha::OnePercent
+            },
+            min_effect_micro: v.min_effect_micro,
+        },
+        mixture_tolerance_bps: v.mixture_tolerance_bps,
+    }
+}
+
+/// The model a verdict compares against: the parameter chain at `param_head`, with expert
+/// `expert` at version `parent`.
+pub fn parent_model(
+    store: &Store,
+    param_head: Hash,
+    expert: ExpertId,
+    parent: Hash,
+) -> Result<Model, SnapshotError> {
+    let mut snap = Snapshot::at(store, Some(param_head))?;
+    snap.heads.insert(expert_group_name(expert), parent);
+    snap.model(store)
+}
+
+/// The weights of a candidate payload (an expert block's tensors).
+pub fn candidate_weights(payload: &[u8]) -> Result<ExpertWeights, String> {
+    expert_weights(&tensors_of_payload(payload)?)
+}
+
+/// Scores `items` of `pool` and decides.
+pub fn evaluate(
+    model: &Model,
+    expert: ExpertId,
+    child: &ExpertWeights,
+    pool: &Pool,
+    items: &[u32],
+    rules: Rules,
+    threads: usize,
+) -> Result<(Vec<ItemScore>, Judgement), String> {
+    let tokens: Vec<Vec<u32>> = items
+        .iter()
+        .map(|&i| {
+            pool.tokens(i)
+                .ok_or_else(|| format!("item {i} is not in the pool"))
+        })
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+    let scores = model
+        .score_all(expert, child, &refs, threads)
+        .map_err(|e| e.to_string())?;
+    let judgement = judge(&scores, rules).map_err(|e| e.to_string())?;
+    Ok((scores, judgement))
+}
+
+/// The outcome of recomputing one verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProofCheck {
+    /// The verdict block.
+    pub proof: Hash,
+    /// Whether everything recomputed equals what the block says.
+    pub agrees: bool,
+    /// Each disagreement, in words.
+    pub problems: Vec<String>,
+    /// The recomputed reason code, when the evaluation could be redone.
+    pub reason: Option<String>,
+    /// Recomputed n, Σd and Σd².
+    pub n: Option<u64>,
+    /// Recomputed Σd.
+    pub sum: Option<i128>,
+}
+
+/// Recomputes verdict `proof`: the pool root, the seed from the candidate and the block it
+/// extends, the draw from the items retired before it, every item's losses, the sums and
+/// the decision. `candidate` is the candidate's expert-block payload, which must hash to
+/// the recorded candidate.
+pub fn verify(
+    store: &Store,
+    record: &PolRecord,
+    pool: Option<&Pool>,
+    proof: &Hash,
+    candidate: Option<&[u8]>,
+    threads: usize,
+) -> Result<ProofCheck, SnapshotError> {
+    let entry = record.verdict(proof).ok_or(ChainError::NotFound(*proof))?;
+    let v = &entry.verdict;
+    let mut problems: Vec<String> = Vec::new();
+    let finish = |problems: Vec<String>, j: Option<&Judgement>| ProofCheck {
+        proof: *proof,
+        agrees: problems.is_empty(),
+        problems,
+        reason: j.map(|j| j.reason.as_str().to_owned()),
+        n: j.map(|j| j.sums.n),
+        sum: j.map(|j| j.sums.sum),
+    };
+    if v.mode == PolMode::Pow {
+        if !v.items.is_empty() || v.reward != 0 || v.reason != Reason::AcceptedPow.as_str() {
+            problems.push(
+                "a pow-mode verdict draws no items, pays nothing and says accepted_pow".into(),
+            );
+        }
+        return Ok(finish(problems, None));
+    }
+    if v.evaluator_version != EVALUATOR_VERSION {
+        problems.push(format!(
+            "evaluated by evaluator {}, this is evaluator {EVALUATOR_VERSION}",
+            v.evaluator_version
+        ));
+    }
+    let Some((_, commit)) = &record.commit else {
+        problems.push("chain P holds no pool commitment".into());
+        return Ok(finish(problems, None));
+    };
+    if v.pool_root != commit.root {
+        problems.push(format!(
+            "pool root {} is not the committed {}",
+            v.pool_root, commit.root
+        ));
+    }
+    let Some(pool) = pool else {
+        problems.push("this node does not hold the hidden pool".into());
+        return Ok(finish(problems, None));
+    };
+    if pool.root() != commit.root {
+        problems.push("the local pool does not match the committed root".into());
+        return Ok(finish(problems, None));
+    }
+    let seed = evaluation_seed(&v.candidate, &v.pool_root, &entry.prev);
+    if seed != v.seed {
+        problems.push(format!("seed {} should be {seed}", v.seed));
+    }
+    match pool.draw(
+        seed,
+        v.items.len().max(1),
+        &record.retired_before(entry.height),
+    ) {
+        Ok(items) if items == v.items => {}
+        Ok(_) => problems.push("the items are not the draw the seed gives".into()),
+        Err(e) => problems.push(format!("the draw fails: {e}")),
+    }
+    let Some(payload) = candidate else {
+        problems.push(format!(
+            "the candidate {} is not available here",
+            v.candidate
+        ));
+        return Ok(finish(problems, None));
+    };
+    if Hash::of(payload) != v.candidate {
+        problems.push("the candidate bytes do not hash to the recorded candidate".into());
+        return Ok(finish(problems, None));
+    }
+    let child = match candidate_weights(payload) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("the candidate does not parse: {e}"));
+            return Ok(finish(problems, None));
+        }
+    };
+    let model = parent_model(store, v.param_head, v.expert, v.parent)?;
+    let (_, j) = match evaluate(
+        &model,
+        v.expert,
+        &child,
+        pool,
+        &v.items,
+        rules_of(v),
+        threads,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(format!("the evaluation fails: {e}"));
+            return Ok(finish(problems, None));
+        }
+    };
+    let pairs: [(&str, i128, i128); 6] = [
+        ("n", i128::from(v.n), i128::from(j.sums.n)),
+        ("sum", v.sum, j.sums.sum),
+        ("sum_sq", v.sum_sq, j.sums.sum_sq),
+        ("parent_sum", v.parent_sum, j.parent_sum),
+        ("mixture_parent", v.mixture_parent, j.mixture_parent),
+        ("mixture_child", v.mixture_child, j.mixture_child),
+    ];
+    for (name, recorded, recomputed) in pairs {
+        if recorded != recomputed {
+            problems.push(format!("{name} is {recorded}, recomputed {recomputed}"));
+        }
+    }
+    if v.reason != j.reason.as_str() || v.accepted != j.reason.accepted() {
+        problems.push(format!(
+            "the verdict says {}, recomputed {}",
+            v.reason,
+            j.reason.as_str()
+        ));
+    }
+    if v.replicates.is_none() && v.gain_bps != j.gain_bps {
+        problems.push(format!(
+            "gain is {} bps, recomputed {}",
+            v.gain_bps, j.gain_bps
+        ));
+    }
+    Ok(finish(problems, Some(&j)))
+}
