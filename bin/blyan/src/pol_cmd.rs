@@ -9,7 +9,6 @@ use blyan_chain::Store;
 use blyan_node::{Node, pol};
 use blyan_primitives::{Address, ExpertId, Hash};
 use blyan_train::corpus::{Corpus, Split};
-use blyan_train::data::TokenStream;
 
 use crate::node_cmd::{NodeArgs, node_config};
 
@@ -119,24 +118,11 @@ pub(crate) fn build_pool(
 ) -> anyhow::Result<(Hash, blyan_chain::PoolCommit)> {
     let corpus =
         Corpus::read(corpus).with_context(|| format!("reading the corpus {}", corpus.display()))?;
-    let (_, meta) = store.meta()?.context("the store holds no model")?;
-    let tokenizer = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer)?;
-    let docs: Vec<String> = corpus.documents(Split::Hidden).map(|d| d.line()).collect();
-    let stream = TokenStream::from_documents(
-        &tokenizer,
-        &docs,
-        meta.spec.bos_token_id,
-        meta.spec.eos_token_id,
-    )?;
-    let source = format!(
-        "hidden split of corpus {} ({} documents)",
-        corpus.hash(),
-        docs.len()
-    );
+    let (tokens, source) = pol::hidden_tokens(store, &corpus)?;
     Ok(pol::commit_pool(
         store,
         data_dir,
-        stream.tokens(),
+        &tokens,
         &source,
         blyan_node::unix_ms(),
     )?)

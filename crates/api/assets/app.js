@@ -253,7 +253,11 @@ $('#next-page').addEventListener('click', () => { offset += PAGE; loaders.chain(
 loaders.activity = async () => {
   try {
     const pol = await getJson('/pol/status');
-    $('#pol-status').textContent = pol.available ? `mode ${pol.mode}; ${pol.candidates} candidates` : pol.reason;
+    const last = pol.recent.length ? pol.recent[pol.recent.length - 1] : null;
+    $('#pol-status').textContent = pol.pool_problem
+      ? `mode ${pol.settings.mode}; ${pol.pool_problem}`
+      : `mode ${pol.settings.mode}; ${pol.verdicts} verdicts; pool ${pol.pool_remaining}/${pol.pool_items} items left` +
+        (last ? `; last: ${last.expert} ${last.reason}` : '');
     const experts = (await getJson('/experts')).experts.filter((x) => x.versions.length > 1);
     $('#new-versions').textContent = experts.length
       ? experts.map((x) => `${x.id}: ${x.versions.length} versions, head ${short(x.head)}`).join('\n')

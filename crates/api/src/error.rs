@@ -83,6 +83,8 @@ impl From<NodeError> for ApiError {
                 .refusal()
                 .and_then(|r| StatusCode::from_u16(r.http_status()).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST),
+            NodeError::Pol { refusal, .. } => StatusCode::from_u16(refusal.http_status())
+                .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
             NodeError::NotFound { .. } => StatusCode::NOT_FOUND,
             NodeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

@@ -44,12 +44,29 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         "Choose the expert versions to serve: `{\"pins\": {\"L.E\": \"HASH\"}}`; `{}` pins serve the heads.",
         true,
     ),
-    ("get", "/pol/status", "Proof of Learning status.", false),
+    (
+        "get",
+        "/pol/status",
+        "Proof of Learning: mode, thresholds, pool remaining, recent verdicts.",
+        false,
+    ),
     (
         "post",
         "/pol/validate",
-        "Submit a candidate for Proof of Learning (501 `pol_unavailable` until it lands).",
+        "Submit a candidate file (octet-stream body) `?contributor=ADDR[&pow_nonce=N]`: the verdict, or a refusal code (`stale_parent`, `head_copy`, `duplicate_payload`, `delta_too_large`, `non_finite`, …).",
         true,
+    ),
+    (
+        "post",
+        "/pol/replicate",
+        "Replicate an accepted verdict on a fresh sample: `{\"proof\": HASH}` (local callers).",
+        true,
+    ),
+    (
+        "get",
+        "/pol/proofs/{hash}/verify",
+        "Recompute a verdict from the chain, the pool and the candidate.",
+        false,
     ),
     (
         "get",

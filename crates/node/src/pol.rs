@@ -320,6 +320,35 @@ fn refuse(code: PolRefusal, message: impl Into<String>) -> NodeError {
     }
 }
 
+/// The hidden split of `corpus` as the chain's tokenizer reads it, each document one line
+/// (`Document::line`) between BOS and EOS: the pool's token stream. Also returns a
+/// description of the source for the commitment.
+pub fn hidden_tokens(
+    store: &Store,
+    corpus: &blyan_train::corpus::Corpus,
+) -> Result<(Vec<u32>, String), NodeError> {
+    use blyan_train::corpus::Split;
+    let (_, meta) = store
+        .meta()?
+        .ok_or_else(|| NodeError::NoNetwork(store.dir().display().to_string()))?;
+    let tokenizer = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer)
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let docs: Vec<String> = corpus.documents(Split::Hidden).map(|d| d.line()).collect();
+    let stream = blyan_train::data::TokenStream::from_documents(
+        &tokenizer,
+        &docs,
+        meta.spec.bos_token_id,
+        meta.spec.eos_token_id,
+    )
+    .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let source = format!(
+        "hidden split of corpus {} ({} documents)",
+        corpus.hash(),
+        docs.len()
+    );
+    Ok((stream.tokens().to_vec(), source))
+}
+
 /// Builds the hidden pool from `tokens` (the hidden split, tokenized), writes the pool file
 /// and commits its root on chain P. Refuses if a pool is already committed.
 pub fn commit_pool(

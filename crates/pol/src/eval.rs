@@ -434,11 +434,10 @@ impl Model {
                 }
             }
         }
-        let routes = routes
+        routes
             .into_iter()
             .map(|c| c.into_iter().map(|(e, _)| e).collect())
-            .collect();
-        routes
+            .collect()
     }
 
     /// Causal grouped-query attention over normed inputs `h` (`[t, d]`), projected back.
@@ -603,4 +602,146 @@ fn rope_tables(context: usize, head_dim: usize, theta: f32) -> (Vec<f32>, Vec<f3
         }
     }
     (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blyan_primitives::Hash;
+    use rand::{Rng, SeedableRng};
+
+    /// A random model of `spec`, weights of size ~0.3 so that routing and losses vary.
+    fn random_model(spec: &ModelSpec, seed: u64) -> Model {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut tensors = BTreeMap::new();
+        for group in spec.groups_in_order() {
+            for t in &group.tensors {
+                let n: u64 = t.shape.iter().product();
+                let norm = t.name.contains("norm");
+                let v: Vec<f32> = (0..n)
+                    .map(|_| {
+                        if norm {
+                            1.0
+                        } else {
+                            (rng.random::<f32>() - 0.5) * 0.6
+                        }
+                    })
+                    .collect();
+                tensors.insert(t.name.clone(), v);
+            }
+        }
+        Model::new(spec, tensors).expect("model")
+    }
+
+    fn spec() -> ModelSpec {
+        let mut s = ModelSpec::tiny(Hash::ZERO);
+        s.num_hidden_layers = 2;
+        s.num_local_experts = 4;
+        s.num_experts_per_tok = 2;
+        s
+    }
+
+    fn items(vocab: u32, count: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..count)
+            .map(|_| (0..len).map(|_| rng.random_range(0..vocab)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn the_parent_against_itself_scores_zero_difference() {
+        let spec = spec();
+        let model = random_model(&spec, 1);
+        let id = ExpertId::new(1, 2);
+        let same = model.expert(id).expect("expert").clone();
+        let items = items(spec.vocab_size, 12, 20, 2);
+        let refs: Vec<&[u32]> = items.iter().map(Vec::as_slice).collect();
+        let scores = model.score_all(id, &same, &refs, 1).expect("scores");
+        let mut routed = 0;
+        for s in &scores {
+            assert_eq!(s.parent_all, s.child_all);
+            assert_eq!(s.parent_routed, s.child_routed);
+            assert_eq!(s.positions, 19);
+            routed += s.routed;
+        }
+        assert!(routed > 0, "some positions route to the expert");
+        // The evaluator's loss is the model's mean loss.
+        let mean = model.loss(&items[0]).expect("loss");
+        assert!((mean * 19.0 * MICRO - scores[0].parent_all as f64).abs() < 19.0);
+    }
+
+    #[test]
+    fn verdict_inputs_are_identical_for_any_thread_count() {
+        let spec = spec();
+        let model = random_model(&spec, 3);
+        let id = ExpertId::new(0, 1);
+        let mut child = model.expert(id).expect("expert").clone();
+        for (i, w) in child.w2.iter_mut().enumerate() {
+            *w += if i % 3 == 0 { 0.05 } else { -0.02 };
+        }
+        let items = items(spec.vocab_size, 23, 33, 4);
+        let refs: Vec<&[u32]> = items.iter().map(Vec::as_slice).collect();
+        let one = model.score_all(id, &child, &refs, 1).expect("1 thread");
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                one,
+                model
+                    .score_all(id, &child, &refs, threads)
+                    .expect("n threads")
+            );
+        }
+        assert!(
+            one.iter().any(|s| s.parent_all != s.child_all),
+            "the change shows"
+        );
+        // Positions routed elsewhere are untouched: an item with no routed position has
+        // identical losses.
+        for s in &one {
+            if s.routed == 0 {
+                assert_eq!(s.parent_all, s.child_all);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_items_and_non_finite_children_are_refused() {
+        let spec = spec();
+        let model = random_model(&spec, 5);
+        let id = ExpertId::new(0, 0);
+        let parent = model.expert(id).expect("expert").clone();
+        assert!(matches!(
+            model.score(id, &parent, &[1], 0),
+            Err(EvalError::BadItem { .. })
+        ));
+        assert!(matches!(
+            model.score(id, &parent, &[1, spec.vocab_size], 0),
+            Err(EvalError::BadItem { .. })
+        ));
+        let long = vec![1u32; spec.max_position_embeddings as usize + 2];
+        assert!(matches!(
+            model.score(id, &parent, &long, 0),
+            Err(EvalError::BadItem { .. })
+        ));
+        let mut short = parent.clone();
+        short.w1.pop();
+        assert!(matches!(
+            model.score(id, &short, &[1, 2, 3], 0),
+            Err(EvalError::Tensor { .. })
+        ));
+        let mut huge = parent;
+        for w in &mut huge.w2 {
+            *w = f32::MAX;
+        }
+        let items = items(spec.vocab_size, 8, 16, 6);
+        let refs: Vec<&[u32]> = items.iter().map(Vec::as_slice).collect();
+        let r = model.score_all(id, &huge, &refs, 2);
+        assert!(
+            matches!(r, Err(EvalError::NonFinite { model: "child", .. })),
+            "{r:?}"
+        );
+        assert!(matches!(
+            model.expert(ExpertId::new(9, 0)),
+            Err(EvalError::UnknownExpert(_))
+        ));
+    }
 }

@@ -1,0 +1,278 @@
+//! Proof of Learning through the node on an untrained network: refusals before evaluation
+//! (nothing written, no item spent), an accepted candidate becoming the head, verification
+//! of every verdict, replication with vesting, rollback, and the pow and hybrid modes.
+
+use blyan_chain::{ChainId, PolMode, Store, genesis};
+use blyan_node::pol::{PolRefusal, Submission, commit_pool};
+use blyan_node::{Node, NodeConfig, NodeError};
+use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_train::candidate::Candidate;
+use blyan_train::expert::{ExpertOptions, ExpertTraining};
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn text(lines: usize, seed: usize) -> String {
+    (0..lines)
+        .map(|i| {
+            format!(
+                "and the {} of the {} said unto the {} that it was {}\n",
+                ["king", "people", "prophet", "servant"][(i + seed) % 4],
+                ["land", "city", "house", "river"][(i * 3 + seed) % 4],
+                ["men", "priests", "elders"][(i * 7) % 3],
+                ["good", "so", "done", "well"][(i * 5 + seed) % 4]
+            )
+        })
+        .collect()
+}
+
+fn open(mode: PolMode) -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path().join("chain")).expect("store");
+        genesis::init(&store, genesis::random_genesis(3).expect("genesis")).expect("init");
+        let (_, meta) = store.meta().expect("meta").expect("spec");
+        let tok = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer).expect("tokenizer");
+        let mut tokens = Vec::new();
+        for line in text(400, 1).lines() {
+            tokens.push(meta.spec.bos_token_id);
+            tokens.extend(tok.encode(line).expect("encode"));
+            tokens.push(meta.spec.eos_token_id);
+        }
+        commit_pool(&store, dir.path(), &tokens, "test text", NOW).expect("pool");
+    }
+    // An untrained model improves by whole percents: keep rewards inside the epoch's
+    // inflation budget.
+    let econ = blyan_ledger::Tokenomics {
+        learning_reward_per_percent: "10".into(),
+        ..blyan_ledger::Tokenomics::default()
+    };
+    std::fs::write(dir.path().join("tokenomics.toml"), econ.to_toml()).expect("tokenomics");
+    let mut config = NodeConfig::default();
+    config.pol = blyan_node::pol::PolSettings {
+        mode,
+        sample_items: 24,
+        pow_bits: 8,
+        ..config.pol
+    };
+    let node = Node::open(dir.path(), config, NOW).expect("node");
+    (dir, node)
+}
+
+fn trained(node: &Node, expert: ExpertId, steps: u64) -> Candidate {
+    let mut opts = ExpertOptions::new(expert);
+    opts.steps = steps;
+    opts.lr = 3e-3;
+    let mut run =
+        ExpertTraining::new(node.store(), text(200, 1).as_bytes(), opts).expect("training");
+    while !run.is_done() {
+        run.step().expect("step");
+    }
+    run.candidate().expect("candidate")
+}
+
+fn submit(
+    node: &Node,
+    c: &Candidate,
+    who: Address,
+) -> Result<blyan_node::pol::VerdictReport, NodeError> {
+    node.pol_submit(
+        Submission {
+            candidate: c.encode().expect("encode"),
+            contributor: who,
+            pow_nonce: None,
+        },
+        NOW,
+    )
+}
+
+fn refusal(r: Result<blyan_node::pol::VerdictReport, NodeError>) -> PolRefusal {
+    match r {
+        Err(NodeError::Pol { refusal, .. }) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn proof_height(node: &Node) -> u64 {
+    node.store()
+        .head(ChainId::Proof)
+        .expect("head")
+        .expect("proof")
+        .0
+}
+
+#[test]
+fn submissions_refusals_verification_replication_and_rollback() {
+    let (_dir, node) = open(PolMode::Pol);
+    let who: Address = "0x00000000000000000000000000000000000000aa"
+        .parse()
+        .expect("addr");
+    let expert = ExpertId::new(0, 1);
+    let genesis_head = node
+        .store()
+        .expert_head(expert)
+        .expect("head")
+        .expect("expert");
+    let good = trained(&node, expert, 40);
+
+    // Refusals before evaluation write nothing and spend no item.
+    let before = (proof_height(&node), node.pol_status().pool_remaining);
+    let mut copy = good.clone();
+    let head = blyan_pol::snapshot::block_tensors(node.store(), &genesis_head).expect("head");
+    for (t, (_, v)) in copy.tensors.iter_mut().zip(&head) {
+        t.2 = v.clone();
+    }
+    assert_eq!(refusal(submit(&node, &copy, who)), PolRefusal::HeadCopy);
+    let mut huge = good.clone();
+    for t in &mut huge.tensors {
+        for v in &mut t.2 {
+            *v *= 4.0;
+        }
+    }
+    assert_eq!(
+        refusal(submit(&node, &huge, who)),
+        PolRefusal::DeltaTooLarge
+    );
+    let mut shapes = good.clone();
+    shapes.tensors[0].1 = vec![1, shapes.tensors[0].2.len()];
+    assert_eq!(
+        refusal(submit(&node, &shapes, who)),
+        PolRefusal::WrongShapes
+    );
+    let mut nan = good.encode().expect("encode");
+    let at = nan.len() - 4;
+    nan[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+    let r = node.pol_submit(
+        Submission {
+            candidate: nan,
+            contributor: who,
+            pow_nonce: None,
+        },
+        NOW,
+    );
+    assert_eq!(refusal(r), PolRefusal::NonFinite);
+    let r = node.pol_submit(
+        Submission {
+            candidate: b"not a candidate".to_vec(),
+            contributor: who,
+            pow_nonce: None,
+        },
+        NOW,
+    );
+    assert_eq!(refusal(r), PolRefusal::MalformedCandidate);
+    let mut stranger = good.clone();
+    stranger.parent = Hash::of(b"elsewhere");
+    assert_eq!(
+        refusal(submit(&node, &stranger, who)),
+        PolRefusal::StaleParent
+    );
+    assert_eq!(
+        before,
+        (proof_height(&node), node.pol_status().pool_remaining)
+    );
+
+    // A real improvement is accepted, becomes the head and is paid half now.
+    let report = submit(&node, &good, who).expect("verdict");
+    assert!(report.accepted, "{report:?}");
+    let new_head = report.block.expect("new head");
+    assert_eq!(
+        node.store().expert_head(expert).expect("head"),
+        Some(new_head)
+    );
+    assert!(
+        node.experts()
+            .expect("experts")
+            .iter()
+            .any(|e| e.id == expert && e.served == new_head)
+    );
+    assert!(!report.reward.is_zero() && report.reward == report.vesting);
+    assert_eq!(
+        node.ledger().balance(who).expect("balance").available,
+        report.reward
+    );
+
+    // The same file again: its parent is no longer the head.
+    assert_eq!(refusal(submit(&node, &good, who)), PolRefusal::StaleParent);
+
+    // A rejected candidate (no change to speak of) is recorded; submitting it again is a
+    // duplicate.
+    let other = ExpertId::new(1, 2);
+    let mut tiny = trained(&node, other, 1);
+    let other_head = node.store().expert_head(other).expect("h").expect("e");
+    let head = blyan_pol::snapshot::block_tensors(node.store(), &other_head).expect("head");
+    for (t, (_, v)) in tiny.tensors.iter_mut().zip(&head) {
+        t.2 = v.iter().map(|x| x * (1.0 + 1e-6)).collect();
+    }
+    let rejected = submit(&node, &tiny, who).expect("verdict");
+    assert!(!rejected.accepted);
+    assert_eq!(
+        refusal(submit(&node, &tiny, who)),
+        PolRefusal::DuplicatePayload
+    );
+
+    // That later evaluation replicated the acceptance: the held half is paid.
+    let status = node.pol_status();
+    assert!(status.awaiting_replication.is_empty(), "{status:?}");
+    let total = node.ledger().balance(who).expect("balance").available;
+    assert_eq!(total.nano(), report.reward.nano() * 2);
+    assert_eq!(
+        refusal(node.pol_replicate(report.proof, NOW)),
+        PolRefusal::NotReplicable
+    );
+
+    // Every verdict recomputes to the same numbers.
+    for (proof, _) in node.pol_verdicts() {
+        let check = node.pol_verify(proof).expect("verify");
+        assert!(check.agrees, "{check:?}");
+    }
+
+    // Rollback: the genesis version serves again; the old proofs still verify.
+    node.rollback_expert(expert, genesis_head, "test", NOW)
+        .expect("rollback");
+    assert_eq!(
+        node.store().expert_head(expert).expect("head"),
+        Some(genesis_head)
+    );
+    assert!(
+        node.rollback_expert(expert, genesis_head, "again", NOW)
+            .is_err()
+    );
+    for (proof, _) in node.pol_verdicts() {
+        assert!(node.pol_verify(proof).expect("verify").agrees);
+    }
+    assert!(node.audit_ledger().expect("audit").ok);
+}
+
+#[test]
+fn pow_and_hybrid_modes() {
+    let who: Address = "0x00000000000000000000000000000000000000bb"
+        .parse()
+        .expect("addr");
+    let expert = ExpertId::new(0, 0);
+
+    let (_dir, node) = open(PolMode::Pow);
+    let c = trained(&node, expert, 2);
+    let r = submit(&node, &c, who).expect("verdict");
+    assert!(r.accepted && r.reason == "accepted_pow" && r.items == 0 && r.reward.is_zero());
+    assert!(node.pol_verify(r.proof).expect("verify").agrees);
+
+    let (_dir, node) = open(PolMode::Hybrid);
+    let c = trained(&node, expert, 2);
+    assert_eq!(refusal(submit(&node, &c, who)), PolRefusal::PowMissing);
+    let bytes = c.encode().expect("encode");
+    let id = blyan_node::pol::candidate_id(&bytes).expect("id");
+    let nonce = blyan_pol::pow_solve(&id, &who, 8);
+    let bad = (0..)
+        .find(|n| !blyan_pol::pow_ok(&id, &who, *n, 8))
+        .expect("a bad nonce");
+    let sub = |n| Submission {
+        candidate: bytes.clone(),
+        contributor: who,
+        pow_nonce: Some(n),
+    };
+    assert_eq!(
+        refusal(node.pol_submit(sub(bad), NOW)),
+        PolRefusal::PowInvalid
+    );
+    let r = node.pol_submit(sub(nonce), NOW).expect("verdict");
+    assert_eq!(r.items, 24);
+}
