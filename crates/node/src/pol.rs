@@ -21,7 +21,7 @@ use blyan_chain::{
 use blyan_pol::eval::{EVALUATOR_VERSION, ExpertWeights};
 use blyan_pol::record::{PolRecord, ProofCheck, VerdictEntry};
 use blyan_pol::snapshot::{Snapshot, block_tensors, expert_weights};
-use blyan_pol::{Alpha, Judgement, Pool, Reason, Rules, Thresholds};
+use blyan_pol::{Judgement, Pool, Reason, Rules};
 use blyan_primitives::{Address, Amount, ExpertId, Hash};
 use blyan_tensor::{DType, TensorDesc};
 use blyan_train::candidate::Candidate;
@@ -145,17 +145,11 @@ impl Default for PolSettings {
 impl PolSettings {
     /// The decision rules.
     pub fn rules(&self) -> Rules {
-        Rules {
-            thresholds: Thresholds {
-                alpha: if self.alpha_percent == 5 {
-                    Alpha::FivePercent
-                } else {
-                    Alpha::OnePercent
-                },
-                min_effect_micro: self.min_effect_micro,
-            },
-            mixture_tolerance_bps: self.mixture_tolerance_bps,
-        }
+        Rules::new(
+            self.alpha_percent,
+            self.min_effect_micro,
+            self.mixture_tolerance_bps,
+        )
     }
 
     /// Evaluator threads to use.

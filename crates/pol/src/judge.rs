@@ -80,6 +80,22 @@ impl Default for Rules {
 }
 
 impl Rules {
+    /// Rules from their recorded form: α in percent (5 means 5%, anything else 1%), the
+    /// minimum effect in micro-nats and the mixture tolerance in basis points.
+    pub fn new(alpha_percent: u8, min_effect_micro: i64, mixture_tolerance_bps: u32) -> Rules {
+        Rules {
+            thresholds: Thresholds {
+                alpha: if alpha_percent == 5 {
+                    Alpha::FivePercent
+                } else {
+                    Alpha::OnePercent
+                },
+                min_effect_micro,
+            },
+            mixture_tolerance_bps,
+        }
+    }
+
     /// The significance level in percent.
     pub fn alpha_percent(&self) -> u8 {
         match self.thresholds.alpha {

@@ -16,7 +16,6 @@ use crate::eval::{EVALUATOR_VERSION, ExpertWeights, ItemScore, Model};
 use crate::judge::{Judgement, Reason, Rules, judge};
 use crate::pool::{Pool, evaluation_seed};
 use crate::snapshot::{Snapshot, SnapshotError, expert_weights, tensors_of_payload};
-use crate::stats::{Alpha, Thresholds};
 
 /// One verdict block.
 #[derive(Clone, Debug)]
@@ -139,17 +138,7 @@ impl PolRecord {
 
 /// The rules a verdict recorded.
 pub fn rules_of(v: &Verdict) -> Rules {
-    Rules {
-        thresholds: Thresholds {
-            alpha: if v.alpha_percent == 5 {
-                Alpha::FivePercent
-            } else {
-                Alpha::OnePercent
-            },
-            min_effect_micro: v.min_effect_micro,
-        },
-        mixture_tolerance_bps: v.mixture_tolerance_bps,
-    }
+    Rules::new(v.alpha_percent, v.min_effect_micro, v.mixture_tolerance_bps)
 }
 
 /// The model a verdict compares against: the parameter chain at `param_head`, with expert
