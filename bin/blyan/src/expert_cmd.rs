@@ -17,19 +17,19 @@ pub(crate) struct ExpertArgs {
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = blyan_train::expert::STEPS_DEFAULT)]
     steps: u64,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = blyan_train::expert::LR_DEFAULT)]
     lr: f64,
     /// Seed of the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Sequences per step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = blyan_train::expert::BATCH_DEFAULT)]
     batch: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = blyan_train::expert::SEQ_LEN_DEFAULT)]
     seq_len: usize,
     /// Sequences per micro-step (the yield point); a step sums the gradients of its
     /// micro-steps.

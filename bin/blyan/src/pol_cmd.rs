@@ -251,7 +251,7 @@ pub(crate) fn submit(
         let bly =
             |v: &serde_json::Value| blyan_primitives::Amount::from_nano(v.as_u64().unwrap_or(0));
         println!(
-            "accepted: gain {} nats per routed item (lower bound {}), mixture {} bps, n = {}",
+            "accepted: gain {} nats per position (lower bound {}), mixture {} bps, n = {}",
             out["gain"], out["lcb"], out["gain_bps"], out["n"]
         );
         println!(
@@ -267,7 +267,7 @@ pub(crate) fn submit(
             out["reason"].as_str().unwrap_or(""),
             out.get("message").and_then(|m| m.as_str()).map_or_else(
                 || format!(
-                    "gain {} nats per routed item, lower bound {}, n = {}; proof {}",
+                    "gain {} nats per position, lower bound {}, n = {}; proof {}",
                     out["gain"], out["lcb"], out["n"], out["proof"]
                 ),
                 str::to_owned

@@ -159,7 +159,21 @@ fn expert_fine_tuning_writes_a_candidate_and_refuses_bad_data() {
     let out = ok(&blyan(
         dir.path(),
         &[
-            "train", "expert", "--expert", "1.3", "--data", d, "--steps", "4", "--out", c, "--json",
+            "train",
+            "expert",
+            "--expert",
+            "1.3",
+            "--data",
+            d,
+            "--steps",
+            "4",
+            "--batch",
+            "4",
+            "--seq-len",
+            "48",
+            "--out",
+            c,
+            "--json",
         ],
     ));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -11,6 +11,9 @@ use crate::BlockError;
 /// Most items one verdict may draw.
 pub const VERDICT_ITEMS_MAX: usize = 65_536;
 
+/// Most stages one sequential evaluation may take.
+pub const VERDICT_STAGES_MAX: u8 = 4;
+
 /// Longest free-text field (a source description or a reason code) in bytes.
 pub const PROOF_TEXT_MAX: usize = 256;
 
@@ -98,23 +101,29 @@ pub struct Verdict {
     pub pool_root: Hash,
     /// Seed of the draw.
     pub seed: Hash,
-    /// Pool indices drawn, ascending; retired by this block.
+    /// Pool indices used (the stages looked at), ascending; retired by this block.
     pub items: Vec<u32>,
     /// Evaluator version.
     pub evaluator_version: u32,
     /// Significance level of the test, percent (1 or 5).
     pub alpha_percent: u8,
-    /// Minimum mean gain per item, micro-nats.
+    /// Minimum mean gain per scored position of the counted items, micro-nats.
     pub min_effect_micro: i64,
     /// Largest mixture regression tolerated, basis points of the parent's loss.
     pub mixture_tolerance_bps: u32,
-    /// Items routed to the expert (the paired test's n).
+    /// Items per stage of the sequential evaluation (it looks at the evidence after each).
+    pub stage_items: u32,
+    /// Most stages the evaluation could take (1 to [`VERDICT_STAGES_MAX`]); each look is
+    /// tested at α divided by this.
+    pub stages: u8,
+    /// Items that route at least one position to the expert (the paired test's n).
     pub n: u64,
-    /// Σ d over those items, micro-nats (d = parent − child, per-item mean loss).
+    /// Σ d over those items, micro-nats (d = parent − child, each item's loss summed over
+    /// all its positions).
     pub sum: i128,
     /// Σ d², micro-nats².
     pub sum_sq: i128,
-    /// Σ parent per-item mean loss over routed items, micro-nats.
+    /// Σ of the parent's loss over those items, micro-nats.
     pub parent_sum: i128,
     /// The whole mixture's loss over every drawn item, parent then child, micro-nats.
     pub mixture_parent: i128,
@@ -124,7 +133,8 @@ pub struct Verdict {
     pub accepted: bool,
     /// Stable reason code (`accepted`, `not_significant`, …).
     pub reason: String,
-    /// Mean gain relative to the parent's loss on routed items, basis points (0 if none).
+    /// The whole mixture's gain relative to its loss with the parent, basis points (0 if
+    /// none).
     pub gain_bps: u32,
     /// Nano-BLY paid to the contributor by this block (half the learning reward at
     /// acceptance; the held half when a replication passes).
@@ -214,6 +224,21 @@ impl Verdict {
             return Err(malformed(format!(
                 "alpha must be 1% or 5%, not {}%",
                 v.alpha_percent
+            )));
+        }
+        if !(1..=VERDICT_STAGES_MAX).contains(&v.stages) || v.stage_items == 0 {
+            return Err(malformed(format!(
+                "{} stages of {} items: stages must be 1 to {VERDICT_STAGES_MAX} and a stage \
+                 at least one item",
+                v.stages, v.stage_items
+            )));
+        }
+        if v.items.len() as u64 > u64::from(v.stages) * u64::from(v.stage_items) {
+            return Err(malformed(format!(
+                "{} items exceed {} stages of {}",
+                v.items.len(),
+                v.stages,
+                v.stage_items
             )));
         }
         if v.sum_sq < 0 || v.min_effect_micro < 0 {

@@ -120,12 +120,14 @@ pub struct ConfigLayer {
     pub pol_mode: Option<String>,
     /// Significance level, percent: 1 or 5.
     pub pol_alpha_percent: Option<u8>,
-    /// Minimum mean gain per routed item, micro-nats.
+    /// Minimum mean gain per position of the items routed to the expert, micro-nats.
     pub pol_min_effect_micro: Option<i64>,
     /// Largest mixture regression tolerated, basis points.
     pub pol_mixture_tolerance_bps: Option<u32>,
-    /// Items drawn per evaluation.
-    pub pol_sample_items: Option<usize>,
+    /// Items per stage of a sequential evaluation.
+    pub pol_stage_items: Option<usize>,
+    /// Most stages one evaluation takes (1 to 4).
+    pub pol_stages: Option<u8>,
     /// Largest relative change of an expert, millionths of the parent's norm.
     pub pol_delta_norm_max_ppm: Option<u64>,
     /// Leading zero bits of the hybrid-mode stamp.
@@ -203,8 +205,11 @@ impl NodeConfig {
         if let Some(v) = layer.pol_mixture_tolerance_bps {
             p.mixture_tolerance_bps = v;
         }
-        if let Some(v) = layer.pol_sample_items {
-            p.sample_items = v;
+        if let Some(v) = layer.pol_stage_items {
+            p.stage_items = v;
+        }
+        if let Some(v) = layer.pol_stages {
+            p.stages = v;
         }
         if let Some(v) = layer.pol_delta_norm_max_ppm {
             p.delta_norm_max_ppm = v;
@@ -276,7 +281,9 @@ impl NodeConfig {
             0,
             10_000,
         )?;
-        range("pol_sample_items", self.pol.sample_items as u64, 2, 65_536)?;
+        // A verdict records at most 65,536 items: four stages of 16,384.
+        range("pol_stage_items", self.pol.stage_items as u64, 2, 16_384)?;
+        range("pol_stages", u64::from(self.pol.stages), 1, 4)?;
         range(
             "pol_delta_norm_max_ppm",
             self.pol.delta_norm_max_ppm,

@@ -24,6 +24,7 @@ use blyan_pol::snapshot::{Snapshot, block_tensors, expert_weights};
 use blyan_pol::{Judgement, Pool, Reason, Rules};
 use blyan_primitives::{Address, Amount, ExpertId, Hash};
 use blyan_tensor::{DType, TensorDesc};
+use blyan_train::TrainError;
 use blyan_train::candidate::Candidate;
 use serde::Serialize;
 
@@ -107,12 +108,14 @@ pub struct PolSettings {
     pub mode: PolMode,
     /// Significance level of the paired test, percent (1 or 5).
     pub alpha_percent: u8,
-    /// Minimum mean gain per routed item, micro-nats.
+    /// Minimum mean gain per position of the items routed to the expert, micro-nats.
     pub min_effect_micro: i64,
     /// Largest mixture regression tolerated, basis points.
     pub mixture_tolerance_bps: u32,
-    /// Items drawn per evaluation.
-    pub sample_items: usize,
+    /// Items per stage of an evaluation (it looks at the evidence after each stage).
+    pub stage_items: usize,
+    /// Most stages one evaluation takes (1 to 4); each look is tested at α / this.
+    pub stages: u8,
     /// Largest ‖child − parent‖ / ‖parent‖, millionths.
     pub delta_norm_max_ppm: u64,
     /// Leading zero bits of the hybrid-mode stamp.
@@ -132,7 +135,8 @@ impl Default for PolSettings {
             alpha_percent: 1,
             min_effect_micro: 1_000,
             mixture_tolerance_bps: 10,
-            sample_items: 64,
+            stage_items: 64,
+            stages: 4,
             delta_norm_max_ppm: 1_000_000,
             pow_bits: 16,
             threads: 0,
@@ -149,6 +153,8 @@ impl PolSettings {
             self.alpha_percent,
             self.min_effect_micro,
             self.mixture_tolerance_bps,
+            u32::try_from(self.stage_items).unwrap_or(u32::MAX),
+            self.stages,
         )
     }
 
@@ -169,13 +175,13 @@ pub struct VerdictReport {
     pub accepted: bool,
     /// Stable reason code.
     pub reason: String,
-    /// Mean gain per routed item, nats.
+    /// Mean gain per position of the items that route to the expert, nats.
     pub gain: f64,
-    /// Lower confidence bound of that gain, nats.
+    /// Lower confidence bound of that gain, nats per position.
     pub lcb: f64,
     /// Mixture gain, basis points (what the reward pays for).
     pub gain_bps: u32,
-    /// Items routed to the expert (the test's n).
+    /// Items that route to the expert (the test's n).
     pub n: u64,
     /// Items drawn.
     pub items: usize,
@@ -485,8 +491,9 @@ pub struct PolStatus {
     pub pool_items: usize,
     /// Items never drawn.
     pub pool_remaining: usize,
-    /// Evaluations the remaining items allow at the configured sample size.
-    pub evaluations_left: usize,
+    /// Stages the remaining items hold: each evaluation takes one to `settings.stages` of
+    /// them, so this many evaluations at most and this over `stages` at least.
+    pub stages_left: usize,
     /// Why the pool is unavailable, if it is.
     pub pool_problem: Option<String>,
     /// Verdicts on chain P.
@@ -523,7 +530,7 @@ impl Node {
             pool_root: s.record.commit.as_ref().map(|(_, c)| c.root),
             pool_items,
             pool_remaining: remaining,
-            evaluations_left: remaining / settings.sample_items.max(1),
+            stages_left: remaining / settings.stage_items.max(1),
             pool_problem: s.pool_problem.clone(),
             verdicts: s.record.verdicts.len(),
             awaiting_replication: s
@@ -543,13 +550,9 @@ impl Node {
     /// A refusal before evaluation spends no pool item and writes nothing.
     pub fn pol_submit(&self, sub: Submission, now_ms: u64) -> Result<VerdictReport, NodeError> {
         let settings = self.config.pol;
-        let candidate = Candidate::decode(&sub.candidate).map_err(|e| {
-            let detail = e.to_string();
-            if detail.contains("non-finite") {
-                refuse(PolRefusal::NonFinite, detail)
-            } else {
-                refuse(PolRefusal::MalformedCandidate, detail)
-            }
+        let candidate = Candidate::decode(&sub.candidate).map_err(|e| match e {
+            TrainError::NonFiniteCandidate { .. } => refuse(PolRefusal::NonFinite, e.to_string()),
+            e => refuse(PolRefusal::MalformedCandidate, e.to_string()),
         })?;
         let (_, meta) = self
             .store
@@ -832,6 +835,8 @@ impl Node {
             alpha_percent: self.config.pol.alpha_percent,
             min_effect_micro: rules.thresholds.min_effect_micro,
             mixture_tolerance_bps: rules.mixture_tolerance_bps,
+            stage_items: rules.stage_items,
+            stages: rules.stages,
             n: 0,
             sum: 0,
             sum_sq: 0,
@@ -875,26 +880,32 @@ impl Node {
             .head(ChainId::Proof)?
             .map_or(Hash::ZERO, |(_, h)| h);
         let seed = blyan_pol::evaluation_seed(&id, &pool.root(), &proof_head);
-        let items = pool
-            .draw(seed, settings.sample_items, &state.record.retired())
+        let rules = settings.rules();
+        let order = pool
+            .draw_stages(
+                seed,
+                rules.stage_items as usize,
+                usize::from(rules.stages),
+                &state.record.retired(),
+            )
             .map_err(|e| refuse(PolRefusal::PoolExhausted, e.to_string()))?;
         let mut heads = snapshot.clone();
         heads.heads.insert(expert_group_name(expert), parent);
         let model = heads.model(&self.store).map_err(snapshot_err)?;
-        let rules = settings.rules();
-        let (_, j) = blyan_pol::record::evaluate(
+        let evaluation = blyan_pol::record::evaluate(
             &model,
             expert,
             child,
             &pool,
-            &items,
+            &order,
             rules,
             settings.thread_count(),
         )
-        .map_err(|e| match e.contains("not finite") {
-            true => refuse(PolRefusal::NonFinite, e),
-            false => NodeError::Internal(e),
+        .map_err(|e| match e.is_non_finite() {
+            true => refuse(PolRefusal::NonFinite, e.to_string()),
+            false => NodeError::Internal(e.to_string()),
         })?;
+        let (items, j) = (evaluation.items, evaluation.judgement);
         let verdict = Verdict {
             expert,
             candidate: id,
@@ -911,6 +922,8 @@ impl Node {
             alpha_percent: rules.alpha_percent(),
             min_effect_micro: rules.thresholds.min_effect_micro,
             mixture_tolerance_bps: rules.mixture_tolerance_bps,
+            stage_items: rules.stage_items,
+            stages: rules.stages,
             n: j.sums.n,
             sum: j.sums.sum,
             sum_sq: j.sums.sum_sq,
@@ -1028,12 +1041,11 @@ impl Node {
             .push(&self.store, hash, &header)
             .map_err(snapshot_err)?;
         self.metrics.record_pol_verdict(&verdict.reason);
-        let d = judgement.and_then(|j| j.decision.as_ref());
         let report = VerdictReport {
             accepted: verdict.accepted,
             reason: verdict.reason.clone(),
-            gain: d.map_or(0.0, |d| d.mean_micro as f64 / 1e6),
-            lcb: d.map_or(0.0, |d| d.lcb_micro as f64 / 1e6),
+            gain: judgement.map_or(0.0, |j| j.gain_per_position_micro() as f64 / 1e6),
+            lcb: judgement.map_or(0.0, |j| j.lcb_per_position_micro() as f64 / 1e6),
             gain_bps: verdict.gain_bps,
             n: verdict.n,
             items: verdict.items.len(),

@@ -19,8 +19,13 @@ use std::collections::BTreeMap;
 use blyan_chain::spec::{ModelSpec, expert_group_name};
 use blyan_primitives::ExpertId;
 
-/// Version of the evaluator recorded in every proof; bumped whenever any loss could change.
-pub const EVALUATOR_VERSION: u32 = 1;
+/// Version of the evaluator recorded in every proof; bumped whenever any loss or the way the
+/// decision reads them could change. Version 2 tests each item's whole loss (version 1 tested
+/// the mean over its routed positions) and caps a position's loss. Version 3 evaluates in
+/// stages, stopping at the first conclusive look, and accepts when the gain is significant
+/// and its mean clears the minimum effect (version 2 required the lower confidence bound to
+/// clear it).
+pub const EVALUATOR_VERSION: u32 = 3;
 
 /// One nat in the integer unit of losses.
 pub const MICRO: f64 = 1e6;
@@ -517,9 +522,15 @@ impl Model {
     }
 }
 
-/// A loss in nats as integer micro-nats, rounded to nearest.
+/// Largest loss one position can score, nats. A finite loss above it (only a hostile
+/// candidate's logits can produce one) counts as this much, which keeps every item's sum far
+/// inside `i64` and the paired differences inside [`crate::DIFF_MAX`].
+pub const POSITION_LOSS_MAX_NATS: f64 = 1_000.0;
+
+/// A loss in nats as integer micro-nats, rounded to nearest, at most
+/// [`POSITION_LOSS_MAX_NATS`].
 fn to_micro(nats: f64) -> i64 {
-    libm::round(nats * MICRO) as i64
+    libm::round(nats.min(POSITION_LOSS_MAX_NATS) * MICRO) as i64
 }
 
 /// Dot product with eight independent lanes added in a fixed tree, then the tail.

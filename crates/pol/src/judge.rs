@@ -5,7 +5,9 @@ use blyan_primitives::{Address, Hash};
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{ExpertWeights, ItemScore};
-use crate::stats::{Alpha, Decision, PairedSums, StatsError, Thresholds, decide};
+use crate::stats::{
+    Alpha, Decision, LOOKS_MAX, PairedSums, StatsError, Thresholds, decide_against,
+};
 
 /// Basis points in one.
 const BPS: i128 = 10_000;
@@ -20,7 +22,7 @@ pub enum Reason {
     AcceptedPow,
     /// The gain is not significant at the configured level.
     NotSignificant,
-    /// The mean gain does not exceed the minimum effect.
+    /// The mean gain per position does not exceed the minimum effect.
     BelowMinEffect,
     /// The whole mixture got worse by more than the tolerance.
     MixtureRegression,
@@ -61,13 +63,23 @@ impl Reason {
     }
 }
 
-/// The thresholds of a verdict.
+/// The thresholds of a verdict and the shape of its sample.
+///
+/// An evaluation is sequential: it draws up to `stages` × `stage_items` items in one seeded
+/// order and looks at the evidence after every `stage_items` of them, stopping as soon as a
+/// look accepts or finds the minimum effect out of reach (see [`Judgement::conclusive`]).
+/// Clear cases cost one stage of the scarce hidden pool; small real gains get the larger
+/// sample they need to be seen. Every look is tested at α / `stages`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rules {
     /// The paired test's level and minimum effect.
     pub thresholds: Thresholds,
     /// Largest mixture regression tolerated, basis points of the parent's loss.
     pub mixture_tolerance_bps: u32,
+    /// Items per stage (look).
+    pub stage_items: u32,
+    /// Most stages one evaluation takes, 1 to [`LOOKS_MAX`].
+    pub stages: u8,
 }
 
 impl Default for Rules {
@@ -75,14 +87,23 @@ impl Default for Rules {
         Rules {
             thresholds: Thresholds::default(),
             mixture_tolerance_bps: 10,
+            stage_items: 64,
+            stages: LOOKS_MAX,
         }
     }
 }
 
 impl Rules {
     /// Rules from their recorded form: α in percent (5 means 5%, anything else 1%), the
-    /// minimum effect in micro-nats and the mixture tolerance in basis points.
-    pub fn new(alpha_percent: u8, min_effect_micro: i64, mixture_tolerance_bps: u32) -> Rules {
+    /// minimum effect in micro-nats, the mixture tolerance in basis points, the items per
+    /// stage (at least 1) and the most stages (clamped to 1..=[`LOOKS_MAX`]).
+    pub fn new(
+        alpha_percent: u8,
+        min_effect_micro: i64,
+        mixture_tolerance_bps: u32,
+        stage_items: u32,
+        stages: u8,
+    ) -> Rules {
         Rules {
             thresholds: Thresholds {
                 alpha: if alpha_percent == 5 {
@@ -93,7 +114,14 @@ impl Rules {
                 min_effect_micro,
             },
             mixture_tolerance_bps,
+            stage_items: stage_items.max(1),
+            stages: stages.clamp(1, LOOKS_MAX),
         }
+    }
+
+    /// The most items one evaluation draws.
+    pub fn sample_max(&self) -> usize {
+        self.stage_items as usize * usize::from(self.stages)
     }
 
     /// The significance level in percent.
@@ -106,17 +134,28 @@ impl Rules {
 }
 
 /// The evidence and the decision of one evaluation.
+///
+/// The unit of the test is an item that routes at least one position to the expert (items
+/// that route none score exactly the same with either version and carry no evidence), and an
+/// item's loss is its whole negative log-likelihood: the sum of its losses over every
+/// position. A changed expert moves the residual stream at its routed positions, and through
+/// attention every later position in later layers, so the item's whole loss is where its
+/// effect shows; summing rather than averaging also weights each item by the positions it
+/// holds. The minimum effect is per position: the total gain must clear it times the
+/// positions of the counted items.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Judgement {
-    /// Paired sums over the items routed to the expert.
+    /// Paired sums of the counted items' whole losses (d = parent − child).
     pub sums: PairedSums,
-    /// Σ of the parent's per-item mean loss over those items, micro-nats.
+    /// Positions scored in the counted items.
+    pub positions: u64,
+    /// Σ of the parent's whole loss over the counted items, micro-nats.
     pub parent_sum: i128,
     /// The whole mixture's loss over every item with the parent, micro-nats.
     pub mixture_parent: i128,
     /// The same with the candidate swapped in.
     pub mixture_child: i128,
-    /// The test, when at least two items were routed.
+    /// The test, when at least two items were counted.
     pub decision: Option<Decision>,
     /// The verdict.
     pub reason: Reason,
@@ -125,24 +164,48 @@ pub struct Judgement {
     pub gain_bps: u32,
 }
 
-/// One item's mean loss over its routed positions, micro-nats, rounded toward −∞.
-fn routed_mean(sum: i64, routed: u32) -> i64 {
-    sum.div_euclid(i64::from(routed))
+impl Judgement {
+    /// Whether an evaluation can stop at this look: the candidate is accepted, or the
+    /// minimum effect is out of reach (the upper confidence bound is below it). Otherwise
+    /// it goes on to the next stage while the sample has one, and this is the verdict when
+    /// it has none.
+    pub fn conclusive(&self) -> bool {
+        self.reason.accepted() || self.decision.is_some_and(|d| d.futile)
+    }
+
+    /// Mean gain per position of the counted items, micro-nats (0 without a test).
+    pub fn gain_per_position_micro(&self) -> i128 {
+        match (&self.decision, self.positions) {
+            (Some(_), p) if p > 0 => self.sums.sum.div_euclid(i128::from(p)),
+            _ => 0,
+        }
+    }
+
+    /// Lower confidence bound of the gain per position, micro-nats (0 without a test).
+    pub fn lcb_per_position_micro(&self) -> i128 {
+        match (&self.decision, self.positions) {
+            (Some(d), p) if p > 0 => {
+                (d.lcb_micro * i128::from(self.sums.n)).div_euclid(i128::from(p))
+            }
+            _ => 0,
+        }
+    }
 }
 
-/// Decides on `scores` under `rules`. Items that route no position to the expert carry no
-/// evidence about it and only count in the mixture check.
+/// Decides on `scores` (every item seen so far) under `rules`: accepted when the gain is
+/// significant at this look's level, its mean per position clears the minimum effect and the
+/// mixture does not regress beyond the tolerance.
 pub fn judge(scores: &[ItemScore], rules: Rules) -> Result<Judgement, StatsError> {
     let mut sums = PairedSums::default();
-    let mut parent_sum = 0i128;
+    let (mut positions, mut parent_sum) = (0u64, 0i128);
     let (mut mixture_parent, mut mixture_child) = (0i128, 0i128);
     for s in scores {
         mixture_parent += i128::from(s.parent_all);
         mixture_child += i128::from(s.child_all);
         if s.routed > 0 {
-            let parent = routed_mean(s.parent_routed, s.routed);
-            sums.push(parent, routed_mean(s.child_routed, s.routed))?;
-            parent_sum += i128::from(parent);
+            sums.push(s.parent_all, s.child_all)?;
+            positions += u64::from(s.positions);
+            parent_sum += i128::from(s.parent_all);
         }
     }
     let gain_bps = if mixture_parent > 0 && mixture_child < mixture_parent {
@@ -152,25 +215,28 @@ pub fn judge(scores: &[ItemScore], rules: Rules) -> Result<Judgement, StatsError
     };
     let regression = (mixture_child - mixture_parent) * BPS
         > i128::from(rules.mixture_tolerance_bps) * mixture_parent;
+    // The total gain must clear the minimum effect for every counted position.
+    let margin = i128::from(rules.thresholds.min_effect_micro.max(0)) * i128::from(positions);
     let decision = if sums.n >= 2 {
-        Some(decide(sums, rules.thresholds)?)
+        Some(decide_against(
+            sums,
+            rules.thresholds.alpha,
+            rules.stages,
+            margin,
+        )?)
     } else {
         None
     };
     let reason = match &decision {
         None => Reason::TooFewRoutedItems,
-        Some(d) if !d.passes => {
-            if d.mean_micro <= i128::from(rules.thresholds.min_effect_micro) {
-                Reason::BelowMinEffect
-            } else {
-                Reason::NotSignificant
-            }
-        }
+        Some(d) if !d.clears_min_effect => Reason::BelowMinEffect,
+        Some(d) if !d.significant => Reason::NotSignificant,
         Some(_) if regression => Reason::MixtureRegression,
         Some(_) => Reason::Accepted,
     };
     Ok(Judgement {
         sums,
+        positions,
         parent_sum,
         mixture_parent,
         mixture_child,
@@ -272,6 +338,7 @@ mod tests {
         let j = judge(&scores, Rules::default()).unwrap();
         assert_eq!(j.reason, Reason::Accepted, "{j:?}");
         assert!(j.gain_bps > 0);
+        assert!(j.conclusive());
     }
 
     #[test]
@@ -279,9 +346,11 @@ mod tests {
         let same: Vec<ItemScore> = (0..100)
             .map(|i| item(8, 3_000_000 + i, 3_000_000 + i))
             .collect();
-        assert_eq!(
-            judge(&same, Rules::default()).unwrap().reason,
-            Reason::BelowMinEffect
+        let j = judge(&same, Rules::default()).unwrap();
+        assert_eq!(j.reason, Reason::BelowMinEffect);
+        assert!(
+            j.conclusive(),
+            "no gain at all cannot reach the minimum effect"
         );
         let noisy: Vec<ItemScore> = (0..100)
             .map(|i| {
@@ -292,10 +361,9 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(
-            judge(&noisy, Rules::default()).unwrap().reason,
-            Reason::NotSignificant
-        );
+        let j = judge(&noisy, Rules::default()).unwrap();
+        assert_eq!(j.reason, Reason::NotSignificant);
+        assert!(!j.conclusive(), "a noisy sample goes on to the next stage");
         let unrouted: Vec<ItemScore> = (0..100).map(|_| item(0, 3_000_000, 2_000_000)).collect();
         assert_eq!(
             judge(&unrouted, Rules::default()).unwrap().reason,
@@ -303,8 +371,10 @@ mod tests {
         );
     }
 
+    /// A candidate that lowers the loss where it is routed but raises it on the rest of the
+    /// item (through attention in later layers) is judged on the whole item and refused.
     #[test]
-    fn a_gain_on_the_expert_that_hurts_the_mixture_is_refused() {
+    fn a_gain_at_routed_positions_that_hurts_the_item_is_refused() {
         let scores: Vec<ItemScore> = (0..100)
             .map(|i| ItemScore {
                 positions: 32,
@@ -316,8 +386,48 @@ mod tests {
             })
             .collect();
         let j = judge(&scores, Rules::default()).unwrap();
-        assert_eq!(j.reason, Reason::MixtureRegression);
+        assert_eq!(j.reason, Reason::BelowMinEffect);
         assert_eq!(j.gain_bps, 0);
+        assert!(j.gain_per_position_micro() < 0);
+    }
+
+    /// The mixture check still refuses scores whose uncounted items got worse (impossible
+    /// for a real evaluation, where an item that never routes to the expert scores the same).
+    #[test]
+    fn a_mixture_regression_is_refused() {
+        let mut scores: Vec<ItemScore> = (0..100)
+            .map(|i| {
+                item(
+                    8,
+                    3_000_000 + i * 1000,
+                    2_990_000 + i * 1000 + (i % 3) * 100,
+                )
+            })
+            .collect();
+        scores.extend((0..100).map(|_| item(0, 3_000_000, 3_100_000)));
+        let j = judge(&scores, Rules::default()).unwrap();
+        assert_eq!(j.reason, Reason::MixtureRegression, "{j:?}");
+        assert_eq!(j.sums.n, 100);
+        assert_eq!(j.positions, 3200);
+    }
+
+    #[test]
+    fn gains_are_reported_per_position() {
+        let scores: Vec<ItemScore> = (0..50)
+            .map(|i| item(8, 3_000_000, 2_990_000 + (i % 2) * 2_000))
+            .collect();
+        let j = judge(&scores, Rules::default()).unwrap();
+        assert_eq!(j.reason, Reason::Accepted);
+        // Per position: 10,000 or 8,000 micro-nats, alternately.
+        assert_eq!(j.gain_per_position_micro(), 9_000);
+        let lcb = j.lcb_per_position_micro();
+        assert!(lcb > 1_000 && lcb < 9_000, "{lcb}");
+        // A minimum effect above the gain turns it down for that reason.
+        let strict = Rules::new(1, 9_500, 10, 64, 4);
+        assert_eq!(
+            judge(&scores, strict).unwrap().reason,
+            Reason::BelowMinEffect
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! This first part is the decision: per evaluated item the parent's and the candidate's loss
 //! in integer micro-nats, summed exactly ([`PairedSums`]), and a one-sided paired t-test
 //! decided with integer arithmetic only ([`decide`]), so every validator reaches the same
-//! verdict bit for bit; and the hidden pool ([`Pool`]): items under a Merkle root, samples
+//! verdict bit for bit, at up to [`LOOKS_MAX`] looks at a growing sample; and the hidden pool ([`Pool`]): items under a Merkle root, samples
 //! drawn without reuse from a seed fixed only after the candidate is committed. The
 //! evaluator, proof blocks and rewards build on these.
 
@@ -22,6 +22,6 @@ pub use judge::{
 };
 pub use pool::{Pool, PoolError, decode_item, encode_item, evaluation_seed};
 pub use stats::{
-    Alpha, DIFF_MAX, Decision, ITEMS_MAX, PairedSums, StatsError, Thresholds, decide,
-    t_critical_micro,
+    Alpha, DIFF_MAX, Decision, ITEMS_MAX, LOOKS_MAX, PairedSums, StatsError, Thresholds, decide,
+    decide_against, t_critical_micro,
 };

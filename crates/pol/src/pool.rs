@@ -118,9 +118,22 @@ impl Pool {
     }
 
     /// Draws `k` distinct items, none of them in `retired`, determined by `seed` alone: the
-    /// unused indices in ascending order, shuffled by a partial Fisher–Yates with ChaCha8
-    /// seeded from `seed`; the first `k`, sorted. The caller retires them.
+    /// first `k` of [`Pool::draw_order`], sorted. The caller retires them.
     pub fn draw(
+        &self,
+        seed: Hash,
+        k: usize,
+        retired: &BTreeSet<u32>,
+    ) -> Result<Vec<u32>, PoolError> {
+        let mut sample = self.draw_order(seed, k, retired)?;
+        sample.sort_unstable();
+        Ok(sample)
+    }
+
+    /// Draws `k` distinct items, none of them in `retired`, in the order drawn: the unused
+    /// indices in ascending order, shuffled by a partial Fisher–Yates with ChaCha8 seeded
+    /// from `seed`, the first `k`. The first `j` items of a draw of `k` are the draw of `j`.
+    pub fn draw_order(
         &self,
         seed: Hash,
         k: usize,
@@ -143,9 +156,36 @@ impl Pool {
             let j = rng.random_range(i..unused.len());
             unused.swap(i, j);
         }
-        let mut sample = unused[..k].to_vec();
-        sample.sort_unstable();
-        Ok(sample)
+        unused.truncate(k);
+        Ok(unused)
+    }
+
+    /// The ordered sample of a sequential evaluation: up to `stages` stages of
+    /// `stage_items` each ([`Pool::draw_order`]), as many whole stages as the unused items
+    /// allow. Exhausted when not even one stage remains.
+    pub fn draw_stages(
+        &self,
+        seed: Hash,
+        stage_items: usize,
+        stages: usize,
+        retired: &BTreeSet<u32>,
+    ) -> Result<Vec<u32>, PoolError> {
+        if stage_items == 0 || stages == 0 {
+            return Err(PoolError::EmptySample);
+        }
+        let unused = self.items.len()
+            - retired
+                .iter()
+                .filter(|&&i| (i as usize) < self.items.len())
+                .count();
+        let whole = (unused / stage_items).min(stages);
+        if whole == 0 {
+            return Err(PoolError::Exhausted {
+                remaining: unused,
+                wanted: stage_items,
+            });
+        }
+        self.draw_order(seed, whole * stage_items, retired)
     }
 }
 
@@ -209,6 +249,34 @@ mod tests {
         assert_eq!(
             p.draw(seed, 0, &BTreeSet::new()),
             Err(PoolError::EmptySample)
+        );
+    }
+
+    #[test]
+    fn staged_draws_are_prefixes_and_shrink_to_what_is_left() {
+        let p = pool(100);
+        let seed = Hash::of(b"staged");
+        let none = BTreeSet::new();
+        let order = p.draw_stages(seed, 10, 4, &none).unwrap();
+        assert_eq!(order.len(), 40);
+        let mut first = order[..10].to_vec();
+        first.sort_unstable();
+        assert_eq!(
+            first,
+            p.draw(seed, 10, &none).unwrap(),
+            "stage one is the plain draw"
+        );
+        let retired: BTreeSet<u32> = (0..75).collect();
+        let left = p.draw_stages(seed, 10, 4, &retired).unwrap();
+        assert_eq!(left.len(), 20, "two whole stages fit in 25 unused items");
+        assert!(left.iter().all(|i| *i >= 75));
+        let retired: BTreeSet<u32> = (0..95).collect();
+        assert_eq!(
+            p.draw_stages(seed, 10, 4, &retired),
+            Err(PoolError::Exhausted {
+                remaining: 5,
+                wanted: 10
+            })
         );
     }
 

@@ -12,10 +12,32 @@ use blyan_chain::{BlockKind, ChainError, ChainId, PolMode, PoolCommit, Store, Ve
 use blyan_primitives::{ExpertId, Hash};
 use serde::Serialize;
 
-use crate::eval::{EVALUATOR_VERSION, ExpertWeights, ItemScore, Model};
+use crate::eval::{EVALUATOR_VERSION, EvalError, ExpertWeights, ItemScore, Model};
 use crate::judge::{Judgement, Reason, Rules, judge};
 use crate::pool::{Pool, evaluation_seed};
 use crate::snapshot::{Snapshot, SnapshotError, expert_weights, tensors_of_payload};
+use crate::stats::StatsError;
+
+/// Why an evaluation could not reach a judgement.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    /// A drawn item is not in the pool (a pool that does not match the commitment).
+    #[error("item {0} is not in the pool")]
+    NotInPool(u32),
+    /// The evaluator refused the model, the candidate or an item.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// The scores cannot be tested.
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+}
+
+impl EvaluateError {
+    /// Whether a loss came out NaN or infinite (the candidate's fault, not the node's).
+    pub fn is_non_finite(&self) -> bool {
+        matches!(self, EvaluateError::Eval(EvalError::NonFinite { .. }))
+    }
+}
 
 /// One verdict block.
 #[derive(Clone, Debug)]
@@ -138,7 +160,13 @@ impl PolRecord {
 
 /// The rules a verdict recorded.
 pub fn rules_of(v: &Verdict) -> Rules {
-    Rules::new(v.alpha_percent, v.min_effect_micro, v.mixture_tolerance_bps)
+    Rules::new(
+        v.alpha_percent,
+        v.min_effect_micro,
+        v.mixture_tolerance_bps,
+        v.stage_items,
+        v.stages,
+    )
 }
 
 /// The model a verdict compares against: the parameter chain at `param_head`, with expert
@@ -159,29 +187,61 @@ pub fn candidate_weights(payload: &[u8]) -> Result<ExpertWeights, String> {
     expert_weights(&tensors_of_payload(payload)?)
 }
 
-/// Scores `items` of `pool` and decides.
+/// What a sequential evaluation found.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// The items it used (the stages it looked at), ascending: the ones it retires.
+    pub items: Vec<u32>,
+    /// Their scores, in the order drawn.
+    pub scores: Vec<ItemScore>,
+    /// Stages looked at.
+    pub stages: u32,
+    /// The judgement at the last look.
+    pub judgement: Judgement,
+}
+
+/// Scores `order` (a sample from [`Pool::draw_stages`]) stage by stage under `rules`,
+/// judging everything seen so far after each stage, and stops at the first conclusive look
+/// ([`Judgement::conclusive`]) or when the sample runs out.
 pub fn evaluate(
     model: &Model,
     expert: ExpertId,
     child: &ExpertWeights,
     pool: &Pool,
-    items: &[u32],
+    order: &[u32],
     rules: Rules,
     threads: usize,
-) -> Result<(Vec<ItemScore>, Judgement), String> {
-    let tokens: Vec<Vec<u32>> = items
-        .iter()
-        .map(|&i| {
-            pool.tokens(i)
-                .ok_or_else(|| format!("item {i} is not in the pool"))
-        })
-        .collect::<Result<_, _>>()?;
-    let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
-    let scores = model
-        .score_all(expert, child, &refs, threads)
-        .map_err(|e| e.to_string())?;
-    let judgement = judge(&scores, rules).map_err(|e| e.to_string())?;
-    Ok((scores, judgement))
+) -> Result<Evaluation, EvaluateError> {
+    let mut scores: Vec<ItemScore> = Vec::with_capacity(order.len());
+    let mut stages = 0u32;
+    let mut judgement = None;
+    for stage in order.chunks(rules.stage_items.max(1) as usize) {
+        let tokens: Vec<Vec<u32>> = stage
+            .iter()
+            .map(|&i| pool.tokens(i).ok_or(EvaluateError::NotInPool(i)))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+        scores.extend(model.score_all(expert, child, &refs, threads)?);
+        stages += 1;
+        let j = judge(&scores, rules)?;
+        let done = j.conclusive();
+        judgement = Some(j);
+        if done {
+            break;
+        }
+    }
+    let judgement = match judgement {
+        Some(j) => j,
+        None => judge(&scores, rules)?,
+    };
+    let mut items = order[..scores.len()].to_vec();
+    items.sort_unstable();
+    Ok(Evaluation {
+        items,
+        scores,
+        stages,
+        judgement,
+    })
 }
 
 /// The outcome of recomputing one verdict.
@@ -202,8 +262,8 @@ pub struct ProofCheck {
 }
 
 /// Recomputes verdict `proof`: the pool root, the seed from the candidate and the block it
-/// extends, the draw from the items retired before it, every item's losses, the sums and
-/// the decision. `candidate` is the candidate's expert-block payload, which must hash to
+/// extends, the draw from the items retired before it, every item's losses, the stage at
+/// which the evaluation stops, the sums and the decision. `candidate` is the candidate's expert-block payload, which must hash to
 /// the recorded candidate.
 pub fn verify(
     store: &Store,
@@ -260,15 +320,29 @@ pub fn verify(
     if seed != v.seed {
         problems.push(format!("seed {} should be {seed}", v.seed));
     }
-    match pool.draw(
+    let rules = rules_of(v);
+    let order = match pool.draw_stages(
         seed,
-        v.items.len().max(1),
+        rules.stage_items as usize,
+        usize::from(rules.stages),
         &record.retired_before(entry.height),
     ) {
-        Ok(items) if items == v.items => {}
-        Ok(_) => problems.push("the items are not the draw the seed gives".into()),
-        Err(e) => problems.push(format!("the draw fails: {e}")),
-    }
+        Ok(order) => {
+            let mut used = v.items.clone();
+            used.sort_unstable();
+            used.dedup();
+            let mut prefix = order.get(..v.items.len()).unwrap_or(&order).to_vec();
+            prefix.sort_unstable();
+            if used != v.items || prefix != v.items {
+                problems.push("the items are not the draw the seed gives".into());
+            }
+            order
+        }
+        Err(e) => {
+            problems.push(format!("the draw fails: {e}"));
+            return Ok(finish(problems, None));
+        }
+    };
     let Some(payload) = candidate else {
         problems.push(format!(
             "the candidate {} is not available here",
@@ -288,16 +362,17 @@ pub fn verify(
         }
     };
     let model = parent_model(store, v.param_head, v.expert, v.parent)?;
-    let (_, j) = match evaluate(
-        &model,
-        v.expert,
-        &child,
-        pool,
-        &v.items,
-        rules_of(v),
-        threads,
-    ) {
-        Ok(r) => r,
+    let j = match evaluate(&model, v.expert, &child, pool, &order, rules, threads) {
+        Ok(e) => {
+            if e.items != v.items {
+                problems.push(format!(
+                    "the evaluation stops after {} items, the verdict used {}",
+                    e.items.len(),
+                    v.items.len()
+                ));
+            }
+            e.judgement
+        }
         Err(e) => {
             problems.push(format!("the evaluation fails: {e}"));
             return Ok(finish(problems, None));

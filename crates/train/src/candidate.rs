@@ -152,7 +152,10 @@ impl Candidate {
             }
             let values = blyan_tensor::f32_from_bytes(view.data());
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(bad(format!("{name} holds a non-finite value at {i}")));
+                return Err(TrainError::NonFiniteCandidate {
+                    tensor: name,
+                    index: i,
+                });
             }
             tensors.push((name, view.shape().to_vec(), values));
         }

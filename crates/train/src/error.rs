@@ -70,6 +70,14 @@ pub enum TrainError {
         /// What is wrong.
         detail: String,
     },
+    /// A candidate file holds a NaN or an infinity.
+    #[error("candidate: {tensor} holds a non-finite value at {index}")]
+    NonFiniteCandidate {
+        /// The tensor.
+        tensor: String,
+        /// The first bad value's position.
+        index: usize,
+    },
     /// The loss became NaN or infinite.
     #[error("the loss diverged at step {step} ({loss})")]
     Diverged {
@@ -113,6 +121,7 @@ impl TrainError {
             TrainError::Corpus { .. } => "corpus",
             TrainError::Checkpoint { .. } => "checkpoint",
             TrainError::Candidate { .. } => "candidate",
+            TrainError::NonFiniteCandidate { .. } => "non_finite_candidate",
             TrainError::Diverged { .. } => "diverged",
             TrainError::NoModel => "no_model",
             TrainError::Tokenizer(_) => "tokenizer",

@@ -407,7 +407,12 @@ fn malformed_candidates_are_refused() -> Result {
     let good = run.candidate()?;
     let mut nan = good.clone();
     nan.tensors[0].2[3] = f32::NAN;
-    assert!(Candidate::decode(&nan.encode()?).is_err(), "NaN refused");
+    assert_eq!(
+        Candidate::decode(&nan.encode()?)
+            .expect_err("NaN refused")
+            .code(),
+        "non_finite_candidate"
+    );
     let mut short = good.clone();
     short.tensors.pop();
     assert!(
