@@ -268,3 +268,97 @@ impl Migration {
         Ok(m)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict() -> Verdict {
+        Verdict {
+            expert: ExpertId::new(1, 2),
+            candidate: Hash::of(b"candidate"),
+            parent: Hash::of(b"parent"),
+            param_head: Hash::of(b"head"),
+            contributor: Address::ZERO,
+            mode: PolMode::Pol,
+            pow_nonce: 0,
+            replicates: None,
+            pool_root: Hash::of(b"pool"),
+            seed: Hash::of(b"seed"),
+            items: (0..128).map(|i| i * 3).collect(),
+            evaluator_version: 3,
+            alpha_percent: 1,
+            min_effect_micro: 1_000,
+            mixture_tolerance_bps: 10,
+            stage_items: 64,
+            stages: 4,
+            n: 120,
+            sum: 5_000_000,
+            sum_sq: 900_000_000_000,
+            parent_sum: 1 << 40,
+            mixture_parent: 1 << 41,
+            mixture_child: (1 << 41) - 9,
+            accepted: true,
+            reason: "accepted".into(),
+            gain_bps: 3,
+            reward: 7,
+            vesting: 7,
+            validator_reward: 1,
+        }
+    }
+
+    #[test]
+    fn a_verdict_round_trips_and_malformed_ones_are_refused() {
+        let v = verdict();
+        assert_eq!(Verdict::decode(&v.encode()).unwrap(), v);
+        let bad = [
+            Verdict {
+                items: vec![3, 1],
+                n: 2,
+                ..verdict()
+            },
+            Verdict {
+                n: 129,
+                ..verdict()
+            },
+            Verdict {
+                alpha_percent: 2,
+                ..verdict()
+            },
+            Verdict {
+                stages: 0,
+                ..verdict()
+            },
+            Verdict {
+                stages: VERDICT_STAGES_MAX + 1,
+                ..verdict()
+            },
+            Verdict {
+                stage_items: 0,
+                ..verdict()
+            },
+            Verdict {
+                stage_items: 31,
+                ..verdict()
+            },
+            Verdict {
+                min_effect_micro: -1,
+                ..verdict()
+            },
+            Verdict {
+                reason: "x".repeat(PROOF_TEXT_MAX + 1),
+                ..verdict()
+            },
+        ];
+        for v in bad {
+            assert!(
+                matches!(
+                    Verdict::decode(&v.encode()),
+                    Err(BlockError::MalformedPayload { .. })
+                ),
+                "{v:?}"
+            );
+        }
+        assert!(Verdict::decode(&v.encode()[..40]).is_err(), "truncated");
+    }
+}
