@@ -14,6 +14,7 @@ mod config;
 mod engine;
 mod error;
 mod generate;
+mod kernels;
 mod linear;
 mod load;
 mod model;

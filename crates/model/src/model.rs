@@ -22,6 +22,7 @@ use crate::{
     ModelConfig, ModelError, Precision,
     attention::{Dims, LayerKv, RopeTables, attend},
     cache::{ByteSize, CacheStats, ExpertCache},
+    kernels::matmul_f32,
     linear::Linear,
     load::{read_group, with_group},
 };
@@ -83,8 +84,9 @@ struct Layer {
     /// `q_proj`, `k_proj` and `v_proj` stacked: `[d + 2·kv_dim, d]`.
     qkv: Linear,
     o: Linear,
-    /// Router `[experts, d]`, always f32: routing decisions should not move with quantization.
-    router: Tensor,
+    /// Router `[experts, d]` row-major, always f32: routing decisions should not move with
+    /// quantization.
+    router: Vec<f32>,
 }
 
 /// Where an expert's weights come from.
@@ -206,7 +208,9 @@ impl Model {
                 post_norm,
                 qkv,
                 o,
-                router: one(&format!("{p}.block_sparse_moe.gate"))?,
+                router: one(&format!("{p}.block_sparse_moe.gate"))?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
             });
         }
         let norm = one("model.norm")?;
@@ -451,8 +455,11 @@ impl Model {
         batch: &mut [(&mut Sequence, &[TokenId])],
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
-        let logits = h.matmul(&self.layers[l].router.t()?)?.to_vec2::<f32>()?;
-        let tokens = logits.len();
+        let hidden = h.flatten_all()?.to_vec1::<f32>()?;
+        let tokens = hidden.len() / c.hidden_size;
+        let mut flat = vec![0f32; tokens * c.experts];
+        matmul_f32(&self.layers[l].router, c.hidden_size, &hidden, &mut flat);
+        let logits: Vec<&[f32]> = flat.chunks_exact(c.experts).collect();
         // Per expert: the tokens routed to it and their weights.
         let mut routed: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); c.experts];
         let mut owner = Vec::with_capacity(tokens);

@@ -219,8 +219,22 @@ fn a_client_that_disconnects_stops_its_generation() {
         );
         thread::sleep(Duration::from_millis(20));
     }
-    // The engine has stopped decoding it: the cache sees no more lookups.
-    let hits = server.node().cache_stats().hits;
+    // The engine notices the cancellation at its next step, so the step in flight when the
+    // client left may still finish; after it the cache sees no more lookups. A generation
+    // that kept going would never let the count settle before the deadline.
+    let mut hits = server.node().cache_stats().hits;
+    loop {
+        thread::sleep(Duration::from_millis(100));
+        let now = server.node().cache_stats().hits;
+        if now == hits {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine kept decoding after the client left"
+        );
+        hits = now;
+    }
     thread::sleep(Duration::from_millis(300));
     assert_eq!(server.node().cache_stats().hits, hits);
     // Nothing was charged: the hold was voided whole.
