@@ -1,8 +1,9 @@
 //! Inference benchmark on the genesis network.
 //!
-//! Run: `cargo run --release -p blyan-model --example infer_bench [-- DATA_DIR]`
+//! Run: `cargo run --release -p blyan-model --example infer_bench [-- DATA_DIR [PRECISION]]`
 //!
-//! Without DATA_DIR it builds the default genesis network in a temporary directory. It prints
+//! PRECISION (`f32` or `int8`) measures one precision only; `-` as DATA_DIR keeps the
+//! temporary network. Without DATA_DIR it builds the default genesis network in a temporary directory. It prints
 //! one JSON object: cold expert load times, single-stream decode speed (forward pass only and
 //! end to end with sampling and text), time to first token, aggregate speed of 8 concurrent
 //! streams through the batching engine, the mean next-token loss of f32 and int8 on a
@@ -24,7 +25,8 @@ const DECODE_TOKENS: usize = 256;
 const STREAMS: usize = 8;
 
 fn main() {
-    let arg = std::env::args().nth(1);
+    let arg = std::env::args().nth(1).filter(|a| a != "-");
+    let only: Option<Precision> = std::env::args().nth(2).map(|p| p.parse().unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let dir = arg.map_or_else(|| tmp.path().join("chain"), PathBuf::from);
     let store = Arc::new(Store::open(&dir).unwrap());
@@ -48,6 +50,9 @@ fn main() {
     held_out_ids.truncate(513);
     let mut losses = Vec::new();
     for precision in [Precision::F32, Precision::Int8] {
+        if only.is_some_and(|p| p != precision) {
+            continue;
+        }
         let model = Arc::new(
             Model::load(
                 store.clone(),
@@ -79,10 +84,12 @@ fn main() {
             }),
         );
     }
-    report.insert(
-        "held_out_loss_delta_int8".into(),
-        (losses[1] - losses[0]).into(),
-    );
+    if let [f32_loss, int8_loss] = losses[..] {
+        report.insert(
+            "held_out_loss_delta_int8".into(),
+            (int8_loss - f32_loss).into(),
+        );
+    }
     report.insert("peak_rss_mib".into(), peak_rss_mib().into());
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }

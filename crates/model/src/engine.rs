@@ -1,12 +1,22 @@
-//! The batching engine: one thread decodes every active request together, one forward pass
-//! per step, so the weights read for a step serve all of them.
+//! The batching engine: each *lane* (a thread) decodes its active requests together, one
+//! forward pass per step, so the weights read for a step serve all of them.
 //!
-//! New requests join between steps (their prompts ride in the same forward pass as the other
-//! requests' decode tokens) and leave when they finish, are cancelled, or their receiver is
-//! dropped. Requests beyond `max_batch` wait in the submission queue.
+//! New requests go to the lane with the fewest requests, join it between steps (their prompts
+//! ride in the same forward pass as the other requests' decode tokens) and leave when they
+//! finish, are cancelled, or their receiver is dropped. Requests beyond a lane's share of
+//! `max_batch` wait in its submission queue.
+//!
+//! Lanes exist because one decode step of a small model is too short to split across cores
+//! (the sync per matrix product costs as much as the product), while two independent batches,
+//! one per core, share nothing but the read-only weights. The default is one lane per
+//! available core. A sequence's output does not depend on its lane or batch.
 
 use std::{
-    sync::{Arc, mpsc},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     thread,
 };
 
@@ -34,15 +44,31 @@ pub enum Event {
 /// Engine settings.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig {
-    /// Most sequences decoded together.
+    /// Most sequences decoded at once, over all lanes.
     pub max_batch: usize,
+    /// Decoding threads; `0` means one per available core.
+    pub lanes: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             max_batch: MAX_BATCH_DEFAULT,
+            lanes: 0,
         }
+    }
+}
+
+impl EngineConfig {
+    /// The number of lanes these settings give on this machine (at least one, at most
+    /// `max_batch`).
+    pub fn lanes_here(&self) -> usize {
+        let lanes = if self.lanes == 0 {
+            thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            self.lanes
+        };
+        lanes.clamp(1, self.max_batch.max(1))
     }
 }
 
@@ -51,8 +77,25 @@ impl Default for EngineConfig {
 pub struct Engine {
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
+    lanes: Vec<Lane>,
+}
+
+#[derive(Debug)]
+struct Lane {
     jobs: Option<mpsc::Sender<Job>>,
+    /// Requests queued for or decoding in this lane.
+    load: Arc<AtomicUsize>,
     thread: Option<thread::JoinHandle<()>>,
+}
+
+/// One request's place in a lane's load; given back when the request leaves.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A submitted request's stream of events.
@@ -106,6 +149,7 @@ struct Job {
     prompt: Vec<TokenId>,
     events: mpsc::Sender<Event>,
     cancel: CancelToken,
+    slot: Slot,
 }
 
 struct Active {
@@ -115,27 +159,43 @@ struct Active {
     input: Vec<TokenId>,
     events: mpsc::Sender<Event>,
     cancel: CancelToken,
+    _slot: Slot,
 }
 
 impl Engine {
-    /// Starts the engine thread.
+    /// Starts the engine's lane threads.
     pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
-        let (jobs, queue) = mpsc::channel();
-        let worker = Worker {
-            model: model.clone(),
-            tokenizer: tokenizer.clone(),
-            max_batch: config.max_batch.max(1),
-        };
-        let thread = thread::Builder::new()
-            .name("blyan-engine".into())
-            .spawn(move || worker.run(queue))
-            .ok();
+        let count = config.lanes_here();
+        let per_lane = config.max_batch.max(1).div_ceil(count);
+        let lanes = (0..count)
+            .map(|i| {
+                let (jobs, queue) = mpsc::channel();
+                let worker = Worker {
+                    model: model.clone(),
+                    tokenizer: tokenizer.clone(),
+                    max_batch: per_lane,
+                };
+                let thread = thread::Builder::new()
+                    .name(format!("blyan-engine-{i}"))
+                    .spawn(move || worker.run(queue))
+                    .ok();
+                Lane {
+                    jobs: thread.as_ref().map(|_| jobs),
+                    load: Arc::new(AtomicUsize::new(0)),
+                    thread,
+                }
+            })
+            .collect();
         Engine {
             model,
             tokenizer,
-            jobs: thread.as_ref().map(|_| jobs),
-            thread,
+            lanes,
         }
+    }
+
+    /// The number of decoding threads.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// The model the engine serves.
@@ -160,13 +220,22 @@ impl Engine {
             Decoder::with_prompt_ids(&self.model, &self.tokenizer, request, ids)?;
         let (events, rx) = mpsc::channel();
         let cancel = CancelToken::new();
+        // The least loaded running lane; ties go to the first.
+        let lane = self
+            .lanes
+            .iter()
+            .filter(|l| l.jobs.is_some())
+            .min_by_key(|l| l.load.load(Ordering::SeqCst))
+            .ok_or(ModelError::EngineStopped)?;
+        lane.load.fetch_add(1, Ordering::SeqCst);
         let job = Job {
             decoder,
             prompt,
             events,
             cancel: cancel.clone(),
+            slot: Slot(lane.load.clone()),
         };
-        self.jobs
+        lane.jobs
             .as_ref()
             .ok_or(ModelError::EngineStopped)?
             .send(job)
@@ -177,10 +246,14 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(thread) = self.thread.take() {
-            // A panic in the engine thread has already been reported by the panic hook.
-            let _ = thread.join();
+        for lane in &mut self.lanes {
+            lane.jobs.take();
+        }
+        for lane in &mut self.lanes {
+            if let Some(thread) = lane.thread.take() {
+                // A panic in a lane thread has already been reported by the panic hook.
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -235,6 +308,7 @@ impl Worker {
                 input: job.prompt,
                 events: job.events,
                 cancel: job.cancel,
+                _slot: job.slot,
             }),
             Err(e) => {
                 let _ = job.events.send(Event::Failed(Arc::new(e)));

@@ -10,7 +10,10 @@ use candle_core::{
     quantized::{GgmlDType, QMatMul, QStorage, QTensor},
 };
 
-use crate::{ModelError, Precision};
+use crate::{
+    ModelError, Precision,
+    kernels::{Q8Matrix, QuantRows, q8_fast},
+};
 
 fn check_q8_width(cols: usize) -> Result<(), ModelError> {
     if cols.is_multiple_of(Q8_0_BLOCK_LEN) {
@@ -27,8 +30,16 @@ fn check_q8_width(cols: usize) -> Result<(), ModelError> {
 /// A `[out, in]` weight matrix.
 #[derive(Debug)]
 pub(crate) struct Linear {
-    inner: QMatMul,
+    inner: Weights,
     bytes: usize,
+}
+
+#[derive(Debug)]
+enum Weights {
+    /// f32 weights, or Q8_0 on a CPU without the vector kernel: candle's matmul.
+    Candle(QMatMul),
+    /// Q8_0 in our tiled layout, multiplied on the calling thread.
+    Tiled(Q8Matrix),
 }
 
 impl Linear {
@@ -66,7 +77,11 @@ impl Linear {
                 }
                 Ok(Linear {
                     bytes: rows * cols * 4,
-                    inner: QMatMul::Tensor(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?),
+                    inner: Weights::Candle(QMatMul::Tensor(Tensor::from_vec(
+                        values,
+                        (rows, cols),
+                        &Device::Cpu,
+                    )?)),
                 })
             }
             Precision::Int8 => {
@@ -78,12 +93,24 @@ impl Linear {
                         _ => quantize_q8_0(&t.to_f32(), &mut blocks),
                     }
                 }
+                if q8_fast() {
+                    let matrix =
+                        Q8Matrix::from_ggml_blocks(rows, cols, &blocks).ok_or_else(|| {
+                            ModelError::Unsupported {
+                                reason: "the Q8_0 blocks do not fill the matrix".into(),
+                            }
+                        })?;
+                    return Ok(Linear {
+                        bytes: matrix.bytes(),
+                        inner: Weights::Tiled(matrix),
+                    });
+                }
                 let storage =
                     QStorage::from_data(Cow::Owned(blocks), &Device::Cpu, GgmlDType::Q8_0)?;
                 let q = QTensor::new(storage, (rows, cols))?;
                 Ok(Linear {
                     bytes: q.storage_size_in_bytes(),
-                    inner: QMatMul::from_qtensor(q)?,
+                    inner: Weights::Candle(QMatMul::from_qtensor(q)?),
                 })
             }
         }
@@ -91,7 +118,25 @@ impl Linear {
 
     /// `x · Wᵀ` for `x` of shape `[tokens, in]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(self.inner.forward(x)?)
+        match &self.inner {
+            Weights::Candle(m) => Ok(m.forward(x)?),
+            Weights::Tiled(m) => {
+                let (tokens, width) = x.dims2()?;
+                if width != m.cols() {
+                    return Err(ModelError::Unsupported {
+                        reason: format!(
+                            "input width {width} differs from the matrix's {}",
+                            m.cols()
+                        ),
+                    });
+                }
+                let mut rows = QuantRows::default();
+                rows.quantize(&x.flatten_all()?.to_vec1::<f32>()?, width);
+                let mut out = vec![0f32; tokens * m.rows()];
+                m.matmul(&rows, &mut out);
+                Ok(Tensor::from_vec(out, (tokens, m.rows()), &Device::Cpu)?)
+            }
+        }
     }
 
     /// Bytes the matrix occupies in memory.

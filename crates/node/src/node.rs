@@ -756,6 +756,8 @@ fn start_serving(
         tokenizer.clone(),
         EngineConfig {
             max_batch: config.max_batch,
+            // One lane per core.
+            lanes: 0,
         },
     );
     Ok(Serving {

@@ -49,17 +49,37 @@ fn batched_requests_produce_what_they_would_alone() {
                 .collect()
         })
         .collect();
-    let engine = Engine::start(
-        model.clone(),
-        net.tokenizer.clone(),
-        EngineConfig { max_batch: 4 },
-    );
-    let receivers: Vec<_> = requests.iter().map(|r| engine.submit(r).unwrap()).collect();
-    for (i, rx) in receivers.into_iter().enumerate() {
-        let (text, summary) = collect(rx);
-        assert_eq!(text, alone[i], "request {i}");
-        assert!(summary.completion_tokens > 0);
+    // One lane, and several lanes decoding side by side: the same text either way.
+    for lanes in [1, 2, 3] {
+        let engine = Engine::start(
+            model.clone(),
+            net.tokenizer.clone(),
+            EngineConfig {
+                max_batch: 4,
+                lanes,
+            },
+        );
+        assert_eq!(engine.lanes(), lanes);
+        let receivers: Vec<_> = requests.iter().map(|r| engine.submit(r).unwrap()).collect();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let (text, summary) = collect(rx);
+            assert_eq!(text, alone[i], "request {i} with {lanes} lanes");
+            assert!(summary.completion_tokens > 0);
+        }
     }
+}
+
+#[test]
+fn lanes_follow_the_settings() {
+    let one = EngineConfig {
+        max_batch: 1,
+        lanes: 4,
+    };
+    assert_eq!(one.lanes_here(), 1, "never more lanes than sequences");
+    let auto = EngineConfig::default();
+    assert!(auto.lanes_here() >= 1);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(auto.lanes_here(), cores.min(auto.max_batch));
 }
 
 #[test]
