@@ -328,12 +328,9 @@ impl Model {
     /// A fresh sequence with an empty KV cache.
     pub fn new_sequence(&self) -> Result<Sequence, ModelError> {
         let c = &self.config;
-        let room = KV_CAPACITY_INITIAL.min(c.context_len) * c.kv_dim();
+        let room = KV_CAPACITY_INITIAL.min(c.context_len);
         let kv = (0..c.layers)
-            .map(|_| LayerKv {
-                keys: Vec::with_capacity(room),
-                values: Vec::with_capacity(room),
-            })
+            .map(|_| LayerKv::with_capacity(room, c.kv_dim()))
             .collect();
         Ok(Sequence {
             kv,
@@ -384,8 +381,7 @@ impl Model {
             let kvd = c.kv_dim();
             for (seq, _) in batch.iter_mut() {
                 for kv in &mut seq.kv {
-                    kv.keys.truncate(seq.len * kvd);
-                    kv.values.truncate(seq.len * kvd);
+                    kv.truncate(seq.len, kvd);
                 }
             }
         }
