@@ -5,8 +5,8 @@
 //! PRECISION (`f32` or `int8`) measures one precision only; `-` as DATA_DIR keeps the
 //! temporary network. Without DATA_DIR it builds the default genesis network in a temporary directory. It prints
 //! one JSON object: cold expert load times, single-stream decode speed (forward pass only and
-//! end to end with sampling and text), time to first token, aggregate speed of 8 concurrent
-//! streams through the batching engine, the mean next-token loss of f32 and int8 on a
+//! end to end with sampling and text), time to first token, the speed of one stream and the
+//! aggregate speed of 8 concurrent streams through the batching engine, the mean next-token loss of f32 and int8 on a
 //! held-out text (this repository's docs/ARCHITECTURE.md, first 512 tokens), and peak RSS.
 
 #![allow(clippy::unwrap_used)]
@@ -67,7 +67,8 @@ fn main() {
         let cold = cold_loads(&model);
         let forward_tps = forward_decode(&model);
         let (e2e_tps, ttft_ms) = end_to_end(&model, &tokenizer);
-        let (batch_tps, batch_ttft_ms) = batched(&model, &tokenizer);
+        let (engine_single_tps, _) = batched(&model, &tokenizer, 1);
+        let (batch_tps, batch_ttft_ms) = batched(&model, &tokenizer, STREAMS);
         report.insert(
             precision.to_string(),
             serde_json::json!({
@@ -79,6 +80,8 @@ fn main() {
                 "streams": STREAMS,
                 "aggregate_tok_s": batch_tps,
                 "aggregate_over_single": batch_tps / e2e_tps,
+                "engine_single_stream_tok_s": engine_single_tps,
+                "aggregate_over_engine_single": batch_tps / engine_single_tps,
                 "batched_time_to_first_token_ms": batch_ttft_ms,
                 "expert_cache": model.cache_stats(),
             }),
@@ -178,12 +181,12 @@ fn end_to_end(model: &Model, tokenizer: &Tokenizer) -> (f64, f64) {
     )
 }
 
-/// `STREAMS` requests submitted together to the engine: generated tokens per second of wall
+/// `streams` requests submitted together to the engine: generated tokens per second of wall
 /// time, and the mean time to first token.
-fn batched(model: &Arc<Model>, tokenizer: &Arc<Tokenizer>) -> (f64, f64) {
+fn batched(model: &Arc<Model>, tokenizer: &Arc<Tokenizer>, streams: usize) -> (f64, f64) {
     let engine = Engine::start(model.clone(), tokenizer.clone(), EngineConfig::default());
     let start = Instant::now();
-    let receivers: Vec<_> = (0..STREAMS)
+    let receivers: Vec<_> = (0..streams)
         .map(|i| engine.submit(&request(i + 1)).unwrap())
         .collect();
     let mut tokens = 0;
@@ -202,7 +205,7 @@ fn batched(model: &Arc<Model>, tokenizer: &Arc<Tokenizer>) -> (f64, f64) {
     }
     (
         tokens as f64 / start.elapsed().as_secs_f64(),
-        ttft / STREAMS as f64,
+        ttft / streams as f64,
     )
 }
 

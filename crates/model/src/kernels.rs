@@ -172,6 +172,24 @@ impl QuantRows {
     }
 }
 
+impl QuantRows {
+    /// Copies rows `rows` (in that order) into `into`.
+    pub(crate) fn gather(&self, rows: &[u32], into: &mut QuantRows) {
+        let kb = self.cols / QK;
+        into.rows = rows.len();
+        into.cols = self.cols;
+        into.blocks.clear();
+        into.scales.clear();
+        into.offsets.clear();
+        for &r in rows {
+            let span = r as usize * kb..(r as usize + 1) * kb;
+            into.blocks.extend_from_slice(&self.blocks[span.clone()]);
+            into.scales.extend_from_slice(&self.scales[span.clone()]);
+            into.offsets.extend_from_slice(&self.offsets[span]);
+        }
+    }
+}
+
 /// `out[i·n + j] = Σ_k x[i·k_len + k] · w[j·k_len + k]` for f32 weights `w` (`n` rows of
 /// `k_len`) and `x` (rows of `k_len`).
 pub(crate) fn matmul_f32(w: &[f32], k_len: usize, x: &[f32], out: &mut [f32]) {
@@ -469,6 +487,25 @@ mod tests {
             w.matmul(&rows, &mut one);
             assert_eq!(one, all[i * 48..(i + 1) * 48], "row {i}");
         }
+    }
+
+    #[test]
+    fn gathered_rows_are_the_rows_quantized_alone() {
+        let x = values(5 * 64, 8);
+        let mut all = QuantRows::default();
+        all.quantize(&x, 64);
+        let mut picked = QuantRows::default();
+        all.gather(&[3, 0, 3], &mut picked);
+        let mut direct = QuantRows::default();
+        let rows: Vec<f32> = [3, 0, 3]
+            .iter()
+            .flat_map(|&r| x[r * 64..(r + 1) * 64].iter().copied())
+            .collect();
+        direct.quantize(&rows, 64);
+        assert_eq!((picked.rows, picked.cols), (3, 64));
+        assert_eq!(picked.blocks, direct.blocks);
+        assert_eq!(picked.scales, direct.scales);
+        assert_eq!(picked.offsets, direct.offsets);
     }
 
     #[test]

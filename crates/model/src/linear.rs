@@ -139,6 +139,14 @@ impl Linear {
         }
     }
 
+    /// The matrix in the tiled Q8_0 layout, if it is held that way.
+    pub(crate) fn tiled(&self) -> Option<&Q8Matrix> {
+        match &self.inner {
+            Weights::Tiled(m) => Some(m),
+            Weights::Candle(_) => None,
+        }
+    }
+
     /// Bytes the matrix occupies in memory.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes

@@ -22,7 +22,7 @@ use crate::{
     ModelConfig, ModelError, Precision,
     attention::{Dims, LayerKv, RopeTables, attend},
     cache::{ByteSize, CacheStats, ExpertCache},
-    kernels::matmul_f32,
+    kernels::{QuantRows, matmul_f32, q8_fast},
     linear::Linear,
     load::{read_group, with_group},
 };
@@ -473,6 +473,14 @@ impl Model {
                     .or_default() += 1;
             }
         }
+        if self.precision == Precision::Int8 && q8_fast() {
+            let out = self.experts_tiled(l, &hidden, &routed)?;
+            return Ok(Tensor::from_vec(
+                out,
+                (tokens, c.hidden_size),
+                &Device::Cpu,
+            )?);
+        }
         let mut out: Option<Tensor> = None;
         for (e, (idx, weights)) in routed.into_iter().enumerate() {
             if idx.is_empty() {
@@ -507,6 +515,57 @@ impl Model {
             Some(out) => Ok(out),
             None => Ok(h.zeros_like()?),
         }
+    }
+
+    /// The experts of layer `l` over `hidden` (`[tokens, d]`) on flat buffers, for Q8_0 in
+    /// our tiled layout: the tokens are quantized once and each expert takes its rows, so a
+    /// token routed to two experts is not quantized twice, and no tensor op runs per expert.
+    fn experts_tiled(
+        &self,
+        l: usize,
+        hidden: &[f32],
+        routed: &[(Vec<u32>, Vec<f32>)],
+    ) -> Result<Vec<f32>, ModelError> {
+        let (d, ffn) = (self.config.hidden_size, self.config.intermediate_size);
+        let mut all = QuantRows::default();
+        all.quantize(hidden, d);
+        let (mut rows, mut act_rows) = (QuantRows::default(), QuantRows::default());
+        let (mut h13, mut act, mut y) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = vec![0f32; hidden.len()];
+        for (e, (idx, weights)) in routed.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let expert = self.expert(l, e)?;
+            let (Some(w13), Some(w2)) = (expert.w13.tiled(), expert.w2.tiled()) else {
+                return Err(ModelError::Unsupported {
+                    reason: "an int8 expert is not in the tiled layout".into(),
+                });
+            };
+            let m = idx.len();
+            all.gather(idx, &mut rows);
+            h13.resize(m * 2 * ffn, 0.0);
+            w13.matmul(&rows, &mut h13);
+            act.clear();
+            for r in h13.chunks_exact(2 * ffn) {
+                let (gate, up) = r.split_at(ffn);
+                act.extend(
+                    gate.iter()
+                        .zip(up)
+                        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+                );
+            }
+            act_rows.quantize(&act, ffn);
+            y.resize(m * d, 0.0);
+            w2.matmul(&act_rows, &mut y);
+            for ((&t, &w), yr) in idx.iter().zip(weights).zip(y.chunks_exact(d)) {
+                let o = &mut out[t as usize * d..(t as usize + 1) * d];
+                for (a, &v) in o.iter_mut().zip(yr) {
+                    *a += w * v;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn expert(&self, l: usize, e: usize) -> Result<Arc<Expert>, ModelError> {
