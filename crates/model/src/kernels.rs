@@ -86,10 +86,8 @@ impl Q8Matrix {
                     let block = &ggml[at..at + Q8_0_BLOCK_BYTES];
                     tile.scales[r] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
                     for (k, &q) in block[2..].iter().enumerate() {
-                        // GGML quants are within [-127, 127]; clamp a stray -128 so the
-                        // offset value stays within u8.
-                        let q = i16::from(q as i8).max(-127);
-                        tile.groups[k / 4][4 * r + k % 4] = (q + 128) as u8;
+                        // Two's complement i8 plus 128 is the byte with its top bit flipped.
+                        tile.groups[k / 4][4 * r + k % 4] = q ^ 0x80;
                     }
                 }
                 tiles.push(tile);
