@@ -26,7 +26,7 @@
 //! the reference the vector code is tested against; [`q8_fast`] says whether this CPU has the
 //! vector Q8_0 kernel (the model uses candle's quantized matmul where it does not).
 
-use blyan_tensor::{Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN};
+use blyan_tensor::{Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN, quantize_q8_0_block};
 
 const QK: usize = Q8_0_BLOCK_LEN;
 
@@ -152,16 +152,7 @@ impl QuantRows {
         self.scales.clear();
         self.offsets.clear();
         for chunk in x.chunks_exact(QK) {
-            let mut lanes = [0f32; 8];
-            for group in chunk.chunks_exact(8) {
-                for (m, v) in lanes.iter_mut().zip(group) {
-                    *m = m.max(v.abs());
-                }
-            }
-            let amax = lanes.iter().copied().fold(0f32, f32::max);
-            let d = amax / 127.0;
-            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let q: [i8; QK] = std::array::from_fn(|t| (chunk[t] * inv).round() as i8);
+            let (d, q) = quantize_q8_0_block(chunk);
             self.scales.push(d);
             self.offsets
                 .push(-128 * q.iter().map(|&v| i32::from(v)).sum::<i32>());

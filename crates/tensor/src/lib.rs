@@ -19,7 +19,8 @@ pub use payload::{
     f32_to_bytes,
 };
 pub use q8_0::{
-    Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN, dequantize_q8_0, quantize_q8_0, quantize_q8_0_le_bytes,
+    Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN, dequantize_q8_0, quantize_q8_0, quantize_q8_0_block,
+    quantize_q8_0_le_bytes,
 };
 
 /// Most dimensions a tensor may have.

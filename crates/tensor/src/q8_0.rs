@@ -38,6 +38,18 @@ pub fn quantize_q8_0(values: &[f32], out: &mut Vec<u8>) {
 }
 
 fn quantize_block(block: &[f32], out: &mut Vec<u8>) {
+    let (scale, quants) = quantize_q8_0_block(block);
+    out.extend_from_slice(&half::f16::from_f32(scale).to_le_bytes());
+    out.extend(quants.iter().map(|&q| q as u8));
+}
+
+/// One block of 32 values: its scale `max|x| / 127` in full f32 precision (GGML stores it
+/// rounded to f16) and the quants `round(x / scale)`, all within [-127, 127].
+///
+/// # Panics
+/// If `block` does not hold exactly 32 values.
+pub fn quantize_q8_0_block(block: &[f32]) -> (f32, [i8; Q8_0_BLOCK_LEN]) {
+    assert_eq!(block.len(), Q8_0_BLOCK_LEN, "a Q8_0 block holds 32 values");
     // Eight running maxima so the reduction vectorises.
     let mut lanes = [0f32; 8];
     for group in block.chunks_exact(8) {
@@ -48,8 +60,10 @@ fn quantize_block(block: &[f32], out: &mut Vec<u8>) {
     let amax = lanes.iter().copied().fold(0f32, f32::max);
     let scale = amax / 127.0;
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    out.extend_from_slice(&half::f16::from_f32(scale).to_le_bytes());
-    out.extend(block.iter().map(|&x| (x * inv).round() as i8 as u8));
+    (
+        scale,
+        std::array::from_fn(|t| (block[t] * inv).round() as i8),
+    )
 }
 
 /// Expands Q8_0 blocks back to f32 values.
