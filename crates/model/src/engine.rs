@@ -6,9 +6,10 @@
 //! finish, are cancelled, or their receiver is dropped. Requests beyond a lane's share of
 //! `max_batch` wait in its submission queue.
 //!
-//! Lanes exist because one decode step of a small model is too short to split across cores
-//! (the sync per matrix product costs as much as the product), while two independent batches,
-//! one per core, share nothing but the read-only weights. The default is one lane per
+//! Lanes exist because one decode step of a small model is too short to split across cores:
+//! candle's two-thread matrix products measured no faster than one thread at these sizes
+//! (docs/BENCHMARKS.md), while two independent batches, one per core, share nothing but the
+//! read-only weights. The default is one lane per
 //! available core. A sequence's output does not depend on its lane or batch.
 
 use std::{
