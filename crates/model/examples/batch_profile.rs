@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Instant};
 
 use blyan_chain::{Store, genesis};
 use blyan_model::{LoadOptions, Model, Precision, argmax};
+use blyan_primitives::ExpertId;
 
 fn main() {
     let precision: Precision = std::env::args()
@@ -32,6 +33,14 @@ fn main() {
     let list: Vec<usize> = std::env::args()
         .nth(3)
         .map_or(vec![1, 8], |s| vec![s.parse().unwrap()]);
+    // Warm every expert so that the timing is decode, not loading.
+    for l in 0..model.config().layers {
+        for e in 0..model.config().experts {
+            model
+                .load_expert(ExpertId::new(l as u16, e as u16))
+                .unwrap();
+        }
+    }
     for streams in list {
         let mut seqs: Vec<_> = (0..streams)
             .map(|_| model.new_sequence().unwrap())

@@ -5,7 +5,7 @@
 //! their fixed overhead outweighs the arithmetic; a decode step of 8 sequences then spends most
 //! of its time dispatching. Here a whole ragged batch is one pass over flat buffers.
 
-use crate::ModelConfig;
+use crate::{ModelConfig, kernels::exp};
 
 /// RoPE cosines and sines, `[context_len][head_dim / 2]`, Hugging Face (half-split) pairing.
 #[derive(Debug)]
@@ -148,7 +148,6 @@ pub(crate) fn attend(
         kv.push(p0 + i, k, v);
     }
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut sums = vec![0f32; group];
     for i in 0..n {
         let len = p0 + i + 1;
         let blocks = len.div_ceil(KEY_BLOCK);
@@ -162,39 +161,113 @@ pub(crate) fn attend(
                 let keys = &kv.keys[(b * kvd + g * hd) * KEY_BLOCK..][..hd * KEY_BLOCK];
                 for hh in 0..group {
                     let q = &q_row[(g * group + hh) * hd..][..hd];
-                    let mut acc = [0f32; KEY_BLOCK];
-                    for (&qd, k) in q.iter().zip(keys.chunks_exact(KEY_BLOCK)) {
-                        for l in 0..KEY_BLOCK {
-                            acc[l] += qd * k[l];
-                        }
-                    }
                     let at = hh * stride + b * KEY_BLOCK;
-                    for (s, a) in scores[at..at + KEY_BLOCK].iter_mut().zip(acc) {
-                        *s = a * scale;
-                    }
+                    dot_block(q, keys, scale, &mut scores[at..at + KEY_BLOCK]);
                 }
             }
-            sums.fill(0.0);
-            for (hh, sum) in sums.iter_mut().enumerate() {
-                let row = &mut scores[hh * stride..hh * stride + len];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    *sum += *s;
-                }
+            for hh in 0..group {
+                softmax(&mut scores[hh * stride..hh * stride + len]);
             }
             let heads_out = &mut out_row[g * group * hd..(g + 1) * group * hd];
-            heads_out.fill(0.0);
-            for j in 0..len {
-                let v = &kv.values[j * kvd + g * hd..][..hd];
-                for (hh, acc) in heads_out.chunks_exact_mut(hd).enumerate() {
-                    let w = scores[hh * stride + j] / sums[hh];
-                    for (a, &x) in acc.iter_mut().zip(v) {
-                        *a += w * x;
-                    }
-                }
+            for (hh, acc) in heads_out.chunks_exact_mut(hd).enumerate() {
+                weighted_values(
+                    &scores[hh * stride..hh * stride + len],
+                    &kv.values[g * hd..],
+                    kvd,
+                    acc,
+                );
             }
         }
+    }
+}
+
+/// `out[l] = scale · q · key_l` for the eight keys of a block (`keys[d·8 + l]`).
+///
+/// Four dimensions are summed in four separate accumulators and added at the end, so that
+/// the multiply-adds form four independent chains instead of one long one.
+fn dot_block(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    let mut acc = [[0f32; KEY_BLOCK]; 4];
+    let mut qs = q.chunks_exact(4);
+    let mut ks = keys.chunks_exact(4 * KEY_BLOCK);
+    for (q4, k4) in (&mut qs).zip(&mut ks) {
+        for (c, a) in acc.iter_mut().enumerate() {
+            for l in 0..KEY_BLOCK {
+                a[l] = q4[c].mul_add(k4[c * KEY_BLOCK + l], a[l]);
+            }
+        }
+    }
+    for (&qd, k) in qs
+        .remainder()
+        .iter()
+        .zip(ks.remainder().chunks_exact(KEY_BLOCK))
+    {
+        for l in 0..KEY_BLOCK {
+            acc[0][l] = qd.mul_add(k[l], acc[0][l]);
+        }
+    }
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * scale;
+    }
+}
+
+/// Dimensions per piece of [`weighted_values`]: four 8-float vectors.
+const PIECE: usize = 32;
+
+/// `out = Σ_j w[j] · v_j`, where `v_j` is the `out.len()` values at `values[j · stride ..]`.
+///
+/// Each piece of 32 dimensions is summed in registers, with even and odd positions in
+/// separate accumulators (eight independent chains of multiply-adds), then written once.
+fn weighted_values(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let mut at = 0;
+    while at + PIECE <= hd {
+        let mut even = [0f32; PIECE];
+        let mut odd = [0f32; PIECE];
+        let mut pairs = w.chunks_exact(2);
+        for (p, ww) in (&mut pairs).enumerate() {
+            let v0 = &values[2 * p * stride + at..][..PIECE];
+            let v1 = &values[(2 * p + 1) * stride + at..][..PIECE];
+            for c in 0..PIECE {
+                even[c] = ww[0].mul_add(v0[c], even[c]);
+                odd[c] = ww[1].mul_add(v1[c], odd[c]);
+            }
+        }
+        if let [last] = pairs.remainder() {
+            let v = &values[(w.len() - 1) * stride + at..][..PIECE];
+            for c in 0..PIECE {
+                even[c] = last.mul_add(v[c], even[c]);
+            }
+        }
+        for (c, o) in out[at..at + PIECE].iter_mut().enumerate() {
+            *o = even[c] + odd[c];
+        }
+        at += PIECE;
+    }
+    for (c, o) in out[at..].iter_mut().enumerate() {
+        *o = w.iter().enumerate().fold(0.0, |acc, (j, &wj)| {
+            wj.mul_add(values[j * stride + at + c], acc)
+        });
+    }
+}
+
+/// Replaces `row` by its softmax. Sums run over eight interleaved lanes, so that they
+/// vectorise too.
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for s in row.iter_mut() {
+        *s = exp(*s - max);
+    }
+    let mut lanes = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let sum = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for s in row.iter_mut() {
+        *s *= inv;
     }
 }
 
@@ -214,6 +287,56 @@ mod tests {
         (0..width)
             .map(|c| kv.keys[base + c * KEY_BLOCK + pos % KEY_BLOCK])
             .collect()
+    }
+
+    #[test]
+    fn blocked_sums_equal_plain_loops() {
+        // 40 dimensions: one piece of 32 and a remainder; 7 positions: an odd one out.
+        let (hd, stride, len) = (40, 56, 7);
+        let values: Vec<f32> = (0..len * stride)
+            .map(|i| (i % 13) as f32 * 0.3 - 1.7)
+            .collect();
+        let mut w: Vec<f32> = (0..len).map(|j| j as f32 * 0.5 - 1.0).collect();
+        softmax(&mut w);
+        let exps: Vec<f64> = (0..len)
+            .map(|j| (f64::from(j as f32 * 0.5 - 1.0) - 2.0).exp())
+            .collect();
+        let total: f64 = exps.iter().sum();
+        for (a, e) in w.iter().zip(&exps) {
+            assert!(
+                (f64::from(*a) - e / total).abs() < 1e-6,
+                "{a} vs {}",
+                e / total
+            );
+        }
+        let mut out = vec![f32::NAN; hd];
+        weighted_values(&w, &values[3..], stride, &mut out);
+        for (c, o) in out.iter().enumerate() {
+            let want: f64 = (0..len)
+                .map(|j| f64::from(w[j]) * f64::from(values[3 + j * stride + c]))
+                .sum();
+            assert!(
+                (f64::from(*o) - want).abs() < 1e-5,
+                "dimension {c}: {o} vs {want}"
+            );
+        }
+        // 34 dimensions: eight keys per block, two dimensions past the fours.
+        let q: Vec<f32> = (0..34).map(|d| d as f32 * 0.1 - 1.0).collect();
+        let keys: Vec<f32> = (0..34 * KEY_BLOCK)
+            .map(|i| (i % 11) as f32 * 0.2 - 1.0)
+            .collect();
+        let mut scores = [0f32; KEY_BLOCK];
+        dot_block(&q, &keys, 0.5, &mut scores);
+        for (l, s) in scores.iter().enumerate() {
+            let want: f64 = (0..34)
+                .map(|d| f64::from(q[d]) * f64::from(keys[d * KEY_BLOCK + l]))
+                .sum::<f64>()
+                * 0.5;
+            assert!(
+                (f64::from(*s) - want).abs() < 1e-5,
+                "key {l}: {s} vs {want}"
+            );
+        }
     }
 
     #[test]

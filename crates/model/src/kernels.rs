@@ -198,6 +198,50 @@ pub(crate) fn matmul_f32(w: &[f32], k_len: usize, x: &[f32], out: &mut [f32]) {
     portable::matmul_f32(w, k_len, x, out);
 }
 
+/// `e^x` in branch-free arithmetic, so that a loop applying it to a slice vectorises (libm's
+/// `expf` is a call per element). Within 2 ulp of the exact value wherever that is a normal
+/// f32; results below the normal range (`x < -87.33`) are 0, `x > 88.72` gives +∞ and NaN stays
+/// NaN.
+///
+/// `x = n·ln 2 + r` with `n` the nearest integer to `x·log2 e` and `|r| ≤ ln 2 / 2`; `e^r` is
+/// its Taylor polynomial to degree 7 (truncation error below 6e-9 relative) and `2^n` is built
+/// in the exponent bits.
+#[inline]
+pub(crate) fn exp(x: f32) -> f32 {
+    // ln 2 in two parts: `n · LN2_HI` is exact for the |n| ≤ 128 used here.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    const LOW: f32 = -87.33;
+    const HIGH: f32 = 88.72;
+    let xc = x.clamp(LOW, HIGH);
+    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
+    let mut p: f32 = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p.mul_add(r, c);
+    }
+    // 2^128 is not an f32: take 2^127 and double the polynomial instead.
+    let e = n.min(127.0);
+    let y = p * (1.0 + (n - e)) * f32::from_bits(((e as i32 + 127) as u32) << 23);
+    if x < LOW {
+        0.0
+    } else if x > HIGH {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
 /// Plain Rust: the reference the vector kernels are held to, and the path on other CPUs.
 mod portable {
     use super::{Q8Matrix, QK, QuantRows, TILE};
@@ -321,58 +365,100 @@ mod vnni {
         unsafe { matmul_q8(w, x, out) }
     }
 
-    /// Token rows four at a time (each weight group loaded once for four of them), then one
-    /// at a time; either way a row gets the same operations.
+    /// Register blocks of up to four token rows by up to eight tiles: each weight group is
+    /// loaded once for all the block's rows, and the block's rows × tiles sums are independent
+    /// chains of `vpdpbusd`, enough to hide its latency even for one row. Whatever the blocking,
+    /// each output gets the same operations in the same order.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn matmul_q8(w: &Q8Matrix, x: &QuantRows, out: &mut [f32]) {
-        let (n, kb, m) = (w.rows, w.cols / QK, x.rows);
-        for t in 0..n.div_ceil(TILE) {
-            let tile = &w.tiles[t * kb..(t + 1) * kb];
-            let mut i = 0;
-            while i + 4 <= m {
-                rows_tile::<4>(tile, x, i, t, n, out);
-                i += 4;
+        let (tiles, m) = (w.rows.div_ceil(TILE), x.rows);
+        let mut t = 0;
+        while t < tiles {
+            let left = tiles - t;
+            if left >= 8 && m == 1 {
+                // One row: as many tiles as the registers hold.
+                block::<1, 8>(w, x, 0, t, out);
+                t += 8;
+                continue;
             }
-            while i < m {
-                rows_tile::<1>(tile, x, i, t, n, out);
-                i += 1;
+            if left >= 4 {
+                let mut i = 0;
+                while i + 4 <= m {
+                    block::<4, 2>(w, x, i, t, out);
+                    block::<4, 2>(w, x, i, t + 2, out);
+                    i += 4;
+                }
+                match m - i {
+                    3 => block::<3, 4>(w, x, i, t, out),
+                    2 => block::<2, 4>(w, x, i, t, out),
+                    1 => block::<1, 4>(w, x, i, t, out),
+                    _ => {}
+                }
+                t += 4;
+                continue;
             }
+            for i in 0..m {
+                block::<1, 1>(w, x, i, t, out);
+            }
+            t += 1;
         }
     }
 
-    /// Outputs `t·16 ..` of token rows `i .. i + R`.
+    /// Outputs of tiles `t .. t + T` for token rows `i .. i + R`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn rows_tile<const R: usize>(
-        tile: &[super::TileBlock],
+    #[inline]
+    fn block<const R: usize, const T: usize>(
+        w: &Q8Matrix,
         x: &QuantRows,
         i: usize,
         t: usize,
-        n: usize,
         out: &mut [f32],
     ) {
-        let kb = tile.len();
-        let mut acc = [_mm512_setzero_ps(); R];
-        for (b, block) in tile.iter().enumerate() {
-            let mut sums: [__m512i; R] =
-                std::array::from_fn(|r| _mm512_set1_epi32(x.offsets[(i + r) * kb + b]));
-            for (g, group) in block.groups.iter().enumerate() {
-                let wv: __m512i = bytemuck::cast(*group);
-                for (r, s) in sums.iter_mut().enumerate() {
-                    let xv = _mm512_set1_epi32(x.blocks[(i + r) * kb + b][g]);
-                    *s = _mm512_dpbusd_epi32(*s, wv, xv);
+        let (n, kb) = (w.rows, w.cols / QK);
+        let tiles = &w.tiles[t * kb..(t + T) * kb];
+        let xb = &x.blocks[i * kb..(i + R) * kb];
+        let xs = &x.scales[i * kb..(i + R) * kb];
+        let xo = &x.offsets[i * kb..(i + R) * kb];
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        for b in 0..kb {
+            let mut sums: [[__m512i; T]; R] =
+                std::array::from_fn(|r| [_mm512_set1_epi32(xo[r * kb + b]); T]);
+            let xq: [&[i32; QK / 4]; R] = std::array::from_fn(|r| &xb[r * kb + b]);
+            for (g, group) in tiles[b].groups.iter().enumerate() {
+                let wv: [__m512i; T] = std::array::from_fn(|u| {
+                    bytemuck::cast(if u == 0 {
+                        *group
+                    } else {
+                        tiles[u * kb + b].groups[g]
+                    })
+                });
+                for (row, xr) in sums.iter_mut().zip(&xq) {
+                    let xv = _mm512_set1_epi32(xr[g]);
+                    for (s, &wu) in row.iter_mut().zip(&wv) {
+                        *s = _mm512_dpbusd_epi32(*s, wu, xv);
+                    }
                 }
             }
-            let ws: __m512 = bytemuck::cast(block.scales);
-            for (r, a) in acc.iter_mut().enumerate() {
-                let d = _mm512_mul_ps(ws, _mm512_set1_ps(x.scales[(i + r) * kb + b]));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r]), d, *a);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xd = _mm512_set1_ps(xs[r * kb + b]);
+                for (u, a) in row.iter_mut().enumerate() {
+                    let ws: __m512 = bytemuck::cast(tiles[u * kb + b].scales);
+                    let d = _mm512_mul_ps(ws, xd);
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r][u]), d, *a);
+                }
             }
         }
-        let valid = TILE.min(n - t * TILE);
-        for (r, a) in acc.into_iter().enumerate() {
-            let v: [f32; TILE] = bytemuck::cast(a);
-            let at = (i + r) * n + t * TILE;
-            out[at..at + valid].copy_from_slice(&v[..valid]);
+        for (r, row) in acc.iter().enumerate() {
+            for (u, &a) in row.iter().enumerate() {
+                let first = (t + u) * TILE;
+                if first >= n {
+                    break;
+                }
+                let v: [f32; TILE] = bytemuck::cast(a);
+                let valid = TILE.min(n - first);
+                let at = (i + r) * n + first;
+                out[at..at + valid].copy_from_slice(&v[..valid]);
+            }
         }
     }
 }
@@ -395,6 +481,26 @@ mod tests {
                 "element {i}: {x} vs {y}"
             );
         }
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_exact_value() {
+        let mut x = -87.3f32;
+        let mut worst = 0f64;
+        while x < 88.7 {
+            let exact = f64::from(x).exp();
+            let ulp = f64::from(f32::EPSILON) * exact;
+            worst = worst.max((f64::from(exp(x)) - exact).abs() / ulp);
+            x += 0.000_37;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert!(exp(88.72).is_finite() && exp(88.72) > 3.3e38);
+        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]
@@ -441,8 +547,11 @@ mod tests {
 
     #[test]
     fn q8_product_matches_the_reference_and_the_dequantized_product() {
-        // 40 rows: two whole tiles and a partial one.
-        for (n, k, m) in [(40, 96, 5), (16, 32, 1), (37, 256, 9)] {
+        // 40 rows: two whole tiles and a partial one. 213 rows: 14 tiles, so that one row
+        // takes blocks of eight, four and one tiles, and 1 to 7 rows every row blocking.
+        let mut shapes = vec![(40, 96, 5), (16, 32, 1), (37, 256, 9)];
+        shapes.extend((1..=7).map(|m| (213, 64, m)));
+        for (n, k, m) in shapes {
             let (w, dense) = q8(n, k, 1);
             let x = values(m * k, 2);
             let mut rows = QuantRows::default();
@@ -464,17 +573,26 @@ mod tests {
 
     #[test]
     fn q8_rows_give_the_same_bits_in_any_batch() {
-        let (w, _) = q8(48, 64, 5);
+        // 14 tiles, the last one partial: every register blocking of rows and tiles occurs.
+        let n = 213;
+        let (w, _) = q8(n, 64, 5);
         let x = values(7 * 64, 6);
         let mut rows = QuantRows::default();
-        rows.quantize(&x, 64);
-        let mut all = vec![0f32; 7 * 48];
-        w.matmul(&rows, &mut all);
-        for i in 0..7 {
-            rows.quantize(&x[i * 64..(i + 1) * 64], 64);
-            let mut one = vec![0f32; 48];
-            w.matmul(&rows, &mut one);
-            assert_eq!(one, all[i * 48..(i + 1) * 48], "row {i}");
+        let alone: Vec<Vec<f32>> = (0..7)
+            .map(|i| {
+                rows.quantize(&x[i * 64..(i + 1) * 64], 64);
+                let mut one = vec![0f32; n];
+                w.matmul(&rows, &mut one);
+                one
+            })
+            .collect();
+        for m in 2..=7 {
+            rows.quantize(&x[..m * 64], 64);
+            let mut all = vec![0f32; m * n];
+            w.matmul(&rows, &mut all);
+            for (i, one) in alone.iter().take(m).enumerate() {
+                assert_eq!(one[..], all[i * n..(i + 1) * n], "row {i} of {m}");
+            }
         }
     }
 
@@ -525,6 +643,34 @@ mod tests {
         assert!(Q8Matrix::from_ggml_blocks(2, 48, &[0; 102]).is_none());
         assert!(Q8Matrix::from_ggml_blocks(2, 0, &[]).is_none());
         assert!(Q8Matrix::from_ggml_blocks(2, 32, &[0; 68]).is_some());
+    }
+
+    #[test]
+    #[ignore = "timing; run with --release -- --ignored --nocapture"]
+    fn q8_timing_from_l3() {
+        // 32 expert-sized matrices (9 MiB): every product reads its weights from L3, as a
+        // decode step does.
+        let count: usize = std::env::var("Q8_MATS").map_or(32, |v| v.parse().unwrap());
+        let mats: Vec<Q8Matrix> = (0..count).map(|s| q8(1024, 256, s).0).collect();
+        for m in 1usize..=8 {
+            let x = values(m * 256, 9);
+            let mut rows = QuantRows::default();
+            rows.quantize(&x, 256);
+            let mut out = vec![0f32; m * 1024];
+            let reps = 200;
+            let start = std::time::Instant::now();
+            for _ in 0..reps {
+                for w in &mats {
+                    w.matmul(&rows, &mut out);
+                    std::hint::black_box(&out);
+                }
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / (reps * count) as f64;
+            println!(
+                "1024x256 from L3, m {m}: {us:.2} us, {:.2} us/row",
+                us / m as f64
+            );
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{
     ModelConfig, ModelError, Precision,
     attention::{Dims, LayerKv, RopeTables, attend},
     cache::{ByteSize, CacheStats, ExpertCache},
-    kernels::{QuantRows, matmul_f32, q8_fast},
+    kernels::{QuantRows, exp, matmul_f32, q8_fast},
     linear::Linear,
     load::{read_group, with_group},
 };
@@ -549,11 +549,7 @@ impl Model {
             act.clear();
             for r in h13.chunks_exact(2 * ffn) {
                 let (gate, up) = r.split_at(ffn);
-                act.extend(
-                    gate.iter()
-                        .zip(up)
-                        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
-                );
+                act.extend(gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + exp(-g)) * u));
             }
             act_rows.quantize(&act, ffn);
             y.resize(m * d, 0.0);

@@ -138,7 +138,7 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
-                .map(|(i, &x)| (i as TokenId, ((x - max) * inv_t).exp())),
+                .map(|(i, &x)| (i as TokenId, crate::kernels::exp((x - max) * inv_t))),
         );
         let c = &mut self.candidates;
         // Most likely first; ties broken by id so that the order is fully determined.
