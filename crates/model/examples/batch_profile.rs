@@ -1,6 +1,8 @@
 //! Profiles batched decode steps: 8 sequences through `Model::forward` together.
 //!
-//! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps] [streams]`
+//! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps] [streams] [threads]`
+//!
+//! With `threads`, each step is `Model::forward_in` on a pool of that many threads.
 
 #![allow(clippy::unwrap_used)]
 
@@ -33,6 +35,12 @@ fn main() {
     let list: Vec<usize> = std::env::args()
         .nth(3)
         .map_or(vec![1, 8], |s| vec![s.parse().unwrap()]);
+    let pool = std::env::args().nth(4).map(|t| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.parse().unwrap())
+            .build()
+            .unwrap()
+    });
     // Warm every expert so that the timing is decode, not loading.
     for l in 0..model.config().layers {
         for e in 0..model.config().experts {
@@ -53,7 +61,10 @@ fn main() {
                 .zip(&next)
                 .map(|(s, t)| (s, t.as_slice()))
                 .collect();
-            let logits = model.forward(&mut batch).unwrap();
+            let logits = match &pool {
+                Some(pool) => pool.install(|| model.forward_in(&mut batch, pool)).unwrap(),
+                None => model.forward(&mut batch).unwrap(),
+            };
             next = logits.iter().map(|l| vec![argmax(l)]).collect();
         }
         let secs = start.elapsed().as_secs_f64();

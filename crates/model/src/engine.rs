@@ -6,11 +6,14 @@
 //! finish, are cancelled, or their receiver is dropped. Requests beyond a lane's share of
 //! `max_batch` wait in its submission queue.
 //!
-//! Lanes exist because one decode step of a small model is too short to split across cores:
-//! candle's two-thread matrix products measured no faster than one thread at these sizes
-//! (docs/BENCHMARKS.md), while two independent batches, one per core, share nothing but the
-//! read-only weights. The default is one lane per
-//! available core. A sequence's output does not depend on its lane or batch.
+//! How the cores are used depends on the model. A model with a parallel pass
+//! ([`Model::parallel`]: int8 with our Q8_0 kernel) gets by default one lane whose passes are
+//! spread over a pool of one thread per core: each step's attention is split by sequence and
+//! its experts by expert, so every expert's weights are read once per step for the whole
+//! batch. Other models (candle's products, whose two-thread runs measured no faster than one
+//! thread at these sizes, docs/BENCHMARKS.md) get one lane per core, independent batches
+//! that share only the read-only weights. A sequence's output does not depend on its lane,
+//! batch or threads.
 
 use std::{
     sync::{
@@ -47,8 +50,12 @@ pub enum Event {
 pub struct EngineConfig {
     /// Most sequences decoded at once, over all lanes.
     pub max_batch: usize,
-    /// Decoding threads; `0` means one per available core.
+    /// Lanes: batching threads, each with its own batch. `0` chooses: one for a model with a
+    /// parallel pass, one per available core otherwise.
     pub lanes: usize,
+    /// Threads each lane's forward pass is spread over, for a model with a parallel pass
+    /// (others use one). `0` shares the available cores out among the lanes.
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -56,20 +63,36 @@ impl Default for EngineConfig {
         EngineConfig {
             max_batch: MAX_BATCH_DEFAULT,
             lanes: 0,
+            threads: 0,
         }
     }
 }
 
+fn cores() -> usize {
+    thread::available_parallelism().map_or(1, usize::from)
+}
+
 impl EngineConfig {
-    /// The number of lanes these settings give on this machine (at least one, at most
-    /// `max_batch`).
-    pub fn lanes_here(&self) -> usize {
-        let lanes = if self.lanes == 0 {
-            thread::available_parallelism().map_or(1, usize::from)
-        } else {
-            self.lanes
+    /// The number of lanes these settings give on this machine for a model whose pass is
+    /// parallel or not (at least one, at most `max_batch`).
+    pub fn lanes_here(&self, parallel: bool) -> usize {
+        let lanes = match (self.lanes, parallel) {
+            (0, true) => 1,
+            (0, false) => cores(),
+            (n, _) => n,
         };
         lanes.clamp(1, self.max_batch.max(1))
+    }
+
+    /// The number of threads each lane's pass uses on this machine (at least one).
+    pub fn threads_here(&self, parallel: bool) -> usize {
+        if !parallel {
+            return 1;
+        }
+        match self.threads {
+            0 => (cores() / self.lanes_here(parallel)).max(1),
+            n => n,
+        }
     }
 }
 
@@ -79,6 +102,7 @@ pub struct Engine {
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     lanes: Vec<Lane>,
+    threads: usize,
 }
 
 #[derive(Debug)]
@@ -166,11 +190,23 @@ struct Active {
 impl Engine {
     /// Starts the engine's lane threads.
     pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
-        let count = config.lanes_here();
+        let parallel = model.parallel();
+        let count = config.lanes_here(parallel);
+        let threads = config.threads_here(parallel);
         let per_lane = config.max_batch.max(1).div_ceil(count);
         let lanes = (0..count)
             .map(|i| {
                 let (jobs, queue) = mpsc::channel();
+                // A lane that cannot have its pool decodes on its own thread.
+                let pool = (threads > 1)
+                    .then(|| {
+                        rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .thread_name(move |t| format!("blyan-engine-{i}-{t}"))
+                            .build()
+                            .ok()
+                    })
+                    .flatten();
                 let worker = Worker {
                     model: model.clone(),
                     tokenizer: tokenizer.clone(),
@@ -178,7 +214,12 @@ impl Engine {
                 };
                 let thread = thread::Builder::new()
                     .name(format!("blyan-engine-{i}"))
-                    .spawn(move || worker.run(queue))
+                    .spawn(move || match pool {
+                        // The lane's loop runs on a thread of its pool, so that each pass
+                        // is split from there without a hand-over between threads.
+                        Some(pool) => pool.install(|| worker.run(queue, Some(&pool))),
+                        None => worker.run(queue, None),
+                    })
                     .ok();
                 Lane {
                     jobs: thread.as_ref().map(|_| jobs),
@@ -191,12 +232,18 @@ impl Engine {
             model,
             tokenizer,
             lanes,
+            threads,
         }
     }
 
-    /// The number of decoding threads.
+    /// The number of lanes.
     pub fn lanes(&self) -> usize {
         self.lanes.len()
+    }
+
+    /// The number of threads each lane's forward pass is spread over.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// The model the engine serves.
@@ -266,7 +313,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, queue: mpsc::Receiver<Job>) {
+    fn run(self, queue: mpsc::Receiver<Job>, pool: Option<&rayon::ThreadPool>) {
         let mut active: Vec<Active> = Vec::new();
         let mut open = true;
         loop {
@@ -297,7 +344,7 @@ impl Worker {
             if active.is_empty() {
                 continue;
             }
-            self.step(&mut active);
+            self.step(&mut active, pool);
         }
     }
 
@@ -318,7 +365,7 @@ impl Worker {
     }
 
     /// One forward pass over every active request, then one token for each.
-    fn step(&self, active: &mut Vec<Active>) {
+    fn step(&self, active: &mut Vec<Active>, pool: Option<&rayon::ThreadPool>) {
         let inputs: Vec<Vec<TokenId>> = active
             .iter_mut()
             .map(|a| std::mem::take(&mut a.input))
@@ -328,7 +375,11 @@ impl Worker {
             .zip(&inputs)
             .map(|(a, input)| (&mut a.seq, input.as_slice()))
             .collect();
-        let logits = match self.model.forward(&mut batch) {
+        let result = match pool {
+            Some(pool) => self.model.forward_in(&mut batch, pool),
+            None => self.model.forward(&mut batch),
+        };
+        let logits = match result {
             Ok(logits) => logits,
             Err(e) => {
                 // A failed pass (a corrupt expert block, say) fails every request in it.

@@ -5,7 +5,8 @@
 //! every token row while it is in L1, so a batch of sequences pays for the weights once. Every
 //! output element is computed by the same operations in the same order whatever the number of
 //! rows, so a sequence's logits do not depend on which other sequences share its batch. They
-//! run on the calling thread, so several engine lanes can multiply at the same time.
+//! run on the calling thread, so several threads (engine lanes, or the threads of a pass
+//! spread over a pool) can multiply at the same time.
 //!
 //! **f32** ([`matmul_f32`]): four weight rows per activation load, AVX2/FMA when the CPU has
 //! it. It replaces candle's f32 matmul for the routers because candle's asks the OS for the
@@ -19,7 +20,8 @@
 //! four quants broadcast; the +128 is cancelled exactly by starting the sum at `-128 · Σ x_q`.
 //! Activations are quantized per row by the same rule (scale kept in f32) and each block adds
 //! `d_w · d_x · Σ q_w·q_x`, as GGML's Q8_0 dot product does. No horizontal sums are needed:
-//! the 16 lanes are 16 outputs.
+//! the 16 lanes are 16 outputs. The product runs in register blocks of up to 4 rows × 8
+//! tiles, so that even one row keeps several independent `vpdpbusd` chains in flight.
 //!
 //! The intrinsics take their operands by value (arrays cast to vectors), so the only `unsafe`
 //! is the call made after the CPU feature check. Portable loops compute the same sums and are
@@ -162,20 +164,24 @@ impl QuantRows {
 }
 
 impl QuantRows {
-    /// Copies rows `rows` (in that order) into `into`.
-    pub(crate) fn gather(&self, rows: &[u32], into: &mut QuantRows) {
+    /// Empties the rows and sets their width.
+    pub(crate) fn clear(&mut self, cols: usize) {
+        self.rows = 0;
+        self.cols = cols;
+        self.blocks.clear();
+        self.scales.clear();
+        self.offsets.clear();
+    }
+
+    /// Appends row `r` of `from`, which must have this width.
+    pub(crate) fn push_row(&mut self, from: &QuantRows, r: usize) {
+        assert_eq!(from.cols, self.cols, "rows of different widths");
         let kb = self.cols / QK;
-        into.rows = rows.len();
-        into.cols = self.cols;
-        into.blocks.clear();
-        into.scales.clear();
-        into.offsets.clear();
-        for &r in rows {
-            let span = r as usize * kb..(r as usize + 1) * kb;
-            into.blocks.extend_from_slice(&self.blocks[span.clone()]);
-            into.scales.extend_from_slice(&self.scales[span.clone()]);
-            into.offsets.extend_from_slice(&self.offsets[span]);
-        }
+        let span = r * kb..(r + 1) * kb;
+        self.blocks.extend_from_slice(&from.blocks[span.clone()]);
+        self.scales.extend_from_slice(&from.scales[span.clone()]);
+        self.offsets.extend_from_slice(&from.offsets[span]);
+        self.rows += 1;
     }
 }
 
@@ -602,7 +608,10 @@ mod tests {
         let mut all = QuantRows::default();
         all.quantize(&x, 64);
         let mut picked = QuantRows::default();
-        all.gather(&[3, 0, 3], &mut picked);
+        picked.clear(64);
+        for r in [3, 0, 3] {
+            picked.push_row(&all, r);
+        }
         let mut direct = QuantRows::default();
         let rows: Vec<f32> = [3, 0, 3]
             .iter()

@@ -22,10 +22,12 @@ use crate::{
     ModelConfig, ModelError, Precision,
     attention::{Dims, LayerKv, RopeTables, attend},
     cache::{ByteSize, CacheStats, ExpertCache},
-    kernels::{QuantRows, exp, matmul_f32, q8_fast},
+    kernels::matmul_f32,
     linear::Linear,
     load::{read_group, with_group},
 };
+
+mod flat;
 
 /// Default byte budget of the expert cache.
 pub const EXPERT_CACHE_BYTES_DEFAULT: usize = 256 << 20;
@@ -81,6 +83,9 @@ impl Expert {
 struct Layer {
     input_norm: Tensor,
     post_norm: Tensor,
+    /// The two norms' weights as plain vectors, for the flat forward pass.
+    input_norm_w: Vec<f32>,
+    post_norm_w: Vec<f32>,
     /// `q_proj`, `k_proj` and `v_proj` stacked: `[d + 2·kv_dim, d]`.
     qkv: Linear,
     o: Linear,
@@ -103,9 +108,14 @@ pub struct Model {
     precision: Precision,
     spec_block: Hash,
     spec: ModelSpec,
-    embed: Tensor,
+    /// The embedding table `[vocab, d]`, row-major.
+    embed: Vec<f32>,
     layers: Vec<Layer>,
     norm: Tensor,
+    norm_w: Vec<f32>,
+    /// Whether every dense matrix is in the tiled Q8_0 layout (int8 on a CPU with the vector
+    /// kernel), so that the flat forward pass serves it.
+    flat: bool,
     lm_head: Linear,
     rope: RopeTables,
     store: Arc<Store>,
@@ -188,7 +198,14 @@ impl Model {
             })
         };
 
-        let embed = one("model.embed_tokens")?;
+        let embed = one("model.embed_tokens")?.flatten_all()?.to_vec1::<f32>()?;
+        if embed.len() != config.vocab_size * config.hidden_size {
+            return Err(ModelError::PartMissing {
+                part: "model.embed_tokens".into(),
+            });
+        }
+        let vector =
+            |t: &Tensor| -> Result<Vec<f32>, ModelError> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let p = format!("model.layers.{l}");
@@ -204,6 +221,8 @@ impl Model {
                     part: format!("{p}.norms"),
                 })?;
             layers.push(Layer {
+                input_norm_w: vector(&input_norm)?,
+                post_norm_w: vector(&post_norm)?,
                 input_norm,
                 post_norm,
                 qkv,
@@ -214,6 +233,7 @@ impl Model {
             });
         }
         let norm = one("model.norm")?;
+        let norm_w = vector(&norm)?;
         let lm_head =
             matrices("lm_head", &[&[0]])?
                 .pop()
@@ -221,6 +241,10 @@ impl Model {
                     part: "lm_head".into(),
                 })?;
 
+        let flat = lm_head.tiled().is_some()
+            && layers
+                .iter()
+                .all(|l| l.qkv.tiled().is_some() && l.o.tiled().is_some());
         let mut experts = Vec::with_capacity(config.layers);
         for &id in options.expert_versions.keys() {
             if usize::from(id.layer) >= config.layers || usize::from(id.expert) >= config.experts {
@@ -262,6 +286,8 @@ impl Model {
             embed,
             layers,
             norm,
+            norm_w,
+            flat,
             lm_head,
             rope: RopeTables::new(&config),
             store,
@@ -348,6 +374,31 @@ impl Model {
         &self,
         batch: &mut [(&mut Sequence, &[TokenId])],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.run(batch, None)
+    }
+
+    /// As [`Model::forward`], with the work of the pass spread over the threads of `pool`
+    /// where the model has a parallel pass (int8 on a CPU with the vector Q8_0 kernel; see
+    /// [`Model::parallel`]). The logits are the same bits as those of [`Model::forward`].
+    pub fn forward_in(
+        &self,
+        batch: &mut [(&mut Sequence, &[TokenId])],
+        pool: &rayon::ThreadPool,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.run(batch, Some(pool))
+    }
+
+    /// Whether [`Model::forward_in`] spreads a pass over threads: true for int8 on a CPU
+    /// with the vector Q8_0 kernel, where every matrix is in the tiled layout.
+    pub fn parallel(&self) -> bool {
+        self.flat
+    }
+
+    fn run(
+        &self,
+        batch: &mut [(&mut Sequence, &[TokenId])],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         let mut ids = Vec::new();
         for (seq, tokens) in batch.iter() {
@@ -374,8 +425,11 @@ impl Model {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let total = ids.len();
-        let result = self.layers_forward(ids, batch);
+        let result = if self.flat {
+            self.forward_flat(&ids, batch, pool)
+        } else {
+            self.forward_tensors(ids, batch)
+        };
         if result.is_err() {
             // Leave every KV cache as it was before this call.
             let kvd = c.kv_dim();
@@ -385,13 +439,28 @@ impl Model {
                 }
             }
         }
-        let x = result?;
+        let logits = result?;
+        for (seq, tokens) in batch.iter_mut() {
+            seq.len += tokens.len();
+        }
+        Ok(logits)
+    }
+
+    /// The forward pass as candle tensor operations (f32, or int8 without the vector
+    /// kernel): the logits after each sequence's last new token.
+    fn forward_tensors(
+        &self,
+        ids: Vec<TokenId>,
+        batch: &mut [(&mut Sequence, &[TokenId])],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let c = &self.config;
+        let total = ids.len();
+        let x = self.layers_forward(ids, batch)?;
         let mut last = Vec::with_capacity(batch.len());
         let mut row = 0u32;
-        for (seq, tokens) in batch.iter_mut() {
+        for (_, tokens) in batch.iter() {
             row += tokens.len() as u32;
             last.push(row - 1);
-            seq.len += tokens.len();
         }
         let x = if last.len() == 1 && total == 1 {
             x
@@ -411,9 +480,12 @@ impl Model {
         let c = &self.config;
         let dims = Dims::of(c);
         let total = ids.len();
-        let mut x = self
-            .embed
-            .index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?;
+        let d = c.hidden_size;
+        let mut rows = Vec::with_capacity(total * d);
+        for &t in &ids {
+            rows.extend_from_slice(&self.embed[t as usize * d..(t as usize + 1) * d]);
+        }
+        let mut x = Tensor::from_vec(rows, (total, d), &Device::Cpu)?;
         let mut scores = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
@@ -473,14 +545,6 @@ impl Model {
                     .or_default() += 1;
             }
         }
-        if self.precision == Precision::Int8 && q8_fast() {
-            let out = self.experts_tiled(l, &hidden, &routed)?;
-            return Ok(Tensor::from_vec(
-                out,
-                (tokens, c.hidden_size),
-                &Device::Cpu,
-            )?);
-        }
         let mut out: Option<Tensor> = None;
         for (e, (idx, weights)) in routed.into_iter().enumerate() {
             if idx.is_empty() {
@@ -515,53 +579,6 @@ impl Model {
             Some(out) => Ok(out),
             None => Ok(h.zeros_like()?),
         }
-    }
-
-    /// The experts of layer `l` over `hidden` (`[tokens, d]`) on flat buffers, for Q8_0 in
-    /// our tiled layout: the tokens are quantized once and each expert takes its rows, so a
-    /// token routed to two experts is not quantized twice, and no tensor op runs per expert.
-    fn experts_tiled(
-        &self,
-        l: usize,
-        hidden: &[f32],
-        routed: &[(Vec<u32>, Vec<f32>)],
-    ) -> Result<Vec<f32>, ModelError> {
-        let (d, ffn) = (self.config.hidden_size, self.config.intermediate_size);
-        let mut all = QuantRows::default();
-        all.quantize(hidden, d);
-        let (mut rows, mut act_rows) = (QuantRows::default(), QuantRows::default());
-        let (mut h13, mut act, mut y) = (Vec::new(), Vec::new(), Vec::new());
-        let mut out = vec![0f32; hidden.len()];
-        for (e, (idx, weights)) in routed.iter().enumerate() {
-            if idx.is_empty() {
-                continue;
-            }
-            let expert = self.expert(l, e)?;
-            let (Some(w13), Some(w2)) = (expert.w13.tiled(), expert.w2.tiled()) else {
-                return Err(ModelError::Unsupported {
-                    reason: "an int8 expert is not in the tiled layout".into(),
-                });
-            };
-            let m = idx.len();
-            all.gather(idx, &mut rows);
-            h13.resize(m * 2 * ffn, 0.0);
-            w13.matmul(&rows, &mut h13);
-            act.clear();
-            for r in h13.chunks_exact(2 * ffn) {
-                let (gate, up) = r.split_at(ffn);
-                act.extend(gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + exp(-g)) * u));
-            }
-            act_rows.quantize(&act, ffn);
-            y.resize(m * d, 0.0);
-            w2.matmul(&act_rows, &mut y);
-            for ((&t, &w), yr) in idx.iter().zip(weights).zip(y.chunks_exact(d)) {
-                let o = &mut out[t as usize * d..(t as usize + 1) * d];
-                for (a, &v) in o.iter_mut().zip(yr) {
-                    *a += w * v;
-                }
-            }
-        }
-        Ok(out)
     }
 
     fn expert(&self, l: usize, e: usize) -> Result<Arc<Expert>, ModelError> {

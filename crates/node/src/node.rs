@@ -756,8 +756,8 @@ fn start_serving(
         tokenizer.clone(),
         EngineConfig {
             max_batch: config.max_batch,
-            // One lane per core.
-            lanes: 0,
+            // The engine picks lanes and threads for the model and the cores.
+            ..EngineConfig::default()
         },
     );
     Ok(Serving {

@@ -49,37 +49,57 @@ fn batched_requests_produce_what_they_would_alone() {
                 .collect()
         })
         .collect();
-    // One lane, and several lanes decoding side by side: the same text either way.
-    for lanes in [1, 2, 3] {
+    // One lane, several lanes decoding side by side, and passes spread over threads: the
+    // same text every way.
+    for (lanes, threads) in [(1, 1), (2, 1), (3, 1), (1, 2), (1, 3), (2, 2)] {
         let engine = Engine::start(
             model.clone(),
             net.tokenizer.clone(),
             EngineConfig {
                 max_batch: 4,
                 lanes,
+                threads,
             },
         );
         assert_eq!(engine.lanes(), lanes);
+        let expected_threads = if model.parallel() { threads } else { 1 };
+        assert_eq!(engine.threads(), expected_threads);
         let receivers: Vec<_> = requests.iter().map(|r| engine.submit(r).unwrap()).collect();
         for (i, rx) in receivers.into_iter().enumerate() {
             let (text, summary) = collect(rx);
-            assert_eq!(text, alone[i], "request {i} with {lanes} lanes");
+            assert_eq!(
+                text, alone[i],
+                "request {i} with {lanes} lanes of {threads} threads"
+            );
             assert!(summary.completion_tokens > 0);
         }
     }
 }
 
 #[test]
-fn lanes_follow_the_settings() {
+fn lanes_and_threads_follow_the_settings() {
     let one = EngineConfig {
         max_batch: 1,
         lanes: 4,
+        threads: 0,
     };
-    assert_eq!(one.lanes_here(), 1, "never more lanes than sequences");
+    assert_eq!(one.lanes_here(false), 1, "never more lanes than sequences");
+    assert_eq!(one.lanes_here(true), 1);
     let auto = EngineConfig::default();
-    assert!(auto.lanes_here() >= 1);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    assert_eq!(auto.lanes_here(), cores.min(auto.max_batch));
+    // Without a parallel pass: a lane per core, each on one thread.
+    assert_eq!(auto.lanes_here(false), cores.min(auto.max_batch));
+    assert_eq!(auto.threads_here(false), 1);
+    // With one: one lane spread over every core.
+    assert_eq!(auto.lanes_here(true), 1);
+    assert_eq!(auto.threads_here(true), cores);
+    let set = EngineConfig {
+        lanes: 2,
+        threads: 3,
+        ..EngineConfig::default()
+    };
+    assert_eq!((set.lanes_here(true), set.threads_here(true)), (2, 3));
+    assert_eq!(set.threads_here(false), 1);
 }
 
 #[test]

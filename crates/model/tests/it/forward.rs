@@ -134,6 +134,65 @@ fn a_ragged_batch_equals_separate_passes() {
     );
 }
 
+#[test]
+fn int8_passes_spread_over_threads_give_the_same_bits() {
+    let net = net(14);
+    let model = net.model(Precision::Int8);
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        model.parallel(),
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw"),
+        "int8 has the parallel pass exactly where the vector kernel runs"
+    );
+    // Prefills of different lengths, then decode steps, run serially and on pools of two
+    // and three threads (sequences split into parts, experts shared out among threads).
+    let prompts = [
+        tokens(7, 4),
+        tokens(1, 5),
+        tokens(12, 6),
+        tokens(3, 7),
+        tokens(2, 8),
+    ];
+    let run = |pool: Option<&rayon::ThreadPool>| -> Vec<Vec<f32>> {
+        let mut seqs: Vec<Sequence> = (0..prompts.len())
+            .map(|_| model.new_sequence().unwrap())
+            .collect();
+        let mut out = Vec::new();
+        let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
+        for _ in 0..4 {
+            let mut batch: Vec<_> = seqs
+                .iter_mut()
+                .zip(&inputs)
+                .map(|(s, p)| (s, p.as_slice()))
+                .collect();
+            let logits = match pool {
+                Some(pool) => pool.install(|| model.forward_in(&mut batch, pool)),
+                None => model.forward(&mut batch),
+            }
+            .unwrap();
+            inputs = logits
+                .iter()
+                .map(|l| vec![blyan_model::argmax(l)])
+                .collect();
+            out.extend(logits);
+        }
+        out
+    };
+    let serial = run(None);
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let spread = run(Some(&pool));
+        assert_eq!(spread.len(), serial.len());
+        for (i, (a, b)) in spread.iter().zip(&serial).enumerate() {
+            assert!(a == b, "{threads} threads: logits row {i} differ");
+        }
+    }
+}
+
 /// Cosine similarity of two logit vectors.
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
