@@ -6,6 +6,10 @@
 //! multiplication, while attention runs per sequence against that sequence's KV cache. The
 //! same call therefore serves a prompt's prefill, one stream's decode step and a batch of
 //! streams decoding together.
+//!
+//! Two implementations run that pass: candle tensor operations (f32, and int8 on CPUs without
+//! our vector Q8_0 kernel), and plain loops on flat buffers for int8 with it (`model/flat.rs`), which
+//! [`Model::forward_in`] can spread over a thread pool.
 
 use std::{collections::BTreeMap, sync::Arc};
 
