@@ -98,13 +98,18 @@ fn cut<'a, 's, 't>(
     let mut rest = batch;
     let mut done = 0;
     for p in 1..parts {
-        // End this part once it reaches its share of the tokens, keeping at least one
-        // sequence for each part still to come.
+        // End this part where the running token count comes closest to its share, keeping
+        // at least one sequence for this part and for each part still to come.
         let target = total * p / parts;
         let mut take = 0;
         let mut tokens = done;
-        while take < rest.len() - (parts - p) && (take == 0 || tokens < target) {
-            tokens += rest[take].1.len();
+        while take < rest.len() - (parts - p) {
+            let next = tokens + rest[take].1.len();
+            if take > 0 && (tokens >= target || (next > target && next - target > target - tokens))
+            {
+                break;
+            }
+            tokens = next;
             take += 1;
         }
         let (head, tail) = rest.split_at_mut(take);
@@ -376,5 +381,66 @@ fn share(routing: &Routing, threads: usize) -> Vec<Vec<(usize, Vec<u32>)>> {
 fn not_tiled() -> ModelError {
     ModelError::Unsupported {
         reason: "a matrix of the flat forward pass is not in the tiled Q8_0 layout".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(lengths: &[usize], parts: usize) -> Vec<Vec<usize>> {
+        let tokens: Vec<Vec<TokenId>> = lengths.iter().map(|&n| vec![0; n]).collect();
+        let mut seqs: Vec<Sequence> = lengths
+            .iter()
+            .map(|_| Sequence {
+                kv: Vec::new(),
+                len: 0,
+                experts_used: std::collections::BTreeMap::new(),
+            })
+            .collect();
+        let mut batch: Vec<(&mut Sequence, &[TokenId])> = seqs
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(s, t)| (s, t.as_slice()))
+            .collect();
+        cut(&mut batch, parts)
+            .iter()
+            .map(|p| p.iter().map(|(_, t)| t.len()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn experts_go_to_the_least_loaded_thread_most_rows_first() {
+        let routing = Routing {
+            experts: [(0, 5), (1, 1), (2, 1), (3, 1), (4, 4)]
+                .iter()
+                .map(|&(e, n)| (e, (0..n).collect()))
+                .collect(),
+        };
+        let experts = |threads| -> Vec<Vec<usize>> {
+            share(&routing, threads)
+                .iter()
+                .map(|w| w.iter().map(|(e, _)| *e).collect())
+                .collect()
+        };
+        // 5 | 4, then 1 to the 4, then the ties to the first thread: 6 and 6 rows.
+        assert_eq!(experts(2), [vec![0, 2], vec![1, 3, 4]]);
+        assert_eq!(experts(1), [vec![0, 1, 2, 3, 4]]);
+        // More threads than experts: idle threads get no list.
+        assert_eq!(experts(8).len(), 5);
+    }
+
+    #[test]
+    fn parts_are_whole_sequences_with_about_equal_tokens() {
+        assert_eq!(sizes(&[1; 8], 2), [vec![1; 4], vec![1; 4]]);
+        assert_eq!(sizes(&[1; 7], 3), [vec![1; 2], vec![1, 1], vec![1; 3]]);
+        // 25 tokens: 8 | 17 is closer to even than 20 | 5.
+        assert_eq!(sizes(&[7, 1, 12, 3, 2], 2), [vec![7, 1], vec![12, 3, 2]]);
+        // A long prompt takes a part of its own; every part keeps a sequence.
+        assert_eq!(sizes(&[30, 1, 1], 3), [vec![30], vec![1], vec![1]]);
+        assert_eq!(sizes(&[1, 1, 30], 2), [vec![1, 1], vec![30]]);
+        // Fewer sequences than threads: one part each.
+        assert_eq!(sizes(&[4, 4], 3), [vec![4], vec![4]]);
+        assert_eq!(sizes(&[5], 2), [vec![5]]);
     }
 }

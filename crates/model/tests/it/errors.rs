@@ -4,7 +4,8 @@ use std::{collections::BTreeMap, fs, sync::Arc};
 
 use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, Store, spec::expert_group_name};
 use blyan_model::{
-    GenerateRequest, Generation, LoadOptions, Model, ModelError, Precision, SamplingParams,
+    Engine, EngineConfig, Event, GenerateRequest, Generation, LoadOptions, Model, ModelError,
+    Precision, SamplingParams,
 };
 use blyan_primitives::{Address, ExpertId, Hash};
 use blyan_tensor::{TensorDesc, encode_tensors, f32_to_bytes};
@@ -217,4 +218,54 @@ fn a_small_cache_evicts_and_still_gives_the_same_output() {
     assert!(s.bytes as usize <= budget, "{s:?}");
     assert!(s.entries <= 3);
     assert!(s.misses > all.misses);
+}
+
+#[test]
+fn a_corrupt_expert_fails_a_pass_split_over_threads_and_every_request_in_it() {
+    let net = net(43);
+    let model = Arc::new(net.model(Precision::Int8));
+    // Every expert of layer 0 loses its payload, so any token fails there.
+    for e in 0..net.meta.spec.num_local_experts {
+        let block = model.expert_blocks()[&ExpertId::new(0, e)];
+        damage_payload(&net.store, block, |path| fs::remove_file(path).unwrap());
+    }
+    model.clear_expert_cache();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut seqs: Vec<_> = (0..3).map(|_| model.new_sequence().unwrap()).collect();
+    let prompts = [vec![5u32, 6, 7], vec![8], vec![9, 10]];
+    let mut batch: Vec<_> = seqs
+        .iter_mut()
+        .zip(&prompts)
+        .map(|(s, p)| (s, p.as_slice()))
+        .collect();
+    let err = pool
+        .install(|| model.forward_in(&mut batch, &pool))
+        .unwrap_err();
+    assert_eq!(err.code(), "block_corrupt", "{err}");
+    assert!(seqs.iter().all(|s| s.is_empty()), "no sequence advanced");
+
+    let engine = Engine::start(
+        model.clone(),
+        net.tokenizer.clone(),
+        EngineConfig {
+            max_batch: 4,
+            lanes: 1,
+            threads: 2,
+        },
+    );
+    for round in 0..2 {
+        let receivers: Vec<_> = ["one", "two", "three"]
+            .iter()
+            .map(|p| engine.submit(&GenerateRequest::new(*p, 8)).unwrap())
+            .collect();
+        for rx in receivers {
+            match rx.last() {
+                Some(Event::Failed(e)) => assert_eq!(e.code(), "block_corrupt", "round {round}"),
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+    }
 }
