@@ -482,7 +482,6 @@ impl Model {
         batch: &mut [(&mut Sequence, &[TokenId])],
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
-        let dims = Dims::of(c);
         let total = ids.len();
         let d = c.hidden_size;
         let mut rows = Vec::with_capacity(total * d);
@@ -495,28 +494,43 @@ impl Model {
             let h = rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
             let mut qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
             let mut attn = vec![0f32; total * c.hidden_size];
-            let (mut qkv_rest, mut out_rest) = (qkv.as_mut_slice(), attn.as_mut_slice());
-            for (seq, tokens) in batch.iter_mut() {
-                let n = tokens.len();
-                let (qkv_seq, q_tail) = qkv_rest.split_at_mut(n * dims.qkv_width());
-                let (out_seq, o_tail) = out_rest.split_at_mut(n * c.hidden_size);
-                attend(
-                    dims,
-                    &self.rope,
-                    &mut seq.kv[l],
-                    seq.len,
-                    qkv_seq,
-                    out_seq,
-                    &mut scores,
-                );
-                (qkv_rest, out_rest) = (q_tail, o_tail);
-            }
+            self.attend_each(l, batch, &mut qkv, &mut attn, &mut scores);
             let attn = Tensor::from_vec(attn, (total, c.hidden_size), &Device::Cpu)?;
             x = (x + layer.o.forward(&attn)?)?;
             let h = rms_norm(&x, &layer.post_norm, c.rms_norm_eps)?;
             x = (&x + self.moe(l, &h, batch)?)?;
         }
         Ok(x)
+    }
+
+    /// Attention of layer `l` for each sequence of `batch` in turn: `qkv` holds the
+    /// sequences' fused projections one after another (rotated in place), `out` receives
+    /// their attention rows.
+    fn attend_each(
+        &self,
+        l: usize,
+        batch: &mut [(&mut Sequence, &[TokenId])],
+        qkv: &mut [f32],
+        out: &mut [f32],
+        scores: &mut Vec<f32>,
+    ) {
+        let dims = Dims::of(&self.config);
+        let (mut qkv_rest, mut out_rest) = (qkv, out);
+        for (seq, tokens) in batch.iter_mut() {
+            let n = tokens.len();
+            let (qkv_seq, q_tail) = qkv_rest.split_at_mut(n * dims.qkv_width());
+            let (out_seq, o_tail) = out_rest.split_at_mut(n * dims.hidden);
+            attend(
+                dims,
+                &self.rope,
+                &mut seq.kv[l],
+                seq.len,
+                qkv_seq,
+                out_seq,
+                scores,
+            );
+            (qkv_rest, out_rest) = (q_tail, o_tail);
+        }
     }
 
     /// The sparse MoE block over the batch's tokens `h` `[tokens, d]`.

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::{Model, Sequence, route};
 use crate::{
     ModelError,
-    attention::{Dims, attend},
+    attention::Dims,
     kernels::{QuantRows, exp, matmul_f32},
 };
 use blyan_primitives::ExpertId;
@@ -229,22 +229,7 @@ impl Model {
         let mut qkv = vec![0f32; n * dims.qkv_width()];
         qkv_w.matmul(&q, &mut qkv);
         let mut attn = vec![0f32; n * d];
-        let (mut qkv_rest, mut out_rest) = (qkv.as_mut_slice(), attn.as_mut_slice());
-        for (seq, tokens) in part.seqs.iter_mut() {
-            let t = tokens.len();
-            let (qkv_seq, q_tail) = qkv_rest.split_at_mut(t * dims.qkv_width());
-            let (out_seq, o_tail) = out_rest.split_at_mut(t * d);
-            attend(
-                dims,
-                &self.rope,
-                &mut seq.kv[l],
-                seq.len,
-                qkv_seq,
-                out_seq,
-                &mut part.scores,
-            );
-            (qkv_rest, out_rest) = (q_tail, o_tail);
-        }
+        self.attend_each(l, part.seqs, &mut qkv, &mut attn, &mut part.scores);
         q.quantize(&attn, d);
         o_w.matmul(&q, &mut h);
         for (a, &v) in part.x.iter_mut().zip(&h) {
