@@ -50,20 +50,33 @@ fn quantize_block(block: &[f32], out: &mut Vec<u8>) {
 /// If `block` does not hold exactly 32 values.
 pub fn quantize_q8_0_block(block: &[f32]) -> (f32, [i8; Q8_0_BLOCK_LEN]) {
     assert_eq!(block.len(), Q8_0_BLOCK_LEN, "a Q8_0 block holds 32 values");
-    // Eight running maxima so the reduction vectorises.
+    let Ok(block) = <&[f32; Q8_0_BLOCK_LEN]>::try_from(block) else {
+        unreachable!("the length was checked above");
+    };
+    // Eight running maxima so the reduction vectorises, written as comparisons (NaN never
+    // wins, as with `f32::max`, which compiles to a scalar chain here).
     let mut lanes = [0f32; 8];
-    for group in block.chunks_exact(8) {
-        for (m, x) in lanes.iter_mut().zip(group) {
-            *m = m.max(x.abs());
-        }
+    for (i, &x) in block.iter().enumerate() {
+        let a = x.abs();
+        lanes[i % 8] = if a > lanes[i % 8] { a } else { lanes[i % 8] };
     }
     let amax = lanes.iter().copied().fold(0f32, f32::max);
     let scale = amax / 127.0;
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    (
-        scale,
-        std::array::from_fn(|t| (block[t] * inv).round() as i8),
-    )
+    // 1.5 · 2^23: adding it to an integer-valued f32 of magnitude below 2^22 leaves the
+    // integer in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let mut quants = [0i8; Q8_0_BLOCK_LEN];
+    for (q, &x) in quants.iter_mut().zip(block) {
+        // `round(x / scale) as i8` in selects and arithmetic that vectorise: the value
+        // saturates to the i8 range and NaN gives 0, as the cast does.
+        let r = (x * inv).round();
+        let r = if r > 127.0 { 127.0 } else { r };
+        let r = if r < -128.0 { -128.0 } else { r };
+        let r = if r.is_nan() { 0.0 } else { r };
+        *q = ((r + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8;
+    }
+    (scale, quants)
 }
 
 /// Expands Q8_0 blocks back to f32 values.
@@ -103,6 +116,33 @@ mod tests {
         let mut from_bytes = Vec::new();
         quantize_q8_0_le_bytes(&crate::f32_to_bytes(&values), &mut from_bytes);
         assert_eq!(from_bytes, q);
+    }
+
+    #[test]
+    fn block_quants_are_the_rounded_and_saturated_cast() {
+        // Ties, values near the edges of the range, and non-finite inputs: every quant must
+        // be what `(x / scale).round() as i8` gives.
+        let mut block = [0f32; Q8_0_BLOCK_LEN];
+        for (i, v) in block.iter_mut().enumerate() {
+            *v = (i as f32 - 15.5) * 0.25;
+        }
+        block[0] = 3.875; // amax: every step 1/127 of it
+        for extra in [f32::NAN, 1e-30, -3.875, 2.5 * 3.875 / 127.0] {
+            block[31] = extra;
+            let (scale, quants) = quantize_q8_0_block(&block);
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            for (q, &x) in quants.iter().zip(&block) {
+                assert_eq!(*q, (x * inv).round() as i8, "{x} with {extra}");
+            }
+        }
+        let mut wild = block;
+        wild[3] = f32::INFINITY;
+        let (scale, quants) = quantize_q8_0_block(&wild);
+        assert_eq!(scale, f32::INFINITY);
+        assert!(
+            quants.iter().all(|&q| q == 0),
+            "inf · 0 is NaN, which casts to 0"
+        );
     }
 
     #[test]
