@@ -6,14 +6,15 @@
 //! finish, are cancelled, or their receiver is dropped. Requests beyond a lane's share of
 //! `max_batch` wait in its submission queue.
 //!
-//! How the cores are used depends on the model. A model with a parallel pass
-//! ([`Model::parallel`]: int8 with our Q8_0 kernel) gets by default one lane whose passes are
-//! spread over a pool of one thread per core: each step's attention is split by sequence and
-//! its experts by expert, so every expert's weights are read once per step for the whole
-//! batch. Other models (candle's products, whose two-thread runs measured no faster than one
-//! thread at these sizes, docs/BENCHMARKS.md) get one lane per core, independent batches
-//! that share only the read-only weights. A sequence's output does not depend on its lane,
-//! batch or threads.
+//! By default there is one lane per available core: independent batches that share only the
+//! read-only weights and never wait for each other. A model with a parallel pass
+//! ([`Model::parallel`]: int8 with our Q8_0 kernel) can instead spread each lane's passes over
+//! a pool of threads ([`EngineConfig::threads`]): attention split by sequence and the experts
+//! shared out among the threads, so each expert is read once per step for the whole batch.
+//! On the 2-core machine this was measured slower than two lanes at every load from 2 to 16
+//! streams (two fork-joins per layer cost more than the expert reads they save;
+//! docs/BENCHMARKS.md), so it is not the default. A sequence's output does not depend on its
+//! lane, batch or threads.
 
 use std::{
     sync::{
@@ -50,11 +51,10 @@ pub enum Event {
 pub struct EngineConfig {
     /// Most sequences decoded at once, over all lanes.
     pub max_batch: usize,
-    /// Lanes: batching threads, each with its own batch. `0` chooses: one for a model with a
-    /// parallel pass, one per available core otherwise.
+    /// Lanes: batching threads, each with its own batch; `0` means one per available core.
     pub lanes: usize,
     /// Threads each lane's forward pass is spread over, for a model with a parallel pass
-    /// (others use one). `0` shares the available cores out among the lanes.
+    /// (others always use one); `0` means one.
     pub threads: usize,
 }
 
@@ -73,26 +73,17 @@ fn cores() -> usize {
 }
 
 impl EngineConfig {
-    /// The number of lanes these settings give on this machine for a model whose pass is
-    /// parallel or not (at least one, at most `max_batch`).
-    pub fn lanes_here(&self, parallel: bool) -> usize {
-        let lanes = match (self.lanes, parallel) {
-            (0, true) => 1,
-            (0, false) => cores(),
-            (n, _) => n,
-        };
+    /// The number of lanes these settings give on this machine (at least one, at most
+    /// `max_batch`).
+    pub fn lanes_here(&self) -> usize {
+        let lanes = if self.lanes == 0 { cores() } else { self.lanes };
         lanes.clamp(1, self.max_batch.max(1))
     }
 
-    /// The number of threads each lane's pass uses on this machine (at least one).
+    /// The number of threads each lane's pass uses for a model whose pass is parallel or
+    /// not (at least one).
     pub fn threads_here(&self, parallel: bool) -> usize {
-        if !parallel {
-            return 1;
-        }
-        match self.threads {
-            0 => (cores() / self.lanes_here(parallel)).max(1),
-            n => n,
-        }
+        if parallel { self.threads.max(1) } else { 1 }
     }
 }
 
@@ -190,9 +181,8 @@ struct Active {
 impl Engine {
     /// Starts the engine's lane threads.
     pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
-        let parallel = model.parallel();
-        let count = config.lanes_here(parallel);
-        let threads = config.threads_here(parallel);
+        let count = config.lanes_here();
+        let threads = config.threads_here(model.parallel());
         let per_lane = config.max_batch.max(1).div_ceil(count);
         let lanes = (0..count)
             .map(|i| {

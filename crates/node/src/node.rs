@@ -756,7 +756,7 @@ fn start_serving(
         tokenizer.clone(),
         EngineConfig {
             max_batch: config.max_batch,
-            // The engine picks lanes and threads for the model and the cores.
+            // A lane per core, each pass on its lane's thread (measured fastest here).
             ..EngineConfig::default()
         },
     );

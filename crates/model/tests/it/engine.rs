@@ -83,22 +83,20 @@ fn lanes_and_threads_follow_the_settings() {
         lanes: 4,
         threads: 0,
     };
-    assert_eq!(one.lanes_here(false), 1, "never more lanes than sequences");
-    assert_eq!(one.lanes_here(true), 1);
+    assert_eq!(one.lanes_here(), 1, "never more lanes than sequences");
     let auto = EngineConfig::default();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    // Without a parallel pass: a lane per core, each on one thread.
-    assert_eq!(auto.lanes_here(false), cores.min(auto.max_batch));
+    // By default a lane per core, each pass on its lane's thread.
+    assert_eq!(auto.lanes_here(), cores.min(auto.max_batch));
+    assert_eq!(auto.threads_here(true), 1);
     assert_eq!(auto.threads_here(false), 1);
-    // With one: one lane spread over every core.
-    assert_eq!(auto.lanes_here(true), 1);
-    assert_eq!(auto.threads_here(true), cores);
     let set = EngineConfig {
         lanes: 2,
         threads: 3,
         ..EngineConfig::default()
     };
-    assert_eq!((set.lanes_here(true), set.threads_here(true)), (2, 3));
+    assert_eq!((set.lanes_here(), set.threads_here(true)), (2, 3));
+    // A model without a parallel pass ignores the thread count.
     assert_eq!(set.threads_here(false), 1);
 }
 
