@@ -6,11 +6,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{sync::Arc, time::Instant};
+mod common;
 
-use blyan_chain::{Store, genesis};
+use std::time::Instant;
+
 use blyan_model::{LoadOptions, Model, Precision, argmax};
-use blyan_primitives::ExpertId;
 
 fn main() {
     let precision: Precision = std::env::args()
@@ -18,14 +18,8 @@ fn main() {
         .map_or(Precision::Int8, |p| p.parse().unwrap());
     let steps: usize = std::env::args().nth(2).map_or(200, |s| s.parse().unwrap());
     let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(tmp.path()).unwrap());
-    genesis::init(
-        &store,
-        genesis::random_genesis(genesis::GENESIS_SEED).unwrap(),
-    )
-    .unwrap();
     let model = Model::load(
-        store,
+        common::genesis_store(tmp.path()),
         LoadOptions {
             precision,
             ..LoadOptions::default()
@@ -41,14 +35,7 @@ fn main() {
             .build()
             .unwrap()
     });
-    // Warm every expert so that the timing is decode, not loading.
-    for l in 0..model.config().layers {
-        for e in 0..model.config().experts {
-            model
-                .load_expert(ExpertId::new(l as u16, e as u16))
-                .unwrap();
-        }
-    }
+    common::warm_experts(&model);
     for streams in list {
         let mut seqs: Vec<_> = (0..streams)
             .map(|_| model.new_sequence().unwrap())

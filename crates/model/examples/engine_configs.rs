@@ -8,24 +8,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{sync::Arc, time::Instant};
 
-use blyan_chain::{Store, genesis};
 use blyan_model::{
     Engine, EngineConfig, Event, GenerateRequest, LoadOptions, Model, Precision, SamplingParams,
 };
-use blyan_primitives::ExpertId;
 use blyan_tokenizer::Tokenizer;
 
 fn main() {
     let rounds: u64 = std::env::args().nth(1).map_or(3, |r| r.parse().unwrap());
     let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(tmp.path()).unwrap());
-    genesis::init(
-        &store,
-        genesis::random_genesis(genesis::GENESIS_SEED).unwrap(),
-    )
-    .unwrap();
+    let store = common::genesis_store(tmp.path());
     let (_, meta) = store.meta().unwrap().unwrap();
     let tokenizer = Arc::new(Tokenizer::from_json(&meta.tokenizer).unwrap());
     let model = Arc::new(
@@ -38,13 +33,7 @@ fn main() {
         )
         .unwrap(),
     );
-    for l in 0..model.config().layers {
-        for e in 0..model.config().experts {
-            model
-                .load_expert(ExpertId::new(l as u16, e as u16))
-                .unwrap();
-        }
-    }
+    common::warm_experts(&model);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     for round in 0..rounds {
         for (lanes, threads) in [(cores, 1), (1, cores)] {

@@ -11,9 +11,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
-use blyan_chain::{Store, genesis};
 use blyan_model::{
     Engine, EngineConfig, Event, GenerateRequest, Generation, LoadOptions, Model, Precision,
     SamplingParams, argmax,
@@ -29,14 +30,7 @@ fn main() {
     let only: Option<Precision> = std::env::args().nth(2).map(|p| p.parse().unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let dir = arg.map_or_else(|| tmp.path().join("chain"), PathBuf::from);
-    let store = Arc::new(Store::open(&dir).unwrap());
-    if store.meta().unwrap().is_none() {
-        genesis::init(
-            &store,
-            genesis::random_genesis(genesis::GENESIS_SEED).unwrap(),
-        )
-        .unwrap();
-    }
+    let store = common::genesis_store(&dir);
     let (_, meta) = store.meta().unwrap().unwrap();
     let tokenizer = Arc::new(Tokenizer::from_json(&meta.tokenizer).unwrap());
     let mut report = serde_json::Map::new();
@@ -143,13 +137,7 @@ fn forward_decode(model: &Model) -> f64 {
     let prompt: Vec<u32> = "The model on the chain".bytes().map(u32::from).collect();
     let mut logits = model.forward(&mut [(&mut seq, &prompt)]).unwrap();
     // Warm every expert first so the timing is decode, not loading.
-    for l in 0..model.config().layers {
-        for e in 0..model.config().experts {
-            model
-                .load_expert(ExpertId::new(l as u16, e as u16))
-                .unwrap();
-        }
-    }
+    common::warm_experts(model);
     let start = Instant::now();
     for _ in 0..DECODE_TOKENS {
         let next = argmax(&logits[0]);
