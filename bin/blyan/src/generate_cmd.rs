@@ -40,6 +40,10 @@ pub(crate) struct GenerateArgs {
     /// Stop before this text (repeatable, up to 4).
     #[arg(long, value_name = "TEXT")]
     stop: Vec<String>,
+    /// Never end on the end-of-sequence token: generate until --max-tokens, a stop sequence
+    /// or the context window (for timing a fixed number of tokens).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Weight precision.
     #[arg(long, default_value = "int8", value_parser = ["f32", "int8"])]
     precision: String,
@@ -96,6 +100,7 @@ pub(crate) fn run(data_dir: &Path, args: GenerateArgs) -> anyhow::Result<()> {
             top_k: args.top_k,
             repetition_penalty: args.repetition_penalty,
             seed,
+            ignore_eos: args.ignore_eos,
         },
         stop: args.stop,
     };

@@ -115,6 +115,8 @@ struct Common {
     top_k: Option<u32>,
     /// Blyan extension.
     repetition_penalty: Option<f32>,
+    /// Extension (vLLM's name): never end on the end-of-sequence token.
+    ignore_eos: Option<bool>,
     seed: Option<u64>,
     stop: Option<Stop>,
     n: Option<u32>,
@@ -332,6 +334,7 @@ async fn complete(
             .repetition_penalty
             .unwrap_or(defaults.repetition_penalty),
         seed: common.seed.unwrap_or_else(fresh_seed),
+        ignore_eos: common.ignore_eos.unwrap_or(defaults.ignore_eos),
     };
     let stop = match common.stop {
         None => Vec::new(),

@@ -1,8 +1,10 @@
 //! Profiles batched decode steps: 8 sequences through `Model::forward` together.
 //!
-//! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps] [streams] [threads]`
+//! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps] [streams] [threads] [rounds]`
 //!
-//! With `threads`, each step is `Model::forward_in` on a pool of that many threads.
+//! With `threads` above 0, each step is `Model::forward_in` on a pool of that many threads.
+//! Each round starts fresh sequences (so `steps` is also the context length reached); several
+//! rounds keep a profiler's samples on decoding rather than on building the network.
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,14 +31,22 @@ fn main() {
     let list: Vec<usize> = std::env::args()
         .nth(3)
         .map_or(vec![1, 8], |s| vec![s.parse().unwrap()]);
-    let pool = std::env::args().nth(4).map(|t| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t.parse().unwrap())
-            .build()
-            .unwrap()
-    });
+    let pool = std::env::args()
+        .nth(4)
+        .map(|t| t.parse::<usize>().unwrap())
+        .filter(|&t| t > 0)
+        .map(|t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        });
+    let rounds: usize = std::env::args().nth(5).map_or(1, |r| r.parse().unwrap());
     common::warm_experts(&model);
-    for streams in list {
+    for streams in list
+        .into_iter()
+        .flat_map(|s| std::iter::repeat_n(s, rounds))
+    {
         let mut seqs: Vec<_> = (0..streams)
             .map(|_| model.new_sequence().unwrap())
             .collect();

@@ -3,8 +3,9 @@
 //!
 //! Run: `cargo run --release -p blyan-model --example engine_configs [-- ROUNDS]`
 //!
-//! Each stream asks for 256 tokens (temperature 0.8, top-p 0.95, its own seed); experts are
-//! warmed first. Prints one line per round, setting and stream count.
+//! Each stream decodes exactly 256 tokens (temperature 0.8, top-p 0.95, its own seed,
+//! end-of-sequence ignored); experts are warmed first. Prints one line per round, setting
+//! and stream count.
 
 #![allow(clippy::unwrap_used)]
 
@@ -55,6 +56,7 @@ fn main() {
                                 temperature: 0.8,
                                 top_p: 0.95,
                                 seed: round * 100 + i,
+                                ignore_eos: true,
                                 ..SamplingParams::default()
                             },
                             ..GenerateRequest::new(format!("Request {i} to the chain"), 256)

@@ -3,11 +3,13 @@
 //! Run: `cargo run --release -p blyan-model --example infer_bench [-- DATA_DIR [PRECISION]]`
 //!
 //! PRECISION (`f32` or `int8`) measures one precision only; `-` as DATA_DIR keeps the
-//! temporary network. Without DATA_DIR it builds the default genesis network in a temporary directory. It prints
-//! one JSON object: cold expert load times, single-stream decode speed (forward pass only and
-//! end to end with sampling and text), time to first token, the speed of one stream and the
-//! aggregate speed of 8 concurrent streams through the batching engine, the mean next-token loss of f32 and int8 on a
-//! held-out text (this repository's docs/ARCHITECTURE.md, first 512 tokens), and peak RSS.
+//! temporary network. Without DATA_DIR it builds the default genesis network in a temporary
+//! directory. It prints one JSON object: cold expert load times, single-stream decode speed
+//! (forward pass only and end to end with sampling and text), time to first token, the speed
+//! of one stream and the aggregate speed of 8 concurrent streams through the batching engine
+//! (every stream decodes exactly 256 tokens: end-of-sequence is ignored), the mean next-token
+//! loss of f32 and int8 on a held-out text (this repository's docs/ARCHITECTURE.md, first 512
+//! tokens), and peak RSS.
 
 #![allow(clippy::unwrap_used)]
 
@@ -152,6 +154,9 @@ fn request(i: usize) -> GenerateRequest {
             temperature: 0.8,
             top_p: 0.95,
             seed: i as u64,
+            // Every stream decodes exactly DECODE_TOKENS, so that 8 streams stay 8 until the
+            // end and a stream's speed is measured over the same context lengths as one alone.
+            ignore_eos: true,
             ..SamplingParams::default()
         },
         ..GenerateRequest::new(format!("Request {i} to the chain"), DECODE_TOKENS as u32)

@@ -157,96 +157,139 @@ pub(crate) fn attend(
         for g in 0..dims.kv_heads {
             scores.clear();
             scores.resize(group * stride, 0.0);
-            for b in 0..blocks {
-                let keys = &kv.keys[(b * kvd + g * hd) * KEY_BLOCK..][..hd * KEY_BLOCK];
-                for hh in 0..group {
-                    let q = &q_row[(g * group + hh) * hd..][..hd];
-                    let at = hh * stride + b * KEY_BLOCK;
-                    dot_block(q, keys, scale, &mut scores[at..at + KEY_BLOCK]);
+            let heads = g * group..(g + 1) * group;
+            let keys = |b: usize| &kv.keys[(b * kvd + g * hd) * KEY_BLOCK..][..hd * KEY_BLOCK];
+            // Four query heads at a time: each key row is loaded once for all of them.
+            let mut h = 0;
+            while h < group {
+                let q = |j: usize| &q_row[(heads.start + h + j) * hd..][..hd];
+                let rows = &mut scores[h * stride..];
+                match group - h {
+                    1 => score_heads::<1>([q(0)], blocks, &keys, scale, rows, stride),
+                    2 => score_heads::<2>([q(0), q(1)], blocks, &keys, scale, rows, stride),
+                    3 => score_heads::<3>([q(0), q(1), q(2)], blocks, &keys, scale, rows, stride),
+                    _ => score_heads::<4>(
+                        [q(0), q(1), q(2), q(3)],
+                        blocks,
+                        &keys,
+                        scale,
+                        rows,
+                        stride,
+                    ),
                 }
+                h += 4.min(group - h);
             }
             for hh in 0..group {
                 softmax(&mut scores[hh * stride..hh * stride + len]);
             }
+            // Two heads at a time: each value row is loaded once for both.
             let heads_out = &mut out_row[g * group * hd..(g + 1) * group * hd];
-            for (hh, acc) in heads_out.chunks_exact_mut(hd).enumerate() {
-                weighted_values(
-                    &scores[hh * stride..hh * stride + len],
-                    &kv.values[g * hd..],
-                    kvd,
-                    acc,
-                );
+            let values = &kv.values[g * hd..];
+            let w = |hh: usize| &scores[hh * stride..hh * stride + len];
+            let mut pairs = heads_out.chunks_exact_mut(2 * hd);
+            for (pair, acc) in (&mut pairs).enumerate() {
+                let (a, b) = acc.split_at_mut(hd);
+                weighted_values([w(2 * pair), w(2 * pair + 1)], values, kvd, [a, b]);
+            }
+            let rest = pairs.into_remainder();
+            if !rest.is_empty() {
+                weighted_values([w(group - 1)], values, kvd, [rest]);
             }
         }
     }
 }
 
-/// `out[l] = scale · q · key_l` for the eight keys of a block (`keys[d·8 + l]`).
+/// `rows[h · stride + p] = scale · q_h · key_p` for `H` query heads and every key of
+/// `blocks` blocks; `keys(b)` is block `b` of one KV head (`[dimension][8]`).
 ///
-/// Four dimensions are summed in four separate accumulators and added at the end, so that
-/// the multiply-adds form four independent chains instead of one long one.
-fn dot_block(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
-    let mut acc = [[0f32; KEY_BLOCK]; 4];
-    let mut qs = q.chunks_exact(4);
-    let mut ks = keys.chunks_exact(4 * KEY_BLOCK);
-    for (q4, k4) in (&mut qs).zip(&mut ks) {
-        for (c, a) in acc.iter_mut().enumerate() {
-            for l in 0..KEY_BLOCK {
-                a[l] = q4[c].mul_add(k4[c * KEY_BLOCK + l], a[l]);
+/// Two blocks are scored together, so that with four heads eight independent chains of
+/// multiply-adds are in flight; a last odd block goes alone. Every score is the same
+/// sequential sum over dimensions either way.
+fn score_heads<'k, const H: usize>(
+    q: [&[f32]; H],
+    blocks: usize,
+    keys: &impl Fn(usize) -> &'k [f32],
+    scale: f32,
+    rows: &mut [f32],
+    stride: usize,
+) {
+    let hd = q[0].len();
+    let mut b = 0;
+    while b < blocks {
+        let pair = usize::from(b + 1 < blocks) + 1;
+        let mut acc = [[[0f32; KEY_BLOCK]; 2]; H];
+        let k0 = keys(b);
+        let k1 = keys(b + pair - 1);
+        for dim in 0..hd {
+            let (Ok(r0), Ok(r1)) = (
+                <&[f32; KEY_BLOCK]>::try_from(&k0[dim * KEY_BLOCK..(dim + 1) * KEY_BLOCK]),
+                <&[f32; KEY_BLOCK]>::try_from(&k1[dim * KEY_BLOCK..(dim + 1) * KEY_BLOCK]),
+            ) else {
+                unreachable!("key rows are KEY_BLOCK wide");
+            };
+            for (a, qh) in acc.iter_mut().zip(&q) {
+                let x = qh[dim];
+                for l in 0..KEY_BLOCK {
+                    a[0][l] = x.mul_add(r0[l], a[0][l]);
+                    a[1][l] = x.mul_add(r1[l], a[1][l]);
+                }
             }
         }
-    }
-    for (&qd, k) in qs
-        .remainder()
-        .iter()
-        .zip(ks.remainder().chunks_exact(KEY_BLOCK))
-    {
-        for l in 0..KEY_BLOCK {
-            acc[0][l] = qd.mul_add(k[l], acc[0][l]);
+        for (h, a) in acc.iter().enumerate() {
+            for (j, block) in a.iter().take(pair).enumerate() {
+                let at = h * stride + (b + j) * KEY_BLOCK;
+                for (o, &v) in rows[at..at + KEY_BLOCK].iter_mut().zip(block) {
+                    *o = v * scale;
+                }
+            }
         }
-    }
-    for (l, o) in out.iter_mut().enumerate() {
-        *o = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * scale;
+        b += pair;
     }
 }
 
 /// Dimensions per piece of [`weighted_values`]: four 8-float vectors.
 const PIECE: usize = 32;
 
-/// `out = Σ_j w[j] · v_j`, where `v_j` is the `out.len()` values at `values[j · stride ..]`.
+/// `out_h = Σ_j w_h[j] · v_j` for `H` heads, where `v_j` is the `out_h.len()` values at
+/// `values[j · stride ..]`.
 ///
-/// Each piece of 32 dimensions is summed in registers, with even and odd positions in
-/// separate accumulators (eight independent chains of multiply-adds), then written once.
-fn weighted_values(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
-    let hd = out.len();
+/// Each piece of 32 dimensions is summed in registers (`4·H` independent chains of
+/// multiply-adds, each a sequential sum over positions), then written once.
+fn weighted_values<const H: usize>(
+    w: [&[f32]; H],
+    values: &[f32],
+    stride: usize,
+    mut out: [&mut [f32]; H],
+) {
+    let hd = out[0].len();
+    let len = w[0].len();
     let mut at = 0;
     while at + PIECE <= hd {
-        let mut even = [0f32; PIECE];
-        let mut odd = [0f32; PIECE];
-        let mut pairs = w.chunks_exact(2);
-        for (p, ww) in (&mut pairs).enumerate() {
-            let v0 = &values[2 * p * stride + at..][..PIECE];
-            let v1 = &values[(2 * p + 1) * stride + at..][..PIECE];
-            for c in 0..PIECE {
-                even[c] = ww[0].mul_add(v0[c], even[c]);
-                odd[c] = ww[1].mul_add(v1[c], odd[c]);
+        let mut acc = [[0f32; PIECE]; H];
+        for j in 0..len {
+            let Ok(v) =
+                <&[f32; PIECE]>::try_from(&values[j * stride + at..j * stride + at + PIECE])
+            else {
+                unreachable!("a piece is PIECE wide");
+            };
+            for (a, wh) in acc.iter_mut().zip(&w) {
+                let x = wh[j];
+                for c in 0..PIECE {
+                    a[c] = x.mul_add(v[c], a[c]);
+                }
             }
         }
-        if let [last] = pairs.remainder() {
-            let v = &values[(w.len() - 1) * stride + at..][..PIECE];
-            for c in 0..PIECE {
-                even[c] = last.mul_add(v[c], even[c]);
-            }
-        }
-        for (c, o) in out[at..at + PIECE].iter_mut().enumerate() {
-            *o = even[c] + odd[c];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            o[at..at + PIECE].copy_from_slice(a);
         }
         at += PIECE;
     }
-    for (c, o) in out[at..].iter_mut().enumerate() {
-        *o = w.iter().enumerate().fold(0.0, |acc, (j, &wj)| {
-            wj.mul_add(values[j * stride + at + c], acc)
-        });
+    for (o, wh) in out.iter_mut().zip(&w) {
+        for (c, x) in o[at..].iter_mut().enumerate() {
+            *x = wh.iter().enumerate().fold(0.0, |acc, (j, &wj)| {
+                wj.mul_add(values[j * stride + at + c], acc)
+            });
+        }
     }
 }
 
@@ -290,12 +333,8 @@ mod tests {
     }
 
     #[test]
-    fn blocked_sums_equal_plain_loops() {
-        // 40 dimensions: one piece of 32 and a remainder; 7 positions: an odd one out.
-        let (hd, stride, len) = (40, 56, 7);
-        let values: Vec<f32> = (0..len * stride)
-            .map(|i| (i % 13) as f32 * 0.3 - 1.7)
-            .collect();
+    fn softmax_matches_f64() {
+        let len = 7;
         let mut w: Vec<f32> = (0..len).map(|j| j as f32 * 0.5 - 1.0).collect();
         softmax(&mut w);
         let exps: Vec<f64> = (0..len)
@@ -309,34 +348,89 @@ mod tests {
                 e / total
             );
         }
-        let mut out = vec![f32::NAN; hd];
-        weighted_values(&w, &values[3..], stride, &mut out);
-        for (c, o) in out.iter().enumerate() {
-            let want: f64 = (0..len)
-                .map(|j| f64::from(w[j]) * f64::from(values[3 + j * stride + c]))
-                .sum();
-            assert!(
-                (f64::from(*o) - want).abs() < 1e-5,
-                "dimension {c}: {o} vs {want}"
-            );
+    }
+
+    #[test]
+    fn value_sums_equal_plain_loops() {
+        // 40 dimensions: one piece of 32 and a remainder; 7 positions.
+        let (hd, stride, len) = (40, 56, 7);
+        let values: Vec<f32> = (0..len * stride + 3)
+            .map(|i| (i % 13) as f32 * 0.3 - 1.7)
+            .collect();
+        let w: Vec<Vec<f32>> = (0..2)
+            .map(|h| (0..len).map(|j| (j + h) as f32 * 0.11 - 0.2).collect())
+            .collect();
+        let want = |h: usize, c: usize| -> f64 {
+            (0..len)
+                .map(|j| f64::from(w[h][j]) * f64::from(values[3 + j * stride + c]))
+                .sum()
+        };
+        let (mut a, mut b) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
+        weighted_values([&w[0], &w[1]], &values[3..], stride, [&mut a, &mut b]);
+        let mut single = vec![f32::NAN; hd];
+        weighted_values([&w[1]], &values[3..], stride, [&mut single]);
+        for c in 0..hd {
+            for (h, got) in [(0, a[c]), (1, b[c]), (1, single[c])] {
+                assert!(
+                    (f64::from(got) - want(h, c)).abs() < 1e-5,
+                    "head {h} dimension {c}: {got} vs {}",
+                    want(h, c)
+                );
+            }
         }
-        // 34 dimensions: eight keys per block, two dimensions past the fours.
-        let q: Vec<f32> = (0..34).map(|d| d as f32 * 0.1 - 1.0).collect();
-        let keys: Vec<f32> = (0..34 * KEY_BLOCK)
+        // A head's sums do not depend on the head beside it.
+        assert_eq!(b, single);
+    }
+
+    #[test]
+    fn head_scores_equal_plain_loops() {
+        // 34 dimensions; 3 blocks: a pair and an odd one out.
+        let (hd, blocks) = (34, 3);
+        let keys: Vec<f32> = (0..blocks * hd * KEY_BLOCK)
             .map(|i| (i % 11) as f32 * 0.2 - 1.0)
             .collect();
-        let mut scores = [0f32; KEY_BLOCK];
-        dot_block(&q, &keys, 0.5, &mut scores);
-        for (l, s) in scores.iter().enumerate() {
-            let want: f64 = (0..34)
-                .map(|d| f64::from(q[d]) * f64::from(keys[d * KEY_BLOCK + l]))
+        let block = |b: usize| &keys[b * hd * KEY_BLOCK..(b + 1) * hd * KEY_BLOCK];
+        let q: Vec<Vec<f32>> = (0..4)
+            .map(|h| (0..hd).map(|d| (d + 3 * h) as f32 * 0.05 - 0.8).collect())
+            .collect();
+        let stride = blocks * KEY_BLOCK;
+        let want = |h: usize, p: usize| -> f64 {
+            let (b, l) = (p / KEY_BLOCK, p % KEY_BLOCK);
+            (0..hd)
+                .map(|d| f64::from(q[h][d]) * f64::from(block(b)[d * KEY_BLOCK + l]))
                 .sum::<f64>()
-                * 0.5;
-            assert!(
-                (f64::from(*s) - want).abs() < 1e-5,
-                "key {l}: {s} vs {want}"
-            );
+                * 0.5
+        };
+        let mut four = vec![f32::NAN; 4 * stride];
+        score_heads::<4>(
+            [&q[0], &q[1], &q[2], &q[3]],
+            blocks,
+            &block,
+            0.5,
+            &mut four,
+            stride,
+        );
+        let mut three = vec![f32::NAN; 3 * stride];
+        score_heads::<3>(
+            [&q[1], &q[2], &q[3]],
+            blocks,
+            &block,
+            0.5,
+            &mut three,
+            stride,
+        );
+        for h in 0..4 {
+            for p in 0..stride {
+                let got = four[h * stride + p];
+                assert!(
+                    (f64::from(got) - want(h, p)).abs() < 1e-5,
+                    "head {h} key {p}: {got} vs {}",
+                    want(h, p)
+                );
+            }
         }
+        // A head's scores do not depend on how many heads are scored with it.
+        assert_eq!(three, four[stride..]);
     }
 
     #[test]

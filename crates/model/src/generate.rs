@@ -127,6 +127,8 @@ impl CancelToken {
 pub(crate) struct Decoder {
     sampler: Sampler,
     eos: TokenId,
+    /// Mask `eos` before sampling (the request's `ignore_eos`).
+    ignore_eos: bool,
     /// Ids at or above this have no text (the model's vocabulary can be padded past the
     /// tokenizer's), so they are never sampled.
     vocab_limit: usize,
@@ -212,6 +214,7 @@ impl Decoder {
         let decoder = Decoder {
             sampler: Sampler::new(request.sampling.clone()),
             eos: c.eos_token_id,
+            ignore_eos: request.sampling.ignore_eos,
             vocab_limit: c.vocab_size.min(tokenizer.vocab_size() as usize),
             context_len: c.context_len,
             history: prompt.clone(),
@@ -245,6 +248,11 @@ impl Decoder {
         self.first_token_at.get_or_insert(now);
         self.last_token_at = Some(now);
         let usable = self.vocab_limit.min(logits.len());
+        if self.ignore_eos
+            && let Some(x) = logits[..usable].get_mut(self.eos as usize)
+        {
+            *x = f32::NEG_INFINITY;
+        }
         let token = self.sampler.sample(&mut logits[..usable], &self.history);
         if token == self.eos {
             return self.finish(tokenizer, None, FinishReason::Stop);

@@ -28,6 +28,12 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// Seed of the random draw.
     pub seed: u64,
+    /// Never end on the end-of-sequence token: its logit is masked before the draw, so the
+    /// generation runs until `max_tokens`, a stop sequence, the context window or a cancel.
+    /// For measuring decode speed over a fixed number of tokens (llama.cpp and vLLM call it
+    /// the same).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -38,6 +44,7 @@ impl Default for SamplingParams {
             top_k: 0,
             repetition_penalty: 1.0,
             seed: 0,
+            ignore_eos: false,
         }
     }
 }
@@ -161,7 +168,11 @@ impl Sampler {
                 return id;
             }
         }
-        c.last().map_or_else(|| argmax(logits), |x| x.0)
+        // Rounding left a little of the draw: the last candidate that can be drawn at all.
+        c.iter()
+            .rev()
+            .find(|x| x.1 > 0.0)
+            .map_or_else(|| argmax(logits), |x| x.0)
     }
 }
 
@@ -224,6 +235,7 @@ mod tests {
             top_k,
             repetition_penalty: 1.0,
             seed,
+            ignore_eos: false,
         }
     }
 

@@ -118,6 +118,44 @@ async fn text_completion_honours_max_tokens() {
     assert!(body["usage"]["completion_tokens"].as_u64().expect("n") <= 3);
 }
 
+#[tokio::test]
+async fn ignore_eos_keeps_a_completion_going_to_max_tokens() {
+    let net = net();
+    let complete = |seed: u64, ignore_eos: bool| {
+        post_json(
+            &net.node,
+            "/v1/completions",
+            json!({"prompt": "abc", "max_tokens": 32, "temperature": 2, "seed": seed,
+                   "ignore_eos": ignore_eos}),
+        )
+    };
+    // A draw that ends on end-of-sequence before the limit...
+    let mut seed = 0;
+    loop {
+        let (status, body) = complete(seed, false).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["choices"][0]["finish_reason"] == "stop" {
+            assert!(body["usage"]["completion_tokens"].as_u64().expect("n") < 32);
+            break;
+        }
+        seed += 1;
+        assert!(seed < 100, "no seed ended early");
+    }
+    // ...runs to the limit when asked to ignore it.
+    let (status, body) = complete(seed, true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 32);
+    let (status, body) = post_json(
+        &net.node,
+        "/v1/completions",
+        json!({"prompt": "abc", "ignore_eos": "yes"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request");
+}
+
 /// Method, path, content type, body, expected status, expected code.
 type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
 

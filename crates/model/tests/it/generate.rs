@@ -22,6 +22,7 @@ fn sampled(prompt: &str, seed: u64, max_tokens: u32) -> GenerateRequest {
             top_k: 50,
             repetition_penalty: 1.1,
             seed,
+            ignore_eos: false,
         },
         ..GenerateRequest::new(prompt, max_tokens)
     }
@@ -83,6 +84,37 @@ fn a_stop_sequence_cuts_the_output_before_it() {
     assert_eq!(text, full[..cut], "stop {stop:?}");
     assert_eq!(summary.finish_reason, FinishReason::Stop);
     assert!(!steps.iter().any(|s| s.text.contains(&stop)));
+}
+
+#[test]
+fn ignore_eos_runs_every_generation_to_its_token_limit() {
+    let net = net(26);
+    let model = net.model(Precision::F32);
+    let eos = model.config().eos_token_id;
+    // At temperature 2 the draws are nearly uniform, so end-of-sequence comes up now and then.
+    let request = |seed, ignore_eos| GenerateRequest {
+        sampling: SamplingParams {
+            temperature: 2.0,
+            seed,
+            ignore_eos,
+            ..SamplingParams::default()
+        },
+        ..GenerateRequest::new("e", 40)
+    };
+    let mut ended_early = 0;
+    for seed in 0..40 {
+        let (_, _, summary) = run(&net, Precision::F32, &request(seed, false));
+        if summary.finish_reason == FinishReason::Stop {
+            assert!(summary.completion_tokens < 40);
+            ended_early += 1;
+        }
+        let (_, steps, summary) = run(&net, Precision::F32, &request(seed, true));
+        assert_eq!(summary.finish_reason, FinishReason::Length, "seed {seed}");
+        assert_eq!(summary.completion_tokens, 40, "seed {seed}");
+        assert!(steps.iter().all(|s| s.token != Some(eos)), "seed {seed}");
+    }
+    // The masking is what made the difference: without it some of the same draws ended.
+    assert!(ended_early > 0);
 }
 
 #[test]
