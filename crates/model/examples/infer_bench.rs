@@ -3,13 +3,15 @@
 //! Run: `cargo run --release -p blyan-model --example infer_bench [-- DATA_DIR [PRECISION]]`
 //!
 //! PRECISION (`f32` or `int8`) measures one precision only; `-` as DATA_DIR keeps the
-//! temporary network. Without DATA_DIR it builds the default genesis network in a temporary
-//! directory. It prints one JSON object: cold expert load times, single-stream decode speed
-//! (forward pass only and end to end with sampling and text), time to first token, the speed
-//! of one stream and the aggregate speed of 8 concurrent streams through the batching engine
-//! (every stream decodes exactly 256 tokens: end-of-sequence is ignored), the mean next-token
-//! loss of f32 and int8 on a held-out text (this repository's docs/ARCHITECTURE.md, first 512
-//! tokens), and peak RSS.
+//! temporary network. Without DATA_DIR it builds a network of the genesis config with random
+//! weights (seed `GENESIS_SEED`) in a temporary directory; `blyan init --data-dir D` makes
+//! one with the trained genesis weights to pass instead. It prints one JSON object: cold
+//! expert load times, single-stream decode speed (forward pass only and end to end with
+//! sampling and text), time to first token, the speed of one stream and the aggregate speed
+//! of 8 concurrent streams through the batching engine, the mean next-token loss of f32 and
+//! int8 on a held-out text (this repository's docs/ARCHITECTURE.md, first 512 tokens), and
+//! peak RSS. Every stream decodes exactly 256 tokens (end-of-sequence is ignored), and the
+//! speeds are the medians of 11 rounds.
 
 #![allow(clippy::unwrap_used)]
 
@@ -26,6 +28,29 @@ use blyan_tokenizer::Tokenizer;
 
 const DECODE_TOKENS: usize = 256;
 const STREAMS: usize = 8;
+const ROUNDS: usize = 11;
+
+/// Each measurement's value in every round.
+#[derive(Default)]
+struct Rounds {
+    forward: Vec<f64>,
+    e2e: Vec<f64>,
+    ttft: Vec<f64>,
+    engine_single: Vec<f64>,
+    batch: Vec<f64>,
+    batch_ttft: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
 
 fn main() {
     let arg = std::env::args().nth(1).filter(|a| a != "-");
@@ -61,24 +86,50 @@ fn main() {
         );
         losses.push(mean_loss(&model, &held_out_ids));
         let cold = cold_loads(&model);
-        let forward_tps = forward_decode(&model);
-        let (e2e_tps, ttft_ms) = end_to_end(&model, &tokenizer);
-        let (engine_single_tps, _) = batched(&model, &tokenizer, 1);
-        let (batch_tps, batch_ttft_ms) = batched(&model, &tokenizer, STREAMS);
+        // The speeds are measured in rounds, each taking every measurement once, and the
+        // medians reported: on a shared machine a slow spell then hits every measurement
+        // alike instead of one of them.
+        let mut rounds = Rounds::default();
+        for _ in 0..ROUNDS {
+            rounds.forward.push(forward_decode(&model));
+            let (e2e, ttft) = end_to_end(&model, &tokenizer);
+            rounds.e2e.push(e2e);
+            rounds.ttft.push(ttft);
+            rounds.engine_single.push(batched(&model, &tokenizer, 1).0);
+            let (batch, batch_ttft) = batched(&model, &tokenizer, STREAMS);
+            rounds.batch.push(batch);
+            rounds.batch_ttft.push(batch_ttft);
+        }
+        let per_round = |over: &[f64]| -> Vec<f64> {
+            rounds
+                .batch
+                .iter()
+                .zip(over)
+                .map(|(b, s)| (b / s * 100.0).round() / 100.0)
+                .collect()
+        };
+        let (e2e_tps, engine_single_tps, batch_tps) = (
+            median(&rounds.e2e),
+            median(&rounds.engine_single),
+            median(&rounds.batch),
+        );
         report.insert(
             precision.to_string(),
             serde_json::json!({
+                "rounds": ROUNDS,
                 "cold_expert_load_ms": cold,
                 "held_out_loss": losses.last(),
-                "single_stream_forward_tok_s": forward_tps,
+                "single_stream_forward_tok_s": median(&rounds.forward),
                 "single_stream_tok_s": e2e_tps,
-                "time_to_first_token_ms": ttft_ms,
+                "time_to_first_token_ms": median(&rounds.ttft),
                 "streams": STREAMS,
                 "aggregate_tok_s": batch_tps,
                 "aggregate_over_single": batch_tps / e2e_tps,
+                "aggregate_over_single_per_round": per_round(&rounds.e2e),
                 "engine_single_stream_tok_s": engine_single_tps,
                 "aggregate_over_engine_single": batch_tps / engine_single_tps,
-                "batched_time_to_first_token_ms": batch_ttft_ms,
+                "aggregate_over_engine_single_per_round": per_round(&rounds.engine_single),
+                "batched_time_to_first_token_ms": median(&rounds.batch_ttft),
                 "expert_cache": model.cache_stats(),
             }),
         );

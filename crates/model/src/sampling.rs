@@ -105,6 +105,8 @@ pub struct Sampler {
     rng: ChaCha8Rng,
     /// Scratch: (token, probability) candidates.
     candidates: Vec<(TokenId, f32)>,
+    /// Scratch: the nucleus search's bucket masses.
+    buckets: Vec<f32>,
 }
 
 impl Sampler {
@@ -114,6 +116,7 @@ impl Sampler {
             rng: ChaCha8Rng::seed_from_u64(params.seed),
             params,
             candidates: Vec::new(),
+            buckets: Vec::new(),
         }
     }
 
@@ -148,17 +151,17 @@ impl Sampler {
                 .map(|(i, &x)| (i as TokenId, crate::kernels::exp((x - max) * inv_t))),
         );
         let c = &mut self.candidates;
-        // Most likely first; ties broken by id so that the order is fully determined.
-        let by_prob =
-            |a: &(TokenId, f32), b: &(TokenId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         let k = p.top_k as usize;
         if k > 0 && k < c.len() {
             c.select_nth_unstable_by(k - 1, by_prob);
             c.truncate(k);
+            // Back to id order, so that the draw below walks the same order in every case.
+            c.sort_unstable_by_key(|x| x.0);
         }
-        if p.top_p < 1.0 {
-            let keep = nucleus_len(c, p.top_p, by_prob);
-            c.truncate(keep);
+        if p.top_p < 1.0
+            && let Some(cut) = nucleus_cut(c, p.top_p, &mut self.buckets)
+        {
+            c.retain(|x| by_prob(x, &cut) != std::cmp::Ordering::Greater);
         }
         let total: f64 = c.iter().map(|x| f64::from(x.1)).sum();
         let mut target = self.rng.random::<f64>() * total;
@@ -176,41 +179,54 @@ impl Sampler {
     }
 }
 
-/// Reorders `c` so that its first `n` entries are the nucleus (the fewest most likely
-/// candidates whose mass reaches `top_p` of the total) and returns `n`.
+/// Most likely first; ties broken by id so that the order is fully determined.
+fn by_prob(a: &(TokenId, f32), b: &(TokenId, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Low bits of a weight's f32 pattern dropped to give its bucket: the buckets are the
+/// exponent and the top three mantissa bits, 2,048 of them.
+const BUCKET_SHIFT: u32 = 20;
+const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
+
+/// The last candidate, in [`by_prob`] order, of the nucleus of `c`: the fewest most likely
+/// candidates whose mass reaches `top_p` of the total; `None` if rounding leaves every
+/// bucket short of it (keep all). Weights must be non-negative.
 ///
-/// Repeated partitioning around a middle element finds the cut in expected linear time; a
-/// full sort would cost more than the rest of a decode step on a flat distribution. The
-/// partitioning is deterministic, so the same inputs give the same order.
-fn nucleus_len(
-    c: &mut [(TokenId, f32)],
-    top_p: f32,
-    by_prob: impl Fn(&(TokenId, f32), &(TokenId, f32)) -> std::cmp::Ordering + Copy,
-) -> usize {
-    let total: f32 = c.iter().map(|x| x.1).sum();
+/// Non-negative floats order like their bit patterns, so one pass adds each weight to the
+/// bucket of its exponent and top mantissa bits; walking the buckets from the top finds the
+/// one where the mass reaches `top_p`, and only that bucket's candidates are sorted. That is
+/// linear in the candidates with a small constant, where sorting them all would cost more
+/// than the rest of a decode step on a flat distribution.
+fn nucleus_cut(c: &[(TokenId, f32)], top_p: f32, buckets: &mut Vec<f32>) -> Option<(TokenId, f32)> {
+    let bucket = |w: f32| (w.to_bits() >> BUCKET_SHIFT) as usize & (BUCKETS - 1);
+    buckets.clear();
+    buckets.resize(BUCKETS, 0.0);
+    let mut total = 0f32;
+    for &(_, w) in c {
+        buckets[bucket(w)] += w;
+        total += w;
+    }
     let want = top_p * total;
-    // Invariant: c[..lo] are the best `lo` candidates, with mass `above` < want; the cut lies
-    // in lo+1..=hi.
-    let (mut lo, mut hi, mut above) = (0, c.len(), 0f32);
-    while hi - lo > 32 {
-        let mid = lo + (hi - lo) / 2;
-        c[lo..hi].select_nth_unstable_by(mid - lo, by_prob);
-        let mass: f32 = c[lo..mid].iter().map(|x| x.1).sum();
-        if above + mass >= want {
-            hi = mid;
-        } else {
-            above += mass;
-            lo = mid;
+    let mut above = 0f32;
+    let edge = (0..BUCKETS).rev().find(|&b| {
+        let reached = above + buckets[b] >= want;
+        if !reached {
+            above += buckets[b];
         }
-    }
-    c[lo..hi].sort_unstable_by(by_prob);
-    for (i, &(_, w)) in c[lo..hi].iter().enumerate() {
-        above += w;
+        reached
+    })?;
+    let mut members: Vec<(TokenId, f32)> =
+        c.iter().filter(|x| bucket(x.1) == edge).copied().collect();
+    members.sort_unstable_by(by_prob);
+    for &m in &members {
+        above += m.1;
         if above >= want {
-            return lo + i + 1;
+            return Some(m);
         }
     }
-    hi
+    // Sums in another order fell a rounding short: the whole bucket.
+    members.last().copied()
 }
 
 /// The index of the largest logit, the first one on ties.
@@ -276,11 +292,18 @@ mod tests {
 
     #[test]
     fn the_nucleus_is_the_smallest_head_reaching_top_p() {
-        let by_prob =
-            |a: &(TokenId, f32), b: &(TokenId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        for (n, top_p) in [(1000usize, 0.5f32), (1000, 0.999), (4096, 0.95), (7, 0.3)] {
-            let mut c: Vec<(TokenId, f32)> = (0..n as u32)
-                .map(|i| (i, 1.0 + ((i * 7919) % 997) as f32 / 100.0))
+        let mut buckets = Vec::new();
+        for (n, top_p, spread) in [
+            (1000usize, 0.5f32, 100.0),
+            (1000, 0.999, 100.0),
+            (4096, 0.95, 100.0),
+            (7, 0.3, 100.0),
+            // Weights over many octaves, as after a softmax; and many equal ones.
+            (4096, 0.9, 1.0),
+            (300, 0.5, 1e9),
+        ] {
+            let c: Vec<(TokenId, f32)> = (0..n as u32)
+                .map(|i| (i, (-(((i * 7919) % 997) as f32) / spread).exp()))
                 .collect();
             let mut sorted = c.clone();
             sorted.sort_by(by_prob);
@@ -294,18 +317,34 @@ mod tests {
                 })
                 .unwrap()
                 + 1;
-            let got = nucleus_len(&mut c, top_p, by_prob);
+            let cut = nucleus_cut(&c, top_p, &mut buckets).unwrap();
+            let got = sorted.iter().position(|x| *x == cut).unwrap() + 1;
             // Float sums in a different order can move the cut by one at the boundary.
             assert!(
                 got.abs_diff(expected) <= 1,
                 "{n} {top_p}: {got} vs {expected}"
             );
-            let mut kept: Vec<u32> = c[..got].iter().map(|x| x.0).collect();
-            kept.sort_unstable();
-            let mut best: Vec<u32> = sorted[..got].iter().map(|x| x.0).collect();
-            best.sort_unstable();
-            assert_eq!(kept, best, "the kept set is the most likely head");
         }
+        // Equal weights: the lowest ids first.
+        let flat: Vec<(TokenId, f32)> = (0..10).map(|i| (i, 1.0)).collect();
+        assert_eq!(nucleus_cut(&flat, 0.35, &mut buckets), Some((3, 1.0)));
+    }
+
+    #[test]
+    fn the_draw_keeps_exactly_the_nucleus() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05 (ids in reverse): top-p 0.75 keeps the first two.
+        let logits = [0.05f32.ln(), 0.15f32.ln(), 0.3f32.ln(), 0.5f32.ln()];
+        let mut s = Sampler::new(params(1.0, 0.75, 0, 5));
+        let draws: Vec<TokenId> = (0..2000)
+            .map(|_| s.sample(&mut logits.clone(), &[]))
+            .collect();
+        assert!(
+            draws.iter().all(|&t| t == 2 || t == 3),
+            "outside the nucleus"
+        );
+        let threes = draws.iter().filter(|&&t| t == 3).count();
+        // 0.5 / 0.8 of the draws.
+        assert!((1_150..1_350).contains(&threes), "{threes}");
     }
 
     #[test]
