@@ -2,7 +2,7 @@
 //!
 //! Run: `cargo run --release -p blyan-model --example batch_profile -- [precision] [steps] [streams] [threads] [rounds]`
 //!
-//! With `threads` above 0, each step is `Model::forward_in` on a pool of that many threads.
+//! With `threads` above 0, each step is `Model::forward_in` on a team of that many threads.
 //! Each round starts fresh sequences (so `steps` is also the context length reached); several
 //! rounds keep a profiler's samples on decoding rather than on building the network.
 
@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Instant;
 
-use blyan_model::{LoadOptions, Model, Precision, argmax};
+use blyan_model::{LoadOptions, Model, Precision, Team, argmax};
 
 fn main() {
     let precision: Precision = std::env::args()
@@ -31,16 +31,11 @@ fn main() {
     let list: Vec<usize> = std::env::args()
         .nth(3)
         .map_or(vec![1, 8], |s| vec![s.parse().unwrap()]);
-    let pool = std::env::args()
+    let team = std::env::args()
         .nth(4)
         .map(|t| t.parse::<usize>().unwrap())
         .filter(|&t| t > 0)
-        .map(|t| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-        });
+        .map(|t| Team::new(t, "batch-profile"));
     let rounds: usize = std::env::args().nth(5).map_or(1, |r| r.parse().unwrap());
     common::warm_experts(&model);
     for streams in list
@@ -58,8 +53,8 @@ fn main() {
                 .zip(&next)
                 .map(|(s, t)| (s, t.as_slice()))
                 .collect();
-            let logits = match &pool {
-                Some(pool) => pool.install(|| model.forward_in(&mut batch, pool)).unwrap(),
+            let logits = match &team {
+                Some(team) => model.forward_in(&mut batch, team).unwrap(),
                 None => model.forward(&mut batch).unwrap(),
             };
             next = logits.iter().map(|l| vec![argmax(l)]).collect();

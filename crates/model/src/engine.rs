@@ -9,12 +9,11 @@
 //! By default there is one lane per available core: independent batches that share only the
 //! read-only weights and never wait for each other. A model with a parallel pass
 //! ([`Model::parallel`]: int8 with our Q8_0 kernel) can instead spread each lane's passes over
-//! a pool of threads ([`EngineConfig::threads`]): attention split by sequence and the experts
-//! shared out among the threads, so each expert is read once per step for the whole batch.
-//! On the 2-core machine this was measured slower than two lanes at every load from 2 to 16
-//! streams (two fork-joins per layer cost more than the expert reads they save;
-//! docs/BENCHMARKS.md), so it is not the default. A sequence's output does not depend on its
-//! lane, batch or threads.
+//! a [`Team`] of threads ([`EngineConfig::threads`]): attention split by sequence and every
+//! expert's rows split among the threads, so each expert is read once per step for the whole
+//! batch. On the 2-core machine this was measured slower than two lanes from 2 to 16 streams
+//! (docs/BENCHMARKS.md), so it is not the default. A sequence's output does not depend on
+//! its lane, batch or threads.
 
 use std::{
     sync::{
@@ -29,6 +28,7 @@ use blyan_tokenizer::{TokenId, Tokenizer};
 
 use crate::{
     CancelToken, GenerateRequest, Model, ModelError, Sequence, Step, Summary, generate::Decoder,
+    team::Team,
 };
 
 /// Most sequences one engine decodes together by default.
@@ -187,28 +187,17 @@ impl Engine {
         let lanes = (0..count)
             .map(|i| {
                 let (jobs, queue) = mpsc::channel();
-                // A lane that cannot have its pool decodes on its own thread.
-                let pool = (threads > 1)
-                    .then(|| {
-                        rayon::ThreadPoolBuilder::new()
-                            .num_threads(threads)
-                            .thread_name(move |t| format!("blyan-engine-{i}-{t}"))
-                            .build()
-                            .ok()
-                    })
-                    .flatten();
                 let worker = Worker {
                     model: model.clone(),
                     tokenizer: tokenizer.clone(),
                     max_batch: per_lane,
                 };
+                // The lane's thread is the first of its team; a team of one has no helpers.
                 let thread = thread::Builder::new()
                     .name(format!("blyan-engine-{i}"))
-                    .spawn(move || match pool {
-                        // The lane's loop runs on a thread of its pool, so that each pass
-                        // is split from there without a hand-over between threads.
-                        Some(pool) => pool.install(|| worker.run(queue, Some(&pool))),
-                        None => worker.run(queue, None),
+                    .spawn(move || {
+                        let team = Team::new(threads, &format!("blyan-engine-{i}"));
+                        worker.run(queue, (team.size() > 1).then_some(&team));
                     })
                     .ok();
                 Lane {
@@ -303,7 +292,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, queue: mpsc::Receiver<Job>, pool: Option<&rayon::ThreadPool>) {
+    fn run(self, queue: mpsc::Receiver<Job>, team: Option<&Team>) {
         let mut active: Vec<Active> = Vec::new();
         let mut open = true;
         loop {
@@ -334,7 +323,7 @@ impl Worker {
             if active.is_empty() {
                 continue;
             }
-            self.step(&mut active, pool);
+            self.step(&mut active, team);
         }
     }
 
@@ -355,7 +344,7 @@ impl Worker {
     }
 
     /// One forward pass over every active request, then one token for each.
-    fn step(&self, active: &mut Vec<Active>, pool: Option<&rayon::ThreadPool>) {
+    fn step(&self, active: &mut Vec<Active>, team: Option<&Team>) {
         let inputs: Vec<Vec<TokenId>> = active
             .iter_mut()
             .map(|a| std::mem::take(&mut a.input))
@@ -365,8 +354,8 @@ impl Worker {
             .zip(&inputs)
             .map(|(a, input)| (&mut a.seq, input.as_slice()))
             .collect();
-        let result = match pool {
-            Some(pool) => self.model.forward_in(&mut batch, pool),
+        let result = match team {
+            Some(team) => self.model.forward_in(&mut batch, team),
             None => self.model.forward(&mut batch),
         };
         let logits = match result {

@@ -28,12 +28,14 @@
 //! the reference the vector code is tested against; [`q8_fast`] says whether this CPU has the
 //! vector Q8_0 kernel (the model uses candle's quantized matmul where it does not).
 
+use std::ops::Range;
+
 use blyan_tensor::{Q8_0_BLOCK_BYTES, Q8_0_BLOCK_LEN, quantize_q8_0_block};
 
-const QK: usize = Q8_0_BLOCK_LEN;
+pub(crate) const QK: usize = Q8_0_BLOCK_LEN;
 
 /// Output rows per tile: one AVX-512 register of i32 or f32.
-const TILE: usize = 16;
+pub(crate) const TILE: usize = 16;
 
 /// One block of 32 inputs for the 16 rows of a tile.
 #[derive(Debug, Clone, Copy)]
@@ -115,17 +117,32 @@ impl Q8Matrix {
 
     /// `out[i·rows + j] = Σ_k x[i][k] · W[j][k]` for every row `i` of `x`.
     pub(crate) fn matmul(&self, x: &QuantRows, out: &mut [f32]) {
+        self.matmul_rows(x, 0..self.rows, out);
+    }
+
+    /// The outputs of weight rows `range` only: `out[i·len + j − start]` for `j` in `range`
+    /// (`len` its length), each the same bits as in [`Q8Matrix::matmul`]. `range.start`
+    /// must be a multiple of 16 (a tile) and `range.end` one or the row count.
+    pub(crate) fn matmul_rows(&self, x: &QuantRows, range: Range<usize>, out: &mut [f32]) {
         assert_eq!(
             x.cols, self.cols,
             "activation width differs from the matrix"
         );
-        assert!(out.len() >= x.rows * self.rows, "output buffer too small");
+        assert!(
+            range.start.is_multiple_of(TILE)
+                && range.start <= range.end
+                && range.end <= self.rows
+                && (range.end.is_multiple_of(TILE) || range.end == self.rows),
+            "row range {range:?} is not whole tiles of {} rows",
+            self.rows
+        );
+        assert!(out.len() >= x.rows * range.len(), "output buffer too small");
         #[cfg(target_arch = "x86_64")]
         if vnni::available() {
-            vnni::matmul_q8_checked(self, x, out);
+            vnni::matmul_q8_checked(self, x, range, out);
             return;
         }
-        portable::matmul_q8(self, x, out);
+        portable::matmul_q8(self, x, range, out);
     }
 }
 
@@ -191,6 +208,30 @@ impl QuantRows {
         self.blocks.extend_from_slice(&from.blocks[span.clone()]);
         self.scales.extend_from_slice(&from.scales[span.clone()]);
         self.offsets.extend_from_slice(&from.offsets[span]);
+        self.rows += 1;
+    }
+
+    /// Appends one row made of row `r` of each of `pieces`, side by side: column blocks
+    /// quantized apart are the blocks of the row quantized whole. Their widths must add up
+    /// to this width.
+    pub(crate) fn push_joined_row<'a>(
+        &mut self,
+        pieces: impl Iterator<Item = &'a QuantRows>,
+        r: usize,
+    ) {
+        let at = self.blocks.len();
+        for from in pieces {
+            let kb = from.cols / QK;
+            let span = r * kb..(r + 1) * kb;
+            self.blocks.extend_from_slice(&from.blocks[span.clone()]);
+            self.scales.extend_from_slice(&from.scales[span.clone()]);
+            self.offsets.extend_from_slice(&from.offsets[span]);
+        }
+        assert_eq!(
+            (self.blocks.len() - at) * QK,
+            self.cols,
+            "pieces do not add up to the row width"
+        );
         self.rows += 1;
     }
 }
@@ -265,12 +306,14 @@ pub(crate) fn exp(x: f32) -> f32 {
 
 /// Plain Rust: the reference the vector kernels are held to, and the path on other CPUs.
 mod portable {
+    use std::ops::Range;
+
     use super::{Q8Matrix, QK, QuantRows, TILE};
 
-    pub(super) fn matmul_q8(w: &Q8Matrix, x: &QuantRows, out: &mut [f32]) {
-        let (n, kb) = (w.rows, w.cols / QK);
+    pub(super) fn matmul_q8(w: &Q8Matrix, x: &QuantRows, range: Range<usize>, out: &mut [f32]) {
+        let (n, kb) = (range.len(), w.cols / QK);
         for i in 0..x.rows {
-            for j in 0..n {
+            for j in range.clone() {
                 let (t, r) = (j / TILE, j % TILE);
                 let mut acc = 0f32;
                 for b in 0..kb {
@@ -282,7 +325,7 @@ mod portable {
                     }
                     acc += s as f32 * (tile.scales[r] * x.scales[i * kb + b]);
                 }
-                out[i * n + j] = acc;
+                out[i * n + j - range.start] = acc;
             }
         }
     }
@@ -365,7 +408,7 @@ mod vnni {
         __m512, __m512i, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_mul_ps,
         _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps,
     };
-    use std::sync::OnceLock;
+    use std::{ops::Range, sync::OnceLock};
 
     use super::{Q8Matrix, QK, QuantRows, TILE};
 
@@ -380,10 +423,15 @@ mod vnni {
     }
 
     #[allow(unsafe_code)]
-    pub(super) fn matmul_q8_checked(w: &Q8Matrix, x: &QuantRows, out: &mut [f32]) {
+    pub(super) fn matmul_q8_checked(
+        w: &Q8Matrix,
+        x: &QuantRows,
+        range: Range<usize>,
+        out: &mut [f32],
+    ) {
         assert!(available());
         // SAFETY: the function needs AVX-512F/BW/VNNI, which `available` detected on this CPU.
-        unsafe { matmul_q8(w, x, out) }
+        unsafe { matmul_q8(w, x, range, out) }
     }
 
     /// Register blocks of up to four token rows by up to eight tiles: each weight group is
@@ -391,38 +439,49 @@ mod vnni {
     /// chains of `vpdpbusd`, enough to hide its latency even for one row. Whatever the blocking,
     /// each output gets the same operations in the same order.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn matmul_q8(w: &Q8Matrix, x: &QuantRows, out: &mut [f32]) {
-        let (tiles, m) = (w.rows.div_ceil(TILE), x.rows);
-        let mut t = 0;
+    fn matmul_q8(w: &Q8Matrix, x: &QuantRows, range: Range<usize>, out: &mut [f32]) {
+        let (tiles, m) = (range.end.div_ceil(TILE), x.rows);
+        let o = Out {
+            start: range.start,
+            end: range.end,
+        };
+        let mut t = range.start / TILE;
         while t < tiles {
             let left = tiles - t;
             if left >= 8 && m == 1 {
                 // One row: as many tiles as the registers hold.
-                block::<1, 8>(w, x, 0, t, out);
+                block::<1, 8>(w, x, 0, t, o, out);
                 t += 8;
                 continue;
             }
             if left >= 4 {
                 let mut i = 0;
                 while i + 4 <= m {
-                    block::<4, 2>(w, x, i, t, out);
-                    block::<4, 2>(w, x, i, t + 2, out);
+                    block::<4, 2>(w, x, i, t, o, out);
+                    block::<4, 2>(w, x, i, t + 2, o, out);
                     i += 4;
                 }
                 match m - i {
-                    3 => block::<3, 4>(w, x, i, t, out),
-                    2 => block::<2, 4>(w, x, i, t, out),
-                    1 => block::<1, 4>(w, x, i, t, out),
+                    3 => block::<3, 4>(w, x, i, t, o, out),
+                    2 => block::<2, 4>(w, x, i, t, o, out),
+                    1 => block::<1, 4>(w, x, i, t, o, out),
                     _ => {}
                 }
                 t += 4;
                 continue;
             }
             for i in 0..m {
-                block::<1, 1>(w, x, i, t, out);
+                block::<1, 1>(w, x, i, t, o, out);
             }
             t += 1;
         }
+    }
+
+    /// The weight rows whose outputs are written, and so the output row width.
+    #[derive(Clone, Copy)]
+    struct Out {
+        start: usize,
+        end: usize,
     }
 
     /// Outputs of tiles `t .. t + T` for token rows `i .. i + R`.
@@ -433,9 +492,10 @@ mod vnni {
         x: &QuantRows,
         i: usize,
         t: usize,
+        o: Out,
         out: &mut [f32],
     ) {
-        let (n, kb) = (w.rows, w.cols / QK);
+        let (n, kb) = (o.end, w.cols / QK);
         let tiles = &w.tiles[t * kb..(t + T) * kb];
         let xb = &x.blocks[i * kb..(i + R) * kb];
         let xs = &x.scales[i * kb..(i + R) * kb];
@@ -477,7 +537,7 @@ mod vnni {
                 }
                 let v: [f32; TILE] = bytemuck::cast(a);
                 let valid = TILE.min(n - first);
-                let at = (i + r) * n + first;
+                let at = (i + r) * (o.end - o.start) + first - o.start;
                 out[at..at + valid].copy_from_slice(&v[..valid]);
             }
         }
@@ -580,7 +640,7 @@ mod tests {
             let mut out = vec![f32::NAN; m * n];
             w.matmul(&rows, &mut out);
             let mut reference = vec![0f32; m * n];
-            portable::matmul_q8(&w, &rows, &mut reference);
+            portable::matmul_q8(&w, &rows, 0..n, &mut reference);
             close(&out, &reference, 1e-5);
             let mut exact = vec![0f32; m * n];
             portable::matmul_f32(&dense, k, &x, &mut exact);
@@ -615,6 +675,58 @@ mod tests {
                 assert_eq!(one[..], all[i * n..(i + 1) * n], "row {i} of {m}");
             }
         }
+    }
+
+    #[test]
+    fn a_row_range_gives_the_bits_of_the_whole_product() {
+        let (n, k) = (213, 64);
+        let (w, _) = q8(n, k, 11);
+        for m in 1..=7 {
+            let x = values(m * k, 12 + m);
+            let mut rows = QuantRows::default();
+            rows.quantize(&x, k);
+            let mut all = vec![0f32; m * n];
+            w.matmul(&rows, &mut all);
+            for range in [0..16, 16..64, 32..48, 64..213, 0..208, 208..213, 48..48] {
+                let width = range.len();
+                let mut part = vec![f32::NAN; m * width];
+                w.matmul_rows(&rows, range.clone(), &mut part);
+                for i in 0..m {
+                    assert_eq!(
+                        part[i * width..(i + 1) * width],
+                        all[i * n + range.start..i * n + range.end],
+                        "rows {range:?}, token row {i} of {m}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_joined_from_column_pieces_are_the_rows_quantized_whole() {
+        let x = values(3 * 128, 13);
+        let mut whole = QuantRows::default();
+        whole.quantize(&x, 128);
+        let pieces: Vec<QuantRows> = [0..64, 64..96, 96..128]
+            .into_iter()
+            .map(|cols| {
+                let part: Vec<f32> = (0..3)
+                    .flat_map(|r| x[r * 128 + cols.start..r * 128 + cols.end].iter().copied())
+                    .collect();
+                let mut q = QuantRows::default();
+                q.quantize(&part, cols.len());
+                q
+            })
+            .collect();
+        let mut joined = QuantRows::default();
+        joined.clear(128);
+        for r in 0..3 {
+            joined.push_joined_row(pieces.iter(), r);
+        }
+        assert_eq!((joined.rows, joined.cols), (3, 128));
+        assert_eq!(joined.blocks, whole.blocks);
+        assert_eq!(joined.scales, whole.scales);
+        assert_eq!(joined.offsets, whole.offsets);
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod linear;
 mod load;
 mod model;
 mod sampling;
+mod team;
 
 pub use cache::{ByteSize, CacheStats, ExpertCache};
 pub use config::{ModelConfig, Precision};
@@ -30,3 +31,4 @@ pub use generate::{
 };
 pub use model::{EXPERT_CACHE_BYTES_DEFAULT, Expert, LoadOptions, Model, Sequence, route};
 pub use sampling::{REPETITION_PENALTY_MAX, Sampler, SamplingParams, TEMPERATURE_MAX, argmax};
+pub use team::Team;

@@ -1,6 +1,8 @@
 //! Reading model parts from parameter blocks: hash-verified, memory-mapped, checked against
 //! the spec's tensor layout.
 
+use std::thread;
+
 use blyan_chain::{ChainError, Store, spec::TensorGroup};
 use blyan_primitives::Hash;
 use blyan_tensor::{TensorRef, TensorSet};
@@ -31,8 +33,16 @@ pub(crate) fn read_group(
     })
 }
 
+/// Payloads from this size up are hashed on a second thread while they are decoded.
+const HASH_ASIDE_MIN: usize = 256 * 1024;
+
 /// Runs `f` on the tensors of `group` from block `block` (name-sorted), borrowed from the
-/// verified, mapped payload.
+/// mapped payload, and returns its result only if the payload matches the header's hash.
+///
+/// A cold expert's load is about half hashing and half decoding (reading the floats,
+/// quantizing, tiling), so a large payload is hashed on a scoped second thread while this
+/// one decodes it; what was decoded from a payload that fails the check is dropped, and
+/// the error is the hash mismatch.
 pub(crate) fn with_group<R>(
     store: &Store,
     block: Hash,
@@ -45,20 +55,52 @@ pub(crate) fn with_group<R>(
         block,
         reason,
     };
-    let payload = store.payload_verified(&block).map_err(|e| match e {
-        ChainError::NotFound(_) => ModelError::BlockMissing {
-            part: part.to_owned(),
-            block,
-        },
+    let missing = || ModelError::BlockMissing {
+        part: part.to_owned(),
+        block,
+    };
+    let chain_error = |e| match e {
+        ChainError::NotFound(_) => missing(),
         ChainError::Corrupt { detail, .. } => corrupt(detail),
         other => ModelError::Chain(other),
-    })?;
-    let set = TensorSet::parse(&payload).map_err(|e| corrupt(e.to_string()))?;
-    if set.descs() != group.tensors {
+    };
+    let header = store
+        .header(&block)
+        .map_err(chain_error)?
+        .ok_or_else(missing)?;
+    let payload = store.payload(&block).map_err(chain_error)?;
+    let decode = || {
+        let set = TensorSet::parse(&payload).map_err(|e| corrupt(e.to_string()))?;
+        if set.descs() != group.tensors {
+            return Err(corrupt(format!(
+                "its tensors do not match the spec's {} layout",
+                group.name
+            )));
+        }
+        f(set.tensors())
+    };
+    let (actual, decoded) = if payload.len() >= HASH_ASIDE_MIN {
+        thread::scope(|s| {
+            match thread::Builder::new().spawn_scoped(s, || Hash::of(&payload)) {
+                Ok(hashing) => {
+                    let decoded = decode();
+                    let actual = hashing
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (actual, decoded)
+                }
+                // No thread to be had: hash here.
+                Err(_) => (Hash::of(&payload), decode()),
+            }
+        })
+    } else {
+        (Hash::of(&payload), decode())
+    };
+    if actual != header.payload_hash {
         return Err(corrupt(format!(
-            "its tensors do not match the spec's {} layout",
-            group.name
+            "payload hash is {actual}, header says {}",
+            header.payload_hash
         )));
     }
-    f(set.tensors())
+    decoded
 }

@@ -9,7 +9,7 @@
 //!
 //! Two implementations run that pass: candle tensor operations (f32, and int8 on CPUs without
 //! our vector Q8_0 kernel), and plain loops on flat buffers for int8 with it (`model/flat.rs`), which
-//! [`Model::forward_in`] can spread over a thread pool.
+//! [`Model::forward_in`] can spread over the threads of a [`Team`].
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -29,6 +29,7 @@ use crate::{
     kernels::matmul_f32,
     linear::Linear,
     load::{read_group, with_group},
+    team::Team,
 };
 
 mod flat;
@@ -381,15 +382,15 @@ impl Model {
         self.run(batch, None)
     }
 
-    /// As [`Model::forward`], with the work of the pass spread over the threads of `pool`
+    /// As [`Model::forward`], with the work of the pass spread over the threads of `team`
     /// where the model has a parallel pass (int8 on a CPU with the vector Q8_0 kernel; see
     /// [`Model::parallel`]). The logits are the same bits as those of [`Model::forward`].
     pub fn forward_in(
         &self,
         batch: &mut [(&mut Sequence, &[TokenId])],
-        pool: &rayon::ThreadPool,
+        team: &Team,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.run(batch, Some(pool))
+        self.run(batch, Some(team))
     }
 
     /// Whether [`Model::forward_in`] spreads a pass over threads: true for int8 on a CPU
@@ -401,7 +402,7 @@ impl Model {
     fn run(
         &self,
         batch: &mut [(&mut Sequence, &[TokenId])],
-        pool: Option<&rayon::ThreadPool>,
+        team: Option<&Team>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         let mut ids = Vec::new();
@@ -430,7 +431,7 @@ impl Model {
             return Ok(Vec::new());
         }
         let result = if self.flat {
-            self.forward_flat(&ids, batch, pool)
+            self.forward_flat(&ids, batch, team)
         } else {
             self.forward_tensors(ids, batch)
         };

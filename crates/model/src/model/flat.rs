@@ -1,24 +1,32 @@
 //! The forward pass of a model held in the tiled Q8_0 layout, on flat buffers, spread over
-//! the threads of a pool when one is given.
+//! the threads of a [`Team`] when one is given.
 //!
 //! A batch is cut into *parts*: runs of whole sequences with about equal numbers of tokens.
-//! Each layer has two phases. In the first, every part runs the norms, attention and router
-//! for its own sequences. In the second, the layer's experts are shared out among the
-//! threads and each expert multiplies every token routed to it, so that its weights are read
-//! once per step however many sequences are decoding. A token's expert outputs are added to
-//! it at the start of the next first phase, in routing order.
+//! Each layer has three phases. In the first, every part runs the norms, attention and
+//! router for its own sequences. In the second, each thread multiplies every token routed
+//! to each of the layer's experts by its own share of the expert's gate and up rows, and
+//! quantizes its share of the activations; in the third, by its share of the down rows,
+//! over the activations the threads' shares make up. Every expert's weights are thus read
+//! once per step however many sequences are decoding, split evenly over the threads (a
+//! step's tokens reach only a few experts, so sharing out whole experts left threads
+//! waiting). A token's expert outputs are added to it at the start of the next first
+//! phase, in routing order.
 //!
 //! Every value a token gets is computed by the same operations in the same order whatever
 //! the batch, the parts or the threads (the matrix kernels give a row the same bits in any
 //! batch), so `forward` and `forward_in` return identical logits.
 
-use rayon::prelude::*;
+use std::{
+    ops::Range,
+    sync::{Arc, Mutex, PoisonError},
+};
 
-use super::{Model, Sequence, route};
+use super::{Expert, Model, Sequence, route};
 use crate::{
     ModelError,
     attention::Dims,
-    kernels::{QuantRows, exp, matmul_f32},
+    kernels::{QK, QuantRows, TILE, exp, matmul_f32},
+    team::Team,
 };
 use blyan_primitives::ExpertId;
 use blyan_tokenizer::TokenId;
@@ -38,32 +46,63 @@ struct Part<'a, 's, 't> {
     scores: Vec<f32>,
 }
 
-/// The output rows of one thread's experts in the second phase.
-#[derive(Default)]
-struct ExpertRows {
-    /// Per row, the routing slot it answers: `token · top_k + choice`.
-    slots: Vec<u32>,
-    /// The rows, `[slots, d]`.
+/// The experts of one layer that have tokens, and where each slot's output row is.
+struct Routing {
+    /// `(expert, slots)` for every expert with at least one token, in expert order; a slot
+    /// is `token · top_k + choice`.
+    experts: Vec<(usize, Vec<u32>)>,
+    /// Per slot, its row among all the experts' rows (the experts' rows in that order).
+    row_of_slot: Vec<u32>,
+    /// Rows in all: the batch's tokens times `top_k`.
+    rows: usize,
+}
+
+/// One thread's output columns of every expert row of a layer.
+struct ExpertCols {
+    cols: Range<usize>,
+    /// `[routing.rows, cols.len()]`.
     y: Vec<f32>,
 }
 
-/// The experts of one layer, with the slots routed to each.
-struct Routing {
-    /// `(expert, slots)` for every expert with at least one token.
-    experts: Vec<(usize, Vec<u32>)>,
+/// Share `thread` of `threads` of `0..len`, in whole units of `unit` (the last may be short):
+/// contiguous, about equal, together all of it.
+fn share(len: usize, unit: usize, thread: usize, threads: usize) -> Range<usize> {
+    let units = len.div_ceil(unit);
+    let at = |t: usize| (units * t / threads * unit).min(len);
+    at(thread)..at(thread + 1)
 }
 
-/// Where each slot's output row is: `(thread's rows, row)`.
-type SlotIndex = Vec<(u32, u32)>;
+/// An item of [`each`] and, once run, its result.
+type Cell<'a, T, R> = Mutex<(&'a mut T, Option<Result<R, ModelError>>)>;
 
-/// Runs `f` on every item, on the pool's threads when there is a pool.
+/// Runs `f` on every item, item `i` on thread `i mod size` of the team when there is one.
 fn each<T: Send, R: Send>(
-    pool: Option<&rayon::ThreadPool>,
+    team: Option<&Team>,
     items: &mut [T],
     f: impl Fn(&mut T) -> Result<R, ModelError> + Sync,
 ) -> Result<Vec<R>, ModelError> {
-    match pool {
-        Some(pool) if items.len() > 1 => pool.install(|| items.par_iter_mut().map(&f).collect()),
+    match team {
+        Some(team) if items.len() > 1 => {
+            let cells: Vec<Cell<'_, T, R>> = items
+                .iter_mut()
+                .map(|item| Mutex::new((item, None)))
+                .collect();
+            let size = team.size();
+            team.run(&|thread| {
+                for cell in cells.iter().skip(thread).step_by(size) {
+                    let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                    let result = f(cell.0);
+                    cell.1 = Some(result);
+                }
+            });
+            cells
+                .into_iter()
+                .map(|cell| {
+                    let (_, result) = cell.into_inner().unwrap_or_else(PoisonError::into_inner);
+                    result.unwrap_or_else(|| unreachable!("every item runs before `run` returns"))
+                })
+                .collect()
+        }
         _ => items.iter_mut().map(f).collect(),
     }
 }
@@ -128,13 +167,13 @@ impl Model {
         &self,
         ids: &[TokenId],
         batch: &mut [(&mut Sequence, &[TokenId])],
-        pool: Option<&rayon::ThreadPool>,
+        team: Option<&Team>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let d = self.config.hidden_size;
-        // One sequence's step is too short to share: handing half of it to another thread
-        // costs more than it saves (the other thread may be asleep).
-        let pool = pool.filter(|_| batch.len() > 1);
-        let threads = pool.map_or(1, rayon::ThreadPool::current_num_threads);
+        // One sequence's step is too short to share: its phases are split by sequence and
+        // by expert, and a single token's two experts per layer would leave a thread idle.
+        let team = team.filter(|_| batch.len() > 1);
+        let threads = team.map_or(1, Team::size);
         let mut first = 0;
         let mut parts: Vec<Part<'_, '_, '_>> = cut(batch, threads)
             .into_iter()
@@ -157,32 +196,35 @@ impl Model {
             })
             .collect();
         let total = first;
-        let mut previous: Option<(Vec<ExpertRows>, SlotIndex)> = None;
+        let mut previous: Option<(Routing, Vec<ExpertCols>)> = None;
+        let mut threads_list: Vec<usize> = (0..threads).collect();
         for l in 0..self.config.layers {
             let prev = previous.as_ref();
-            each(pool, &mut parts, |part| {
-                if let Some((rows, index)) = prev {
-                    self.add_experts(part, rows, index);
+            each(team, &mut parts, |part| {
+                if let Some((routing, cols)) = prev {
+                    self.add_experts(part, routing, cols);
                 }
                 self.attention_and_routing(l, part)
             })?;
             let routing = self.routing(&parts, total);
-            let mut work = share(&routing, threads);
-            let rows = each(pool, &mut work, |experts| {
-                self.run_experts(l, experts.as_slice(), &parts)
+            // Cold experts load here, one at a time, before the threads share them.
+            let experts = routing
+                .experts
+                .iter()
+                .map(|(e, _)| self.expert(l, *e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let acts = each(team, &mut threads_list, |&mut t| {
+                self.expert_activations(&experts, &routing, &parts, t, threads)
             })?;
-            let mut index = vec![(0u32, 0u32); total * self.config.top_k];
-            for (w, r) in rows.iter().enumerate() {
-                for (row, &slot) in r.slots.iter().enumerate() {
-                    index[slot as usize] = (w as u32, row as u32);
-                }
-            }
-            previous = Some((rows, index));
+            let cols = each(team, &mut threads_list, |&mut t| {
+                self.expert_outputs(&experts, &routing, &acts, t, threads)
+            })?;
+            previous = Some((routing, cols));
         }
         let prev = previous.as_ref();
-        let logits = each(pool, &mut parts, |part| {
-            if let Some((rows, index)) = prev {
-                self.add_experts(part, rows, index);
+        let logits = each(team, &mut parts, |part| {
+            if let Some((routing, cols)) = prev {
+                self.add_experts(part, routing, cols);
             }
             self.head(part)
         })?;
@@ -190,16 +232,19 @@ impl Model {
     }
 
     /// Adds to each of the part's tokens the weighted sum of its experts' outputs.
-    fn add_experts(&self, part: &mut Part<'_, '_, '_>, rows: &[ExpertRows], index: &SlotIndex) {
+    fn add_experts(&self, part: &mut Part<'_, '_, '_>, routing: &Routing, cols: &[ExpertCols]) {
         let (d, k) = (self.config.hidden_size, self.config.top_k);
         let mut sum = vec![0f32; d];
         for (i, x) in part.x.chunks_exact_mut(d).enumerate() {
             sum.fill(0.0);
             for (c, &(_, w)) in part.routes[i * k..(i + 1) * k].iter().enumerate() {
-                let (thread, row) = index[(part.first + i) * k + c];
-                let y = &rows[thread as usize].y[row as usize * d..(row as usize + 1) * d];
-                for (s, &v) in sum.iter_mut().zip(y) {
-                    *s = w.mul_add(v, *s);
+                let row = routing.row_of_slot[(part.first + i) * k + c] as usize;
+                for piece in cols {
+                    let width = piece.cols.len();
+                    let y = &piece.y[row * width..(row + 1) * width];
+                    for (s, &v) in sum[piece.cols.clone()].iter_mut().zip(y) {
+                        *s = w.mul_add(v, *s);
+                    }
                 }
             }
             for (a, &s) in x.iter_mut().zip(&sum) {
@@ -256,7 +301,7 @@ impl Model {
         Ok(())
     }
 
-    /// Every expert with tokens, and the slots routed to it, in expert order.
+    /// Every expert with tokens, the slots routed to it, and where their rows go.
     fn routing(&self, parts: &[Part<'_, '_, '_>], total: usize) -> Routing {
         let k = self.config.top_k;
         let mut slots: Vec<Vec<u32>> = vec![Vec::new(); self.config.experts];
@@ -266,33 +311,52 @@ impl Model {
             }
         }
         debug_assert_eq!(slots.iter().map(Vec::len).sum::<usize>(), total * k);
+        let experts: Vec<(usize, Vec<u32>)> = slots
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .collect();
+        let mut row_of_slot = vec![0u32; total * k];
+        for (row, &slot) in experts.iter().flat_map(|(_, s)| s).enumerate() {
+            row_of_slot[slot as usize] = row as u32;
+        }
         Routing {
-            experts: slots
-                .into_iter()
-                .enumerate()
-                .filter(|(_, s)| !s.is_empty())
-                .collect(),
+            experts,
+            row_of_slot,
+            rows: total * k,
         }
     }
 
-    /// Layer `l`'s second phase for one thread's experts: each multiplies all its rows.
-    fn run_experts(
+    /// Layer `l`'s second phase for thread `thread` of `threads`: per expert (in routing
+    /// order), its rows times the thread's share of the gate and up rows, through SwiGLU,
+    /// quantized: `[rows of the expert, share]`.
+    fn expert_activations(
         &self,
-        l: usize,
-        experts: &[(usize, Vec<u32>)],
+        experts: &[Arc<Expert>],
+        routing: &Routing,
         parts: &[Part<'_, '_, '_>],
-    ) -> Result<ExpertRows, ModelError> {
+        thread: usize,
+        threads: usize,
+    ) -> Result<Vec<QuantRows>, ModelError> {
         let (d, ffn, k) = (
             self.config.hidden_size,
             self.config.intermediate_size,
             self.config.top_k,
         );
-        let mut out = ExpertRows::default();
-        let (mut rows, mut act_rows) = (QuantRows::default(), QuantRows::default());
-        let (mut h13, mut act) = (Vec::new(), Vec::new());
-        for (e, slots) in experts.iter() {
-            let expert = self.expert(l, *e)?;
-            let (Some(w13), Some(w2)) = (expert.w13.tiled(), expert.w2.tiled()) else {
+        // Whole quantization blocks, so that the pieces join into the row quantized whole.
+        let cols = share(ffn, QK, thread, threads);
+        let width = cols.len();
+        let mut out = Vec::with_capacity(experts.len());
+        let mut rows = QuantRows::default();
+        let (mut gate, mut up, mut act) = (Vec::new(), Vec::new(), Vec::new());
+        for (expert, (_, slots)) in experts.iter().zip(&routing.experts) {
+            let mut q = QuantRows::default();
+            if width == 0 {
+                q.clear(0);
+                out.push(q);
+                continue;
+            }
+            let Some(w13) = expert.w13.tiled() else {
                 return Err(not_tiled());
             };
             rows.clear(d);
@@ -305,20 +369,50 @@ impl Model {
                 rows.push_row(&part.moe_in, token - part.first);
             }
             let m = slots.len();
-            h13.resize(m * 2 * ffn, 0.0);
-            w13.matmul(&rows, &mut h13);
+            gate.resize(m * width, 0.0);
+            up.resize(m * width, 0.0);
+            w13.matmul_rows(&rows, cols.clone(), &mut gate);
+            w13.matmul_rows(&rows, ffn + cols.start..ffn + cols.end, &mut up);
             act.clear();
-            for r in h13.chunks_exact(2 * ffn) {
-                let (gate, up) = r.split_at(ffn);
-                act.extend(gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + exp(-g)) * u));
-            }
-            act_rows.quantize(&act, ffn);
-            let at = out.y.len();
-            out.y.resize(at + m * d, 0.0);
-            w2.matmul(&act_rows, &mut out.y[at..]);
-            out.slots.extend_from_slice(slots);
+            act.extend(gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + exp(-g)) * u));
+            q.quantize(&act, width);
+            out.push(q);
         }
         Ok(out)
+    }
+
+    /// Layer `l`'s third phase for thread `thread` of `threads`: every expert row's output
+    /// columns of the thread's share of the down rows.
+    fn expert_outputs(
+        &self,
+        experts: &[Arc<Expert>],
+        routing: &Routing,
+        acts: &[Vec<QuantRows>],
+        thread: usize,
+        threads: usize,
+    ) -> Result<ExpertCols, ModelError> {
+        let (d, ffn) = (self.config.hidden_size, self.config.intermediate_size);
+        let cols = share(d, TILE, thread, threads);
+        let width = cols.len();
+        let mut y = vec![0f32; routing.rows * width];
+        if width == 0 {
+            return Ok(ExpertCols { cols, y });
+        }
+        let mut act = QuantRows::default();
+        let mut row = 0;
+        for (i, (expert, (_, slots))) in experts.iter().zip(&routing.experts).enumerate() {
+            let Some(w2) = expert.w2.tiled() else {
+                return Err(not_tiled());
+            };
+            let m = slots.len();
+            act.clear(ffn);
+            for r in 0..m {
+                act.push_joined_row(acts.iter().map(|t| &t[i]), r);
+            }
+            w2.matmul_rows(&act, cols.clone(), &mut y[row * width..(row + m) * width]);
+            row += m;
+        }
+        Ok(ExpertCols { cols, y })
     }
 
     /// The final norm and LM head over each of the part's sequences' last token.
@@ -342,25 +436,6 @@ impl Model {
         lm_head.matmul(&q, &mut logits);
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
-}
-
-/// Shares the experts among `threads`: the one with the most rows goes to the thread with the
-/// fewest so far. Each thread's list stays in expert order.
-fn share(routing: &Routing, threads: usize) -> Vec<Vec<(usize, Vec<u32>)>> {
-    let mut order: Vec<&(usize, Vec<u32>)> = routing.experts.iter().collect();
-    order.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
-    let mut work: Vec<Vec<(usize, Vec<u32>)>> = vec![Vec::new(); threads.max(1)];
-    let mut load = vec![0usize; work.len()];
-    for (e, slots) in order {
-        let t = (0..load.len()).min_by_key(|&t| (load[t], t)).unwrap_or(0);
-        load[t] += slots.len();
-        work[t].push((*e, slots.clone()));
-    }
-    for w in &mut work {
-        w.sort_by_key(|(e, _)| *e);
-    }
-    work.retain(|w| !w.is_empty());
-    work
 }
 
 fn not_tiled() -> ModelError {
@@ -395,24 +470,17 @@ mod tests {
     }
 
     #[test]
-    fn experts_go_to_the_least_loaded_thread_most_rows_first() {
-        let routing = Routing {
-            experts: [(0, 5), (1, 1), (2, 1), (3, 1), (4, 4)]
-                .iter()
-                .map(|&(e, n)| (e, (0..n).collect()))
-                .collect(),
+    fn shares_are_contiguous_whole_units_covering_everything() {
+        let shares = |len, unit, threads| -> Vec<Range<usize>> {
+            (0..threads).map(|t| share(len, unit, t, threads)).collect()
         };
-        let experts = |threads| -> Vec<Vec<usize>> {
-            share(&routing, threads)
-                .iter()
-                .map(|w| w.iter().map(|(e, _)| *e).collect())
-                .collect()
-        };
-        // 5 | 4, then 1 to the 4, then the ties to the first thread: 6 and 6 rows.
-        assert_eq!(experts(2), [vec![0, 2], vec![1, 3, 4]]);
-        assert_eq!(experts(1), [vec![0, 1, 2, 3, 4]]);
-        // More threads than experts: idle threads get no list.
-        assert_eq!(experts(8).len(), 5);
+        assert_eq!(shares(1024, 32, 2), [0..512, 512..1024]);
+        assert_eq!(shares(256, 16, 3), [0..80, 80..160, 160..256]);
+        // A short last unit stays whole with its thread.
+        assert_eq!(shares(40, 16, 2), [0..16, 16..40]);
+        // More threads than units: some get nothing.
+        assert_eq!(shares(32, 32, 2), [0..0, 0..32]);
+        assert_eq!(shares(64, 32, 1), vec![0..64; 1]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fs, sync::Arc};
 use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, Store, spec::expert_group_name};
 use blyan_model::{
     Engine, EngineConfig, Event, GenerateRequest, Generation, LoadOptions, Model, ModelError,
-    Precision, SamplingParams,
+    Precision, SamplingParams, Team,
 };
 use blyan_primitives::{Address, ExpertId, Hash};
 use blyan_tensor::{TensorDesc, encode_tensors, f32_to_bytes};
@@ -230,10 +230,7 @@ fn a_corrupt_expert_fails_a_pass_split_over_threads_and_every_request_in_it() {
         damage_payload(&net.store, block, |path| fs::remove_file(path).unwrap());
     }
     model.clear_expert_cache();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let team = Team::new(2, "test-errors");
     let mut seqs: Vec<_> = (0..3).map(|_| model.new_sequence().unwrap()).collect();
     let prompts = [vec![5u32, 6, 7], vec![8], vec![9, 10]];
     let mut batch: Vec<_> = seqs
@@ -241,9 +238,7 @@ fn a_corrupt_expert_fails_a_pass_split_over_threads_and_every_request_in_it() {
         .zip(&prompts)
         .map(|(s, p)| (s, p.as_slice()))
         .collect();
-    let err = pool
-        .install(|| model.forward_in(&mut batch, &pool))
-        .unwrap_err();
+    let err = model.forward_in(&mut batch, &team).unwrap_err();
     assert_eq!(err.code(), "block_corrupt", "{err}");
     assert!(seqs.iter().all(|s| s.is_empty()), "no sequence advanced");
 

@@ -1,6 +1,6 @@
 //! The forward pass against the naive f64 reference, ragged batches and int8 agreement.
 
-use blyan_model::{Precision, Sequence};
+use blyan_model::{Precision, Sequence, Team};
 use blyan_primitives::ExpertId;
 
 use crate::{
@@ -154,7 +154,7 @@ fn int8_passes_spread_over_threads_give_the_same_bits() {
         tokens(3, 7),
         tokens(2, 8),
     ];
-    let run = |pool: Option<&rayon::ThreadPool>| -> Vec<Vec<f32>> {
+    let run = |team: Option<&Team>| -> Vec<Vec<f32>> {
         let mut seqs: Vec<Sequence> = (0..prompts.len())
             .map(|_| model.new_sequence().unwrap())
             .collect();
@@ -166,8 +166,8 @@ fn int8_passes_spread_over_threads_give_the_same_bits() {
                 .zip(&inputs)
                 .map(|(s, p)| (s, p.as_slice()))
                 .collect();
-            let logits = match pool {
-                Some(pool) => pool.install(|| model.forward_in(&mut batch, pool)),
+            let logits = match team {
+                Some(team) => model.forward_in(&mut batch, team),
                 None => model.forward(&mut batch),
             }
             .unwrap();
@@ -181,11 +181,8 @@ fn int8_passes_spread_over_threads_give_the_same_bits() {
     };
     let serial = run(None);
     for threads in [2, 3] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let spread = run(Some(&pool));
+        let team = Team::new(threads, "test-forward");
+        let spread = run(Some(&team));
         assert_eq!(spread.len(), serial.len());
         for (i, (a, b)) in spread.iter().zip(&serial).enumerate() {
             assert!(a == b, "{threads} threads: logits row {i} differ");
