@@ -40,7 +40,14 @@ try {
   assert.equal(await page.locator('.msg.user').first().textContent(), 'And God said');
   await page.screenshot({ path: `${outDir}/web-ui-chat.png` });
 
-  // The stop button ends a long generation early.
+  // The stop button ends a long generation early. The node decodes a 900-token reply in
+  // well under a second, so the page's download is throttled (1 KB/s, about seven streamed
+  // tokens a second) to keep the reply streaming while the button is found and clicked.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Network.enable');
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false, latency: 0, downloadThroughput: 1024, uploadThroughput: -1,
+  });
   await page.fill('#max-tokens', '900');
   await page.fill('#seed', '');
   await page.fill('#prompt', 'Tell a long story');
@@ -51,6 +58,9 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('.msg.assistant')[1]?.dataset.done === 'stopped', null, { timeout: 10000 });
   assert.match(await page.textContent('#chat-status'), /^stopped/);
   assert.equal(await page.isEnabled('#send'), true);
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+  });
 
   // Expert dashboard: every expert, usage from the chats, and choosing versions.
   await page.click('[data-tab=experts]');
