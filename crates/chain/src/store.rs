@@ -279,17 +279,29 @@ impl Store {
     pub fn payload_verified(&self, hash: &Hash) -> Result<Payload, ChainError> {
         let header = self.header(hash)?.ok_or(ChainError::NotFound(*hash))?;
         let payload = self.map_payload(*hash, &header)?;
-        let actual = Hash::of(&payload);
+        Store::check_payload(hash, &header, &payload)?;
+        Ok(payload)
+    }
+
+    /// Whether `payload` (of block `block`, mapped with [`Store::payload`]) has the hash its
+    /// header names: the check of [`Store::payload_verified`], for callers that hash while
+    /// they do something else with the mapping.
+    pub fn check_payload(
+        block: &Hash,
+        header: &BlockHeader,
+        payload: &[u8],
+    ) -> Result<(), ChainError> {
+        let actual = Hash::of(payload);
         if actual != header.payload_hash {
             return Err(ChainError::Corrupt {
-                block: *hash,
+                block: *block,
                 detail: format!(
                     "payload hash is {actual}, header says {}",
                     header.payload_hash
                 ),
             });
         }
-        Ok(payload)
+        Ok(())
     }
 
     pub(crate) fn map_payload(

@@ -79,28 +79,22 @@ pub(crate) fn with_group<R>(
         }
         f(set.tensors())
     };
-    let (actual, decoded) = if payload.len() >= HASH_ASIDE_MIN {
-        thread::scope(|s| {
-            match thread::Builder::new().spawn_scoped(s, || Hash::of(&payload)) {
-                Ok(hashing) => {
-                    let decoded = decode();
-                    let actual = hashing
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (actual, decoded)
-                }
-                // No thread to be had: hash here.
-                Err(_) => (Hash::of(&payload), decode()),
+    let check = || Store::check_payload(&block, &header, &payload);
+    let (checked, decoded) = if payload.len() >= HASH_ASIDE_MIN {
+        thread::scope(|s| match thread::Builder::new().spawn_scoped(s, check) {
+            Ok(hashing) => {
+                let decoded = decode();
+                let checked = hashing
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (checked, decoded)
             }
+            // No thread to be had: hash here.
+            Err(_) => (check(), decode()),
         })
     } else {
-        (Hash::of(&payload), decode())
+        (check(), decode())
     };
-    if actual != header.payload_hash {
-        return Err(corrupt(format!(
-            "payload hash is {actual}, header says {}",
-            header.payload_hash
-        )));
-    }
+    checked.map_err(chain_error)?;
     decoded
 }

@@ -7,10 +7,9 @@
 //! to each of the layer's experts by its own share of the expert's gate and up rows, and
 //! quantizes its share of the activations; in the third, by its share of the down rows,
 //! over the activations the threads' shares make up. Every expert's weights are thus read
-//! once per step however many sequences are decoding, split evenly over the threads (a
-//! step's tokens reach only a few experts, so sharing out whole experts left threads
-//! waiting). A token's expert outputs are added to it at the start of the next first
-//! phase, in routing order.
+//! once per step however many sequences are decoding, and split evenly over the threads
+//! whatever the routing. A token's expert outputs are added to it at the start of the next
+//! first phase, in routing order.
 //!
 //! Every value a token gets is computed by the same operations in the same order whatever
 //! the batch, the parts or the threads (the matrix kernels give a row the same bits in any
@@ -170,8 +169,8 @@ impl Model {
         team: Option<&Team>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let d = self.config.hidden_size;
-        // One sequence's step is too short to share: its phases are split by sequence and
-        // by expert, and a single token's two experts per layer would leave a thread idle.
+        // A single sequence is not split: its attention and LM head, cut by sequence, would
+        // leave the other threads idle (the split pass is measured for batches only).
         let team = team.filter(|_| batch.len() > 1);
         let threads = team.map_or(1, Team::size);
         let mut first = 0;
