@@ -1,6 +1,7 @@
 //! The `blyan` command: node, chain, inference, training, Proof of Learning and ledger in one
 //! binary. This file is the command line only; the work happens in the library crates.
 
+mod bundled;
 mod chain_cmd;
 mod chat_cmd;
 mod expert_cmd;
@@ -91,10 +92,10 @@ struct InitArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// The corpus whose hidden split becomes the Proof-of-Learning pool (skipped with a
-    /// note when the file is absent).
-    #[arg(long, default_value = pol_cmd::CORPUS_DEFAULT)]
-    corpus: PathBuf,
+    /// The corpus whose hidden split becomes the Proof-of-Learning pool [default: the King
+    /// James corpus bundled in the binary].
+    #[arg(long, value_name = "FILE")]
+    corpus: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -152,12 +153,6 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The trained genesis model `blyan init` writes (see genesis/recipe.json for how it was
-/// made): its spec, tokenizer and Q8_0 weight bundle.
-const GENESIS_SPEC: &[u8] = include_bytes!("../../../genesis/spec.json");
-const GENESIS_TOKENIZER: &[u8] = include_bytes!("../../../genesis/tokenizer.json");
-const GENESIS_WEIGHTS: &[u8] = include_bytes!("../../../genesis/weights.q8");
-
 /// The block store inside a data directory.
 pub(crate) fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
     let dir = data_dir.join("chain");
@@ -169,11 +164,17 @@ fn init(
     ledger_url: Option<&str>,
     args: &InitArgs,
 ) -> anyhow::Result<InitOutcome> {
+    // Read first: a corpus that cannot be read must stop `init` before it writes anything.
+    let corpus = bundled::corpus(args.corpus.as_deref())?;
     let store = open_store(data_dir)?;
     let blocks = if args.random_weights {
         genesis::random_genesis(args.seed)
     } else {
-        genesis::bundled_genesis(GENESIS_SPEC, GENESIS_TOKENIZER, GENESIS_WEIGHTS)
+        genesis::bundled_genesis(
+            bundled::GENESIS_SPEC,
+            bundled::GENESIS_TOKENIZER,
+            bundled::GENESIS_WEIGHTS,
+        )
     }
     .context("building the genesis blocks")?;
     let count = blocks.len();
@@ -181,16 +182,8 @@ fn init(
     let outcome = genesis::init(&store, blocks)?;
     let pool = if blyan_pol::record::PolRecord::read(&store)?.commit.is_some() {
         None
-    } else if args.corpus.exists() {
-        Some(pol_cmd::build_pool(&store, data_dir, &args.corpus)?)
     } else {
-        if !args.json {
-            println!(
-                "no corpus at {}: Proof of Learning needs a hidden pool (`blyan pol pool --corpus FILE`)",
-                args.corpus.display()
-            );
-        }
-        None
+        Some(pol_cmd::build_pool(&store, data_dir, &corpus)?)
     };
     let (created, network) = match outcome {
         InitOutcome::Created { network } => (true, network),
@@ -266,7 +259,7 @@ fn up(
                 random_weights: false,
                 seed: GENESIS_SEED,
                 json: false,
-                corpus: pol_cmd::CORPUS_DEFAULT.into(),
+                corpus: None,
             },
         )? {
             InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => network,

@@ -12,18 +12,15 @@ use blyan_train::corpus::{Corpus, Split};
 
 use crate::node_cmd::{NodeArgs, node_config};
 
-/// The corpus `blyan init` builds the hidden pool from when it exists.
-pub(crate) const CORPUS_DEFAULT: &str = "data/corpus/kjv.tsv";
-
 /// `blyan pol …`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PolCommand {
     /// Build the hidden pool from the corpus's hidden split and commit its root on chain P
-    /// (`blyan init` does this when the corpus is present).
+    /// (`blyan init` does this).
     Pool {
-        /// The corpus file.
-        #[arg(long, default_value = CORPUS_DEFAULT)]
-        corpus: PathBuf,
+        /// The corpus file [default: the King James corpus bundled in the binary].
+        #[arg(long, value_name = "FILE")]
+        corpus: Option<PathBuf>,
     },
     /// Mode, thresholds, pool remaining and recent verdicts.
     Status,
@@ -75,9 +72,9 @@ pub(crate) enum CorpusCommand {
         /// `train` or `validation`.
         #[arg(long)]
         split: Split,
-        /// The corpus file.
-        #[arg(long, default_value = CORPUS_DEFAULT)]
-        corpus: PathBuf,
+        /// The corpus file [default: the King James corpus bundled in the binary].
+        #[arg(long, value_name = "FILE")]
+        corpus: Option<PathBuf>,
         /// Where to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -114,11 +111,9 @@ fn open_node(data_dir: &Path, ledger_url: Option<&str>) -> anyhow::Result<Node> 
 pub(crate) fn build_pool(
     store: &Store,
     data_dir: &Path,
-    corpus: &Path,
+    corpus: &Corpus,
 ) -> anyhow::Result<(Hash, blyan_chain::PoolCommit)> {
-    let corpus =
-        Corpus::read(corpus).with_context(|| format!("reading the corpus {}", corpus.display()))?;
-    let (tokens, source) = pol::hidden_tokens(store, &corpus)?;
+    let (tokens, source) = pol::hidden_tokens(store, corpus)?;
     Ok(pol::commit_pool(
         store,
         data_dir,
@@ -136,6 +131,7 @@ pub(crate) fn run(
     match cmd {
         PolCommand::Pool { corpus } => {
             let store = crate::open_store(data_dir)?;
+            let corpus = crate::bundled::corpus(corpus.as_deref())?;
             let (hash, commit) = build_pool(&store, data_dir, &corpus)?;
             println!(
                 "committed a hidden pool of {} items ({} tokens each), root {}, in block {hash}",
@@ -321,8 +317,7 @@ pub(crate) fn corpus(cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
                     "[hidden_split] the hidden split is the Proof-of-Learning pool and is never exported"
                 );
             }
-            let corpus = Corpus::read(&corpus)
-                .with_context(|| format!("reading the corpus {}", corpus.display()))?;
+            let corpus = crate::bundled::corpus(corpus.as_deref())?;
             let mut text = String::new();
             let mut docs = 0usize;
             for d in corpus.documents(split) {

@@ -4,12 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use blyan_train::TrainConfig;
-use blyan_train::corpus::{Corpus, Split};
+use blyan_train::corpus::Split;
 use blyan_train::optim::OptimConfig;
 use indicatif::{ProgressBar, ProgressStyle};
-
-/// Default corpus file, relative to the working directory.
-const CORPUS_DEFAULT: &str = "data/corpus/kjv.tsv";
 
 /// `blyan train …`
 #[derive(Debug, clap::Subcommand)]
@@ -24,9 +21,10 @@ pub(crate) enum TrainCommand {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TokenizerArgs {
-    /// Corpus file (`REFERENCE<TAB>TEXT` lines; see scripts/fetch-corpus.sh).
-    #[arg(long, default_value = CORPUS_DEFAULT)]
-    corpus: PathBuf,
+    /// Corpus file (`REFERENCE<TAB>TEXT` lines; see scripts/fetch-corpus.sh) [default: the
+    /// King James corpus bundled in the binary].
+    #[arg(long, value_name = "FILE")]
+    corpus: Option<PathBuf>,
     /// Vocabulary size, special tokens included.
     #[arg(long, default_value_t = 4096)]
     vocab_size: usize,
@@ -37,9 +35,9 @@ pub(crate) struct TokenizerArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GenesisArgs {
-    /// Corpus file.
-    #[arg(long, default_value = CORPUS_DEFAULT)]
-    corpus: PathBuf,
+    /// Corpus file [default: the King James corpus bundled in the binary].
+    #[arg(long, value_name = "FILE")]
+    corpus: Option<PathBuf>,
     /// The tokenizer (from `blyan train tokenizer`).
     #[arg(long)]
     tokenizer: PathBuf,
@@ -86,17 +84,8 @@ pub(crate) fn run(data_dir: &Path, cmd: TrainCommand) -> anyhow::Result<()> {
     }
 }
 
-fn read_corpus(path: &Path) -> anyhow::Result<Corpus> {
-    Corpus::read(path).with_context(|| {
-        format!(
-            "reading the corpus {} (fetch it with scripts/fetch-corpus.sh)",
-            path.display()
-        )
-    })
-}
-
 fn tokenizer(args: &TokenizerArgs) -> anyhow::Result<()> {
-    let corpus = read_corpus(&args.corpus)?;
+    let corpus = crate::bundled::corpus(args.corpus.as_deref())?;
     let texts: Vec<String> = corpus.documents(Split::Train).map(|d| d.text()).collect();
     let json =
         blyan_train::bpe::train_tokenizer(texts.iter().map(String::as_str), args.vocab_size)?;
@@ -112,7 +101,7 @@ fn tokenizer(args: &TokenizerArgs) -> anyhow::Result<()> {
 }
 
 fn genesis(args: &GenesisArgs) -> anyhow::Result<()> {
-    let corpus = read_corpus(&args.corpus)?;
+    let corpus = crate::bundled::corpus(args.corpus.as_deref())?;
     let tokenizer = std::fs::read(&args.tokenizer)
         .with_context(|| format!("reading {}", args.tokenizer.display()))?;
     let meta = blyan_train::genesis::genesis_meta(tokenizer)?;

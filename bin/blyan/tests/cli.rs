@@ -33,7 +33,12 @@ fn init_log_show_verify() {
 
     let log = json(&blyan(dir.path(), &["chain", "log", "--json"]));
     let blocks = log.as_array().unwrap();
-    assert_eq!(blocks.len(), 50);
+    // The 50 genesis blocks and the hidden pool's commitment on chain P.
+    assert_eq!(blocks.len(), 51);
+    assert_eq!(
+        blocks.iter().filter(|b| b["kind"] == "pool_commit").count(),
+        1
+    );
     for b in blocks {
         for key in ["hash", "chain", "height", "kind", "name", "payload_len"] {
             assert!(b.get(key).is_some(), "{key} missing in {b}");
@@ -79,7 +84,7 @@ fn init_log_show_verify() {
 
     let verify = json(&blyan(dir.path(), &["chain", "verify", "--full", "--json"]));
     assert_eq!(verify["ok"], true);
-    assert_eq!(verify["blocks"], 50);
+    assert_eq!(verify["blocks"], 51);
 
     // Running init again changes nothing.
     let again = json(&blyan(dir.path(), &["init", "--json"]));
@@ -433,4 +438,68 @@ fn ledger_commands(url: Option<&str>) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("audit failed"), "{stderr}");
     assert!(stderr.contains(&address), "{stderr}");
+}
+
+#[test]
+fn init_and_corpus_export_work_from_any_directory() {
+    // An empty working directory, as after `cargo install`: nothing of the repository is
+    // reachable by a relative path.
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |data_dir: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_blyan"))
+            .current_dir(cwd.path())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bundled = tempfile::tempdir().unwrap();
+    let init = json(&run(bundled.path(), &["init", "--json"]));
+    let pool = &init["pool"];
+    assert!(pool["items"].as_u64().unwrap() > 1000, "{init}");
+
+    // The same network and pool as from the repository's corpus file.
+    let repo_corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/corpus/kjv.tsv");
+    let from_file = tempfile::tempdir().unwrap();
+    let init_file = json(&run(
+        from_file.path(),
+        &["init", "--json", "--corpus", repo_corpus.to_str().unwrap()],
+    ));
+    assert_eq!(init_file["network"], init["network"]);
+    assert_eq!(init_file["pool"]["root"], pool["root"]);
+    assert_eq!(init_file["pool"]["items"], pool["items"]);
+
+    let out = cwd.path().join("validation.txt");
+    let export = run(
+        bundled.path(),
+        &[
+            "corpus",
+            "export",
+            "--split",
+            "validation",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    assert!(std::fs::read_to_string(&out).unwrap().lines().count() > 10);
+
+    // A corpus named but missing is an error, never a network silently without a pool.
+    let missing = tempfile::tempdir().unwrap();
+    let refused = run(missing.path(), &["init", "--corpus", "no/such/file.tsv"]);
+    assert!(!refused.status.success());
+    assert!(
+        !missing.path().join("chain").exists(),
+        "init wrote a network"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no/such/file.tsv"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

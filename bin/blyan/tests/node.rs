@@ -235,3 +235,75 @@ fn web_ui_in_chromium() {
     );
     assert!(shots.join("web-ui-chat.png").exists());
 }
+
+/// `blyan ledger balance operator --json` on a data directory no node holds.
+fn operator_pending(dir: &Path) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["ledger", "balance", "operator", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let balance: Value = serde_json::from_slice(&out.stdout).unwrap();
+    balance["pending"].as_u64().unwrap()
+}
+
+#[test]
+fn holds_of_a_killed_node_are_released_when_it_starts_again() {
+    const STREAMS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    init_random(dir.path());
+    let mut node = RunningNode::start(dir.path(), &["node"], &[]);
+    // Billed streams that run for many steps; each reader reports its first chunk, then
+    // reads until the connection dies with the node.
+    let (started, first_chunks) = mpsc::channel();
+    let readers: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let url = format!("{}/v1/completions", node.url);
+            let started = started.clone();
+            thread::spawn(move || {
+                let body = serde_json::json!({
+                    "prompt": "In the beginning", "max_tokens": 900, "ignore_eos": true,
+                    "stream": true, "seed": i, "temperature": 0.0,
+                });
+                let Ok(response) = ureq::post(&url).send_json(&body) else {
+                    return;
+                };
+                let mut lines = BufReader::new(response.into_body().into_reader()).lines();
+                let mut told = false;
+                while let Some(Ok(line)) = lines.next() {
+                    if !told && line.starts_with("data:") {
+                        told = true;
+                        let _ = started.send(());
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..STREAMS {
+        first_chunks
+            .recv_timeout(Duration::from_secs(120))
+            .expect("every stream started");
+    }
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    // The kill left the streams' holds open ...
+    assert!(
+        operator_pending(dir.path()) > 0,
+        "the streams ended before the kill; nothing was held to test"
+    );
+    // ... and the next start releases them, long before their TTL.
+    let node = RunningNode::start(dir.path(), &["node"], &[]);
+    let operator = node.get("/ledger/accounts/operator");
+    assert_eq!(operator["pending"], 0, "{operator}");
+    drop(node);
+    assert_eq!(operator_pending(dir.path()), 0);
+}

@@ -27,6 +27,6 @@ pub use ledger::{LEDGER_BATCH_POSTINGS_MAX, LEDGER_POSTING_LEN_MAX, LedgerBatch}
 pub use proof::{
     Migration, PROOF_TEXT_MAX, PolMode, PoolCommit, VERDICT_ITEMS_MAX, VERDICT_STAGES_MAX, Verdict,
 };
-pub use store::{BlockSummary, Payload, Store};
+pub use store::{BlockSummary, ChainTotals, Payload, Store};
 pub use validate::{CheckedBlock, ValidBlock};
 pub use verify::{VerifyFailure, VerifyMode, VerifyReport};

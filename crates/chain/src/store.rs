@@ -3,7 +3,8 @@
 //! Layout of a store directory:
 //!
 //! ```text
-//! index.redb          hash → header, (chain, height) → hash, group → versions and head
+//! index.redb          hash → header, (chain, height) → hash, group → versions and head,
+//!                     chain → running totals (blocks, payload bytes)
 //! payloads/ab/abcd…   payload bytes, named by payload hash, fanned out by first byte
 //! tmp/                payloads being written; emptied at open
 //! ```
@@ -45,7 +46,21 @@ pub(crate) const VERSIONS: TableDefinition<'static, (&'static str, u32), [u8; 32
 pub(crate) const GROUP_HEADS: TableDefinition<'static, &'static str, [u8; 32]> =
     TableDefinition::new("group_heads");
 
+/// chain → (blocks, payload bytes): running totals, updated in every append's transaction,
+/// so that counts never need a scan of the chain.
+pub(crate) const CHAIN_TOTALS: TableDefinition<'static, u8, (u64, u64)> =
+    TableDefinition::new("chain_totals");
+
 type Layout = Arc<BTreeMap<String, TensorGroup>>;
+
+/// One chain's size.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug, Serialize)]
+pub struct ChainTotals {
+    /// Blocks on the chain.
+    pub blocks: u64,
+    /// Their payload bytes together.
+    pub payload_bytes: u64,
+}
 
 /// A crash-safe, append-only store of blocks.
 #[derive(Debug)]
@@ -117,6 +132,29 @@ impl Store {
         txn.open_table(BY_HEIGHT)?;
         txn.open_table(VERSIONS)?;
         txn.open_table(GROUP_HEADS)?;
+        {
+            // A store written before the totals existed gets them once, from one scan.
+            let mut totals = txn.open_table(CHAIN_TOTALS)?;
+            let headers = txn.open_table(HEADERS)?;
+            if totals.is_empty()? && !headers.is_empty()? {
+                let by_height = txn.open_table(BY_HEIGHT)?;
+                let mut sums: BTreeMap<u8, (u64, u64)> = BTreeMap::new();
+                for entry in by_height.iter()? {
+                    let (k, v) = entry?;
+                    let hash = Hash(v.value());
+                    let header = read_header(&headers, &hash)?.ok_or(ChainError::Corrupt {
+                        block: hash,
+                        detail: "indexed by height but has no header".into(),
+                    })?;
+                    let e = sums.entry(k.value().0).or_default();
+                    e.0 += 1;
+                    e.1 += header.payload_len;
+                }
+                for (chain, sum) in sums {
+                    totals.insert(chain, sum)?;
+                }
+            }
+        }
         txn.commit()?;
         Ok(Store {
             dir,
@@ -205,7 +243,71 @@ impl Store {
         Ok(self.len()? == 0)
     }
 
+    /// Blocks and payload bytes of every chain, from the running totals (no scan).
+    pub fn chain_totals(&self) -> Result<BTreeMap<ChainId, ChainTotals>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CHAIN_TOTALS)?;
+        let mut out = BTreeMap::new();
+        for chain in ChainId::ALL {
+            let (blocks, payload_bytes) = t.get(chain as u8)?.map_or((0, 0), |v| v.value());
+            out.insert(
+                chain,
+                ChainTotals {
+                    blocks,
+                    payload_bytes,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// One page of the listing of `chain` (or of every chain) in chain then height order:
+    /// the total count and at most `limit` summaries from position `offset`. Each chain's
+    /// heights run from 0 without gaps, so the page is found from the running totals and
+    /// read from the height index directly: the cost is `limit` header reads, whatever the
+    /// offset.
+    pub fn blocks_page(
+        &self,
+        chain: Option<ChainId>,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<BlockSummary>), ChainError> {
+        let totals = self.chain_totals()?;
+        let chains: Vec<ChainId> = match chain {
+            Some(c) => vec![c],
+            None => ChainId::ALL.to_vec(),
+        };
+        let total = chains.iter().map(|c| totals[c].blocks).sum();
+        let txn = self.db.begin_read()?;
+        let by_height = txn.open_table(BY_HEIGHT)?;
+        let headers = txn.open_table(HEADERS)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut skip = offset;
+        for c in chains {
+            if out.len() >= limit {
+                break;
+            }
+            let count = totals[&c].blocks;
+            if skip >= count {
+                skip -= count;
+                continue;
+            }
+            let range = by_height.range((c as u8, skip)..=(c as u8, u64::MAX))?;
+            skip = 0;
+            for entry in range.take(limit - out.len()) {
+                let hash = Hash(entry?.1.value());
+                let header = read_header(&headers, &hash)?.ok_or(ChainError::Corrupt {
+                    block: hash,
+                    detail: "indexed by height but has no header".into(),
+                })?;
+                out.push(BlockSummary::new(hash, &header));
+            }
+        }
+        Ok((total, out))
+    }
+
     /// Summaries of the blocks of `chain` (or of every chain), in chain then height order.
+    /// This reads every header; listings that show a page use [`Store::blocks_page`].
     pub fn blocks(&self, chain: Option<ChainId>) -> Result<Vec<BlockSummary>, ChainError> {
         let txn = self.db.begin_read()?;
         let by_height = txn.open_table(BY_HEIGHT)?;
@@ -420,6 +522,7 @@ struct Tables<'t> {
     by_height: redb::Table<'t, (u8, u64), [u8; 32]>,
     versions: redb::Table<'t, (&'static str, u32), [u8; 32]>,
     group_heads: redb::Table<'t, &'static str, [u8; 32]>,
+    totals: redb::Table<'t, u8, (u64, u64)>,
 }
 
 impl<'t> Tables<'t> {
@@ -430,6 +533,7 @@ impl<'t> Tables<'t> {
             by_height: txn.open_table(BY_HEIGHT)?,
             versions: txn.open_table(VERSIONS)?,
             group_heads: txn.open_table(GROUP_HEADS)?,
+            totals: txn.open_table(CHAIN_TOTALS)?,
         })
     }
 
@@ -438,6 +542,14 @@ impl<'t> Tables<'t> {
         self.headers.insert(valid.hash.0, h.encode().as_slice())?;
         self.by_height
             .insert((h.chain as u8, h.height), valid.hash.0)?;
+        let (blocks, bytes) = self
+            .totals
+            .get(h.chain as u8)?
+            .map_or((0, 0), |v| v.value());
+        self.totals.insert(
+            h.chain as u8,
+            (blocks + 1, bytes.saturating_add(h.payload_len)),
+        )?;
         if h.kind.has_tensors() {
             let name = h.meta.name.as_str();
             let next = match self
@@ -513,5 +625,37 @@ impl ChainView for Tables<'_> {
             .expect("layout cache lock")
             .insert(*spec_block, layout.clone());
         Ok(layout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genesis;
+
+    #[test]
+    fn totals_are_rebuilt_for_a_store_written_before_they_existed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let tokenizer = crate::spec::byte_level_tokenizer_json();
+        let meta = MetaPayload {
+            spec: crate::spec::ModelSpec::tiny(Hash::of(&tokenizer)),
+            tokenizer,
+        };
+        let blocks = genesis::genesis_blocks(&meta, &mut genesis::RandomWeights { seed: 1 })
+            .expect("genesis");
+        genesis::init(&store, blocks).expect("init");
+        let before = store.chain_totals().expect("totals");
+        assert!(before[&ChainId::Param].blocks > 0);
+        drop(store);
+        {
+            // What an index of an older build looks like: no totals table.
+            let db = Database::create(dir.path().join("index.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            assert!(txn.delete_table(CHAIN_TOTALS).expect("delete"));
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.chain_totals().expect("totals"), before);
     }
 }

@@ -586,6 +586,30 @@ impl Ledger {
         })
     }
 
+    /// Voids every open hold, whatever its expiry, and forgets every pending idempotency
+    /// record; returns the holds voided and the amount released. A node calls this when it
+    /// starts, before it serves: holds and pending records belong to requests of a process
+    /// that is gone (a crash or a kill), and none of them can ever be captured. The node's
+    /// exclusive lock on its block store makes it the only process billing this ledger.
+    pub fn release_abandoned(&self, now_ms: u64) -> Result<(usize, Amount), LedgerError> {
+        sql::write(&*self.store, |tx| {
+            let ids: Vec<String> = tx
+                .query("SELECT id FROM holds WHERE state = 'held' ORDER BY id", &[])?
+                .iter()
+                .map(|r| r.text(0).map(str::to_owned))
+                .collect::<Result<_, _>>()?;
+            let mut released = Amount::ZERO;
+            for id in &ids {
+                let amount = void_in(tx, id, "abandoned", now_ms)?;
+                released = released
+                    .checked_add(amount)
+                    .ok_or_else(|| LedgerError::Store("released hold amounts overflow".into()))?;
+            }
+            tx.exec("DELETE FROM idempotency WHERE state = 'pending'", &[])?;
+            Ok((ids.len(), released))
+        })
+    }
+
     /// Claims `key` for a request about to run. A repeat of a finished request gets the
     /// stored reply; one still running is reported in flight; a different request under the
     /// same key is refused with [`Refusal::IdempotencyKeyReused`].

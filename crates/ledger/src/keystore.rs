@@ -17,6 +17,12 @@ use crate::{LedgerError, Refusal};
 /// The prefix of every API key.
 pub const API_KEY_PREFIX: &str = "bly_";
 
+/// Whether `token` claims to be a Blyan API key (it carries [`API_KEY_PREFIX`]); whether it
+/// is a known one is [`Keystore::account_for_api_key`]'s question.
+pub fn is_api_key_like(token: &str) -> bool {
+    token.starts_with(API_KEY_PREFIX)
+}
+
 /// One key file: the account's address and its secret key in hex.
 #[derive(Serialize, Deserialize)]
 struct KeyFile {

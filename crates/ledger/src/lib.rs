@@ -31,7 +31,7 @@ pub use billing::{
     split_by_weight,
 };
 pub use error::{LedgerError, Refusal};
-pub use keystore::{API_KEY_PREFIX, Keystore, address_of};
+pub use keystore::{API_KEY_PREFIX, Keystore, address_of, is_api_key_like};
 pub use ledger::{
     AccountInfo, Balance, HISTORY_LIMIT_MAX, Ledger, Supply, TransferReceipt, check_reference,
     parse_amount,

@@ -14,11 +14,16 @@
 //! batch. On the 2-core machine this was measured slower than two lanes from 2 to 16 streams
 //! (docs/BENCHMARKS.md), so it is not the default. A sequence's output does not depend on
 //! its lane, batch or threads.
+//!
+//! A lane whose thread dies (a panic in a pass) is noticed: it stops receiving requests, and
+//! the next submission or [`Engine::heal`] starts a fresh thread in its place. The requests
+//! it held end without a `Done` (their receivers see the stream end), and restarts are
+//! counted ([`Engine::lane_restarts`]).
 
 use std::{
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
     thread,
@@ -94,14 +99,63 @@ pub struct Engine {
     tokenizer: Arc<Tokenizer>,
     lanes: Vec<Lane>,
     threads: usize,
+    /// Sequences per lane.
+    per_lane: usize,
+    /// Lane threads started again after they died.
+    restarts: AtomicU64,
+    /// Lane threads that ended in a panic.
+    panics: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 struct Lane {
-    jobs: Option<mpsc::Sender<Job>>,
+    /// The lane's queue and thread; replaced when the thread dies.
+    run: Mutex<LaneRun>,
     /// Requests queued for or decoding in this lane.
     load: Arc<AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct LaneRun {
+    jobs: Option<mpsc::Sender<Message>>,
     thread: Option<thread::JoinHandle<()>>,
+    /// False once the thread has ended (a panic, or the engine stopping).
+    alive: Arc<AtomicBool>,
+}
+
+impl Lane {
+    fn run(&self) -> MutexGuard<'_, LaneRun> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_alive(&self) -> bool {
+        let run = self.run();
+        run.jobs.is_some() && run.alive.load(Ordering::SeqCst)
+    }
+}
+
+/// What a lane's queue carries.
+#[derive(Debug)]
+enum Message {
+    Job(Job),
+    /// Makes the lane's thread panic at its next step (tests of the supervision).
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+/// Marks its lane dead when the lane's thread ends, however it ends.
+struct LaneExit {
+    alive: Arc<AtomicBool>,
+    panics: Arc<AtomicU64>,
+}
+
+impl Drop for LaneExit {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.panics.fetch_add(1, Ordering::SeqCst);
+        }
+        self.alive.store(false, Ordering::SeqCst);
+    }
 }
 
 /// One request's place in a lane's load; given back when the request leaves.
@@ -165,7 +219,8 @@ struct Job {
     prompt: Vec<TokenId>,
     events: mpsc::Sender<Event>,
     cancel: CancelToken,
-    slot: Slot,
+    /// Its place in its lane's load, taken when it is sent to the lane.
+    slot: Option<Slot>,
 }
 
 struct Active {
@@ -175,7 +230,7 @@ struct Active {
     input: Vec<TokenId>,
     events: mpsc::Sender<Event>,
     cancel: CancelToken,
-    _slot: Slot,
+    _slot: Option<Slot>,
 }
 
 impl Engine {
@@ -184,34 +239,104 @@ impl Engine {
         let count = config.lanes_here();
         let threads = config.threads_here(model.parallel());
         let per_lane = config.max_batch.max(1).div_ceil(count);
-        let lanes = (0..count)
-            .map(|i| {
-                let (jobs, queue) = mpsc::channel();
-                let worker = Worker {
-                    model: model.clone(),
-                    tokenizer: tokenizer.clone(),
-                    max_batch: per_lane,
-                };
-                // The lane's thread is the first of its team; a team of one has no helpers.
-                let thread = thread::Builder::new()
-                    .name(format!("blyan-engine-{i}"))
-                    .spawn(move || {
-                        let team = Team::new(threads, &format!("blyan-engine-{i}"));
-                        worker.run(queue, (team.size() > 1).then_some(&team));
-                    })
-                    .ok();
-                Lane {
-                    jobs: thread.as_ref().map(|_| jobs),
-                    load: Arc::new(AtomicUsize::new(0)),
-                    thread,
-                }
-            })
-            .collect();
-        Engine {
+        let mut engine = Engine {
             model,
             tokenizer,
-            lanes,
+            lanes: Vec::with_capacity(count),
             threads,
+            per_lane,
+            restarts: AtomicU64::new(0),
+            panics: Arc::new(AtomicU64::new(0)),
+        };
+        for i in 0..count {
+            let run = engine.spawn_lane(i);
+            engine.lanes.push(Lane {
+                run: Mutex::new(run),
+                load: Arc::new(AtomicUsize::new(0)),
+            });
+        }
+        engine
+    }
+
+    /// Starts lane `i`'s thread and queue.
+    fn spawn_lane(&self, i: usize) -> LaneRun {
+        let (jobs, queue) = mpsc::channel();
+        let worker = Worker {
+            model: self.model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            max_batch: self.per_lane,
+        };
+        let alive = Arc::new(AtomicBool::new(true));
+        let exit = LaneExit {
+            alive: alive.clone(),
+            panics: self.panics.clone(),
+        };
+        let threads = self.threads;
+        // The lane's thread is the first of its team; a team of one has no helpers.
+        let thread = thread::Builder::new()
+            .name(format!("blyan-engine-{i}"))
+            .spawn(move || {
+                let _exit = exit;
+                let team = Team::new(threads, &format!("blyan-engine-{i}"));
+                worker.run(queue, (team.size() > 1).then_some(&team));
+            })
+            .ok();
+        if thread.is_none() {
+            alive.store(false, Ordering::SeqCst);
+        }
+        LaneRun {
+            jobs: thread.as_ref().map(|_| jobs),
+            thread,
+            alive,
+        }
+    }
+
+    /// Starts a fresh thread for every lane whose thread has died; returns how many.
+    pub fn heal(&self) -> usize {
+        let mut started = 0;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let mut run = lane.run();
+            if run.alive.load(Ordering::SeqCst) && run.jobs.is_some() {
+                continue;
+            }
+            run.jobs.take();
+            if let Some(thread) = run.thread.take() {
+                // The thread has ended or is unwinding its last frames; its panic was
+                // reported by the panic hook.
+                let _ = thread.join();
+            }
+            *run = self.spawn_lane(i);
+            if run.jobs.is_some() {
+                started += 1;
+                self.restarts.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        started
+    }
+
+    /// Lane threads started again after they died, since the engine started.
+    pub fn lane_restarts(&self) -> u64 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Lane threads that ended in a panic, since the engine started.
+    pub fn lane_panics(&self) -> u64 {
+        self.panics.load(Ordering::SeqCst)
+    }
+
+    /// Lanes whose thread is running now.
+    pub fn lanes_alive(&self) -> usize {
+        self.lanes.iter().filter(|l| l.is_alive()).count()
+    }
+
+    /// Makes one lane's thread panic at its next step, to test that the engine notices and
+    /// recovers. Only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_lane_panic(&self) {
+        if let Some(lane) = self.lanes.iter().find(|l| l.is_alive())
+            && let Some(jobs) = &lane.run().jobs
+        {
+            let _ = jobs.send(Message::Panic);
         }
     }
 
@@ -247,37 +372,57 @@ impl Engine {
             Decoder::with_prompt_ids(&self.model, &self.tokenizer, request, ids)?;
         let (events, rx) = mpsc::channel();
         let cancel = CancelToken::new();
-        // The least loaded running lane; ties go to the first.
-        let lane = self
-            .lanes
-            .iter()
-            .filter(|l| l.jobs.is_some())
-            .min_by_key(|l| l.load.load(Ordering::SeqCst))
-            .ok_or(ModelError::EngineStopped)?;
-        lane.load.fetch_add(1, Ordering::SeqCst);
-        let job = Job {
+        let mut job = Job {
             decoder,
             prompt,
             events,
             cancel: cancel.clone(),
-            slot: Slot(lane.load.clone()),
+            slot: None,
         };
-        lane.jobs
-            .as_ref()
-            .ok_or(ModelError::EngineStopped)?
-            .send(job)
-            .map_err(|_| ModelError::EngineStopped)?;
-        Ok(Receiver { events: rx, cancel })
+        // A lane that died since the last request is replaced before choosing; one that dies
+        // between the choice and the send hands the job back, and the next lane is tried.
+        for _ in 0..=self.lanes.len() {
+            if self.lanes.iter().any(|l| !l.is_alive()) {
+                self.heal();
+            }
+            // The least loaded running lane; ties go to the first.
+            let Some(lane) = self
+                .lanes
+                .iter()
+                .filter(|l| l.is_alive())
+                .min_by_key(|l| l.load.load(Ordering::SeqCst))
+            else {
+                break;
+            };
+            lane.load.fetch_add(1, Ordering::SeqCst);
+            job.slot = Some(Slot(lane.load.clone()));
+            let run = lane.run();
+            let Some(jobs) = &run.jobs else {
+                continue;
+            };
+            match jobs.send(Message::Job(job)) {
+                Ok(()) => return Ok(Receiver { events: rx, cancel }),
+                Err(mpsc::SendError(Message::Job(back))) => {
+                    run.alive.store(false, Ordering::SeqCst);
+                    job = back;
+                    job.slot = None;
+                }
+                #[cfg(feature = "fault-injection")]
+                Err(mpsc::SendError(Message::Panic)) => return Err(ModelError::EngineStopped),
+            }
+        }
+        Err(ModelError::EngineStopped)
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        for lane in &mut self.lanes {
-            lane.jobs.take();
+        for lane in &self.lanes {
+            lane.run().jobs.take();
         }
-        for lane in &mut self.lanes {
-            if let Some(thread) = lane.thread.take() {
+        for lane in &self.lanes {
+            let thread = lane.run().thread.take();
+            if let Some(thread) = thread {
                 // A panic in a lane thread has already been reported by the panic hook.
                 let _ = thread.join();
             }
@@ -292,7 +437,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, queue: mpsc::Receiver<Job>, team: Option<&Team>) {
+    fn run(self, queue: mpsc::Receiver<Message>, team: Option<&Team>) {
         let mut active: Vec<Active> = Vec::new();
         let mut open = true;
         loop {
@@ -301,13 +446,13 @@ impl Worker {
                     return;
                 }
                 match queue.recv() {
-                    Ok(job) => self.admit(&mut active, job),
+                    Ok(message) => self.receive(&mut active, message),
                     Err(_) => return,
                 }
             }
             while open && active.len() < self.max_batch {
                 match queue.try_recv() {
-                    Ok(job) => self.admit(&mut active, job),
+                    Ok(message) => self.receive(&mut active, message),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => open = false,
                 }
@@ -324,6 +469,14 @@ impl Worker {
                 continue;
             }
             self.step(&mut active, team);
+        }
+    }
+
+    fn receive(&self, active: &mut Vec<Active>, message: Message) {
+        match message {
+            Message::Job(job) => self.admit(active, job),
+            #[cfg(feature = "fault-injection")]
+            Message::Panic => panic!("fault injection: a lane thread panics"),
         }
     }
 

@@ -35,6 +35,37 @@ pub struct GenerateRequest {
 }
 
 impl GenerateRequest {
+    /// Checks everything about the request that does not need the prompt's tokens:
+    /// sampling parameters for a vocabulary of `vocab_size`, `max_tokens` and the stop
+    /// sequences. A caller that reserves resources for a request (a billing hold) calls this
+    /// first, so that a request refused here never reserves anything.
+    pub fn check(&self, vocab_size: usize) -> Result<(), ModelError> {
+        self.sampling.check(vocab_size)?;
+        if self.max_tokens == 0 {
+            return Err(ModelError::InvalidParameter {
+                name: "max_tokens",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.stop.len() > STOP_SEQUENCES_MAX {
+            return Err(ModelError::InvalidParameter {
+                name: "stop",
+                reason: format!("at most {STOP_SEQUENCES_MAX} stop sequences"),
+            });
+        }
+        if self
+            .stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > STOP_LEN_MAX)
+        {
+            return Err(ModelError::InvalidParameter {
+                name: "stop",
+                reason: format!("stop sequences must be 1..={STOP_LEN_MAX} bytes"),
+            });
+        }
+        Ok(())
+    }
+
     /// A request with default sampling and no stop sequences.
     pub fn new(prompt: impl Into<String>, max_tokens: u32) -> GenerateRequest {
         GenerateRequest {
@@ -169,29 +200,7 @@ impl Decoder {
         ids: Vec<TokenId>,
     ) -> Result<(Decoder, Vec<TokenId>), ModelError> {
         let c = model.config();
-        request.sampling.check(c.vocab_size)?;
-        if request.max_tokens == 0 {
-            return Err(ModelError::InvalidParameter {
-                name: "max_tokens",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if request.stop.len() > STOP_SEQUENCES_MAX {
-            return Err(ModelError::InvalidParameter {
-                name: "stop",
-                reason: format!("at most {STOP_SEQUENCES_MAX} stop sequences"),
-            });
-        }
-        if request
-            .stop
-            .iter()
-            .any(|s| s.is_empty() || s.len() > STOP_LEN_MAX)
-        {
-            return Err(ModelError::InvalidParameter {
-                name: "stop",
-                reason: format!("stop sequences must be 1..={STOP_LEN_MAX} bytes"),
-            });
-        }
+        request.check(c.vocab_size)?;
         let mut prompt = Vec::with_capacity(ids.len() + 1);
         prompt.push(c.bos_token_id);
         prompt.extend(ids);

@@ -21,12 +21,27 @@ use crate::{ComponentReport, Node, NodeError};
 /// Unanchored postings beyond which the ledger probe reports the anchoring as behind.
 const UNANCHORED_COMFORT: u64 = 100_000;
 
-/// A hold made for one generation, until it is captured or voided.
+/// A hold made for one generation, until it is captured. A bill dropped without being
+/// captured voids its hold (and forgets its pending idempotency record), so no path that
+/// leaves a request early — a refusal after the hold, a failed queue, a cancelled stream, a
+/// panic unwinding through the handler — can leave the payer's funds held until the TTL.
 #[derive(Debug)]
 pub(crate) struct Bill {
+    node: Arc<Node>,
     hold: String,
     idempotency: Option<IdempotencyKey>,
     authors: Arc<BTreeMap<ExpertId, Address>>,
+    /// Set once the ledger has settled the hold (captured); then drop does nothing.
+    settled: bool,
+}
+
+impl Drop for Bill {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.node.void(&self.hold, self.idempotency.as_ref());
+        }
+    }
 }
 
 impl Node {
@@ -50,7 +65,14 @@ impl Node {
     /// The account a request pays from: the one its API key is bound to, or, for a keyless
     /// request from a loopback address, the configured loopback account. A keyless request
     /// from elsewhere is refused with [`NodeError::Unauthorized`].
+    ///
+    /// As local model servers do (vLLM, llama.cpp, Ollama), a loopback caller's bearer token
+    /// that is not a Blyan key at all (no `bly_` prefix: the `EMPTY`, `sk-no-key-required` or
+    /// `ollama` that OpenAI clients need to start) counts as no key. Anything with the prefix
+    /// is a Blyan key, and an unknown one is refused, so a mistyped key never silently bills
+    /// the loopback account.
     pub fn payer(&self, api_key: Option<&str>, loopback: bool) -> Result<Address, NodeError> {
+        let api_key = api_key.filter(|k| !loopback || blyan_ledger::is_api_key_like(k));
         match api_key {
             Some(key) => self
                 .ledger
@@ -81,7 +103,7 @@ impl Node {
     }
 
     pub(crate) fn hold(
-        &self,
+        self: &Arc<Self>,
         payer: Address,
         tokens: u64,
         idempotency: Option<IdempotencyKey>,
@@ -96,15 +118,17 @@ impl Node {
             self.metrics.ledger_posted(PostingKind::Hold.as_str(), 1);
         }
         Ok(Bill {
+            node: self.clone(),
             hold: hold.id,
             idempotency,
             authors,
+            settled: false,
         })
     }
 
     pub(crate) fn capture(
         &self,
-        bill: Bill,
+        mut bill: Bill,
         summary: &Summary,
         reply: Option<IdempotentReply>,
     ) -> Result<Capture, NodeError> {
@@ -133,6 +157,7 @@ impl Node {
             .observe_billing("capture", started.elapsed().as_secs_f64());
         match result {
             Ok(c) => {
+                bill.settled = true;
                 let count = |kind: PostingKind, n: usize| {
                     if n > 0 {
                         self.metrics.ledger_posted(kind.as_str(), n as u64);
@@ -149,19 +174,17 @@ impl Node {
                 Ok(c)
             }
             Err(e) => {
-                // Nothing was charged; release the hold so the payer is not left short.
-                self.void(bill);
+                // Nothing was charged; dropping the bill releases the hold so the payer is
+                // not left short.
+                drop(bill);
                 Err(self.refused(e))
             }
         }
     }
 
-    pub(crate) fn void(&self, bill: Bill) {
+    fn void(&self, hold: &str, idempotency: Option<&IdempotencyKey>) {
         let started = Instant::now();
-        match self
-            .ledger
-            .void(&bill.hold, bill.idempotency.as_ref(), crate::unix_ms())
-        {
+        match self.ledger.void(hold, idempotency, crate::unix_ms()) {
             Ok(released) => {
                 if !released.is_zero() {
                     self.metrics.ledger_posted(PostingKind::Release.as_str(), 1);
@@ -169,7 +192,7 @@ impl Node {
             }
             Err(e) => {
                 // The hold expires on its own after the hold TTL.
-                eprintln!("blyan-node: voiding hold {}: {e}", bill.hold);
+                eprintln!("blyan-node: voiding hold {hold}: {e}");
             }
         }
         self.metrics

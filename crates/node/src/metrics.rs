@@ -56,6 +56,11 @@ pub struct Metrics {
     ledger_total_postings: IntGauge,
     ledger_supply: IntGaugeVec,
     ledger_unanchored: IntGauge,
+    lane_restarts: IntCounter,
+    lanes_alive: IntGauge,
+    /// The served engine (its epoch) and its restart count already added to
+    /// `lane_restarts`.
+    lane_restarts_seen: Mutex<(u64, u64)>,
 }
 
 fn metric_error(e: prometheus::Error) -> NodeError {
@@ -214,6 +219,17 @@ impl Metrics {
                 &["part"],
             )
             .map_err(metric_error)?,
+            lane_restarts: IntCounter::new(
+                "blyan_engine_lane_restarts_total",
+                "Engine lanes whose thread died (a panic) and was started again.",
+            )
+            .map_err(metric_error)?,
+            lanes_alive: IntGauge::new(
+                "blyan_engine_lanes_alive",
+                "Engine lanes whose thread is running.",
+            )
+            .map_err(metric_error)?,
+            lane_restarts_seen: Mutex::new((0, 0)),
             ledger_unanchored: IntGauge::new(
                 "blyan_ledger_unanchored_postings",
                 "Postings not yet anchored on the ledger chain.",
@@ -233,6 +249,10 @@ impl Metrics {
         r.register(Box::new(m.ledger_total_postings.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.ledger_supply.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.lane_restarts.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.lanes_alive.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.ledger_unanchored.clone()))
             .map_err(metric_error)?;
@@ -374,6 +394,21 @@ impl Metrics {
         self.cache_bytes.set(clamp_i64(stats.bytes));
         self.cache_entries.set(clamp_i64(stats.entries));
         *seen = stats;
+    }
+
+    /// Adds the lane restarts of the engine serving epoch `epoch` since the last call (a
+    /// new epoch is a new engine, whose count starts from zero) and records the lanes alive.
+    pub(crate) fn observe_lanes(&self, epoch: u64, restarts: u64, alive: usize) {
+        let mut seen = self
+            .lane_restarts_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.0 != epoch {
+            *seen = (epoch, 0);
+        }
+        self.lane_restarts.inc_by(restarts.saturating_sub(seen.1));
+        seen.1 = restarts.max(seen.1);
+        self.lanes_alive.set(clamp_i64(alive as u64));
     }
 
     pub(crate) fn observe_chain(&self, chain: &str, blocks: u64, bytes: u64) {

@@ -84,6 +84,8 @@ pub struct Node {
     /// Proof of Learning: chain P's record, the hidden pool, recent verdicts. Held through
     /// each evaluation, which serialises them.
     pub(crate) pol: Mutex<crate::pol::PolState>,
+    /// What `/pol/status` shows, republished whenever the lock on `pol` is released.
+    pub(crate) pol_view: RwLock<Arc<crate::pol::PolStatus>>,
 }
 
 /// What to generate, as the API receives it.
@@ -191,9 +193,19 @@ impl Node {
                     .map_err(|e| NodeError::Config(format!("loopback_account {who:?}: {e}")))?,
             ),
         };
+        // Holds left by a process that was killed can never be captured: release them now
+        // rather than after their TTL.
+        let (abandoned, released) = setup.ledger.release_abandoned(now_ms)?;
+        if abandoned > 0 {
+            eprintln!(
+                "blyan-node: released {abandoned} holds ({released} BLY) left by the previous run"
+            );
+        }
         let pol = crate::pol::load_state(&store, data_dir)?;
+        let pol_view = RwLock::new(Arc::new(crate::pol::status_of(config.pol, &pol, None)));
         Ok(Node {
             pol: Mutex::new(pol),
+            pol_view,
             ledger: setup.ledger,
             operator: setup.operator,
             loopback_payer,
@@ -319,6 +331,11 @@ impl Node {
             sampling: request.sampling,
             stop: request.stop,
         };
+        // Everything that can refuse the request is checked before the hold, so a refusal
+        // never holds the payer's funds even for a moment.
+        generate
+            .check(self.model_config.vocab_size)
+            .map_err(NodeError::Model)?;
         let active = self.active_generations();
         if active >= self.config.max_active {
             return Err(NodeError::Overloaded {
@@ -357,6 +374,17 @@ impl Node {
             done: false,
             bill: Some(bill),
         })
+    }
+
+    /// Makes one of the served engine's lane threads panic (tests of lane supervision).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_lane_panic(&self) {
+        self.serving().engine.inject_lane_panic();
+    }
+
+    /// Lane threads of the served engine that ended in a panic.
+    pub fn lane_panics(&self) -> u64 {
+        self.serving().engine.lane_panics()
     }
 
     /// Generations decoding or queued now.
@@ -460,9 +488,8 @@ impl Node {
                 reason: format!("must be in 1..={PAGE_LIMIT_MAX}"),
             });
         }
-        let all = self.store.blocks(chain)?;
-        let total = all.len();
-        let blocks = all.into_iter().skip(offset).take(limit).collect();
+        let (total, blocks) = self.store.blocks_page(chain, offset as u64, limit)?;
+        let total = usize::try_from(total).unwrap_or(usize::MAX);
         Ok(BlockPage {
             total,
             offset,
@@ -514,14 +541,16 @@ impl Node {
         let reset = self.cache_epoch_seen.swap(serving.epoch, Ordering::Relaxed) != serving.epoch;
         self.metrics
             .observe_cache(serving.engine.model().cache_stats(), reset);
-        let mut per_chain: BTreeMap<ChainId, (u64, u64)> = BTreeMap::new();
-        for b in self.store.blocks(None)? {
-            let e = per_chain.entry(b.chain).or_default();
-            e.0 += 1;
-            e.1 += b.payload_len;
-        }
-        for (chain, (blocks, bytes)) in per_chain {
-            self.metrics.observe_chain(chain.as_str(), blocks, bytes);
+        self.metrics.observe_lanes(
+            serving.epoch,
+            serving.engine.lane_restarts(),
+            serving.engine.lanes_alive(),
+        );
+        for (chain, t) in self.store.chain_totals()? {
+            if t.blocks > 0 {
+                self.metrics
+                    .observe_chain(chain.as_str(), t.blocks, t.payload_bytes);
+            }
         }
         let supply = self.ledger.supply()?;
         let (anchored, _) = blyan_ledger::anchored_end(&self.store)?;
@@ -540,25 +569,31 @@ impl Node {
             weight: 3.0,
             critical: true,
         };
-        let blocks = match self.store.blocks(None) {
-            Ok(b) => b,
+        // One block a round, in listing order: the running totals give the count and the
+        // height index the block, so a round costs the same on a chain of any length.
+        let sample = self.store.chain_totals().and_then(|totals| {
+            let len: u64 = totals.values().map(|t| t.blocks).sum();
+            if len == 0 {
+                return Ok((0, None));
+            }
+            let (_, page) = self.store.blocks_page(None, round % len, 1)?;
+            Ok((len, page.into_iter().next()))
+        });
+        let (len, sample) = match sample {
+            Ok((len, Some(sample))) => (len, sample),
+            Ok((_, None)) => return report(0.0, "no blocks".into()),
             Err(e) => return report(0.0, format!("index unreadable: {e}")),
         };
-        if blocks.is_empty() {
-            return report(0.0, "no blocks".into());
-        }
-        let sample = &blocks[(round % blocks.len() as u64) as usize];
         match self.store.payload_verified(&sample.hash) {
             Ok(_) => report(
                 1.0,
                 format!(
-                    "{} blocks; payload of {} ({}) re-hashed and intact",
-                    blocks.len(),
+                    "{len} blocks; payload of {} ({}) re-hashed and intact",
                     sample.name,
                     sample.hash.short(12)
                 ),
             ),
-            Err(e) => report(0.0, format!("{} blocks; {e}", blocks.len())),
+            Err(e) => report(0.0, format!("{len} blocks; {e}")),
         }
     }
 
@@ -572,6 +607,18 @@ impl Node {
             critical: true,
         };
         let serving = self.serving();
+        // A lane whose thread died is started again here even if no request came since.
+        let healed = serving.engine.heal();
+        let lanes = serving.engine.lanes();
+        self.metrics.observe_lanes(
+            serving.epoch,
+            serving.engine.lane_restarts(),
+            serving.engine.lanes_alive(),
+        );
+        let lane_note = match serving.engine.lane_restarts() {
+            0 => String::new(),
+            n => format!("; {n} dead lane threads restarted since the engine started"),
+        };
         let request = GenerateRequest {
             prompt: "In the beginning".into(),
             max_tokens: 1,
@@ -587,10 +634,13 @@ impl Node {
             match receiver.recv_timeout(MODEL_PROBE_TIMEOUT) {
                 Ok(Some(Event::Step(_))) => {}
                 Ok(Some(Event::Done(s))) if s.completion_tokens == 1 => {
+                    // A lane found dead in this round costs a little readiness for the round:
+                    // requests it held were lost.
+                    let readiness = if healed > 0 { 0.9 } else { 1.0 };
                     return report(
-                        1.0,
+                        readiness,
                         format!(
-                            "{} model generated a probe token in {:.1} ms",
+                            "{} model generated a probe token in {:.1} ms ({lanes} lanes){lane_note}",
                             self.config.precision,
                             started.elapsed().as_secs_f64() * 1e3
                         ),
@@ -838,12 +888,10 @@ impl Drop for Generation {
             // The engine notices at its next step and drops the sequence.
             self.receiver.cancel();
         }
-        if let Some(bill) = self.bill.take() {
-            // Not captured: the request failed or was cancelled, so nothing is charged. Voided
-            // before the generation stops counting as active, so that "nothing in flight"
-            // also means "nothing held".
-            self.node.void(bill);
-        }
+        // Not captured: the request failed or was cancelled, so nothing is charged. The bill
+        // voids its hold as it drops, before the generation stops counting as active, so
+        // that "nothing in flight" also means "nothing held".
+        drop(self.bill.take());
         if !self.done {
             self.node.finish(self.id, None);
         }

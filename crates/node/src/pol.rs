@@ -502,11 +502,94 @@ pub struct PolStatus {
     pub awaiting_replication: Vec<Hash>,
     /// The latest verdicts on chain P, newest last.
     pub recent: Vec<VerdictSummary>,
+    /// The evaluation running now, if one is.
+    pub evaluating: Option<Evaluating>,
+}
+
+/// The Proof-of-Learning state, locked. Every change to the state happens under this guard,
+/// and releasing it publishes a fresh [`PolStatus`], so `/pol/status` reads a snapshot and
+/// never waits for an evaluation that holds the lock for seconds.
+pub(crate) struct PolGuard<'a> {
+    node: &'a Node,
+    state: std::sync::MutexGuard<'a, PolState>,
+}
+
+impl std::ops::Deref for PolGuard<'_> {
+    type Target = PolState;
+    fn deref(&self) -> &PolState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for PolGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PolState {
+        &mut self.state
+    }
+}
+
+impl Drop for PolGuard<'_> {
+    fn drop(&mut self) {
+        self.node.publish_pol(&self.state, None);
+    }
+}
+
+/// An evaluation in progress, as `/pol/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluating {
+    /// The expert.
+    pub expert: ExpertId,
+    /// The candidate's payload hash.
+    pub candidate: Hash,
+    /// The verdict being replicated, for a replication.
+    pub replicates: Option<Hash>,
+    /// When it started, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// What `/pol/status` shows of `state`.
+pub(crate) fn status_of(
+    settings: PolSettings,
+    s: &PolState,
+    evaluating: Option<Evaluating>,
+) -> PolStatus {
+    let pool_items = s.pool.as_ref().map_or(0, |p| p.len());
+    let retired = s.record.retired().len();
+    let remaining = pool_items.saturating_sub(retired);
+    PolStatus {
+        settings,
+        evaluator_version: EVALUATOR_VERSION,
+        pool_root: s.record.commit.as_ref().map(|(_, c)| c.root),
+        pool_items,
+        pool_remaining: remaining,
+        stages_left: remaining / settings.stage_items.max(1),
+        pool_problem: s.pool_problem.clone(),
+        verdicts: s.record.verdicts.len(),
+        awaiting_replication: s
+            .record
+            .awaiting_replication()
+            .iter()
+            .map(|v| v.hash)
+            .collect(),
+        recent: s.record.verdicts[s.record.verdicts.len().saturating_sub(RECENT_MAX)..]
+            .iter()
+            .map(VerdictSummary::of)
+            .collect(),
+        evaluating,
+    }
 }
 
 impl Node {
-    fn pol_state(&self) -> std::sync::MutexGuard<'_, PolState> {
-        self.pol.lock().unwrap_or_else(|p| p.into_inner())
+    /// Publishes what `/pol/status` shows.
+    fn publish_pol(&self, state: &PolState, evaluating: Option<Evaluating>) {
+        let status = Arc::new(status_of(self.config.pol, state, evaluating));
+        *self.pol_view.write().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    fn pol_state(&self) -> PolGuard<'_> {
+        PolGuard {
+            node: self,
+            state: self.pol.lock().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     /// Largest candidate file accepted over HTTP: one expert in f32 plus room for the
@@ -517,33 +600,10 @@ impl Node {
             .min(blyan_train::candidate::CANDIDATE_LEN_MAX)
     }
 
-    /// Proof-of-Learning status.
+    /// Proof-of-Learning status: the snapshot published when the state last changed. It
+    /// never waits for an evaluation in progress, so it may be called from async code.
     pub fn pol_status(&self) -> PolStatus {
-        let s = self.pol_state();
-        let settings = self.config.pol;
-        let pool_items = s.pool.as_ref().map_or(0, |p| p.len());
-        let retired = s.record.retired().len();
-        let remaining = pool_items.saturating_sub(retired);
-        PolStatus {
-            settings,
-            evaluator_version: EVALUATOR_VERSION,
-            pool_root: s.record.commit.as_ref().map(|(_, c)| c.root),
-            pool_items,
-            pool_remaining: remaining,
-            stages_left: remaining / settings.stage_items.max(1),
-            pool_problem: s.pool_problem.clone(),
-            verdicts: s.record.verdicts.len(),
-            awaiting_replication: s
-                .record
-                .awaiting_replication()
-                .iter()
-                .map(|v| v.hash)
-                .collect(),
-            recent: s.record.verdicts[s.record.verdicts.len().saturating_sub(RECENT_MAX)..]
-                .iter()
-                .map(VerdictSummary::of)
-                .collect(),
-        }
+        PolStatus::clone(&self.pol_view.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Judges a candidate and, if accepted, makes it the expert's head and pays for it.
@@ -892,6 +952,15 @@ impl Node {
         let mut heads = snapshot.clone();
         heads.heads.insert(expert_group_name(expert), parent);
         let model = heads.model(&self.store).map_err(snapshot_err)?;
+        self.publish_pol(
+            state,
+            Some(Evaluating {
+                expert,
+                candidate: id,
+                replicates,
+                since_ms: crate::unix_ms(),
+            }),
+        );
         let evaluation = blyan_pol::record::evaluate(
             &model,
             expert,

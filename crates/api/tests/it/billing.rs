@@ -233,6 +233,79 @@ async fn api_keys_pay_and_refusals_have_codes() {
 }
 
 #[tokio::test]
+async fn placeholder_keys_from_loopback_bill_the_loopback_account() {
+    let net = net();
+    let op = net.node.operator();
+    // What OpenAI clients are given to start against a local server.
+    for placeholder in ["EMPTY", "sk-no-key-required", "ollama", "sk-1234"] {
+        let before = available(&net.node, op);
+        let (status, body) = Call::post("/v1/chat/completions", chat(4, 1))
+            .key(placeholder)
+            .send(&net.node)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{placeholder}: {body}");
+        assert!(
+            available(&net.node, op) < before,
+            "{placeholder} was not billed"
+        );
+    }
+    // A well-formed Blyan key that this node does not know is still refused, from anywhere.
+    let unknown = format!("bly_{}", "ab".repeat(32));
+    let (status, body) = Call::post("/v1/chat/completions", chat(4, 1))
+        .key(&unknown)
+        .send(&net.node)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_api_key");
+    // From another machine a placeholder is no key at all.
+    let (status, body) = Call::post("/v1/chat/completions", chat(4, 1))
+        .key("EMPTY")
+        .from("203.0.113.9:5000")
+        .send(&net.node)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_api_key");
+    // The same rule on the ledger's transfer route.
+    let (to, _) = user(&net, "0");
+    let (status, body) = Call::post(
+        "/ledger/transfers",
+        json!({"to": to.to_string(), "amount": "1"}),
+    )
+    .key("EMPTY")
+    .send(&net.node)
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(available(&net.node, to), 1_000_000_000);
+    assert_eq!(pending(&net.node, op), 0);
+}
+
+#[tokio::test]
+async fn holds_left_by_a_dead_process_are_released_at_start() {
+    let crate::Net { dir, node } = net();
+    let op = node.operator();
+    // Holds as a killed node leaves them: made, never captured or voided.
+    node.ledger()
+        .hold(op, 2_000, 1_700_000_000_000)
+        .expect("hold");
+    node.ledger()
+        .hold(op, 500, 1_700_000_000_000)
+        .expect("hold");
+    assert_eq!(pending(&node, op), 2_500 * NANO_PER_TOKEN);
+    drop(node);
+    let node = Node::open(
+        dir.path(),
+        NodeConfig {
+            max_batch: 8,
+            ..NodeConfig::default()
+        },
+        1_700_000_000_000,
+    )
+    .expect("reopen");
+    assert_eq!(pending(&node, op), 0);
+    assert!(node.audit_ledger().expect("audit").ok);
+}
+
+#[tokio::test]
 async fn keys_are_required_when_no_loopback_account_is_set() {
     let net = net_with(NodeConfig {
         max_batch: 8,

@@ -260,6 +260,30 @@ async fn bad_input_gets_a_4xx_in_openai_shape() {
             "POST",
             "/v1/chat/completions",
             json_ct,
+            msg(json!({"temperature": 5})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"stop": [""]})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
+            msg(json!({"repetition_penalty": 0})),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json_ct,
             msg(json!({"top_p": 0})),
             400,
             "invalid_parameter",
@@ -423,8 +447,15 @@ async fn bad_input_gets_a_4xx_in_openai_shape() {
         );
         assert!(error["type"].is_string(), "{value}");
     }
-    // Nothing was left running or queued by the refusals.
+    // Nothing was left running or queued by the refusals, and none of them left the payer's
+    // funds held (the loopback account pays for these keyless requests).
     assert_eq!(net.node.active_generations(), 0);
+    let operator = net
+        .node
+        .ledger()
+        .balance(net.node.operator())
+        .expect("balance");
+    assert_eq!(operator.pending.nano(), 0, "a refusal left a hold");
 }
 
 #[tokio::test]
@@ -581,6 +612,67 @@ async fn health_reports_stage_components_and_readiness() {
     assert_eq!(
         (status, live["live"].clone()),
         (StatusCode::OK, json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_lane_that_panics_is_restarted_and_counted() {
+    let net = net();
+    let lanes_before = net.node.lane_panics();
+    assert_eq!(lanes_before, 0);
+    net.node.inject_lane_panic();
+    // Wait for the lane's thread to die (it panics when it next reads its queue).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while net.node.lane_panics() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lane never panicked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Every request after the death succeeds: the dead lane is neither chosen nor left dead.
+    for seed in 0..6 {
+        let (status, body) = post_json(
+            &net.node,
+            "/v1/completions",
+            json!({"prompt": "abc", "max_tokens": 3, "seed": seed}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "request {seed}: {body}");
+    }
+    let (_, metrics) = call(&net.node, "GET", "/metrics", None, Body::empty()).await;
+    let metrics = metrics.as_str().expect("text").to_owned();
+    assert!(
+        metrics.contains("blyan_engine_lane_restarts_total 1"),
+        "{metrics}"
+    );
+    let lanes = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        metrics.contains(&format!("blyan_engine_lanes_alive {lanes}")),
+        "{metrics}"
+    );
+    // The Agent Checker says so.
+    net.node
+        .set_listening(Some("127.0.0.1:1".parse().expect("addr")));
+    let node = net.node.clone();
+    tokio::task::spawn_blocking(move || node.probe(1))
+        .await
+        .expect("join")
+        .expect("probe");
+    let (_, health) = get(&net.node, "/health").await;
+    let model = health["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .find(|c| c["name"] == "model")
+        .expect("model")
+        .clone();
+    assert!(
+        model["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("1 dead lane threads restarted"),
+        "{model}"
     );
 }
 

@@ -165,3 +165,101 @@ fn concurrent_appenders_never_fork_a_chain() {
     );
     assert!(net.store.verify(VerifyMode::Full, |_| {}).unwrap().is_ok());
 }
+
+/// `count` ledger-chain blocks after the current ledger head, one small batch each.
+fn ledger_blocks(net: &crate::fixture::Net, count: u64) -> Vec<blyan_chain::Block> {
+    let (mut height, mut prev) = match net.store.head(ChainId::Ledger).unwrap() {
+        Some((h, p)) => (h + 1, p),
+        None => (0, blyan_primitives::Hash::ZERO),
+    };
+    (0..count)
+        .map(|i| {
+            let batch = blyan_chain::LedgerBatch::new(height, vec![vec![i as u8; 1 + i as usize]]);
+            let block = blyan_chain::Block::new(
+                ChainId::Ledger,
+                height,
+                prev,
+                vec![net.spec_hash],
+                BlockKind::LedgerBatch,
+                blyan_chain::BlockMeta {
+                    name: "ledger_batch".into(),
+                    ..blyan_chain::BlockMeta::default()
+                },
+                batch.encode(),
+                blyan_primitives::Address([9; 20]),
+                1_000 + height,
+            );
+            height += 1;
+            prev = block.hash();
+            block
+        })
+        .collect()
+}
+
+#[test]
+fn pages_and_totals_come_from_the_index_and_match_a_full_scan() {
+    let net = tiny_net();
+    net.store.append_batch(ledger_blocks(&net, 23)).unwrap();
+    for v in 0..3 {
+        let id = ExpertId::new(0, v % 2);
+        net.store
+            .append(expert_version(&net, id, expert_tensors(id, v as f32)))
+            .unwrap();
+    }
+    net.store.append_batch(ledger_blocks(&net, 4)).unwrap();
+    let check = |store: &Store| {
+        let totals = store.chain_totals().unwrap();
+        for chain in [
+            None,
+            Some(ChainId::Meta),
+            Some(ChainId::Param),
+            Some(ChainId::Ledger),
+        ] {
+            let all = store.blocks(chain).unwrap();
+            if let Some(c) = chain {
+                let t = totals[&c];
+                assert_eq!(t.blocks, all.len() as u64, "{c:?}");
+                assert_eq!(
+                    t.payload_bytes,
+                    all.iter().map(|b| b.payload_len).sum::<u64>(),
+                    "{c:?}"
+                );
+            }
+            for offset in 0..=all.len() + 2 {
+                for limit in [1, 2, 5, 50] {
+                    let (total, page) = store.blocks_page(chain, offset as u64, limit).unwrap();
+                    assert_eq!(total, all.len() as u64);
+                    let want: Vec<_> = all.iter().skip(offset).take(limit).cloned().collect();
+                    assert_eq!(page, want, "{chain:?} offset {offset} limit {limit}");
+                }
+            }
+        }
+        assert_eq!(
+            totals.values().map(|t| t.blocks).sum::<u64>(),
+            store.len().unwrap()
+        );
+    };
+    check(&net.store);
+    // A refused append changes no total.
+    let mut bad = ledger_blocks(&net, 2);
+    bad[1].header.height += 5;
+    assert!(net.store.append_batch(bad).is_err());
+    check(&net.store);
+    assert_eq!(
+        net.store.chain_totals().unwrap()[&ChainId::Ledger].blocks,
+        27
+    );
+    // Reopened, the totals are the stored ones.
+    let dir = net.store.dir().to_path_buf();
+    let before = net.store.chain_totals().unwrap();
+    let crate::fixture::Net {
+        store,
+        spec_hash,
+        _dir,
+    } = net;
+    drop(store);
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(store.chain_totals().unwrap(), before);
+    check(&store);
+    let _ = spec_hash;
+}
