@@ -44,7 +44,7 @@ pub(crate) enum LedgerCommand {
     Balance {
         /// Address (0x…) or account name (operator, treasury, burn, …).
         account: String,
-        /// Print `{"address", "available", "pending"}` instead of text.
+        /// Print `{"address", "available", "pending", "owed"}` instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -212,6 +212,7 @@ pub(crate) fn ledger(
                 println!("{}", b.address);
                 println!("available {}", nano_to_bly(b.available.nano()));
                 println!("pending   {}", nano_to_bly(b.pending.nano()));
+                println!("owed      {}", nano_to_bly(b.owed.nano()));
             }
         }
         LedgerCommand::Transfer {
@@ -262,13 +263,26 @@ pub(crate) fn ledger(
         } => {
             let address = resolve(&ledger, &account)?;
             let postings = ledger.history(address, before, limit)?;
+            let owed = ledger.owed_entries(Some(address))?;
             if json {
                 let items: Vec<_> = postings.iter().map(|p| p.to_json()).collect();
                 println!(
                     "{}",
-                    serde_json::json!({ "address": address, "postings": items })
+                    serde_json::json!({ "address": address, "postings": items, "owed": owed })
                 );
             } else {
+                // Rewards earned and not yet minted come first: they are paid, oldest first,
+                // from later epochs' emission budgets.
+                for o in &owed {
+                    println!(
+                        "   owed#{:<3} {:<14} {:>27}  {}{}",
+                        o.id,
+                        "reward_owed",
+                        nano_to_bly(o.outstanding().nano()),
+                        o.reference,
+                        if o.vesting { " (vesting)" } else { "" }
+                    );
+                }
                 for p in postings {
                     let (sign, other) = if p.debit == address && p.credit != address {
                         ('-', p.credit)

@@ -33,6 +33,11 @@ struct Cli {
     #[arg(long, global = true, env = "BLYAN_LEDGER_URL", value_name = "URL")]
     ledger_url: Option<String>,
 
+    /// Log lines on stderr as text or as one JSON object each; which lines is `RUST_LOG`
+    /// (e.g. `info`, `blyan_api=debug`) [default: info].
+    #[arg(long, global = true, env = "BLYAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -98,9 +103,38 @@ struct InitArgs {
     corpus: Option<PathBuf>,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the span (a request's id) it happened in.
+    Json,
+}
+
+/// Structured logs on stderr, filtered by `RUST_LOG` (default `info`). Standard output stays
+/// the commands' own output.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A subscriber set twice (never here) would keep the first; nothing to report.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
+
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match run(cli, started) {
         Ok(code) => code,
         // A reader that stops early (`blyan chain log | head`) is not an error.

@@ -132,6 +132,12 @@ pub(crate) fn run(
             "ready in {:.2} s; Ctrl-C stops the node",
             started.elapsed().as_secs_f64()
         );
+        tracing::info!(
+            listen = %addr,
+            network = %info.network,
+            precision = %info.precision,
+            "serving"
+        );
         blyan_api::serve(node.clone(), listener, shutdown_signal())
             .await
             .context("serving the API")?;
@@ -165,5 +171,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    eprintln!("shutting down: refusing new requests, finishing streams");
+    tracing::info!("shutting down: refusing new requests, finishing streams");
 }

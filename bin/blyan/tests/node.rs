@@ -307,3 +307,58 @@ fn holds_of_a_killed_node_are_released_when_it_starts_again() {
     drop(node);
     assert_eq!(operator_pending(dir.path()), 0);
 }
+
+#[test]
+fn json_logs_carry_each_requests_id() {
+    let dir = tempfile::tempdir().unwrap();
+    init_random(dir.path());
+    let mut node = RunningNode::start(
+        dir.path(),
+        &["--log-format", "json", "node"],
+        &[("RUST_LOG", "info,blyan_api=debug")],
+    );
+    let response = ureq::get(format!("{}/v1/models", node.url))
+        .header("x-request-id", "test-req-17")
+        .call()
+        .unwrap();
+    assert_eq!(
+        response.headers().get("x-request-id").unwrap(),
+        "test-req-17"
+    );
+    // Without one, the node makes one up and says which.
+    let response = ureq::get(format!("{}/health/live", node.url))
+        .call()
+        .unwrap();
+    let made = response
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(made.len(), 16, "{made}");
+    let mut stderr = node.child.stderr.take().unwrap();
+    let (success, _) = node.terminate();
+    assert!(success);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let answered = |id: &str| {
+        lines.iter().any(|l| {
+            l["span"]["id"] == id
+                && l["fields"]["message"] == "answered"
+                && l["fields"]["status"] == 200
+        })
+    };
+    assert!(answered("test-req-17"), "{text}");
+    assert!(answered(&made), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "serving" && l["level"] == "INFO"),
+        "{text}"
+    );
+}

@@ -93,7 +93,7 @@ impl From<NodeError> for ApiError {
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             // Internals stay in the log; the caller gets the code only.
-            eprintln!("blyan-api: internal error [{}]: {e}", e.code());
+            tracing::error!(code = e.code(), error = %e, "internal error");
             return ApiError::new(status, e.code(), "internal error; see the node's log");
         }
         let param = match &e {

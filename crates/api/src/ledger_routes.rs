@@ -77,9 +77,14 @@ pub(crate) async fn history(
             format!("limit is 1 to {HISTORY_LIMIT_MAX}"),
         ));
     }
-    let (address, postings) = blocking(move || {
+    let (address, postings, owed) = blocking(move || {
         let address = resolve(&node, &who)?;
-        Ok((address, node.history(address, q.before, limit)?))
+        let postings = node.history(address, q.before, limit)?;
+        let owed = node
+            .ledger()
+            .owed_entries(Some(address))
+            .map_err(NodeError::Ledger)?;
+        Ok((address, postings, owed))
     })
     .await?;
     let next = if postings.len() == limit {
@@ -91,6 +96,7 @@ pub(crate) async fn history(
         "address": address,
         "postings": postings.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
         "next_before": next,
+        "owed": owed,
     })))
 }
 

@@ -32,6 +32,7 @@ use axum::{
 };
 use blyan_node::Node;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 pub use error::ApiError;
 pub use openai::{ApiJson, MODEL_ID};
@@ -78,7 +79,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Records each routed request's duration and status.
+/// The header carrying a request's id: taken from the request when it brings a usable one
+/// (a proxy's), otherwise made here; always returned on the response.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Longest request id taken from a request.
+const REQUEST_ID_LEN_MAX: usize = 64;
+
+/// Records each routed request's duration and status, under a span that carries the
+/// request's id (every log line of the request, blocking work included, names it).
 async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
@@ -86,14 +95,41 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
-    node.record_response(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= REQUEST_ID_LEN_MAX
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(new_request_id, str::to_owned);
+    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    node.record_response(&method, &route, status, seconds);
+    span.in_scope(|| {
+        tracing::debug!(status, duration_ms = seconds * 1e3, "answered");
+    });
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
     response
+}
+
+/// A fresh request id: 16 hex digits, distinct per request of this process.
+fn new_request_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // SplitMix64 of the start time and a counter: unique per process, not guessable in order.
+    let mut z = unix_ms()
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(n.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    format!("{:016x}", z ^ (z >> 31))
 }
 
 async fn not_found(State(node): State<Arc<Node>>, req: Request) -> ApiError {
@@ -112,7 +148,8 @@ pub use blyan_node::unix_ms;
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, blyan_node::NodeError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -143,7 +180,7 @@ pub async fn serve(
             tick.tick().await;
             let n = probe_node.clone();
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.probe(unix_ms())).await {
-                eprintln!("blyan-api: saving the Agent Checker state failed: {e}");
+                tracing::warn!(error = %e, "saving the Agent Checker state failed");
             }
         }
     });
@@ -169,7 +206,7 @@ pub async fn serve(
             tick.tick().await;
             let n = anchor_node.clone();
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.anchor_ledger()).await {
-                eprintln!("blyan-api: anchoring ledger postings failed: {e}");
+                tracing::warn!(error = %e, "anchoring ledger postings failed");
             }
         }
     });
@@ -181,13 +218,13 @@ pub async fn serve(
     // Postings made while draining are anchored before the node stops.
     let n = node.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.anchor_ledger()).await {
-        eprintln!("blyan-api: anchoring ledger postings at shutdown failed: {e}");
+        tracing::warn!(error = %e, "anchoring ledger postings at shutdown failed");
     }
     probes.abort();
     node.set_listening(None);
     node.cancel_all();
     if let Err(e) = node.save_state() {
-        eprintln!("blyan-api: saving the Agent Checker state failed: {e}");
+        tracing::warn!(error = %e, "saving the Agent Checker state failed");
     }
     served
 }

@@ -129,9 +129,12 @@ pub(crate) async fn serve_versions(
     Ok(Json(json!({"pins": info_node.info().pins})))
 }
 
-/// `GET /pol/status`: mode, thresholds, pool remaining, recent verdicts.
-pub(crate) async fn pol_status(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!(node.pol_status()))
+/// `GET /pol/status`: mode, thresholds, pool remaining, recent verdicts, the evaluation in
+/// progress and the owed book. It reads a snapshot (never waits for an evaluation) and one
+/// ledger query, on the blocking pool.
+pub(crate) async fn pol_status(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+    let status = blocking(move || Ok(node.pol_status())).await?;
+    Ok(Json(json!(status)))
 }
 
 /// Query of `POST /pol/validate`.

@@ -527,7 +527,9 @@ async fn whole_response(
 ) -> Result<Response, ApiError> {
     let mut guard = CancelOnDrop(Some(generation.cancel_token()));
     let prompt_tokens = generation.prompt_tokens();
+    let span = tracing::Span::current();
     let outcome = tokio::task::spawn_blocking(move || {
+        let _span = span.entered();
         let mut text = String::new();
         let summary = loop {
             match generation.next_event() {
@@ -591,7 +593,7 @@ impl Failure {
     fn into_api(self) -> ApiError {
         match self {
             Failure::Model(e) => {
-                eprintln!("blyan-api: generation failed [{}]: {e}", e.code());
+                tracing::error!(code = e.code(), error = %e, "generation failed");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     e.code(),
@@ -650,7 +652,10 @@ fn stream_response(
 ) -> Response {
     let (tx, rx) = mpsc::channel::<String>(STREAM_BUFFER);
     let prompt_tokens = generation.prompt_tokens();
+    // The stream outlives the handler; it keeps the request's span for its log lines.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _span = span.entered();
         let mut sink = Sink {
             tx,
             sent: record.then(String::new),
@@ -698,7 +703,7 @@ fn stream_response(
                     return;
                 }
                 Event::Failed(e) => {
-                    eprintln!("blyan-api: generation failed [{}]: {e}", e.code());
+                    tracing::error!(code = e.code(), error = %e, "generation failed");
                     let err = ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         e.code(),

@@ -29,6 +29,9 @@ pub struct Balance {
     pub available: Amount,
     /// Nano-BLY held for requests in flight.
     pub pending: Amount,
+    /// Nano-BLY of rewards earned and not yet minted (the owed book), paid from later
+    /// epochs' emission budgets.
+    pub owed: Amount,
 }
 
 /// What a transfer posted.
@@ -472,143 +475,8 @@ impl Ledger {
         let econ = self.econ;
         sql::write(&*self.store, |tx| {
             require_init(tx)?;
-            let emission = balance_in(tx, SystemAccount::Emission.address())?.available;
-            if amount > emission {
-                return Err(LedgerError::refused(
-                    Refusal::SupplyCapReached,
-                    format!(
-                        "minting {} nano-BLY would pass the supply cap; {} remain",
-                        amount.nano(),
-                        emission.nano()
-                    ),
-                ));
-            }
-            let epoch = now_ms / econ.epoch_ms;
-            let epoch_v = Value::Int(i64::try_from(epoch).unwrap_or(i64::MAX));
-            let (base, minted) = match tx.query_opt(
-                "SELECT base, minted FROM emission_epochs WHERE epoch = $1",
-                std::slice::from_ref(&epoch_v),
-            )? {
-                Some(r) => (amount_of(r.int(0)?)?, amount_of(r.int(1)?)?),
-                None => {
-                    let base = circulating_in(tx, econ)?;
-                    tx.exec(
-                        "INSERT INTO emission_epochs (epoch, base, minted) VALUES ($1, $2, 0)",
-                        &[epoch_v.clone(), int(base)?],
-                    )?;
-                    (base, Amount::ZERO)
-                }
-            };
-            let budget = econ.epoch_budget(base);
-            let after = minted
-                .checked_add(amount)
-                .ok_or_else(|| LedgerError::refused(Refusal::AmountOverflow, "mint overflows"))?;
-            if after > budget {
-                return Err(LedgerError::refused(
-                    Refusal::InflationCapReached,
-                    format!(
-                        "epoch {epoch} may mint {} nano-BLY ({} bps a year of {} circulating); \
-                         {} already minted",
-                        budget.nano(),
-                        econ.inflation_cap_bps,
-                        base.nano(),
-                        minted.nano()
-                    ),
-                ));
-            }
-            tx.exec(
-                "UPDATE emission_epochs SET minted = $2 WHERE epoch = $1",
-                &[epoch_v.clone(), int(after)?],
-            )?;
-            if !account_exists(tx, &to)? {
-                insert_account(tx, to, None, AccountKind::External, now_ms)?;
-            }
-            transfer_in(
-                tx,
-                SystemAccount::Emission.address(),
-                to,
-                amount,
-                PostingKind::Mint,
-                reference,
-                now_ms,
-            )
+            mint_in(tx, econ, to, amount, reference, now_ms)
         })
-    }
-
-    /// Settles `amount` held in the vesting account: to `to` when the reward vests, to the
-    /// burn account when it is withdrawn (`to = None`).
-    pub fn settle_vesting(
-        &self,
-        to: Option<Address>,
-        amount: Amount,
-        reference: &str,
-        now_ms: u64,
-    ) -> Result<TransferReceipt, LedgerError> {
-        check_reference(reference)?;
-        if amount.is_zero() {
-            return Err(LedgerError::refused(
-                Refusal::ZeroAmount,
-                "the amount must be above zero",
-            ));
-        }
-        let (to, kind) = match to {
-            Some(a) if SystemAccount::of(a).is_some() => {
-                return Err(LedgerError::refused(
-                    Refusal::SystemAccount,
-                    format!("vested rewards are paid to contributors, not to {a}"),
-                ));
-            }
-            Some(a) => (a, PostingKind::Transfer),
-            None => (SystemAccount::Burn.address(), PostingKind::Burn),
-        };
-        sql::write(&*self.store, |tx| {
-            require_init(tx)?;
-            if !account_exists(tx, &to)? {
-                insert_account(tx, to, None, AccountKind::External, now_ms)?;
-            }
-            transfer_in(
-                tx,
-                SystemAccount::Vesting.address(),
-                to,
-                amount,
-                kind,
-                reference,
-                now_ms,
-            )
-        })
-    }
-
-    /// Mints the validation reward for `batches` evaluated sample batches to `validator`.
-    pub fn reward_validation(
-        &self,
-        validator: Address,
-        batches: u64,
-        reference: &str,
-        now_ms: u64,
-    ) -> Result<TransferReceipt, LedgerError> {
-        let amount = self
-            .econ
-            .validation_reward
-            .checked_mul(batches)
-            .ok_or_else(|| LedgerError::refused(Refusal::AmountOverflow, "reward overflows"))?;
-        self.mint(validator, amount, reference, now_ms)
-    }
-
-    /// Mints the learning reward for an improvement of `improvement_bps` basis points of
-    /// held-out loss (100 = 1%) to `contributor`. Refused, like every mint, beyond this
-    /// epoch's emission budget or the supply cap.
-    pub fn reward_learning(
-        &self,
-        contributor: Address,
-        improvement_bps: u64,
-        reference: &str,
-        now_ms: u64,
-    ) -> Result<TransferReceipt, LedgerError> {
-        let amount = self
-            .econ
-            .learning_reward(improvement_bps)
-            .ok_or_else(|| LedgerError::refused(Refusal::AmountOverflow, "reward overflows"))?;
-        self.mint(contributor, amount, reference, now_ms)
     }
 
     /// The supply and the ledger's size.
@@ -672,9 +540,107 @@ impl Ledger {
     }
 }
 
+/// The epoch of `now_ms`, its budget and what was minted in it so far; the epoch's row is
+/// created (its base fixed at the circulating supply) on first use.
+fn epoch_in(
+    tx: &mut dyn Tx,
+    econ: Economics,
+    now_ms: u64,
+) -> Result<(u64, Amount, Amount, Amount), LedgerError> {
+    let epoch = now_ms / econ.epoch_ms;
+    let epoch_v = Value::Int(i64::try_from(epoch).unwrap_or(i64::MAX));
+    let (base, minted) = match tx.query_opt(
+        "SELECT base, minted FROM emission_epochs WHERE epoch = $1",
+        std::slice::from_ref(&epoch_v),
+    )? {
+        Some(r) => (amount_of(r.int(0)?)?, amount_of(r.int(1)?)?),
+        None => {
+            let base = circulating_in(tx, econ)?;
+            tx.exec(
+                "INSERT INTO emission_epochs (epoch, base, minted) VALUES ($1, $2, 0)",
+                &[epoch_v.clone(), int(base)?],
+            )?;
+            (base, Amount::ZERO)
+        }
+    };
+    Ok((epoch, base, econ.epoch_budget(base), minted))
+}
+
+/// What may still be minted at `now_ms`: the rest of the epoch's budget, and never more
+/// than the emission account holds (the supply cap).
+pub(crate) fn mint_room_in(
+    tx: &mut dyn Tx,
+    econ: Economics,
+    now_ms: u64,
+) -> Result<Amount, LedgerError> {
+    let emission = balance_in(tx, SystemAccount::Emission.address())?.available;
+    let (_, _, budget, minted) = epoch_in(tx, econ, now_ms)?;
+    Ok(budget
+        .checked_sub(minted)
+        .unwrap_or(Amount::ZERO)
+        .min(emission))
+}
+
+/// Mints `amount` to `to` inside the caller's transaction, refusing what would pass the
+/// epoch's budget or the supply cap.
+pub(crate) fn mint_in(
+    tx: &mut dyn Tx,
+    econ: Economics,
+    to: Address,
+    amount: Amount,
+    reference: &str,
+    now_ms: u64,
+) -> Result<TransferReceipt, LedgerError> {
+    let emission = balance_in(tx, SystemAccount::Emission.address())?.available;
+    if amount > emission {
+        return Err(LedgerError::refused(
+            Refusal::SupplyCapReached,
+            format!(
+                "minting {} nano-BLY would pass the supply cap; {} remain",
+                amount.nano(),
+                emission.nano()
+            ),
+        ));
+    }
+    let (epoch, base, budget, minted) = epoch_in(tx, econ, now_ms)?;
+    let epoch_v = Value::Int(i64::try_from(epoch).unwrap_or(i64::MAX));
+    let after = minted
+        .checked_add(amount)
+        .ok_or_else(|| LedgerError::refused(Refusal::AmountOverflow, "mint overflows"))?;
+    if after > budget {
+        return Err(LedgerError::refused(
+            Refusal::InflationCapReached,
+            format!(
+                "epoch {epoch} may mint {} nano-BLY ({} bps a year of {} circulating); \
+                 {} already minted",
+                budget.nano(),
+                econ.inflation_cap_bps,
+                base.nano(),
+                minted.nano()
+            ),
+        ));
+    }
+    tx.exec(
+        "UPDATE emission_epochs SET minted = $2 WHERE epoch = $1",
+        &[epoch_v, int(after)?],
+    )?;
+    if !account_exists(tx, &to)? {
+        insert_account(tx, to, None, AccountKind::External, now_ms)?;
+    }
+    transfer_in(
+        tx,
+        SystemAccount::Emission.address(),
+        to,
+        amount,
+        PostingKind::Mint,
+        reference,
+        now_ms,
+    )
+}
+
 /// One transfer inside the caller's transaction. An unknown payer or payee is refused by
 /// [`post`] (its guarded updates find no row), which rolls the transaction back.
-fn transfer_in(
+pub(crate) fn transfer_in(
     tx: &mut dyn Tx,
     from: Address,
     to: Address,
@@ -841,6 +807,7 @@ pub(crate) fn balance_in(tx: &mut dyn Tx, address: Address) -> Result<Balance, L
         address,
         available: Amount::ZERO,
         pending: Amount::ZERO,
+        owed: crate::owed::owed_to_in(tx, &address)?,
     };
     for r in &rows {
         let amount = amount_of(r.int(1)?)?;

@@ -15,6 +15,7 @@ mod billing;
 mod error;
 mod keystore;
 mod ledger;
+mod owed;
 mod pg;
 mod posting;
 mod sql;
@@ -36,6 +37,7 @@ pub use ledger::{
     AccountInfo, Balance, HISTORY_LIMIT_MAX, Ledger, Supply, TransferReceipt, check_reference,
     parse_amount,
 };
+pub use owed::{OWED_PAY_ROUND_MAX, Owed, OwedTotals, Reward, Settled};
 pub use pg::{PgStore, redact};
 pub use posting::{Book, PostingKind, PostingRecord, REFERENCE_LEN_MAX};
 pub use sql::{Row, Store, Tx, Value};

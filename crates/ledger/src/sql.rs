@@ -212,6 +212,17 @@ pub(crate) const SCHEMA: &[&str] = &[
         key_hash TEXT PRIMARY KEY,
         address TEXT NOT NULL REFERENCES accounts(address),
         created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS owed (
+        id BIGINT PRIMARY KEY,
+        address TEXT NOT NULL,
+        vesting BIGINT NOT NULL,
+        amount BIGINT NOT NULL CHECK (amount > 0),
+        paid BIGINT NOT NULL CHECK (paid >= 0 AND paid <= amount),
+        reference TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS owed_by_state ON owed (state, id)",
+    "CREATE INDEX IF NOT EXISTS owed_by_address ON owed (address, state)",
     "CREATE TABLE IF NOT EXISTS emission_epochs (
         epoch BIGINT PRIMARY KEY,
         base BIGINT NOT NULL,

@@ -98,7 +98,7 @@ impl Node {
     /// Forgets a claimed key whose request failed before anything was held.
     pub fn idempotency_abort(&self, key: &IdempotencyKey) {
         if let Err(e) = self.ledger.idempotency_abort(key) {
-            eprintln!("blyan-node: releasing idempotency key {:?}: {e}", key.key);
+            tracing::warn!(key = ?key.key, error = %e, "releasing an idempotency key failed");
         }
     }
 
@@ -192,7 +192,7 @@ impl Node {
             }
             Err(e) => {
                 // The hold expires on its own after the hold TTL.
-                eprintln!("blyan-node: voiding hold {hold}: {e}");
+                tracing::warn!(hold, error = %e, "voiding a hold failed; it expires after its TTL");
             }
         }
         self.metrics

@@ -197,8 +197,10 @@ impl Node {
         // rather than after their TTL.
         let (abandoned, released) = setup.ledger.release_abandoned(now_ms)?;
         if abandoned > 0 {
-            eprintln!(
-                "blyan-node: released {abandoned} holds ({released} BLY) left by the previous run"
+            tracing::info!(
+                holds = abandoned,
+                released_nano = released.nano(),
+                "released holds left by the previous run"
             );
         }
         let pol = crate::pol::load_state(&store, data_dir)?;
@@ -515,7 +517,11 @@ impl Node {
     pub fn probe(&self, now_ms: u64) -> Result<Health, NodeError> {
         let round = self.probe_round.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.expire_holds() {
-            eprintln!("blyan-node: expiring ledger holds failed: {e}");
+            tracing::warn!(error = %e, "expiring ledger holds failed");
+        }
+        // A new epoch's emission budget pays rewards owed from earlier ones.
+        if let Err(e) = self.ledger.pay_owed(now_ms) {
+            tracing::warn!(error = %e, "paying owed rewards failed");
         }
         let reports = vec![
             self.probe_store(round),
@@ -560,8 +566,8 @@ impl Node {
     }
 
     /// The block store: readable, and one block's payload (a different one each round)
-    /// re-hashed against its header.
-    fn probe_store(&self, round: u64) -> ComponentReport {
+    /// re-hashed against its header. Part of every [`Node::probe`] round.
+    pub fn probe_store(&self, round: u64) -> ComponentReport {
         let report = |readiness: f64, detail: String| ComponentReport {
             name: "block_store",
             readiness,

@@ -193,8 +193,12 @@ pub struct VerdictReport {
     pub vesting: Amount,
     /// BLY paid to the validator.
     pub validator_reward: Amount,
-    /// Why a reward the verdict earned was not minted, if so (a ledger refusal code).
+    /// Why a reward the verdict earned could not be booked, if so (a ledger refusal code).
+    /// The emission caps never refuse one: what they do not allow now is `owed`.
     pub reward_refused: Option<String>,
+    /// BLY this verdict earned that the emission caps did not allow to mint now: queued in
+    /// the owed book and paid, in order, from later epochs' budgets.
+    pub owed: Amount,
     /// The new head's block, when accepted.
     pub block: Option<Hash>,
     /// The verdict this one replicates.
@@ -504,6 +508,9 @@ pub struct PolStatus {
     pub recent: Vec<VerdictSummary>,
     /// The evaluation running now, if one is.
     pub evaluating: Option<Evaluating>,
+    /// Rewards earned and not yet minted for the emission caps (the ledger's owed book);
+    /// absent when the ledger cannot be read.
+    pub owed: Option<blyan_ledger::OwedTotals>,
 }
 
 /// The Proof-of-Learning state, locked. Every change to the state happens under this guard,
@@ -575,6 +582,7 @@ pub(crate) fn status_of(
             .map(VerdictSummary::of)
             .collect(),
         evaluating,
+        owed: None,
     }
 }
 
@@ -600,10 +608,12 @@ impl Node {
             .min(blyan_train::candidate::CANDIDATE_LEN_MAX)
     }
 
-    /// Proof-of-Learning status: the snapshot published when the state last changed. It
-    /// never waits for an evaluation in progress, so it may be called from async code.
+    /// Proof-of-Learning status: the snapshot published when the state last changed (it
+    /// never waits for an evaluation in progress) and the owed book, read from the ledger.
     pub fn pol_status(&self) -> PolStatus {
-        PolStatus::clone(&self.pol_view.read().unwrap_or_else(|p| p.into_inner()))
+        let mut status = PolStatus::clone(&self.pol_view.read().unwrap_or_else(|p| p.into_inner()));
+        status.owed = self.ledger.owed_totals().ok();
+        status
     }
 
     /// Judges a candidate and, if accepted, makes it the expert's head and pays for it.
@@ -1023,66 +1033,94 @@ impl Node {
     ) -> Result<VerdictReport, NodeError> {
         let settings = self.config.pol;
         let (height, prev) = next_on(&self.store, ChainId::Proof)?;
-        let reference = format!("pol:{}:{height}", verdict.candidate);
+        let reference = verdict_reference(&verdict.candidate, height);
         let mut refused = None;
+        let mut owed = Amount::ZERO;
+        let mut note = |r: Result<blyan_ledger::Reward, blyan_ledger::LedgerError>| match r {
+            Ok(r) => {
+                owed = owed
+                    .checked_add(r.owed)
+                    .unwrap_or(Amount::from_nano(u64::MAX));
+                Some(r)
+            }
+            Err(e) => {
+                refused = Some(e.code().to_owned());
+                None
+            }
+        };
         if verdict.mode != PolMode::Pow {
             let batches = verdict.items.len().div_ceil(settings.batch_items.max(1)) as u64;
-            match self.ledger.reward_validation(
-                self.operator,
-                batches,
-                &format!("{reference}:validate"),
-                now_ms,
-            ) {
-                Ok(r) => verdict.validator_reward = r.amount.nano(),
-                Err(e) => refused = Some(e.code().to_owned()),
+            let validation = self
+                .ledger
+                .economics()
+                .validation_reward
+                .checked_mul(batches)
+                .unwrap_or(Amount::ZERO);
+            if !validation.is_zero()
+                && let Some(r) = note(self.ledger.reward(
+                    self.operator,
+                    validation,
+                    false,
+                    &format!("{reference}:validate"),
+                    now_ms,
+                ))
+            {
+                verdict.validator_reward = r.minted.nano();
             }
             match (verdict.accepted, vesting) {
                 (true, None) => {
-                    // The whole learning reward is minted now, into the vesting account; half
-                    // is paid at once, the rest waits for the replication.
+                    // Half of the learning reward is paid at once, the rest waits in the
+                    // vesting account for the replication. What the emission caps do not
+                    // allow now is owed, and paid from later epochs' budgets.
                     let full = self
                         .ledger
                         .economics()
                         .learning_reward(u64::from(verdict.gain_bps))
                         .map_or(0, |a| a.nano());
                     let now_half = full / 2;
-                    if full > 0 {
-                        let paid = self
-                            .ledger
-                            .mint(
-                                blyan_ledger::SystemAccount::Vesting.address(),
-                                Amount::from_nano(full),
-                                &format!("{reference}:learn"),
-                                now_ms,
-                            )
-                            .and_then(|_| {
-                                self.ledger.settle_vesting(
-                                    Some(verdict.contributor),
-                                    Amount::from_nano(now_half),
-                                    &format!("{reference}:vest"),
-                                    now_ms,
-                                )
-                            });
-                        match paid {
-                            Ok(r) => {
-                                verdict.reward = r.amount.nano();
-                                verdict.vesting = full - now_half;
-                            }
-                            Err(e) => refused = Some(e.code().to_owned()),
-                        }
+                    if now_half > 0
+                        && let Some(r) = note(self.ledger.reward(
+                            verdict.contributor,
+                            Amount::from_nano(now_half),
+                            false,
+                            &format!("{reference}:learn"),
+                            now_ms,
+                        ))
+                    {
+                        verdict.reward = r.minted.nano();
+                    }
+                    if full - now_half > 0
+                        && note(self.ledger.reward(
+                            verdict.contributor,
+                            Amount::from_nano(full - now_half),
+                            true,
+                            &vest_reference(&reference),
+                            now_ms,
+                        ))
+                        .is_some()
+                    {
+                        verdict.vesting = full - now_half;
                     }
                 }
                 (accepted, Some(held)) if held > 0 => {
                     let to = accepted.then_some(verdict.contributor);
                     let tag = if accepted { "vest" } else { "withdraw" };
-                    match self.ledger.settle_vesting(
+                    let original = replicated_reference(&self.store, &verdict)?;
+                    match self.ledger.settle_vested(
+                        &vest_reference(&original),
                         to,
                         Amount::from_nano(held),
                         &format!("{reference}:{tag}"),
                         now_ms,
                     ) {
-                        Ok(r) if accepted => verdict.reward = r.amount.nano(),
-                        Ok(_) => {}
+                        Ok(r) => {
+                            if accepted {
+                                verdict.reward = r.moved.nano();
+                                owed = owed
+                                    .checked_add(r.converted)
+                                    .unwrap_or(Amount::from_nano(u64::MAX));
+                            }
+                        }
                         Err(e) => refused = Some(e.code().to_owned()),
                     }
                 }
@@ -1123,6 +1161,7 @@ impl Node {
             vesting: Amount::from_nano(verdict.vesting),
             validator_reward: Amount::from_nano(verdict.validator_reward),
             reward_refused: refused,
+            owed,
             block: None,
             replicates: verdict.replicates,
             eval_ms,
@@ -1237,6 +1276,30 @@ impl Node {
         self.serve_versions(pins)?;
         Ok(hash)
     }
+}
+
+/// The ledger reference of a verdict: its candidate and its height on chain P.
+fn verdict_reference(candidate: &Hash, height: u64) -> String {
+    format!("pol:{candidate}:{height}")
+}
+
+/// The reference under which an acceptance puts the second half of its learning reward in
+/// the vesting account (minted, or owed until it can be).
+fn vest_reference(verdict_reference: &str) -> String {
+    format!("{verdict_reference}:hold")
+}
+
+/// The reference of the acceptance that `replication` replicates.
+fn replicated_reference(store: &Store, replication: &Verdict) -> Result<String, NodeError> {
+    let original = replication.replicates.ok_or_else(|| {
+        NodeError::Internal("a settlement of vesting without the verdict it replicates".into())
+    })?;
+    let header = store
+        .header(&original)?
+        .ok_or(blyan_chain::ChainError::NotFound(original))?;
+    let v = Verdict::decode(&store.payload_verified(&original)?)
+        .map_err(|e| NodeError::Internal(format!("verdict {original}: {e}")))?;
+    Ok(verdict_reference(&v.candidate, header.height))
 }
 
 /// Versions of every expert on the chain (for callers that list them).

@@ -117,4 +117,5 @@ both!(
     random_operation_sequences_keep_the_books,
     killed_writer_leaves_no_partial_transfer,
     batches_are_all_or_nothing,
+    rewards_beyond_the_caps_are_owed_and_never_lost,
 );

@@ -462,21 +462,32 @@ pub(crate) fn mint_respects_inflation_and_supply_caps(backend: &str) {
         refusal(l.mint(addr(0x77), Amount(1), "", day + 3)),
         Refusal::InflationCapReached
     );
-    // Rewards are mints at the tokenomics' rates, within the same budget.
+    // Rewards are never refused for the cap: what the epoch's budget does not allow is owed
+    // and paid, oldest first, from later epochs' budgets.
     let next = day + e.epoch_ms;
     let r = l
-        .reward_validation(addr(0x78), 3, "3 batches", next)
+        .reward(addr(0x78), bly(60), false, "3 batches", next)
         .unwrap();
-    assert_eq!(r.amount, bly(60), "20 BLY per evaluated batch");
+    assert_eq!((r.minted, r.owed), (bly(60), Amount::ZERO));
+    let learn = e.learning_reward(100).unwrap();
+    assert_eq!(learn, bly(20_000), "20,000 BLY for 1%");
+    let r = l.reward(addr(0x79), learn, false, "1%", next).unwrap();
+    assert!(r.owed > Amount::ZERO && r.minted > Amount::ZERO);
+    assert_eq!(r.minted.nano() + r.owed.nano(), learn.nano());
+    assert_eq!(l.balance(addr(0x79)).unwrap().owed, r.owed);
     assert_eq!(
-        refusal(l.reward_learning(addr(0x79), 100, "1%", next)),
+        refusal(l.mint(addr(0x77), Amount(1), "", next + 1)),
         Refusal::InflationCapReached,
-        "20,000 BLY for 1% is beyond one day's budget of a 1M BLY circulation"
+        "the reward took the rest of the epoch's budget"
     );
-    let r = l.reward_learning(addr(0x79), 1, "0.01%", next).unwrap();
-    assert_eq!(r.amount, bly(200));
-    // The next epoch has a fresh budget.
-    l.mint(addr(0x77), bly(1), "", day + 2 * e.epoch_ms)
+    let paid = l.pay_owed(next + e.epoch_ms).unwrap();
+    assert!(paid > Amount::ZERO);
+    assert_eq!(
+        l.balance(addr(0x79)).unwrap().owed.nano(),
+        r.owed.nano() - paid.nano()
+    );
+    // A later epoch has a fresh budget.
+    l.mint(addr(0x77), bly(1), "", day + 3 * e.epoch_ms)
         .unwrap();
     assert_eq!(
         refusal(l.mint(SystemAccount::Burn.address(), bly(1), "", day + e.epoch_ms)),
@@ -849,4 +860,156 @@ pub(crate) fn batches_are_all_or_nothing(backend: &str) {
     assert_eq!(l.posting_count().unwrap(), before);
     assert_eq!(l.balance(b).unwrap().available, bly(61));
     assert_balanced(&l);
+}
+
+#[derive(Clone, Debug)]
+enum RewardOp {
+    /// Earn `bly` BLY (to vesting with the flag).
+    Reward(u8, u64, bool),
+    /// Move the clock on by whole epochs.
+    Advance(u64),
+    /// Settle the n-th vesting reward: its replication passed or failed.
+    Settle(usize, bool),
+    /// A payment round (the node runs one every probe).
+    PayOwed,
+}
+
+fn reward_op() -> impl Strategy<Value = RewardOp> {
+    prop_oneof![
+        4 => (0u8..3, 1u64..20_000, any::<bool>()).prop_map(|(a, n, v)| RewardOp::Reward(a, n, v)),
+        3 => (0u64..4).prop_map(RewardOp::Advance),
+        2 => (0usize..6, any::<bool>()).prop_map(|(i, p)| RewardOp::Settle(i, p)),
+        1 => Just(RewardOp::PayOwed),
+    ]
+}
+
+/// Every epoch's row: (base, minted).
+fn epoch_rows(place: &Place) -> Vec<(Amount, Amount)> {
+    let store = place.open();
+    let mut rows = Vec::new();
+    store
+        .read(&mut |tx| {
+            rows = tx
+                .query(
+                    "SELECT base, minted FROM emission_epochs ORDER BY epoch",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((Amount(r.int(0)? as u64), Amount(r.int(1)? as u64))))
+                .collect::<Result<_, LedgerError>>()?;
+            Ok(())
+        })
+        .unwrap();
+    rows
+}
+
+pub(crate) fn rewards_beyond_the_caps_are_owed_and_never_lost(backend: &str) {
+    let cases = if backend == "sqlite" { 16 } else { 6 };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let e = econ();
+    runner
+        .run(&proptest::collection::vec(reward_op(), 1..20), |ops| {
+            let place = Place::new(backend);
+            let l = setup(&place);
+            let users: Vec<Address> = (0..3).map(|i| addr(0x31 + i)).collect();
+            let minted_at_start = l.supply().unwrap().circulating;
+            let mut now = T0 - T0 % e.epoch_ms;
+            let mut earned = Amount::ZERO;
+            let mut cancelled = Amount::ZERO;
+            // (reference, who, amount, settled) of each vesting reward.
+            let mut vests: Vec<(String, Address, Amount, bool)> = Vec::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                now += 1;
+                match op {
+                    RewardOp::Reward(a, n, vesting) => {
+                        let amount = bly(n);
+                        let reference = format!("r{i}");
+                        let r = l
+                            .reward(users[a as usize], amount, vesting, &reference, now)
+                            .unwrap();
+                        prop_assert_eq!(r.minted.nano() + r.owed.nano(), amount.nano());
+                        earned = earned.checked_add(amount).unwrap();
+                        if vesting {
+                            vests.push((reference, users[a as usize], amount, false));
+                        }
+                    }
+                    RewardOp::Advance(days) => now += days * e.epoch_ms,
+                    RewardOp::Settle(k, pass) => {
+                        if let Some(v) = vests.get_mut(k).filter(|v| !v.3) {
+                            v.3 = true;
+                            let to = pass.then_some(v.1);
+                            let s = l
+                                .settle_vested(&v.0, to, v.2, &format!("{}:settle", v.0), now)
+                                .unwrap();
+                            prop_assert_eq!(
+                                s.moved.nano() + s.converted.nano() + s.cancelled.nano(),
+                                v.2.nano()
+                            );
+                            cancelled = cancelled.checked_add(s.cancelled).unwrap();
+                        }
+                    }
+                    RewardOp::PayOwed => {
+                        l.pay_owed(now).unwrap();
+                    }
+                }
+                // Never beyond the caps: each epoch mints at most its budget.
+                for (base, minted) in epoch_rows(&place) {
+                    prop_assert!(
+                        minted <= e.epoch_budget(base),
+                        "{minted:?} > budget of {base:?}"
+                    );
+                }
+                // Nothing earned is lost: minted, still owed, or taken back by a failed
+                // replication (what was minted of it is burned; what was not, cancelled).
+                let minted = l
+                    .supply()
+                    .unwrap()
+                    .circulating
+                    .checked_add(l.supply().unwrap().burned)
+                    .unwrap()
+                    .checked_sub(minted_at_start)
+                    .unwrap();
+                let owed = l.owed_totals().unwrap().outstanding;
+                prop_assert_eq!(
+                    minted.nano() + owed.nano() + cancelled.nano(),
+                    earned.nano(),
+                    "minted {:?} + owed {:?} + cancelled {:?}",
+                    minted,
+                    owed,
+                    cancelled
+                );
+                // Each account's third figure is its open entries.
+                for u in &users {
+                    let entries: u64 = l
+                        .owed_entries(Some(*u))
+                        .unwrap()
+                        .iter()
+                        .map(|o| o.outstanding().nano())
+                        .sum();
+                    let shown = l.balance(*u).map_or(0, |b| b.owed.nano());
+                    prop_assert_eq!(shown, entries);
+                }
+                let report = l.audit(None).unwrap();
+                prop_assert!(report.ok, "{:?}", report.discrepancies);
+            }
+            // Given enough epochs, everything still owed is paid (at most 20 rewards of under
+            // 20,000 BLY against a budget of about 274 BLY a day: under 1,500 epochs).
+            for _ in 0..2000 {
+                if l.owed_totals().unwrap().entries == 0 {
+                    break;
+                }
+                now += e.epoch_ms;
+                l.pay_owed(now).unwrap();
+            }
+            prop_assert_eq!(
+                l.owed_totals().unwrap(),
+                blyan_ledger::OwedTotals::default()
+            );
+            Ok(())
+        })
+        .unwrap();
 }
