@@ -348,7 +348,7 @@ fn ledger_commands(url: Option<&str>) {
     let balance = json(&run(&["ledger", "balance", &address, "--json"]));
     assert_eq!(
         balance,
-        serde_json::json!({"address": address, "available": 0, "pending": 0})
+        serde_json::json!({"address": address, "available": 0, "pending": 0, "owed": 0})
     );
     let receipt = json(&run(&[
         "ledger", "transfer", "--from", "operator", "--to", &address, "--amount", "12.5", "--json",

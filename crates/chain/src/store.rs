@@ -141,14 +141,10 @@ impl Store {
                 let mut sums: BTreeMap<u8, (u64, u64)> = BTreeMap::new();
                 for entry in by_height.iter()? {
                     let (k, v) = entry?;
-                    let hash = Hash(v.value());
-                    let header = read_header(&headers, &hash)?.ok_or(ChainError::Corrupt {
-                        block: hash,
-                        detail: "indexed by height but has no header".into(),
-                    })?;
+                    let summary = indexed_summary(&headers, Hash(v.value()))?;
                     let e = sums.entry(k.value().0).or_default();
                     e.0 += 1;
-                    e.1 += header.payload_len;
+                    e.1 += summary.payload_len;
                 }
                 for (chain, sum) in sums {
                     totals.insert(chain, sum)?;
@@ -295,12 +291,7 @@ impl Store {
             let range = by_height.range((c as u8, skip)..=(c as u8, u64::MAX))?;
             skip = 0;
             for entry in range.take(limit - out.len()) {
-                let hash = Hash(entry?.1.value());
-                let header = read_header(&headers, &hash)?.ok_or(ChainError::Corrupt {
-                    block: hash,
-                    detail: "indexed by height but has no header".into(),
-                })?;
-                out.push(BlockSummary::new(hash, &header));
+                out.push(indexed_summary(&headers, Hash(entry?.1.value()))?);
             }
         }
         Ok((total, out))
@@ -318,12 +309,7 @@ impl Store {
         };
         let mut out = Vec::new();
         for entry in by_height.range((lo, 0)..=(hi, u64::MAX))? {
-            let hash = Hash(entry?.1.value());
-            let header = read_header(&headers, &hash)?.ok_or(ChainError::Corrupt {
-                block: hash,
-                detail: "indexed by height but has no header".into(),
-            })?;
-            out.push(BlockSummary::new(hash, &header));
+            out.push(indexed_summary(&headers, Hash(entry?.1.value()))?);
         }
         Ok(out)
     }
@@ -499,6 +485,18 @@ pub(crate) fn read_header(
             block: *hash,
             detail: e.to_string(),
         })
+}
+
+/// The summary of block `hash`, which the height index names: its header must exist.
+fn indexed_summary(
+    headers: &impl ReadableTable<[u8; 32], &'static [u8]>,
+    hash: Hash,
+) -> Result<BlockSummary, ChainError> {
+    let header = read_header(headers, &hash)?.ok_or(ChainError::Corrupt {
+        block: hash,
+        detail: "indexed by height but has no header".into(),
+    })?;
+    Ok(BlockSummary::new(hash, &header))
 }
 
 fn chain_head(

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::LedgerError;
 use crate::accounts::SystemAccount;
-use crate::ledger::{Ledger, parse_hex, postings_in};
+use crate::journal::{parse_hex, postings_in};
+use crate::ledger::Ledger;
 use crate::posting::{Book, PostingRecord};
 use crate::sql;
 
@@ -150,7 +151,7 @@ impl Ledger {
         };
         // One read transaction, so the replay, the balances and the holds are one snapshot.
         let (next, replay, problems, stored, holds) = sql::read(&*self.store, |tx| {
-            crate::ledger::require_init(tx)?;
+            crate::journal::require_init(tx)?;
             let mut replay: BTreeMap<(Address, Book), i128> = BTreeMap::new();
             replay.insert(
                 (SystemAccount::Emission.address(), Book::Available),

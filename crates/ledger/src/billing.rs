@@ -9,22 +9,21 @@
 
 use std::collections::BTreeMap;
 
-use blyan_primitives::{Address, Amount, Hash};
+use blyan_primitives::{Address, Amount};
 use rand::RngCore;
 use serde::Serialize;
 
 use crate::accounts::{AccountKind, SystemAccount};
-use crate::ledger::{
-    Ledger, Leg, account_exists, amount_of, hex, insert_account, int, now_i64, parse_hex, post,
+use crate::idempotency::{Begin, IdempotencyKey, IdempotentReply, Stored, idem_lookup, idem_store};
+use crate::journal::{
+    Leg, account_exists, amount_of, hex, insert_account, int, now_i64, parse_hex, post,
     require_init,
 };
+use crate::ledger::Ledger;
 use crate::posting::{Book, PostingKind};
 use crate::sql::{self, Tx, Value};
 use crate::tokenomics::BPS;
 use crate::{LedgerError, Refusal};
-
-/// Longest idempotency key in bytes.
-pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
 /// A price for a number of tokens, valid until `expires_ms`.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]
@@ -73,152 +72,6 @@ pub struct Capture {
     pub operator_share: Amount,
     /// The part burned.
     pub burned: Amount,
-}
-
-/// The stored outcome of an idempotent request, to answer a retry with.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct IdempotentReply {
-    /// HTTP status of the first answer.
-    pub status: u16,
-    /// Its body.
-    pub body: String,
-}
-
-/// What [`Ledger::idempotency_begin`] found.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Begin {
-    /// The key is new (or its earlier attempt failed or was abandoned): go ahead.
-    Fresh,
-    /// The request already completed: answer with this.
-    Done(IdempotentReply),
-    /// The same request is running right now: wait and ask again.
-    InFlight,
-}
-
-/// An idempotency key with the request it belongs to, scoped to the paying account.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct IdempotencyKey {
-    /// The paying account.
-    pub account: Address,
-    /// The client's key.
-    pub key: String,
-    /// SHA-256 of the request body, hex.
-    pub request: String,
-}
-
-impl IdempotencyKey {
-    /// A key for `body` under `key`, checked: 1 to 255 printable ASCII characters.
-    pub fn new(account: Address, key: &str, body: &[u8]) -> Result<IdempotencyKey, LedgerError> {
-        check_key(key)?;
-        Ok(IdempotencyKey {
-            account,
-            key: key.to_owned(),
-            request: Hash::of(body).to_string(),
-        })
-    }
-}
-
-fn check_key(key: &str) -> Result<(), LedgerError> {
-    if key.is_empty()
-        || key.len() > IDEMPOTENCY_KEY_LEN_MAX
-        || !key.bytes().all(|b| (0x21..0x7f).contains(&b))
-    {
-        return Err(LedgerError::refused(
-            Refusal::InvalidReference,
-            format!(
-                "an idempotency key is 1 to {IDEMPOTENCY_KEY_LEN_MAX} printable ASCII characters"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) enum Stored {
-    Done { status: u16, body: String },
-    InFlight,
-}
-
-/// The record under (`account`, `key`), refusing one made for a different request (`request`
-/// is the SHA-256 hex of the request). A
-/// pending record older than `stale_after_ms` is treated as abandoned (its process died).
-pub(crate) fn idem_lookup(
-    tx: &mut dyn Tx,
-    account: &Address,
-    key: &str,
-    request: &str,
-    now_ms: u64,
-    stale_after_ms: u64,
-) -> Result<Option<Stored>, LedgerError> {
-    check_key(key)?;
-    let Some(row) = tx.query_opt(
-        "SELECT request_hash, state, status, body, created_ms FROM idempotency
-         WHERE account = $1 AND key = $2",
-        &[hex(account), key.into()],
-    )?
-    else {
-        return Ok(None);
-    };
-    if row.text(0)? != request {
-        return Err(LedgerError::refused(
-            Refusal::IdempotencyKeyReused,
-            format!("idempotency key {key:?} was used for a different request"),
-        ));
-    }
-    match row.text(1)? {
-        "done" => Ok(Some(Stored::Done {
-            status: u16::try_from(row.int(2)?).unwrap_or(500),
-            body: row.text(3)?.to_owned(),
-        })),
-        _ => {
-            let created = u64::try_from(row.int(4)?).unwrap_or(0);
-            if now_ms.saturating_sub(created) > stale_after_ms {
-                tx.exec(
-                    "DELETE FROM idempotency WHERE account = $1 AND key = $2",
-                    &[hex(account), key.into()],
-                )?;
-                Ok(None)
-            } else {
-                Ok(Some(Stored::InFlight))
-            }
-        }
-    }
-}
-
-/// Records the finished request under its key (inserting or completing a pending record).
-pub(crate) fn idem_store(
-    tx: &mut dyn Tx,
-    account: &Address,
-    key: &str,
-    request: &str,
-    status: u16,
-    body: &str,
-    now_ms: u64,
-) -> Result<(), LedgerError> {
-    let updated = tx.exec(
-        "UPDATE idempotency SET state = 'done', status = $3, body = $4
-         WHERE account = $1 AND key = $2",
-        &[
-            hex(account),
-            key.into(),
-            Value::Int(status.into()),
-            body.into(),
-        ],
-    )?;
-    if updated == 0 {
-        tx.exec(
-            "INSERT INTO idempotency (account, key, request_hash, state, status, body, created_ms)
-             VALUES ($1, $2, $3, 'done', $4, $5, $6)",
-            &[
-                hex(account),
-                key.into(),
-                request.to_owned().into(),
-                Value::Int(status.into()),
-                body.into(),
-                now_i64(now_ms),
-            ],
-        )?;
-    }
-    Ok(())
 }
 
 fn random_id(prefix: &str) -> String {
@@ -610,64 +463,6 @@ impl Ledger {
         })
     }
 
-    /// Claims `key` for a request about to run. A repeat of a finished request gets the
-    /// stored reply; one still running is reported in flight; a different request under the
-    /// same key is refused with [`Refusal::IdempotencyKeyReused`].
-    pub fn idempotency_begin(
-        &self,
-        key: &IdempotencyKey,
-        now_ms: u64,
-    ) -> Result<Begin, LedgerError> {
-        let stale = self.econ.hold_ttl_ms;
-        sql::write(&*self.store, |tx| {
-            match idem_lookup(tx, &key.account, &key.key, &key.request, now_ms, stale)? {
-                Some(Stored::Done { status, body }) => {
-                    Ok(Begin::Done(IdempotentReply { status, body }))
-                }
-                Some(Stored::InFlight) => Ok(Begin::InFlight),
-                None => {
-                    tx.exec(
-                        "INSERT INTO idempotency (account, key, request_hash, state, status, body, created_ms)
-                         VALUES ($1, $2, $3, 'pending', 0, '', $4)",
-                        &[hex(&key.account), key.key.clone().into(), key.request.clone().into(), now_i64(now_ms)],
-                    )?;
-                    Ok(Begin::Fresh)
-                }
-            }
-        })
-    }
-
-    /// Stores a reply under `key` outside a capture (a request that posted nothing).
-    pub fn idempotency_finish(
-        &self,
-        key: &IdempotencyKey,
-        reply: &IdempotentReply,
-        now_ms: u64,
-    ) -> Result<(), LedgerError> {
-        sql::write(&*self.store, |tx| {
-            idem_store(
-                tx,
-                &key.account,
-                &key.key,
-                &key.request,
-                reply.status,
-                &reply.body,
-                now_ms,
-            )
-        })
-    }
-
-    /// Forgets a pending record under `key` (the request failed before charging).
-    pub fn idempotency_abort(&self, key: &IdempotencyKey) -> Result<(), LedgerError> {
-        sql::write(&*self.store, |tx| {
-            tx.exec(
-                "DELETE FROM idempotency WHERE account = $1 AND key = $2 AND state = 'pending'",
-                &[hex(&key.account), key.key.clone().into()],
-            )?;
-            Ok(())
-        })
-    }
-
     /// Holds still open.
     pub fn open_holds(&self) -> Result<u64, LedgerError> {
         sql::read(&*self.store, |tx| {
@@ -730,6 +525,67 @@ fn void_in(
         &[hold_id.into(), state.into()],
     )?;
     Ok(held)
+}
+
+/// Idempotency of billed requests: claiming a key, storing a reply, forgetting a failure.
+impl Ledger {
+    /// Claims `key` for a request about to run. A repeat of a finished request gets the
+    /// stored reply; one still running is reported in flight; a different request under the
+    /// same key is refused with [`Refusal::IdempotencyKeyReused`].
+    pub fn idempotency_begin(
+        &self,
+        key: &IdempotencyKey,
+        now_ms: u64,
+    ) -> Result<Begin, LedgerError> {
+        let stale = self.econ.hold_ttl_ms;
+        sql::write(&*self.store, |tx| {
+            match idem_lookup(tx, &key.account, &key.key, &key.request, now_ms, stale)? {
+                Some(Stored::Done { status, body }) => {
+                    Ok(Begin::Done(IdempotentReply { status, body }))
+                }
+                Some(Stored::InFlight) => Ok(Begin::InFlight),
+                None => {
+                    tx.exec(
+                        "INSERT INTO idempotency (account, key, request_hash, state, status, body, created_ms)
+                         VALUES ($1, $2, $3, 'pending', 0, '', $4)",
+                        &[hex(&key.account), key.key.clone().into(), key.request.clone().into(), now_i64(now_ms)],
+                    )?;
+                    Ok(Begin::Fresh)
+                }
+            }
+        })
+    }
+
+    /// Stores a reply under `key` outside a capture (a request that posted nothing).
+    pub fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        reply: &IdempotentReply,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        sql::write(&*self.store, |tx| {
+            idem_store(
+                tx,
+                &key.account,
+                &key.key,
+                &key.request,
+                reply.status,
+                &reply.body,
+                now_ms,
+            )
+        })
+    }
+
+    /// Forgets a pending record under `key` (the request failed before charging).
+    pub fn idempotency_abort(&self, key: &IdempotencyKey) -> Result<(), LedgerError> {
+        sql::write(&*self.store, |tx| {
+            tx.exec(
+                "DELETE FROM idempotency WHERE account = $1 AND key = $2 AND state = 'pending'",
+                &[hex(&key.account), key.key.clone().into()],
+            )?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

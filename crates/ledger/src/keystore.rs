@@ -10,7 +10,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::AccountKind;
-use crate::ledger::{Ledger, account_exists, hex, now_i64, parse_hex};
+use crate::journal::{account_exists, hex, now_i64, parse_hex};
+use crate::ledger::Ledger;
 use crate::sql::{self, Value};
 use crate::{LedgerError, Refusal};
 

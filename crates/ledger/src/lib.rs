@@ -13,6 +13,8 @@ mod accounts;
 mod anchor;
 mod billing;
 mod error;
+mod idempotency;
+mod journal;
 mod keystore;
 mod ledger;
 mod owed;
@@ -27,16 +29,12 @@ use std::sync::Arc;
 
 pub use accounts::{AccountKind, OPERATOR, SystemAccount};
 pub use anchor::{ANCHOR_BATCH_DEFAULT, Anchored, AuditReport, anchored_end};
-pub use billing::{
-    Begin, Capture, Hold, IDEMPOTENCY_KEY_LEN_MAX, IdempotencyKey, IdempotentReply, Quote,
-    split_by_weight,
-};
+pub use billing::{Capture, Hold, Quote, split_by_weight};
 pub use error::{LedgerError, Refusal};
+pub use idempotency::{Begin, IDEMPOTENCY_KEY_LEN_MAX, IdempotencyKey, IdempotentReply};
+pub use journal::{Balance, TransferReceipt};
 pub use keystore::{API_KEY_PREFIX, Keystore, address_of, is_api_key_like};
-pub use ledger::{
-    AccountInfo, Balance, HISTORY_LIMIT_MAX, Ledger, Supply, TransferReceipt, check_reference,
-    parse_amount,
-};
+pub use ledger::{AccountInfo, HISTORY_LIMIT_MAX, Ledger, Supply, check_reference, parse_amount};
 pub use owed::{OWED_PAY_ROUND_MAX, Owed, OwedTotals, Reward, Settled};
 pub use pg::{PgStore, redact};
 pub use posting::{Book, PostingKind, PostingRecord, REFERENCE_LEN_MAX};

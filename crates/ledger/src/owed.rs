@@ -12,10 +12,11 @@ use blyan_primitives::{Address, Amount};
 use serde::Serialize;
 
 use crate::accounts::SystemAccount;
-use crate::ledger::{
-    amount_of, check_reference, hex, int, mint_in, mint_room_in, now_i64, parse_hex, require_init,
+use crate::journal::{
+    amount_of, check_mint, hex, int, mint_in, mint_room_in, now_i64, parse_hex, require_init,
     transfer_in,
 };
+use crate::ledger::check_reference;
 use crate::posting::PostingKind;
 use crate::sql::{self, Row, Tx, Value};
 use crate::{Ledger, LedgerError, Refusal};
@@ -168,31 +169,15 @@ impl Ledger {
         now_ms: u64,
     ) -> Result<Reward, LedgerError> {
         check_reference(reference)?;
-        if amount.is_zero() {
-            return Err(LedgerError::refused(
-                Refusal::ZeroAmount,
-                "the amount must be above zero",
-            ));
-        }
-        // Rewards may go to the pools that mints may go to; no other system account
-        // receives one.
-        if let Some(s) = SystemAccount::of(to)
-            && !matches!(
-                s,
-                SystemAccount::Treasury | SystemAccount::ValidatorPool | SystemAccount::RoyaltyPool
-            )
-        {
-            return Err(LedgerError::refused(
-                Refusal::SystemAccount,
-                format!("rewards are not paid to the {s} account"),
-            ));
-        }
+        // A reward is paid to its account (or, for the waiting half of a learning reward,
+        // held in the vesting account on its behalf), never to another system account.
+        check_mint(to, amount, false)?;
         sql::write(&*self.store, |tx| {
             require_init(tx)?;
             // The account exists from its first reward on, even one owed in full, so that
             // its balance shows what it is owed.
-            if !crate::ledger::account_exists(tx, &to)? {
-                crate::ledger::insert_account(tx, to, None, crate::AccountKind::External, now_ms)?;
+            if !crate::journal::account_exists(tx, &to)? {
+                crate::journal::insert_account(tx, to, None, crate::AccountKind::External, now_ms)?;
             }
             pay_owed_in(tx, self, now_ms)?;
             let room = mint_room_in(tx, self.econ, now_ms)?;
@@ -325,8 +310,8 @@ impl Ledger {
                     Some(a) => (a, PostingKind::Transfer),
                     None => (SystemAccount::Burn.address(), PostingKind::Burn),
                 };
-                if !crate::ledger::account_exists(tx, &dest)? {
-                    crate::ledger::insert_account(
+                if !crate::journal::account_exists(tx, &dest)? {
+                    crate::journal::insert_account(
                         tx,
                         dest,
                         None,

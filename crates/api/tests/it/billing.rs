@@ -436,7 +436,7 @@ async fn ledger_routes_read_and_transfer() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"address": a.to_string(), "available": 10_000_000_000u64, "pending": 0})
+        json!({"address": a.to_string(), "available": 10_000_000_000u64, "pending": 0, "owed": 0})
     );
     let (status, body) = Call::get("/ledger/accounts/operator").send(&net.node).await;
     assert_eq!(status, StatusCode::OK);
