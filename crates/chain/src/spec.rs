@@ -272,6 +272,19 @@ pub fn expert_group_name(id: ExpertId) -> String {
     )
 }
 
+/// The expert whose tensor group is `name`, if it is an expert's ([`expert_group_name`]
+/// read back).
+pub fn expert_of_group(name: &str) -> Option<ExpertId> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, expert) = rest.split_once(".block_sparse_moe.experts.")?;
+    let id = ExpertId {
+        layer: layer.parse().ok()?,
+        expert: expert.parse().ok()?,
+    };
+    // Only the canonical spelling (no leading zeros or signs) names the group.
+    (expert_group_name(id) == name).then_some(id)
+}
+
 /// One parameter block's worth of tensors, as the spec expects them.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct TensorGroup {
@@ -388,6 +401,23 @@ fn byte_level_char(b: u8) -> char {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expert_groups_read_back_to_their_expert() {
+        for (layer, expert) in [(0, 0), (3, 7), (65_535, 12)] {
+            let id = ExpertId { layer, expert };
+            assert_eq!(expert_of_group(&expert_group_name(id)), Some(id));
+        }
+        for name in [
+            "model.layers.1.self_attn",
+            "model.layers.01.block_sparse_moe.experts.2",
+            "model.layers.1.block_sparse_moe.experts.+2",
+            "model.layers.1.block_sparse_moe.experts.70000",
+            "model.layers.1.block_sparse_moe.gate",
+        ] {
+            assert_eq!(expert_of_group(name), None, "{name}");
+        }
+    }
 
     #[test]
     fn genesis_spec_is_consistent() {

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use blyan_chain::spec::expert_group_name;
 use blyan_chain::{
-    Block, BlockKind, BlockMeta, ChainId, Migration, PolMode, PoolCommit, Store, Verdict,
+    Block, BlockHeader, BlockKind, BlockMeta, ChainId, Migration, PolMode, PoolCommit, Store,
+    Verdict,
 };
 use blyan_pol::eval::{EVALUATOR_VERSION, ExpertWeights};
-use blyan_pol::record::{PolRecord, ProofCheck, VerdictEntry};
+use blyan_pol::record::{PolRecord, ProofCheck, Trial, TrialError, VerdictEntry, run_trial};
 use blyan_pol::snapshot::{Snapshot, block_tensors, expert_weights};
 use blyan_pol::{Judgement, Pool, Reason, Rules};
 use blyan_primitives::{Address, Amount, ExpertId, Hash};
@@ -515,6 +516,164 @@ pub struct Submission {
     pub pow_nonce: Option<u64>,
 }
 
+/// A candidate checked without any state: it decodes, every value is finite, its expert is
+/// in the model and its tensors have the spec's shapes. The first step of admission.
+#[derive(Debug)]
+pub(crate) struct CheckedCandidate {
+    expert: ExpertId,
+    /// The version it says it improves on.
+    parent: Hash,
+    child: ExpertWeights,
+    /// The expert-block payload it would become, and its tensors.
+    payload: Vec<u8>,
+    descs: Vec<TensorDesc>,
+    /// The payload's hash: the candidate's identity.
+    id: Hash,
+}
+
+impl CheckedCandidate {
+    /// Checks `bytes` (a candidate file) against `spec`.
+    pub(crate) fn check(
+        bytes: &[u8],
+        spec: &blyan_chain::spec::ModelSpec,
+    ) -> Result<CheckedCandidate, NodeError> {
+        let candidate = Candidate::decode(bytes).map_err(|e| match e {
+            TrainError::NonFiniteCandidate { .. } => refuse(PolRefusal::NonFinite, e.to_string()),
+            e => refuse(PolRefusal::MalformedCandidate, e.to_string()),
+        })?;
+        if candidate.expert.layer >= spec.num_hidden_layers
+            || candidate.expert.expert >= spec.num_local_experts
+        {
+            return Err(refuse(
+                PolRefusal::UnknownExpert,
+                format!("expert {} is not in the model", candidate.expert),
+            ));
+        }
+        candidate
+            .check_shapes(spec)
+            .map_err(|e| refuse(PolRefusal::WrongShapes, e.to_string()))?;
+        let child = weights_of(&candidate)?;
+        let (payload, descs) = candidate_payload(&candidate)?;
+        Ok(CheckedCandidate {
+            expert: candidate.expert,
+            parent: candidate.parent,
+            child,
+            id: Hash::of(&payload),
+            payload,
+            descs,
+        })
+    }
+}
+
+/// A checked candidate admitted against the chain and chain P as they are under the PoL
+/// lock: it builds on the expert's head, is not a copy of it, was never submitted or stored
+/// before, changes the parent by no more than the bound, and carries the proof of work hybrid
+/// mode asks for. Only an admitted candidate is evaluated.
+#[derive(Debug)]
+pub(crate) struct AdmittedCandidate {
+    checked: CheckedCandidate,
+    /// The expert's head, which the candidate improves on.
+    head: Hash,
+    pow_nonce: u64,
+    contributor: Address,
+}
+
+impl AdmittedCandidate {
+    /// Admits `checked` from `contributor`; a refusal writes nothing and spends no item.
+    pub(crate) fn admit(
+        checked: CheckedCandidate,
+        store: &Store,
+        record: &PolRecord,
+        settings: &PolSettings,
+        contributor: Address,
+        pow_nonce: Option<u64>,
+    ) -> Result<AdmittedCandidate, NodeError> {
+        let (expert, id) = (checked.expert, checked.id);
+        let parent_claimed = checked.parent;
+        let head = store.expert_head(expert)?.ok_or_else(|| {
+            refuse(
+                PolRefusal::UnknownExpert,
+                format!("expert {expert} has no version"),
+            )
+        })?;
+        if parent_claimed != head {
+            let known = store.expert_versions(expert)?.contains(&parent_claimed);
+            return Err(refuse(
+                PolRefusal::StaleParent,
+                if known {
+                    format!(
+                        "the candidate builds on {parent_claimed}, but expert {expert} is now at {head}; retrain from the head"
+                    )
+                } else {
+                    format!(
+                        "{parent_claimed} is not a version of expert {expert} (its head is {head})"
+                    )
+                },
+            ));
+        }
+        let parent = expert_weights(&block_tensors(store, &head).map_err(snapshot_err)?)
+            .map_err(NodeError::Internal)?;
+        if parent == checked.child {
+            return Err(refuse(
+                PolRefusal::HeadCopy,
+                format!("the candidate is a copy of the head {head}"),
+            ));
+        }
+        let stored = store
+            .expert_versions(expert)?
+            .into_iter()
+            .try_fold(false, |hit, v| {
+                Ok::<bool, NodeError>(
+                    hit || store.header(&v)?.is_some_and(|h| h.payload_hash == id),
+                )
+            })?;
+        if stored || record.seen(&id) {
+            return Err(refuse(
+                PolRefusal::DuplicatePayload,
+                format!("payload {id} was submitted before"),
+            ));
+        }
+        let delta = blyan_pol::delta_norm_ppm(&parent, &checked.child);
+        if delta > settings.delta_norm_max_ppm {
+            return Err(refuse(
+                PolRefusal::DeltaTooLarge,
+                format!(
+                    "the change is {:.1}% of the parent's norm; the limit is {:.1}%",
+                    delta as f64 / 1e4,
+                    settings.delta_norm_max_ppm as f64 / 1e4
+                ),
+            ));
+        }
+        let pow_nonce = match settings.mode {
+            PolMode::Hybrid => {
+                let nonce = pow_nonce.ok_or_else(|| {
+                    refuse(
+                        PolRefusal::PowMissing,
+                        "hybrid mode needs a proof-of-work nonce",
+                    )
+                })?;
+                if !blyan_pol::pow_ok(&id, &contributor, nonce, settings.pow_bits) {
+                    return Err(refuse(
+                        PolRefusal::PowInvalid,
+                        format!(
+                            "the stamp has fewer than {} leading zero bits",
+                            settings.pow_bits
+                        ),
+                    ));
+                }
+                nonce
+            }
+            PolMode::Pol | PolMode::Pow => 0,
+        };
+        Ok(AdmittedCandidate {
+            checked,
+            head,
+            pow_nonce,
+            contributor,
+        })
+    }
+}
+
 /// What `/pol/status` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct PolStatus {
@@ -620,6 +779,56 @@ pub(crate) fn status_of(
 }
 
 impl Node {
+    /// Appends `block` to the store and runs [`Node::on_appended`] for it. `pol` is the PoL
+    /// state when the caller holds its lock.
+    pub(crate) fn append_block(
+        &self,
+        block: Block,
+        pol: Option<&mut PolState>,
+    ) -> Result<Hash, NodeError> {
+        let header = block.header.clone();
+        let hash = self.store.append(block)?;
+        self.after_append(hash, &header, pol)?;
+        Ok(hash)
+    }
+
+    /// What follows every block stored, whoever made it: this node's verdicts and versions,
+    /// an operator's rollback, and (with the network) blocks a peer delivers. Chain P's pool
+    /// commitment and verdicts join the Proof-of-Learning record; a new expert head, or a
+    /// migration back to an older version, is served at once (replacing any pin on that
+    /// expert). `hash` must be stored already.
+    pub fn on_appended(&self, hash: Hash, header: &BlockHeader) -> Result<(), NodeError> {
+        self.after_append(hash, header, None)
+    }
+
+    fn after_append(
+        &self,
+        hash: Hash,
+        header: &BlockHeader,
+        pol: Option<&mut PolState>,
+    ) -> Result<(), NodeError> {
+        match (header.chain, header.kind) {
+            (ChainId::Proof, BlockKind::Verdict | BlockKind::PoolCommit) => match pol {
+                Some(state) => state.record.push(&self.store, hash, header),
+                None => self.pol_state().record.push(&self.store, hash, header),
+            }
+            .map_err(snapshot_err),
+            (ChainId::Param, BlockKind::Expert | BlockKind::Migration) => {
+                let Some(expert) = header
+                    .meta
+                    .expert
+                    .or_else(|| blyan_chain::spec::expert_of_group(&header.meta.name))
+                else {
+                    return Ok(());
+                };
+                let mut pins = self.pins();
+                pins.remove(&expert);
+                self.serve_versions(pins)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Publishes what `/pol/status` shows.
     fn publish_pol(&self, state: &PolState, evaluating: Option<Evaluating>) {
         let status = Arc::new(status_of(self.config.pol, state, evaluating));
@@ -653,118 +862,40 @@ impl Node {
     /// A refusal before evaluation spends no pool item and writes nothing.
     pub fn pol_submit(&self, sub: Submission, now_ms: u64) -> Result<VerdictReport, NodeError> {
         let settings = self.config.pol;
-        let candidate = Candidate::decode(&sub.candidate).map_err(|e| match e {
-            TrainError::NonFiniteCandidate { .. } => refuse(PolRefusal::NonFinite, e.to_string()),
-            e => refuse(PolRefusal::MalformedCandidate, e.to_string()),
-        })?;
         let (_, meta) = self
             .store
             .meta()?
             .ok_or_else(|| NodeError::NoNetwork(self.data_dir.display().to_string()))?;
-        if candidate.expert.layer >= meta.spec.num_hidden_layers
-            || candidate.expert.expert >= meta.spec.num_local_experts
-        {
-            return Err(refuse(
-                PolRefusal::UnknownExpert,
-                format!("expert {} is not in the model", candidate.expert),
-            ));
-        }
-        candidate
-            .check_shapes(&meta.spec)
-            .map_err(|e| refuse(PolRefusal::WrongShapes, e.to_string()))?;
-        let child = weights_of(&candidate)?;
-        let (payload, descs) = candidate_payload(&candidate)?;
-        let id = Hash::of(&payload);
-        let expert = candidate.expert;
-        let group = expert_group_name(expert);
-
+        let checked = CheckedCandidate::check(&sub.candidate, &meta.spec)?;
         let mut state = self.pol_state();
-        let head = self.store.expert_head(expert)?.ok_or_else(|| {
-            refuse(
-                PolRefusal::UnknownExpert,
-                format!("expert {expert} has no version"),
-            )
-        })?;
-        if candidate.parent != head {
-            let known = self
-                .store
-                .expert_versions(expert)?
-                .contains(&candidate.parent);
-            return Err(refuse(
-                PolRefusal::StaleParent,
-                if known {
-                    format!(
-                        "the candidate builds on {}, but expert {expert} is now at {head}; retrain from the head",
-                        candidate.parent
-                    )
-                } else {
-                    format!(
-                        "{} is not a version of expert {expert} (its head is {head})",
-                        candidate.parent
-                    )
+        let admitted = AdmittedCandidate::admit(
+            checked,
+            &self.store,
+            &state.record,
+            &settings,
+            sub.contributor,
+            sub.pow_nonce,
+        )?;
+        let AdmittedCandidate {
+            checked:
+                CheckedCandidate {
+                    expert,
+                    child,
+                    payload,
+                    descs,
+                    id,
+                    ..
                 },
-            ));
-        }
-        let parent = expert_weights(&block_tensors(&self.store, &head).map_err(snapshot_err)?)
-            .map_err(NodeError::Internal)?;
-        if parent == child {
-            return Err(refuse(
-                PolRefusal::HeadCopy,
-                format!("the candidate is a copy of the head {head}"),
-            ));
-        }
-        let stored =
-            self.store
-                .expert_versions(expert)?
-                .into_iter()
-                .try_fold(false, |hit, v| {
-                    Ok::<bool, NodeError>(
-                        hit || self.store.header(&v)?.is_some_and(|h| h.payload_hash == id),
-                    )
-                })?;
-        if stored || state.record.seen(&id) {
-            return Err(refuse(
-                PolRefusal::DuplicatePayload,
-                format!("payload {id} was submitted before"),
-            ));
-        }
-        let delta = blyan_pol::delta_norm_ppm(&parent, &child);
-        if delta > settings.delta_norm_max_ppm {
-            return Err(refuse(
-                PolRefusal::DeltaTooLarge,
-                format!(
-                    "the change is {:.1}% of the parent's norm; the limit is {:.1}%",
-                    delta as f64 / 1e4,
-                    settings.delta_norm_max_ppm as f64 / 1e4
-                ),
-            ));
-        }
-        let pow_nonce = match settings.mode {
-            PolMode::Hybrid => {
-                let nonce = sub.pow_nonce.ok_or_else(|| {
-                    refuse(
-                        PolRefusal::PowMissing,
-                        "hybrid mode needs a proof-of-work nonce",
-                    )
-                })?;
-                if !blyan_pol::pow_ok(&id, &sub.contributor, nonce, settings.pow_bits) {
-                    return Err(refuse(
-                        PolRefusal::PowInvalid,
-                        format!(
-                            "the stamp has fewer than {} leading zero bits",
-                            settings.pow_bits
-                        ),
-                    ));
-                }
-                nonce
-            }
-            _ => 0,
-        };
+            head,
+            pow_nonce,
+            contributor,
+        } = admitted;
+        let group = expert_group_name(expert);
         let snapshot = Snapshot::at(&self.store, None).map_err(snapshot_err)?;
         let started = std::time::Instant::now();
         let (verdict, judgement) = match settings.mode {
             PolMode::Pow => (
-                self.pow_verdict(&snapshot, expert, id, head, sub.contributor),
+                self.pow_verdict(&snapshot, expert, id, head, contributor),
                 None,
             ),
             PolMode::Pol | PolMode::Hybrid => {
@@ -775,7 +906,7 @@ impl Node {
                     &child,
                     id,
                     head,
-                    sub.contributor,
+                    contributor,
                     None,
                 )?;
                 (Verdict { pow_nonce, ..v }, Some(j))
@@ -808,14 +939,11 @@ impl Node {
                     tensors: descs,
                 },
                 payload,
-                sub.contributor,
+                contributor,
                 now_ms.max(prev_ts(&self.store, &prev)?),
             );
-            let hash = self.store.append(block)?;
-            report.block = Some(hash);
-            let mut pins = self.pins();
-            pins.remove(&expert);
-            self.serve_versions(pins)?;
+            // The new head is served from here on (on_appended).
+            report.block = Some(self.append_block(block, Some(&mut state))?);
         }
         if settings.auto_replicate && settings.mode != PolMode::Pow {
             // A later evaluation replicates the oldest acceptance still waiting (never the
@@ -982,19 +1110,17 @@ impl Node {
             .store
             .head(ChainId::Proof)?
             .map_or(Hash::ZERO, |(_, h)| h);
-        let seed = blyan_pol::evaluation_seed(&id, &pool.root(), &proof_head);
         let rules = settings.rules();
-        let order = pool
-            .draw_stages(
-                seed,
-                rules.stage_items as usize,
-                usize::from(rules.stages),
-                &state.record.retired(),
-            )
-            .map_err(|e| refuse(PolRefusal::PoolExhausted, e.to_string()))?;
-        let mut heads = snapshot.clone();
-        heads.heads.insert(expert_group_name(expert), parent);
-        let model = heads.model(&self.store).map_err(snapshot_err)?;
+        let retired = state.record.retired();
+        let trial = Trial {
+            expert,
+            candidate: id,
+            parent,
+            param_head: snapshot.param_head,
+            proof_prev: proof_head,
+            retired: &retired,
+            rules,
+        };
         self.publish_pol(
             state,
             Some(Evaluating {
@@ -1004,19 +1130,19 @@ impl Node {
                 since_ms: crate::unix_ms(),
             }),
         );
-        let evaluation = blyan_pol::record::evaluate(
-            &model,
-            expert,
-            child,
-            &pool,
-            &order,
-            rules,
-            settings.thread_count(),
-        )
-        .map_err(|e| match e.is_non_finite() {
-            true => refuse(PolRefusal::NonFinite, e.to_string()),
-            false => NodeError::Internal(e.to_string()),
-        })?;
+        // The same path `pol verify` recomputes a verdict with.
+        let done =
+            run_trial(&self.store, &pool, &trial, child, settings.thread_count()).map_err(|e| {
+                match e {
+                    TrialError::Draw(e) => refuse(PolRefusal::PoolExhausted, e.to_string()),
+                    TrialError::Snapshot(e) => snapshot_err(e),
+                    TrialError::Evaluate(e) if e.is_non_finite() => {
+                        refuse(PolRefusal::NonFinite, e.to_string())
+                    }
+                    TrialError::Evaluate(e) => NodeError::Internal(e.to_string()),
+                }
+            })?;
+        let (seed, evaluation) = (done.seed, done.evaluation);
         let (items, j) = (evaluation.items, evaluation.judgement);
         let verdict = Verdict {
             expert,
@@ -1174,12 +1300,8 @@ impl Node {
             self.operator,
             now_ms.max(prev_ts(&self.store, &prev)?),
         );
-        let header = block.header.clone();
-        let hash = self.store.append(block)?;
-        state
-            .record
-            .push(&self.store, hash, &header)
-            .map_err(snapshot_err)?;
+        // The verdict joins the record (on_appended).
+        let hash = self.append_block(block, Some(state))?;
         self.metrics.record_pol_verdict(&verdict.reason);
         let report = VerdictReport {
             accepted: verdict.accepted,
@@ -1259,7 +1381,7 @@ impl Node {
         reason: &str,
         now_ms: u64,
     ) -> Result<Hash, NodeError> {
-        let _guard = self.pol_state();
+        let mut guard = self.pol_state();
         let group = expert_group_name(id);
         let from = self
             .store
@@ -1303,11 +1425,8 @@ impl Node {
             self.operator,
             now_ms.max(prev_ts(&self.store, &prev)?),
         );
-        let hash = self.store.append(block)?;
-        let mut pins = self.pins();
-        pins.remove(&id);
-        self.serve_versions(pins)?;
-        Ok(hash)
+        // The older version is served from here on (on_appended).
+        self.append_block(block, Some(&mut guard))
     }
 }
 

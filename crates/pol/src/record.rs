@@ -244,6 +244,97 @@ pub fn evaluate(
     })
 }
 
+/// Everything that decides one evaluation, as a verdict records it: the one input of
+/// [`run_trial`], which the validator runs to make a verdict and [`verify`] runs to remake
+/// it.
+#[derive(Clone, Copy, Debug)]
+pub struct Trial<'a> {
+    /// The expert.
+    pub expert: ExpertId,
+    /// The candidate's payload hash.
+    pub candidate: Hash,
+    /// The version it improves on.
+    pub parent: Hash,
+    /// The parameter chain's head the evaluation runs against (with `parent` as the
+    /// expert's version).
+    pub param_head: Hash,
+    /// The head of chain P the verdict extends; with the candidate and the pool root it
+    /// seeds the draw.
+    pub proof_prev: Hash,
+    /// Items retired before the verdict.
+    pub retired: &'a BTreeSet<u32>,
+    /// The test's rules.
+    pub rules: Rules,
+}
+
+impl Trial<'_> {
+    /// The seed, from (candidate, pool root, chain P's head), and the staged order it draws
+    /// from the unretired items.
+    pub fn draw(&self, pool: &Pool) -> Result<(Hash, Vec<u32>), crate::pool::PoolError> {
+        let seed = evaluation_seed(&self.candidate, &pool.root(), &self.proof_prev);
+        let order = pool.draw_stages(
+            seed,
+            self.rules.stage_items as usize,
+            usize::from(self.rules.stages),
+            self.retired,
+        )?;
+        Ok((seed, order))
+    }
+}
+
+/// What a trial drew and found.
+#[derive(Clone, Debug)]
+pub struct Trialled {
+    /// The seed of the draw.
+    pub seed: Hash,
+    /// The whole order drawn (every stage), of which the evaluation used a prefix.
+    pub order: Vec<u32>,
+    /// The evaluation.
+    pub evaluation: Evaluation,
+}
+
+/// Why a trial reached no judgement.
+#[derive(Debug, thiserror::Error)]
+pub enum TrialError {
+    /// Too few unused items for the draw.
+    #[error(transparent)]
+    Draw(#[from] crate::pool::PoolError),
+    /// The chain could not give the parent's model.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The evaluation failed.
+    #[error(transparent)]
+    Evaluate(#[from] EvaluateError),
+}
+
+/// The one path from a trial to a judgement: the seed from (candidate, pool root, chain P's
+/// head), the staged draw from the unretired items, the model at `param_head` with the
+/// parent in place, and the sequential evaluation of the child against it.
+pub fn run_trial(
+    store: &Store,
+    pool: &Pool,
+    trial: &Trial<'_>,
+    child: &ExpertWeights,
+    threads: usize,
+) -> Result<Trialled, TrialError> {
+    let (seed, order) = trial.draw(pool)?;
+    let model = parent_model(store, trial.param_head, trial.expert, trial.parent)?;
+    let evaluation = evaluate(
+        &model,
+        trial.expert,
+        child,
+        pool,
+        &order,
+        trial.rules,
+        threads,
+    )?;
+    Ok(Trialled {
+        seed,
+        order,
+        evaluation,
+    })
+}
+
 /// The outcome of recomputing one verdict.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProofCheck {
@@ -316,18 +407,21 @@ pub fn verify(
         problems.push("the local pool does not match the committed root".into());
         return Ok(finish(problems, None));
     }
-    let seed = evaluation_seed(&v.candidate, &v.pool_root, &entry.prev);
-    if seed != v.seed {
-        problems.push(format!("seed {} should be {seed}", v.seed));
-    }
-    let rules = rules_of(v);
-    let order = match pool.draw_stages(
-        seed,
-        rules.stage_items as usize,
-        usize::from(rules.stages),
-        &record.retired_before(entry.height),
-    ) {
-        Ok(order) => {
+    let retired = record.retired_before(entry.height);
+    let trial = Trial {
+        expert: v.expert,
+        candidate: v.candidate,
+        parent: v.parent,
+        param_head: v.param_head,
+        proof_prev: entry.prev,
+        retired: &retired,
+        rules: rules_of(v),
+    };
+    match trial.draw(pool) {
+        Ok((seed, order)) => {
+            if seed != v.seed {
+                problems.push(format!("seed {} should be {seed}", v.seed));
+            }
             let mut used = v.items.clone();
             used.sort_unstable();
             used.dedup();
@@ -336,13 +430,12 @@ pub fn verify(
             if used != v.items || prefix != v.items {
                 problems.push("the items are not the draw the seed gives".into());
             }
-            order
         }
         Err(e) => {
             problems.push(format!("the draw fails: {e}"));
             return Ok(finish(problems, None));
         }
-    };
+    }
     let Some(payload) = candidate else {
         problems.push(format!(
             "the candidate {} is not available here",
@@ -361,23 +454,23 @@ pub fn verify(
             return Ok(finish(problems, None));
         }
     };
-    let model = parent_model(store, v.param_head, v.expert, v.parent)?;
-    let j = match evaluate(&model, v.expert, &child, pool, &order, rules, threads) {
-        Ok(e) => {
-            if e.items != v.items {
-                problems.push(format!(
-                    "the evaluation stops after {} items, the verdict used {}",
-                    e.items.len(),
-                    v.items.len()
-                ));
-            }
-            e.judgement
-        }
+    let done = match run_trial(store, pool, &trial, &child, threads) {
+        Ok(done) => done,
+        Err(TrialError::Snapshot(e)) => return Err(e),
         Err(e) => {
             problems.push(format!("the evaluation fails: {e}"));
             return Ok(finish(problems, None));
         }
     };
+    let e = done.evaluation;
+    if e.items != v.items {
+        problems.push(format!(
+            "the evaluation stops after {} items, the verdict used {}",
+            e.items.len(),
+            v.items.len()
+        ));
+    }
+    let j = e.judgement;
     let pairs: [(&str, i128, i128); 6] = [
         ("n", i128::from(v.n), i128::from(j.sums.n)),
         ("sum", v.sum, j.sums.sum),

@@ -616,6 +616,43 @@ async fn health_reports_stage_components_and_readiness() {
 }
 
 #[tokio::test]
+async fn a_block_stored_from_elsewhere_gets_the_same_follow_up() {
+    let net = net();
+    let id = blyan_primitives::ExpertId::new(1, 3);
+    let served = |node: &std::sync::Arc<blyan_node::Node>| {
+        node.experts()
+            .expect("experts")
+            .into_iter()
+            .find(|e| e.id == id)
+            .expect("expert")
+            .served
+    };
+    // A new version stored behind the node's back (as a peer's block will be) ...
+    let hash = new_version(net.node.store(), id);
+    assert_ne!(served(&net.node), hash);
+    // ... is served once the node runs its one follow-up for stored blocks.
+    let header = net
+        .node
+        .store()
+        .header(&hash)
+        .expect("read")
+        .expect("header");
+    let node = net.node.clone();
+    tokio::task::spawn_blocking(move || node.on_appended(hash, &header))
+        .await
+        .expect("join")
+        .expect("on_appended");
+    assert_eq!(served(&net.node), hash);
+    let (status, body) = post_json(
+        &net.node,
+        "/v1/completions",
+        json!({"prompt": "abc", "max_tokens": 2, "seed": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn a_lane_that_panics_is_restarted_and_counted() {
     let net = net();
     let lanes_before = net.node.lane_panics();
