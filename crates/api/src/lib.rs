@@ -121,15 +121,7 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
 
 /// A fresh request id: 16 hex digits, distinct per request of this process.
 fn new_request_id() -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // SplitMix64 of the start time and a counter: unique per process, not guessable in order.
-    let mut z = unix_ms()
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(n.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    format!("{:016x}", z ^ (z >> 31))
+    format!("{:016x}", openai::fresh_seed())
 }
 
 async fn not_found(State(node): State<Arc<Node>>, req: Request) -> ApiError {

@@ -281,8 +281,9 @@ fn chat_prompt(messages: &[ChatMessage]) -> Result<String, ApiError> {
     Ok(prompt)
 }
 
-/// A seed for requests that bring none: distinct per request, from the clock and a counter.
-fn fresh_seed() -> u64 {
+/// A seed for requests that bring none (and the source of request ids): distinct per
+/// request, from the clock and a counter.
+pub(crate) fn fresh_seed() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -14,7 +14,9 @@ use rand::RngCore;
 use serde::Serialize;
 
 use crate::accounts::{AccountKind, SystemAccount};
-use crate::idempotency::{Begin, IdempotencyKey, IdempotentReply, Stored, idem_lookup, idem_store};
+use crate::idempotency::{
+    Begin, IdempotencyKey, IdempotentReply, Stored, idem_lookup, store_reply,
+};
 use crate::journal::{
     Leg, account_exists, amount_of, hex, insert_account, int, now_i64, parse_hex, post,
     require_init,
@@ -374,15 +376,7 @@ impl Ledger {
                 &[hold_id.into(), int(fee)?],
             )?;
             if let Some((key, reply)) = finish {
-                idem_store(
-                    tx,
-                    &key.account,
-                    &key.key,
-                    &key.request,
-                    reply.status,
-                    &reply.body,
-                    now_ms,
-                )?;
+                store_reply(tx, key, reply, now_ms)?;
             }
             Ok(Capture {
                 hold: hold_id.to_owned(),
@@ -420,22 +414,12 @@ impl Ledger {
     /// Voids every hold past its expiry; returns how many.
     pub fn expire_holds(&self, now_ms: u64) -> Result<usize, LedgerError> {
         sql::write(&*self.store, |tx| {
-            let ids: Vec<String> = tx
-                .query(
-                    "SELECT id FROM holds WHERE state = 'held' AND expires_ms < $1 ORDER BY id",
-                    &[now_i64(now_ms)],
-                )?
-                .iter()
-                .map(|r| r.text(0).map(str::to_owned))
-                .collect::<Result<_, _>>()?;
-            for id in &ids {
-                void_in(tx, id, "expired", now_ms)?;
-            }
+            let (voided, _) = void_held_in(tx, now_ms, "expired", now_ms)?;
             tx.exec(
                 "DELETE FROM quotes WHERE expires_ms < $1",
                 &[now_i64(now_ms.saturating_sub(self.econ.quote_ttl_ms))],
             )?;
-            Ok(ids.len())
+            Ok(voided)
         })
     }
 
@@ -446,20 +430,9 @@ impl Ledger {
     /// exclusive lock on its block store makes it the only process billing this ledger.
     pub fn release_abandoned(&self, now_ms: u64) -> Result<(usize, Amount), LedgerError> {
         sql::write(&*self.store, |tx| {
-            let ids: Vec<String> = tx
-                .query("SELECT id FROM holds WHERE state = 'held' ORDER BY id", &[])?
-                .iter()
-                .map(|r| r.text(0).map(str::to_owned))
-                .collect::<Result<_, _>>()?;
-            let mut released = Amount::ZERO;
-            for id in &ids {
-                let amount = void_in(tx, id, "abandoned", now_ms)?;
-                released = released
-                    .checked_add(amount)
-                    .ok_or_else(|| LedgerError::Store("released hold amounts overflow".into()))?;
-            }
+            let voided = void_held_in(tx, u64::MAX, "abandoned", now_ms)?;
             tx.exec("DELETE FROM idempotency WHERE state = 'pending'", &[])?;
-            Ok((ids.len(), released))
+            Ok(voided)
         })
     }
 
@@ -495,6 +468,32 @@ fn active_hold(tx: &mut dyn Tx, hold_id: &str) -> Result<(Address, Amount), Ledg
         ));
     }
     Ok((parse_hex(row.text(0)?)?, amount_of(row.int(1)?)?))
+}
+
+/// Voids, as `state`, every open hold that expires before `expires_before_ms`; returns how
+/// many and what they released.
+fn void_held_in(
+    tx: &mut dyn Tx,
+    expires_before_ms: u64,
+    state: &str,
+    now_ms: u64,
+) -> Result<(usize, Amount), LedgerError> {
+    let ids: Vec<String> = tx
+        .query(
+            "SELECT id FROM holds WHERE state = 'held' AND expires_ms < $1 ORDER BY id",
+            &[now_i64(expires_before_ms)],
+        )?
+        .iter()
+        .map(|r| r.text(0).map(str::to_owned))
+        .collect::<Result<_, _>>()?;
+    let mut released = Amount::ZERO;
+    for id in &ids {
+        let amount = void_in(tx, id, state, now_ms)?;
+        released = released
+            .checked_add(amount)
+            .ok_or_else(|| LedgerError::Store("released hold amounts overflow".into()))?;
+    }
+    Ok((ids.len(), released))
 }
 
 fn void_in(
@@ -563,17 +562,7 @@ impl Ledger {
         reply: &IdempotentReply,
         now_ms: u64,
     ) -> Result<(), LedgerError> {
-        sql::write(&*self.store, |tx| {
-            idem_store(
-                tx,
-                &key.account,
-                &key.key,
-                &key.request,
-                reply.status,
-                &reply.body,
-                now_ms,
-            )
-        })
+        sql::write(&*self.store, |tx| store_reply(tx, key, reply, now_ms))
     }
 
     /// Forgets a pending record under `key` (the request failed before charging).

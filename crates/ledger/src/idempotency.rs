@@ -156,3 +156,22 @@ pub(crate) fn idem_store(
     }
     Ok(())
 }
+
+/// Records `reply` as the answer of the request under `key` ([`idem_store`] for a billed
+/// request's key).
+pub(crate) fn store_reply(
+    tx: &mut dyn Tx,
+    key: &IdempotencyKey,
+    reply: &IdempotentReply,
+    now_ms: u64,
+) -> Result<(), LedgerError> {
+    idem_store(
+        tx,
+        &key.account,
+        &key.key,
+        &key.request,
+        reply.status,
+        &reply.body,
+        now_ms,
+    )
+}

@@ -123,14 +123,20 @@ struct LaneRun {
     alive: Arc<AtomicBool>,
 }
 
+impl LaneRun {
+    /// Whether the thread runs and takes jobs.
+    fn is_alive(&self) -> bool {
+        self.jobs.is_some() && self.alive.load(Ordering::SeqCst)
+    }
+}
+
 impl Lane {
     fn run(&self) -> MutexGuard<'_, LaneRun> {
         self.run.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn is_alive(&self) -> bool {
-        let run = self.run();
-        run.jobs.is_some() && run.alive.load(Ordering::SeqCst)
+        self.run().is_alive()
     }
 }
 
@@ -296,7 +302,7 @@ impl Engine {
         let mut started = 0;
         for (i, lane) in self.lanes.iter().enumerate() {
             let mut run = lane.run();
-            if run.alive.load(Ordering::SeqCst) && run.jobs.is_some() {
+            if run.is_alive() {
                 continue;
             }
             run.jobs.take();
@@ -382,9 +388,7 @@ impl Engine {
         // A lane that died since the last request is replaced before choosing; one that dies
         // between the choice and the send hands the job back, and the next lane is tried.
         for _ in 0..=self.lanes.len() {
-            if self.lanes.iter().any(|l| !l.is_alive()) {
-                self.heal();
-            }
+            self.heal();
             // The least loaded running lane; ties go to the first.
             let Some(lane) = self
                 .lanes

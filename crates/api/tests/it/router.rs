@@ -55,6 +55,21 @@ async fn get(node: &std::sync::Arc<blyan_node::Node>, path: &str) -> (StatusCode
     call(node, "GET", path, None, Body::empty()).await
 }
 
+/// One Agent Checker round, off the async workers.
+async fn probe(node: &std::sync::Arc<blyan_node::Node>) -> blyan_node::Health {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || node.probe(1))
+        .await
+        .expect("join")
+        .expect("probe")
+}
+
+/// One Agent Checker round of a node that says it listens (the API probe needs that).
+async fn probe_listening(node: &std::sync::Arc<blyan_node::Node>) -> blyan_node::Health {
+    node.set_listening(Some("127.0.0.1:1".parse().expect("addr")));
+    probe(node).await
+}
+
 #[tokio::test]
 async fn models_lists_the_served_model() {
     let net = net();
@@ -573,13 +588,7 @@ async fn health_reports_stage_components_and_readiness() {
     let (status, _) = get(&net.node, "/health/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
-    net.node
-        .set_listening(Some("127.0.0.1:1".parse().expect("addr")));
-    let node = net.node.clone();
-    tokio::task::spawn_blocking(move || node.probe(1))
-        .await
-        .expect("join")
-        .expect("probe");
+    probe_listening(&net.node).await;
     let (status, health) = get(&net.node, "/health").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["stage"], "release", "{health}");
@@ -689,13 +698,7 @@ async fn a_lane_that_panics_is_restarted_and_counted() {
         "{metrics}"
     );
     // The Agent Checker says so.
-    net.node
-        .set_listening(Some("127.0.0.1:1".parse().expect("addr")));
-    let node = net.node.clone();
-    tokio::task::spawn_blocking(move || node.probe(1))
-        .await
-        .expect("join")
-        .expect("probe");
+    probe_listening(&net.node).await;
     let (_, health) = get(&net.node, "/health").await;
     let model = health["components"]
         .as_array()
@@ -730,11 +733,7 @@ async fn a_damaged_block_takes_the_node_out_of_release() {
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[0] ^= 0xff;
     std::fs::write(&path, bytes).expect("write");
-    let node = net.node.clone();
-    let health = tokio::task::spawn_blocking(move || node.probe(1))
-        .await
-        .expect("join")
-        .expect("probe");
+    let health = probe(&net.node).await;
     assert_eq!(health.readiness, 0.0, "{health:?}");
     assert!(health.reason.contains("block_store"), "{}", health.reason);
     let (status, _) = get(&net.node, "/health/ready").await;

@@ -41,17 +41,28 @@ impl Node {
                 .economics()
                 .validation_reward
                 .checked_mul(batches)
-                .unwrap_or(Amount::ZERO);
-            if !validation.is_zero()
-                && let Some(r) = note(self.ledger.reward(
-                    self.operator,
-                    validation,
-                    false,
-                    &format!("{reference}:validate"),
-                    now_ms,
-                ))
-            {
-                verdict.validator_reward = r.minted.nano();
+                .ok_or_else(|| {
+                    blyan_ledger::LedgerError::refused(
+                        blyan_ledger::Refusal::AmountOverflow,
+                        "the validation reward overflows",
+                    )
+                });
+            match validation {
+                Ok(a) if a.is_zero() => {}
+                validation => {
+                    let paid = validation.and_then(|a| {
+                        self.ledger.reward(
+                            self.operator,
+                            a,
+                            false,
+                            &format!("{reference}:validate"),
+                            now_ms,
+                        )
+                    });
+                    if let Some(r) = note(paid) {
+                        verdict.validator_reward = r.minted.nano();
+                    }
+                }
             }
             match (verdict.accepted, vesting) {
                 (true, None) => {
@@ -91,7 +102,7 @@ impl Node {
                 (accepted, Some(held)) if held > 0 => {
                     let to = accepted.then_some(verdict.contributor);
                     let tag = if accepted { "vest" } else { "withdraw" };
-                    let original = replicated_reference(&self.store, &verdict)?;
+                    let original = replicated_reference(&state.record, &verdict)?;
                     match self.ledger.settle_vested(
                         &vest_reference(&original),
                         to,
@@ -164,14 +175,14 @@ fn vest_reference(verdict_reference: &str) -> String {
 }
 
 /// The reference of the acceptance that `replication` replicates.
-fn replicated_reference(store: &Store, replication: &Verdict) -> Result<String, NodeError> {
+fn replicated_reference(record: &PolRecord, replication: &Verdict) -> Result<String, NodeError> {
     let original = replication.replicates.ok_or_else(|| {
         NodeError::Internal("a settlement of vesting without the verdict it replicates".into())
     })?;
-    let header = store
-        .header(&original)?
-        .ok_or(blyan_chain::ChainError::NotFound(original))?;
-    let v = Verdict::decode(&store.payload_verified(&original)?)
-        .map_err(|e| NodeError::Internal(format!("verdict {original}: {e}")))?;
-    Ok(verdict_reference(&v.candidate, header.height))
+    let entry = record
+        .verdict(&original)
+        .ok_or_else(|| NodeError::NotFound {
+            what: format!("verdict {original}"),
+        })?;
+    Ok(verdict_reference(&entry.verdict.candidate, entry.height))
 }
