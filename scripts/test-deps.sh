@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: Debian's Chromium and Node.js for the web UI
-# browser test, and playwright-core (pinned in e2e/package-lock.json) to drive it.
+# browser test, playwright-core (pinned in e2e/package-lock.json) to drive it, and qemu-user
+# for the test that runs the binary on a CPU without AVX.
 # Idempotent: does nothing when everything is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ missing=()
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# qemu-user runs the blyan binary on an emulated CPU without AVX (the portability test).
+command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -133,6 +133,7 @@ pub(crate) fn run(data_dir: &Path, args: GenerateArgs) -> anyhow::Result<()> {
             "finish_reason": summary.finish_reason,
             "seed": seed,
             "precision": precision,
+            "q8_kernel": blyan_model::q8_kernel(),
             "expert_cache": {
                 "hits": cache.hits,
                 "misses": cache.misses,

@@ -216,6 +216,44 @@ fn generate_streams_text_and_reports_json() {
     assert_eq!(f32_run["precision"], "f32");
 }
 
+/// The binary is built for the baseline x86-64 and picks its vector code when it runs: on an
+/// emulated CPU without AVX (QEMU's Nehalem model; `scripts/test-deps.sh` installs
+/// qemu-user) it starts, takes the portable Q8_0 product, and generates exactly the text that
+/// this machine's own CPU generates with its vector kernel. A binary compiled for
+/// `x86-64-v3` dies there with SIGILL.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn runs_on_a_cpu_without_avx_and_generates_the_same_text() {
+    let dir = tempfile::tempdir().unwrap();
+    json(&blyan(dir.path(), &["init", "--json"]));
+    let args = [
+        "generate",
+        "--prompt",
+        "In the beginning",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "6",
+        "--ignore-eos",
+        "--json",
+    ];
+    let native = json(&blyan(dir.path(), &args));
+    let emulated = Command::new("qemu-x86_64")
+        .args(["-cpu", "Nehalem", env!("CARGO_BIN_EXE_blyan"), "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("qemu-x86_64 runs (scripts/test-deps.sh installs qemu-user)");
+    let emulated = json(&emulated);
+    assert_eq!(emulated["q8_kernel"], "portable");
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert_ne!(native["q8_kernel"], "portable", "{native}");
+    }
+    assert_eq!(native["tokens"], 6);
+    assert_eq!(emulated["text"], native["text"]);
+    assert_eq!(emulated["experts_used"], native["experts_used"]);
+}
+
 #[test]
 fn generate_refuses_bad_requests_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

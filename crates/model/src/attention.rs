@@ -22,8 +22,10 @@ impl RopeTables {
         let mut sin = Vec::with_capacity(c.context_len * half);
         for p in 0..c.context_len {
             for i in 0..half {
-                let freq = 1.0 / f64::from(c.rope_theta).powf(2.0 * i as f64 / c.head_dim as f64);
-                let (s, co) = (p as f64 * freq).sin_cos();
+                // Pure-Rust libm, not the platform's: the same tables on every machine.
+                let freq =
+                    1.0 / libm::pow(f64::from(c.rope_theta), 2.0 * i as f64 / c.head_dim as f64);
+                let (s, co) = libm::sincos(p as f64 * freq);
                 cos.push(co as f32);
                 sin.push(s as f32);
             }
@@ -33,6 +35,7 @@ impl RopeTables {
 
     /// Rotates every head (of `2·half` values) in `x` to position `pos`: element `i` pairs
     /// with element `i + half`.
+    #[inline]
     fn apply(&self, x: &mut [f32], pos: usize) {
         let cos = &self.cos[pos * self.half..(pos + 1) * self.half];
         let sin = &self.sin[pos * self.half..(pos + 1) * self.half];
@@ -79,6 +82,7 @@ impl LayerKv {
     }
 
     /// Stores the key and value of position `pos`, the next one.
+    #[inline]
     fn push(&mut self, pos: usize, key: &[f32], value: &[f32]) {
         let kv_dim = key.len();
         debug_assert_eq!(self.values.len(), pos * kv_dim);
@@ -128,6 +132,7 @@ impl Dims {
 /// in place. The new keys and values are appended to `kv`, and the attention output (`n` rows
 /// of `hidden`) is written to `out`. The query heads that share a KV head are scored together,
 /// so each key and value is read once for all of them.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 pub(crate) fn attend(
     dims: Dims,
     rope: &RopeTables,
@@ -205,6 +210,7 @@ pub(crate) fn attend(
 /// Two blocks are scored together, so that with four heads eight independent chains of
 /// multiply-adds are in flight; a last odd block goes alone. Every score is the same
 /// sequential sum over dimensions either way.
+#[inline(always)]
 fn score_heads<'k, const H: usize>(
     q: [&[f32]; H],
     blocks: usize,
@@ -255,6 +261,7 @@ const PIECE: usize = 32;
 ///
 /// Each piece of 32 dimensions is summed in registers (`4·H` independent chains of
 /// multiply-adds, each a sequential sum over positions), then written once.
+#[inline(always)]
 fn weighted_values<const H: usize>(
     w: [&[f32]; H],
     values: &[f32],
@@ -295,6 +302,7 @@ fn weighted_values<const H: usize>(
 
 /// Replaces `row` by its softmax. Sums run over eight interleaved lanes, so that they
 /// vectorise too.
+#[inline(always)]
 fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for s in row.iter_mut() {

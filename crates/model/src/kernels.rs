@@ -21,12 +21,15 @@
 //! Activations are quantized per row by the same rule (scale kept in f32) and each block adds
 //! `d_w · d_x · Σ q_w·q_x`, as GGML's Q8_0 dot product does. No horizontal sums are needed:
 //! the 16 lanes are 16 outputs. The product runs in register blocks of up to 4 rows × 8
-//! tiles, so that even one row keeps several independent `vpdpbusd` chains in flight.
+//! tiles, so that even one row keeps several independent `vpdpbusd` chains in flight. CPUs
+//! with AVX2 and FMA but without VNNI run the same tiles in 256-bit halves (see
+//! `simd::matmul_q8`).
 //!
 //! The intrinsics take their operands by value (arrays cast to vectors), so the only `unsafe`
-//! is the call made after the CPU feature check. Portable loops compute the same sums and are
-//! the reference the vector code is tested against; [`q8_fast`] says whether this CPU has the
-//! vector Q8_0 kernel (the model uses candle's quantized matmul where it does not).
+//! is the call made after the CPU feature check. Portable loops compute the same sums in the
+//! same order, each block's scale applied by one fused multiply-add, and every vector kernel
+//! is tested to give their exact bits, so an int8 model computes the same logits on every
+//! CPU; the portable loops are also the product on CPUs without AVX2.
 
 use std::ops::Range;
 
@@ -54,16 +57,19 @@ pub(crate) struct Q8Matrix {
     tiles: Vec<TileBlock>,
 }
 
-/// Whether this CPU runs the vector Q8_0 kernel.
-pub(crate) fn q8_fast() -> bool {
+/// The Q8_0 product this CPU runs: `"avx512-vnni"`, `"avx2"` or `"portable"`. Each gives the
+/// same bits; only the speed differs.
+pub fn q8_kernel() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        vnni::available()
+        if vnni::available() {
+            return "avx512-vnni";
+        }
+        if simd::available() {
+            return "avx2";
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    "portable"
 }
 
 impl Q8Matrix {
@@ -142,6 +148,11 @@ impl Q8Matrix {
             vnni::matmul_q8_checked(self, x, range, out);
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            simd::matmul_q8_checked(self, x, range, out);
+            return;
+        }
         portable::matmul_q8(self, x, range, out);
     }
 }
@@ -170,23 +181,34 @@ impl QuantRows {
         self.blocks.clear();
         self.scales.clear();
         self.offsets.clear();
-        let n = x.len() / QK;
-        self.blocks.reserve(n);
-        self.scales.reserve(n);
-        self.offsets.reserve(n);
-        for chunk in x.chunks_exact(QK) {
-            let (d, q) = quantize_q8_0_block(chunk);
-            self.scales.push(d);
-            // Eight lane sums, so that the widening adds vectorise.
-            let mut sums = [0i32; 8];
-            for row in q.chunks_exact(8) {
-                for (s, &v) in sums.iter_mut().zip(row) {
-                    *s += i32::from(v);
-                }
+        quantize_blocks(x, &mut self.blocks, &mut self.scales, &mut self.offsets);
+    }
+}
+
+/// Appends the Q8_0 blocks of `x` (whole blocks of 32) to the three columns of [`QuantRows`].
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn quantize_blocks(
+    x: &[f32],
+    blocks: &mut Vec<[i32; QK / 4]>,
+    scales: &mut Vec<f32>,
+    offsets: &mut Vec<i32>,
+) {
+    let n = x.len() / QK;
+    blocks.reserve(n);
+    scales.reserve(n);
+    offsets.reserve(n);
+    for chunk in x.chunks_exact(QK) {
+        let (d, q) = quantize_q8_0_block(chunk);
+        scales.push(d);
+        // Eight lane sums, so that the widening adds vectorise.
+        let mut sums = [0i32; 8];
+        for row in q.chunks_exact(8) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += i32::from(v);
             }
-            self.offsets.push(-128 * sums.iter().sum::<i32>());
-            self.blocks.push(bytemuck::cast(q));
         }
+        offsets.push(-128 * sums.iter().sum::<i32>());
+        blocks.push(bytemuck::cast(q));
     }
 }
 
@@ -310,31 +332,57 @@ mod portable {
 
     use super::{Q8Matrix, QK, QuantRows, TILE};
 
+    /// A tile's 16 outputs at a time, each block's integer sums first (exact), then its scale
+    /// applied by one fused multiply-add: the vector kernels' operations in their order.
     pub(super) fn matmul_q8(w: &Q8Matrix, x: &QuantRows, range: Range<usize>, out: &mut [f32]) {
         let (n, kb) = (range.len(), w.cols / QK);
         for i in 0..x.rows {
-            for j in range.clone() {
-                let (t, r) = (j / TILE, j % TILE);
-                let mut acc = 0f32;
+            for t in range.start / TILE..range.end.div_ceil(TILE) {
+                let mut acc = [0f32; TILE];
                 for b in 0..kb {
                     let tile = &w.tiles[t * kb + b];
                     let xq: [i8; QK] = bytemuck::cast(x.blocks[i * kb + b]);
-                    let mut s = 0i32;
-                    for (k, &q) in xq.iter().enumerate() {
-                        s += (i32::from(tile.groups[k / 4][4 * r + k % 4]) - 128) * i32::from(q);
+                    let mut sums = [0i32; TILE];
+                    for (g, group) in tile.groups.iter().enumerate() {
+                        for (r, s) in sums.iter_mut().enumerate() {
+                            for c in 0..4 {
+                                *s +=
+                                    (i32::from(group[4 * r + c]) - 128) * i32::from(xq[4 * g + c]);
+                            }
+                        }
                     }
-                    acc += s as f32 * (tile.scales[r] * x.scales[i * kb + b]);
+                    let xd = x.scales[i * kb + b];
+                    for ((a, &s), &ws) in acc.iter_mut().zip(&sums).zip(&tile.scales) {
+                        *a = (s as f32).mul_add(ws * xd, *a);
+                    }
                 }
-                out[i * n + j - range.start] = acc;
+                for (r, &a) in acc.iter().enumerate() {
+                    let j = t * TILE + r;
+                    if range.contains(&j) {
+                        out[i * n + j - range.start] = a;
+                    }
+                }
             }
         }
     }
 
+    /// For widths that are multiples of eight, the vector kernel's sums: eight lanes of
+    /// fused multiply-adds, added pairwise at the end; otherwise one plain sum.
     pub(super) fn matmul_f32(w: &[f32], k_len: usize, x: &[f32], out: &mut [f32]) {
         let n = w.len() / k_len;
         for (j, wr) in w.chunks_exact(k_len).enumerate() {
             for (i, xr) in x.chunks_exact(k_len).enumerate() {
-                out[i * n + j] = wr.iter().zip(xr).map(|(a, b)| a * b).sum();
+                out[i * n + j] = if k_len.is_multiple_of(8) {
+                    let mut a = [0f32; 8];
+                    for (wc, xc) in wr.chunks_exact(8).zip(xr.chunks_exact(8)) {
+                        for l in 0..8 {
+                            a[l] = wc[l].mul_add(xc[l], a[l]);
+                        }
+                    }
+                    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+                } else {
+                    wr.iter().zip(xr).map(|(a, b)| a * b).sum()
+                };
             }
         }
     }
@@ -342,8 +390,15 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_setzero_ps};
-    use std::sync::OnceLock;
+    use std::arch::x86_64::{
+        __m256, __m256i, _mm256_abs_epi8, _mm256_add_epi32, _mm256_cvtepi32_ps, _mm256_fmadd_ps,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi8,
+        _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_setzero_si256, _mm256_sign_epi8, _mm256_xor_si256,
+    };
+    use std::{ops::Range, sync::OnceLock};
+
+    use super::{Q8Matrix, QK, QuantRows, TILE};
 
     /// Whether this CPU runs the AVX2/FMA kernel.
     pub(super) fn available() -> bool {
@@ -359,6 +414,126 @@ mod simd {
         assert!(available() && k_len.is_multiple_of(8));
         // SAFETY: the function needs AVX2 and FMA, which `available` detected on this CPU.
         unsafe { matmul_f32(w, k_len, x, out) }
+    }
+
+    #[allow(unsafe_code)]
+    pub(super) fn matmul_q8_checked(
+        w: &Q8Matrix,
+        x: &QuantRows,
+        range: Range<usize>,
+        out: &mut [f32],
+    ) {
+        assert!(available());
+        // SAFETY: the function needs AVX2 and FMA, which `available` detected on this CPU.
+        unsafe { matmul_q8(w, x, range, out) }
+    }
+
+    /// The tiled Q8_0 product with 256-bit vectors, giving the VNNI kernel's bits.
+    ///
+    /// A tile's group (four inputs of 16 rows, 64 bytes) is two vectors of eight rows. Without
+    /// `vpdpbusd`, each four-product sum is `vpmaddubsw` then `vpmaddwd` by ones; to keep the
+    /// 16-bit pair sums from saturating, the weights are made signed again (the +128 undone)
+    /// and the sign moved to the activation: `|q_w| · (q_x · sign q_w)`, at most
+    /// 2 · 128 · 127 = 32,512 in magnitude. The block's integer sums are thus exact, equal to
+    /// VNNI's, and its scale is applied by the same multiply and fused multiply-add.
+    #[target_feature(enable = "avx2,fma")]
+    fn matmul_q8(w: &Q8Matrix, x: &QuantRows, range: Range<usize>, out: &mut [f32]) {
+        let (tiles, m) = (range.end.div_ceil(TILE), x.rows);
+        let o = Out {
+            start: range.start,
+            end: range.end,
+        };
+        let mut t = range.start / TILE;
+        while t < tiles {
+            if tiles - t >= 2 {
+                let mut i = 0;
+                while i + 3 <= m {
+                    block::<3, 2>(w, x, i, t, o, out);
+                    i += 3;
+                }
+                match m - i {
+                    2 => block::<2, 2>(w, x, i, t, o, out),
+                    1 => block::<1, 2>(w, x, i, t, o, out),
+                    _ => {}
+                }
+                t += 2;
+                continue;
+            }
+            for i in 0..m {
+                block::<1, 1>(w, x, i, t, o, out);
+            }
+            t += 1;
+        }
+    }
+
+    /// The weight rows whose outputs are written, and so the output row width.
+    #[derive(Clone, Copy)]
+    struct Out {
+        start: usize,
+        end: usize,
+    }
+
+    /// Outputs of tiles `t .. t + T` for token rows `i .. i + R`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn block<const R: usize, const T: usize>(
+        w: &Q8Matrix,
+        x: &QuantRows,
+        i: usize,
+        t: usize,
+        o: Out,
+        out: &mut [f32],
+    ) {
+        let (n, kb) = (o.end, w.cols / QK);
+        let tiles = &w.tiles[t * kb..(t + T) * kb];
+        let xb = &x.blocks[i * kb..(i + R) * kb];
+        let xs = &x.scales[i * kb..(i + R) * kb];
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
+        for b in 0..kb {
+            let mut sums = [[[_mm256_setzero_si256(); 2]; T]; R];
+            // Per group, the rows' four activation quants.
+            let xg: [[i32; R]; QK / 4] =
+                std::array::from_fn(|g| std::array::from_fn(|r| xb[r * kb + b][g]));
+            for (g, quads) in xg.iter().enumerate() {
+                let xv: [__m256i; R] = quads.map(|q| _mm256_set1_epi32(q));
+                for u in 0..T {
+                    let halves: [__m256i; 2] = bytemuck::cast(tiles[u * kb + b].groups[g]);
+                    for (h, &half) in halves.iter().enumerate() {
+                        let signed = _mm256_xor_si256(half, flip);
+                        let magnitude = _mm256_abs_epi8(signed);
+                        for (row, &xr) in sums.iter_mut().zip(&xv) {
+                            let pairs =
+                                _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xr, signed));
+                            row[u][h] = _mm256_add_epi32(row[u][h], _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
+                }
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xd = _mm256_set1_ps(xs[r * kb + b]);
+                for (u, tile_acc) in row.iter_mut().enumerate() {
+                    let ws: [__m256; 2] = bytemuck::cast(tiles[u * kb + b].scales);
+                    for (h, a) in tile_acc.iter_mut().enumerate() {
+                        let d = _mm256_mul_ps(ws[h], xd);
+                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r][u][h]), d, *a);
+                    }
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (u, &a) in row.iter().enumerate() {
+                let first = (t + u) * TILE;
+                if first >= n {
+                    break;
+                }
+                let v: [f32; TILE] = bytemuck::cast(a);
+                let valid = TILE.min(n - first);
+                let at = (i + r) * (o.end - o.start) + first - o.start;
+                out[at..at + valid].copy_from_slice(&v[..valid]);
+            }
+        }
     }
 
     /// The eight lanes of `v` added pairwise: `((0+4)+(1+5))+((2+6)+(3+7))`.
@@ -554,13 +729,66 @@ mod tests {
             .collect()
     }
 
-    fn close(a: &[f32], b: &[f32], tol: f32) {
-        assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * (1.0 + y.abs()),
-                "element {i}: {x} vs {y}"
-            );
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    type Q8Kernel = fn(&Q8Matrix, &QuantRows, Range<usize>, &mut [f32]);
+
+    /// Every vector Q8_0 kernel this CPU can run, by name.
+    fn vector_q8_kernels() -> Vec<(&'static str, Q8Kernel)> {
+        let mut kernels: Vec<(&'static str, Q8Kernel)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if vnni::available() {
+                kernels.push(("avx512-vnni", vnni::matmul_q8_checked));
+            }
+            if simd::available() {
+                kernels.push(("avx2", simd::matmul_q8_checked));
+            }
+        }
+        kernels
+    }
+
+    #[test]
+    fn every_q8_kernel_gives_the_portable_bits_at_the_extremes() {
+        // Weights and activations at ±127 (and weights at -128, which a GGUF file may hold):
+        // the largest pair sums the AVX2 kernel forms must not saturate.
+        let (n, k) = (48, 64);
+        let mut ggml = Vec::new();
+        for r in 0..n {
+            for b in 0..k / QK {
+                ggml.extend_from_slice(&half::f16::from_f32(0.5 + r as f32 / 64.0).to_le_bytes());
+                for c in 0..QK {
+                    let q: i8 = match (r + b + c) % 4 {
+                        0 => 127,
+                        1 => -128,
+                        2 => -127,
+                        _ => (r * 7 + c) as i8,
+                    };
+                    ggml.push(q as u8);
+                }
+            }
+        }
+        let w = Q8Matrix::from_ggml_blocks(n, k, &ggml).unwrap();
+        for m in 1..=4 {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| match i % 3 {
+                    0 => 1.0,
+                    1 => -1.0,
+                    _ => (i % 7) as f32 / 7.0 - 0.5,
+                })
+                .collect();
+            let mut rows = QuantRows::default();
+            rows.quantize(&x, k);
+            let mut reference = vec![0f32; m * n];
+            portable::matmul_q8(&w, &rows, 0..n, &mut reference);
+            assert!(reference.iter().all(|v| v.is_finite()));
+            for (name, kernel) in vector_q8_kernels() {
+                let mut theirs = vec![f32::NAN; m * n];
+                kernel(&w, &rows, 0..n, &mut theirs);
+                assert_eq!(bits(&theirs), bits(&reference), "{name}, {m} rows");
+            }
         }
     }
 
@@ -593,7 +821,7 @@ mod tests {
             matmul_f32(&w, k, &x, &mut out);
             let mut reference = vec![0f32; 6 * 33];
             portable::matmul_f32(&w, k, &x, &mut reference);
-            close(&out, &reference, 1e-5);
+            assert_eq!(bits(&out), bits(&reference), "width {k}");
         }
         // A width that is not a multiple of eight takes the portable path.
         let mut odd = vec![0f32; 2];
@@ -641,7 +869,12 @@ mod tests {
             w.matmul(&rows, &mut out);
             let mut reference = vec![0f32; m * n];
             portable::matmul_q8(&w, &rows, 0..n, &mut reference);
-            close(&out, &reference, 1e-5);
+            assert_eq!(bits(&out), bits(&reference), "{n}x{k}, {m} rows");
+            for (name, kernel) in vector_q8_kernels() {
+                let mut theirs = vec![f32::NAN; m * n];
+                kernel(&w, &rows, 0..n, &mut theirs);
+                assert_eq!(bits(&theirs), bits(&reference), "{name}: {n}x{k}, {m} rows");
+            }
             let mut exact = vec![0f32; m * n];
             portable::matmul_f32(&dense, k, &x, &mut exact);
             // Quantizing both sides costs about 1% of a typical term.

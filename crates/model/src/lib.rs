@@ -29,6 +29,7 @@ pub use generate::{
     CancelToken, FinishReason, GenerateRequest, Generation, STOP_LEN_MAX, STOP_SEQUENCES_MAX, Step,
     Summary,
 };
+pub use kernels::q8_kernel;
 pub use model::{EXPERT_CACHE_BYTES_DEFAULT, Expert, LoadOptions, Model, Sequence, route};
 pub use sampling::{REPETITION_PENALTY_MAX, Sampler, SamplingParams, TEMPERATURE_MAX, argmax};
 pub use team::Team;

@@ -1,18 +1,13 @@
 //! Weight matrices in f32 or Q8_0, applied as `x · Wᵀ`.
 
-use std::borrow::Cow;
-
 use blyan_tensor::{
     DType as TensorDType, Q8_0_BLOCK_LEN, TensorRef, quantize_q8_0, quantize_q8_0_le_bytes,
 };
-use candle_core::{
-    Device, Module, Tensor,
-    quantized::{GgmlDType, QMatMul, QStorage, QTensor},
-};
+use candle_core::{Device, Module, Tensor, quantized::QMatMul};
 
 use crate::{
     ModelError, Precision,
-    kernels::{Q8Matrix, QuantRows, q8_fast},
+    kernels::{Q8Matrix, QuantRows},
 };
 
 fn check_q8_width(cols: usize) -> Result<(), ModelError> {
@@ -36,7 +31,7 @@ pub(crate) struct Linear {
 
 #[derive(Debug)]
 enum Weights {
-    /// f32 weights, or Q8_0 on a CPU without the vector kernel: candle's matmul.
+    /// f32 weights: candle's matmul.
     Candle(QMatMul),
     /// Q8_0 in our tiled layout, multiplied on the calling thread.
     Tiled(Q8Matrix),
@@ -93,24 +88,14 @@ impl Linear {
                         _ => quantize_q8_0(&t.to_f32(), &mut blocks),
                     }
                 }
-                if q8_fast() {
-                    let matrix =
-                        Q8Matrix::from_ggml_blocks(rows, cols, &blocks).ok_or_else(|| {
-                            ModelError::Unsupported {
-                                reason: "the Q8_0 blocks do not fill the matrix".into(),
-                            }
-                        })?;
-                    return Ok(Linear {
-                        bytes: matrix.bytes(),
-                        inner: Weights::Tiled(matrix),
-                    });
-                }
-                let storage =
-                    QStorage::from_data(Cow::Owned(blocks), &Device::Cpu, GgmlDType::Q8_0)?;
-                let q = QTensor::new(storage, (rows, cols))?;
+                let matrix = Q8Matrix::from_ggml_blocks(rows, cols, &blocks).ok_or_else(|| {
+                    ModelError::Unsupported {
+                        reason: "the Q8_0 blocks do not fill the matrix".into(),
+                    }
+                })?;
                 Ok(Linear {
-                    bytes: q.storage_size_in_bytes(),
-                    inner: Weights::Candle(QMatMul::from_qtensor(q)?),
+                    bytes: matrix.bytes(),
+                    inner: Weights::Tiled(matrix),
                 })
             }
         }
@@ -156,6 +141,7 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
 
     #[test]
     fn our_q8_0_blocks_are_candles() {

@@ -7,9 +7,9 @@
 //! same call therefore serves a prompt's prefill, one stream's decode step and a batch of
 //! streams decoding together.
 //!
-//! Two implementations run that pass: candle tensor operations (f32, and int8 on CPUs without
-//! our vector Q8_0 kernel), and plain loops on flat buffers for int8 with it (`model/flat.rs`), which
-//! [`Model::forward_in`] can spread over the threads of a [`Team`].
+//! Two implementations run that pass: candle tensor operations for f32, and plain loops on
+//! flat buffers for int8 (`model/flat.rs`), which [`Model::forward_in`] can spread over the
+//! threads of a [`Team`]. The int8 pass gives the same bits on every CPU.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -118,8 +118,8 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Tensor,
     norm_w: Vec<f32>,
-    /// Whether every dense matrix is in the tiled Q8_0 layout (int8 on a CPU with the vector
-    /// kernel), so that the flat forward pass serves it.
+    /// Whether every dense matrix is in the tiled Q8_0 layout (int8), so that the flat
+    /// forward pass serves it.
     flat: bool,
     lm_head: Linear,
     rope: RopeTables,
@@ -383,8 +383,7 @@ impl Model {
     }
 
     /// As [`Model::forward`], with the work of the pass spread over the threads of `team`
-    /// where the model has a parallel pass (int8 on a CPU with the vector Q8_0 kernel; see
-    /// [`Model::parallel`]). The logits are the same bits as those of [`Model::forward`].
+    /// where the model has a parallel pass (int8; see [`Model::parallel`]). The logits are the same bits as those of [`Model::forward`].
     pub fn forward_in(
         &self,
         batch: &mut [(&mut Sequence, &[TokenId])],
@@ -393,8 +392,8 @@ impl Model {
         self.run(batch, Some(team))
     }
 
-    /// Whether [`Model::forward_in`] spreads a pass over threads: true for int8 on a CPU
-    /// with the vector Q8_0 kernel, where every matrix is in the tiled layout.
+    /// Whether [`Model::forward_in`] spreads a pass over threads: true for int8, where every
+    /// matrix is in the tiled layout.
     pub fn parallel(&self) -> bool {
         self.flat
     }
@@ -652,7 +651,9 @@ pub fn route(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     order.truncate(k);
     let max = order.first().map_or(0.0, |&e| logits[e]);
-    let exp: Vec<f32> = order.iter().map(|&e| (logits[e] - max).exp()).collect();
+    // Pure-Rust libm, not the platform's (whose result may depend on the CPU's features):
+    // the same weights on every machine.
+    let exp: Vec<f32> = order.iter().map(|&e| libm::expf(logits[e] - max)).collect();
     let sum: f32 = exp.iter().sum();
     let chosen: Vec<(usize, f32)> = order
         .into_iter()

@@ -143,13 +143,7 @@ impl Sampler {
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let inv_t = 1.0 / p.temperature;
-        self.candidates.clear();
-        self.candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| (i as TokenId, crate::kernels::exp((x - max) * inv_t))),
-        );
+        weigh(logits, max, inv_t, &mut self.candidates);
         let c = &mut self.candidates;
         let k = p.top_k as usize;
         if k > 0 && k < c.len() {
@@ -177,6 +171,18 @@ impl Sampler {
             .find(|x| x.1 > 0.0)
             .map_or_else(|| argmax(logits), |x| x.0)
     }
+}
+
+/// `candidates = [(id, e^((logit − max) / T))]` for every token, in id order.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn weigh(logits: &[f32], max: f32, inv_t: f32, candidates: &mut Vec<(TokenId, f32)>) {
+    candidates.clear();
+    candidates.extend(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as TokenId, crate::kernels::exp((x - max) * inv_t))),
+    );
 }
 
 /// Most likely first; ties broken by id so that the order is fully determined.

@@ -646,9 +646,10 @@ impl Node {
                     return report(
                         readiness,
                         format!(
-                            "{} model generated a probe token in {:.1} ms ({lanes} lanes){lane_note}",
+                            "{} model generated a probe token in {:.1} ms ({lanes} lanes, {} Q8_0 kernel){lane_note}",
                             self.config.precision,
-                            started.elapsed().as_secs_f64() * 1e3
+                            started.elapsed().as_secs_f64() * 1e3,
+                            blyan_model::q8_kernel(),
                         ),
                     );
                 }

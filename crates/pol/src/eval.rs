@@ -555,7 +555,10 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `x · wᵀ` for `x` of `[t, inner]` and `w` of `[out, inner]`: `[t, out]`. Every output is
 /// exactly [`dot`] of its row and column; they are computed in blocks of up to four rows by
 /// two columns, whose eight independent accumulator chains hide the adds' latency and read
-/// each loaded row for two columns and each column for four rows.
+/// each loaded row for two columns and each column for four rows. Compiled a second time for
+/// AVX2 (chosen at run time): wider vectors, the same operations in the same order, so the
+/// same bits.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn matmul(x: &[f32], w: &[f32], out: usize, inner: usize) -> Vec<f32> {
     let t = x.len() / inner;
     let mut y = vec![0f32; t * out];
@@ -583,6 +586,7 @@ fn matmul(x: &[f32], w: &[f32], out: usize, inner: usize) -> Vec<f32> {
 }
 
 /// Rows `p..p + R` and columns `o..o + C` of `y = x · wᵀ` (`y` of `[t, out]`).
+#[inline(always)]
 fn block<const R: usize, const C: usize>(
     y: &mut [f32],
     x: &[f32],
@@ -600,6 +604,7 @@ fn block<const R: usize, const C: usize>(
 
 /// The dot products of each of `a` with each of `b`, every one summed in [`dot`]'s order
 /// (eight lanes, the same tree, then the remainder), so each equals `dot` bit for bit.
+#[inline(always)]
 fn dots<const R: usize, const C: usize>(a: [&[f32]; R], b: [&[f32]; C]) -> [[f32; C]; R] {
     let n = b[0].len();
     let mut acc = [[[0f32; 8]; C]; R];

@@ -48,7 +48,9 @@ fn quantize_block(block: &[f32], out: &mut Vec<u8>) {
 ///
 /// # Panics
 /// If `block` does not hold exactly 32 values.
-#[inline]
+// Always inlined, so that callers compiled for a wider vector unit (the model's AVX2
+// clones) vectorise it with their own instructions.
+#[inline(always)]
 pub fn quantize_q8_0_block(block: &[f32]) -> (f32, [i8; Q8_0_BLOCK_LEN]) {
     assert_eq!(block.len(), Q8_0_BLOCK_LEN, "a Q8_0 block holds 32 values");
     let Ok(block) = <&[f32; Q8_0_BLOCK_LEN]>::try_from(block) else {

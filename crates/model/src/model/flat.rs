@@ -107,6 +107,7 @@ fn each<T: Send, R: Send>(
 }
 
 /// `out = x / rms(x) · w` per row of `d = w.len()`.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -123,6 +124,22 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * inv * g;
         }
     }
+}
+
+/// `sum += w · y`, element by element, each a fused multiply-add (with `w = 1` a plain
+/// sum: the product is exact).
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn add_scaled(sum: &mut [f32], w: f32, y: &[f32]) {
+    for (s, &v) in sum.iter_mut().zip(y) {
+        *s = w.mul_add(v, *s);
+    }
+}
+
+/// `act = silu(gate) · up`, element by element.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn swiglu(gate: &[f32], up: &[f32], act: &mut Vec<f32>) {
+    act.clear();
+    act.extend(gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + exp(-g)) * u));
 }
 
 /// Cuts `batch` into at most `parts` runs of whole sequences with about equal token counts.
@@ -241,14 +258,10 @@ impl Model {
                 for piece in cols {
                     let width = piece.cols.len();
                     let y = &piece.y[row * width..(row + 1) * width];
-                    for (s, &v) in sum[piece.cols.clone()].iter_mut().zip(y) {
-                        *s = w.mul_add(v, *s);
-                    }
+                    add_scaled(&mut sum[piece.cols.clone()], w, y);
                 }
             }
-            for (a, &s) in x.iter_mut().zip(&sum) {
-                *a += s;
-            }
+            add_scaled(x, 1.0, &sum);
         }
     }
 
@@ -372,8 +385,7 @@ impl Model {
             up.resize(m * width, 0.0);
             w13.matmul_rows(&rows, cols.clone(), &mut gate);
             w13.matmul_rows(&rows, ffn + cols.start..ffn + cols.end, &mut up);
-            act.clear();
-            act.extend(gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + exp(-g)) * u));
+            swiglu(&gate, &up, &mut act);
             q.quantize(&act, width);
             out.push(q);
         }

@@ -138,13 +138,8 @@ fn a_ragged_batch_equals_separate_passes() {
 fn int8_passes_spread_over_threads_give_the_same_bits() {
     let net = net(14);
     let model = net.model(Precision::Int8);
-    #[cfg(target_arch = "x86_64")]
-    assert_eq!(
-        model.parallel(),
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512bw"),
-        "int8 has the parallel pass exactly where the vector kernel runs"
-    );
+    assert!(model.parallel(), "int8 has the parallel pass on every CPU");
+    assert!(!net.model(Precision::F32).parallel());
     // Prefills of different lengths, then decode steps, run serially and on pools of two
     // and three threads (sequences split into parts, experts shared out among threads).
     let prompts = [
