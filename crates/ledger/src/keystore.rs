@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use blyan_primitives::{Address, Hash};
+use blyan_primitives::{Address, Hash, address_of};
 use k256::ecdsa::SigningKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -118,15 +118,6 @@ impl Keystore {
         }
         Ok(key)
     }
-}
-
-/// The Ethereum address of a signing key.
-pub fn address_of(key: &SigningKey) -> Address {
-    let point = key.verifying_key().to_encoded_point(false);
-    let bytes = point.as_bytes();
-    let mut xy = [0u8; 64];
-    xy.copy_from_slice(&bytes[1..65]);
-    Address::from_public_key(&xy)
 }
 
 #[cfg(unix)]

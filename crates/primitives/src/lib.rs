@@ -1,4 +1,4 @@
-//! Hashes, identifiers, addresses, amounts of BLY, Merkle roots and the canonical binary encoding shared by every Blyan crate.
+//! Hashes, identifiers, addresses, signatures, amounts of BLY, Merkle roots and the canonical binary encoding shared by every Blyan crate.
 //!
 //! Nothing here performs I/O; every type is plain data with a canonical byte form.
 
@@ -10,8 +10,10 @@ pub mod codec;
 mod expert;
 mod hash;
 pub mod merkle;
+mod signature;
 
 pub use address::{Address, AddressParseError};
 pub use amount::{Amount, AmountParseError, NANO_PER_BLY};
 pub use expert::{ExpertId, ExpertIdParseError};
 pub use hash::{Hash, HashParseError, Hasher};
+pub use signature::{SIGNATURE_LEN, Signature, SignatureError, address_of, personal_digest};
