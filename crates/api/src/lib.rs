@@ -10,6 +10,7 @@
 mod billing;
 mod error;
 mod ledger_routes;
+mod limit;
 mod node_routes;
 mod openai;
 mod openapi;
@@ -41,13 +42,21 @@ pub use openai::{ApiJson, MODEL_ID};
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config().body_limit_bytes;
     let candidate_limit = node.candidate_len_max();
+    let limits = Arc::new(limit::Limits::of(&node));
+    let limited = || middleware::from_fn_with_state(limits.clone(), limit::limit);
     Router::new()
         .route("/", get(ui::index))
         .route("/assets/{file}", get(ui::asset))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
+        .route(
+            "/v1/chat/completions",
+            post(openai::chat_completions).layer(limited()),
+        )
+        .route(
+            "/v1/completions",
+            post(openai::completions).layer(limited()),
+        )
         .route("/node", get(node_routes::info))
         .route("/chain/blocks", get(node_routes::blocks))
         .route("/chain/blocks/{hash}", get(node_routes::block))

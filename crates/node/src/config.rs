@@ -62,6 +62,15 @@ pub struct NodeConfig {
     /// Seconds between anchoring rounds of new ledger postings on the chain (0: never; anchor
     /// with `blyan ledger anchor`).
     pub anchor_interval_s: u64,
+    /// Generating requests a minute per API key, sustained (0: no limit).
+    pub rate_limit_key_per_min: u32,
+    /// Generating requests one API key may make at once before the minute rate applies.
+    pub rate_limit_key_burst: u32,
+    /// Generating requests a minute per client network (an IPv4 address or an IPv6 /64),
+    /// sustained; loopback is exempt (0: no limit).
+    pub rate_limit_ip_per_min: u32,
+    /// Generating requests one client network may make at once.
+    pub rate_limit_ip_burst: u32,
     /// Proof of Learning (the `pol_*` keys).
     pub pol: crate::pol::PolSettings,
 }
@@ -83,6 +92,10 @@ impl Default for NodeConfig {
             ledger_url: None,
             loopback_account: blyan_ledger::OPERATOR.to_owned(),
             anchor_interval_s: 60,
+            rate_limit_key_per_min: 600,
+            rate_limit_key_burst: 60,
+            rate_limit_ip_per_min: 600,
+            rate_limit_ip_burst: 60,
             pol: crate::pol::PolSettings::default(),
         }
     }
@@ -116,6 +129,14 @@ pub struct ConfigLayer {
     pub loopback_account: Option<String>,
     /// See [`NodeConfig::anchor_interval_s`].
     pub anchor_interval_s: Option<u64>,
+    /// See [`NodeConfig::rate_limit_key_per_min`].
+    pub rate_limit_key_per_min: Option<u32>,
+    /// See [`NodeConfig::rate_limit_key_burst`].
+    pub rate_limit_key_burst: Option<u32>,
+    /// See [`NodeConfig::rate_limit_ip_per_min`].
+    pub rate_limit_ip_per_min: Option<u32>,
+    /// See [`NodeConfig::rate_limit_ip_burst`].
+    pub rate_limit_ip_burst: Option<u32>,
     /// `pol`, `hybrid` or `pow`.
     pub pol_mode: Option<String>,
     /// Significance level, percent: 1 or 5.
@@ -192,6 +213,18 @@ impl NodeConfig {
         if let Some(v) = layer.anchor_interval_s {
             self.anchor_interval_s = v;
         }
+        if let Some(v) = layer.rate_limit_key_per_min {
+            self.rate_limit_key_per_min = v;
+        }
+        if let Some(v) = layer.rate_limit_key_burst {
+            self.rate_limit_key_burst = v;
+        }
+        if let Some(v) = layer.rate_limit_ip_per_min {
+            self.rate_limit_ip_per_min = v;
+        }
+        if let Some(v) = layer.rate_limit_ip_burst {
+            self.rate_limit_ip_burst = v;
+        }
         if let Some(v) = &layer.pol_mode {
             self.pol.mode = v.parse().map_err(NodeError::Config)?;
         }
@@ -263,6 +296,18 @@ impl NodeConfig {
         range("probe_interval_s", self.probe_interval_s, 1, 3600)?;
         range("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)?;
         range("anchor_interval_s", self.anchor_interval_s, 0, 86_400)?;
+        for (name, v) in [
+            ("rate_limit_key_per_min", self.rate_limit_key_per_min),
+            ("rate_limit_ip_per_min", self.rate_limit_ip_per_min),
+        ] {
+            range(name, u64::from(v), 0, 1_000_000)?;
+        }
+        for (name, v) in [
+            ("rate_limit_key_burst", self.rate_limit_key_burst),
+            ("rate_limit_ip_burst", self.rate_limit_ip_burst),
+        ] {
+            range(name, u64::from(v), 1, 1_000_000)?;
+        }
         if !matches!(self.pol.alpha_percent, 1 | 5) {
             return Err(NodeError::Config(format!(
                 "pol_alpha_percent = {} must be 1 or 5",

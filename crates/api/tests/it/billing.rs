@@ -125,7 +125,7 @@ fn pending(node: &Node, a: Address) -> u64 {
 }
 
 /// A user account with an API key, funded with `bly` BLY from the treasury.
-fn user(net: &crate::Net, bly: &str) -> (Address, String) {
+pub(crate) fn user(net: &crate::Net, bly: &str) -> (Address, String) {
     let ks = Keystore::new(net.dir.path().join("keystore"));
     let (a, key) = net.node.ledger().new_user(&ks, 1).expect("user");
     if bly != "0" {

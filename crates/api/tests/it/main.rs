@@ -2,6 +2,7 @@
 //! for streaming, disconnects, load and shutdown.
 
 mod billing;
+mod limits;
 mod pol;
 mod router;
 mod socket;
