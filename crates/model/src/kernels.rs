@@ -326,6 +326,29 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
+/// The weight rows a vector kernel writes the outputs of, and so the output row width.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Out {
+    start: usize,
+    end: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Out {
+    /// Writes tile `t`'s 16 outputs for token row `i`, those of rows below `end`.
+    #[inline(always)]
+    fn store(self, out: &mut [f32], i: usize, t: usize, values: [f32; TILE]) {
+        let first = t * TILE;
+        if first >= self.end {
+            return;
+        }
+        let valid = TILE.min(self.end - first);
+        let at = i * (self.end - self.start) + first - self.start;
+        out[at..at + valid].copy_from_slice(&values[..valid]);
+    }
+}
+
 /// Plain Rust: the reference the vector kernels are held to, and the path on other CPUs.
 mod portable {
     use std::ops::Range;
@@ -398,7 +421,7 @@ mod simd {
     };
     use std::{ops::Range, sync::OnceLock};
 
-    use super::{Q8Matrix, QK, QuantRows, TILE};
+    use super::{Out, Q8Matrix, QK, QuantRows, TILE};
 
     /// Whether this CPU runs the AVX2/FMA kernel.
     pub(super) fn available() -> bool {
@@ -466,13 +489,6 @@ mod simd {
         }
     }
 
-    /// The weight rows whose outputs are written, and so the output row width.
-    #[derive(Clone, Copy)]
-    struct Out {
-        start: usize,
-        end: usize,
-    }
-
     /// Outputs of tiles `t .. t + T` for token rows `i .. i + R`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -484,7 +500,7 @@ mod simd {
         o: Out,
         out: &mut [f32],
     ) {
-        let (n, kb) = (o.end, w.cols / QK);
+        let kb = w.cols / QK;
         let tiles = &w.tiles[t * kb..(t + T) * kb];
         let xb = &x.blocks[i * kb..(i + R) * kb];
         let xs = &x.scales[i * kb..(i + R) * kb];
@@ -524,14 +540,7 @@ mod simd {
         }
         for (r, row) in acc.iter().enumerate() {
             for (u, &a) in row.iter().enumerate() {
-                let first = (t + u) * TILE;
-                if first >= n {
-                    break;
-                }
-                let v: [f32; TILE] = bytemuck::cast(a);
-                let valid = TILE.min(n - first);
-                let at = (i + r) * (o.end - o.start) + first - o.start;
-                out[at..at + valid].copy_from_slice(&v[..valid]);
+                o.store(out, i + r, t + u, bytemuck::cast(a));
             }
         }
     }
@@ -585,7 +594,7 @@ mod vnni {
     };
     use std::{ops::Range, sync::OnceLock};
 
-    use super::{Q8Matrix, QK, QuantRows, TILE};
+    use super::{Out, Q8Matrix, QK, QuantRows, TILE};
 
     /// Whether this CPU has AVX-512F/BW and VNNI.
     pub(super) fn available() -> bool {
@@ -652,13 +661,6 @@ mod vnni {
         }
     }
 
-    /// The weight rows whose outputs are written, and so the output row width.
-    #[derive(Clone, Copy)]
-    struct Out {
-        start: usize,
-        end: usize,
-    }
-
     /// Outputs of tiles `t .. t + T` for token rows `i .. i + R`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
@@ -670,7 +672,7 @@ mod vnni {
         o: Out,
         out: &mut [f32],
     ) {
-        let (n, kb) = (o.end, w.cols / QK);
+        let kb = w.cols / QK;
         let tiles = &w.tiles[t * kb..(t + T) * kb];
         let xb = &x.blocks[i * kb..(i + R) * kb];
         let xs = &x.scales[i * kb..(i + R) * kb];
@@ -706,14 +708,7 @@ mod vnni {
         }
         for (r, row) in acc.iter().enumerate() {
             for (u, &a) in row.iter().enumerate() {
-                let first = (t + u) * TILE;
-                if first >= n {
-                    break;
-                }
-                let v: [f32; TILE] = bytemuck::cast(a);
-                let valid = TILE.min(n - first);
-                let at = (i + r) * (o.end - o.start) + first - o.start;
-                out[at..at + valid].copy_from_slice(&v[..valid]);
+                o.store(out, i + r, t + u, bytemuck::cast(a));
             }
         }
     }
