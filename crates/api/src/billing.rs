@@ -43,7 +43,9 @@ impl Caller {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The bearer token of `Authorization`, if any; a header that is not `Bearer <token>` is
+/// refused.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -38,7 +38,8 @@ use tracing::Instrument;
 pub use error::ApiError;
 pub use openai::{ApiJson, MODEL_ID};
 
-/// The router of every endpoint, over `node`.
+/// The router of every endpoint, over `node`. Its rate-limit buckets live in the router:
+/// build it once and clone it (clones share them).
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config().body_limit_bytes;
     let candidate_limit = node.candidate_len_max();

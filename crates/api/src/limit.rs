@@ -146,16 +146,10 @@ pub(crate) async fn limit(State(limits): State<Arc<Limits>>, req: Request, next:
     {
         return refuse(wait, "this network");
     }
-    let key = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim())
-        .filter(|key| !key.is_empty());
+    // A malformed header has no key bucket; the handler refuses it with its own error.
+    let key = crate::billing::bearer(req.headers()).ok().flatten();
     if let (Some(buckets), Some(key)) = (&limits.by_key, key)
-        && let Err(wait) = buckets.take(&key.to_owned(), now)
+        && let Err(wait) = buckets.take(&key, now)
     {
         return refuse(wait, "this API key");
     }

@@ -111,11 +111,6 @@ impl Q8Matrix {
         self.rows
     }
 
-    /// Input width.
-    pub(crate) fn cols(&self) -> usize {
-        self.cols
-    }
-
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.tiles.len() * std::mem::size_of::<TileBlock>()

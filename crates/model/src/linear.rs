@@ -5,10 +5,7 @@ use blyan_tensor::{
 };
 use candle_core::{Device, Module, Tensor, quantized::QMatMul};
 
-use crate::{
-    ModelError, Precision,
-    kernels::{Q8Matrix, QuantRows},
-};
+use crate::{ModelError, Precision, kernels::Q8Matrix};
 
 fn check_q8_width(cols: usize) -> Result<(), ModelError> {
     if cols.is_multiple_of(Q8_0_BLOCK_LEN) {
@@ -105,22 +102,10 @@ impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         match &self.inner {
             Weights::Candle(m) => Ok(m.forward(x)?),
-            Weights::Tiled(m) => {
-                let (tokens, width) = x.dims2()?;
-                if width != m.cols() {
-                    return Err(ModelError::Unsupported {
-                        reason: format!(
-                            "input width {width} differs from the matrix's {}",
-                            m.cols()
-                        ),
-                    });
-                }
-                let mut rows = QuantRows::default();
-                rows.quantize(&x.flatten_all()?.to_vec1::<f32>()?, width);
-                let mut out = vec![0f32; tokens * m.rows()];
-                m.matmul(&rows, &mut out);
-                Ok(Tensor::from_vec(out, (tokens, m.rows()), &Device::Cpu)?)
-            }
+            // int8 matrices are multiplied by the flat pass (`model/flat.rs`), never here.
+            Weights::Tiled(_) => Err(ModelError::Unsupported {
+                reason: "a tiled Q8_0 matrix runs in the flat pass, not as a tensor op".into(),
+            }),
         }
     }
 

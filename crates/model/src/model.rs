@@ -383,7 +383,8 @@ impl Model {
     }
 
     /// As [`Model::forward`], with the work of the pass spread over the threads of `team`
-    /// where the model has a parallel pass (int8; see [`Model::parallel`]). The logits are the same bits as those of [`Model::forward`].
+    /// where the model has a parallel pass (int8; see [`Model::parallel`]). The logits are
+    /// the same bits as those of [`Model::forward`].
     pub fn forward_in(
         &self,
         batch: &mut [(&mut Sequence, &[TokenId])],
