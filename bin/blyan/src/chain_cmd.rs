@@ -116,7 +116,10 @@ fn show(store: &Store, hash: Hash, json: bool) -> anyhow::Result<()> {
             serde_json::json!({ "tensors": tensors })
         }
     };
-    let out = serde_json::json!({ "hash": hash, "header": header, "payload": content });
+    let signature = store.signature(&hash)?;
+    let out = serde_json::json!({
+        "hash": hash, "header": header, "signature": signature, "payload": content
+    });
     if json {
         println!("{out}");
     } else {
@@ -159,6 +162,7 @@ fn verify(store: &Store, full: bool, json: bool) -> anyhow::Result<ExitCode> {
                     "ok": true, "full": full, "blocks": report.blocks,
                     "chains": report.chains.iter().map(|(c, n)| (c.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                     "payload_bytes_hashed": report.payload_bytes_hashed,
+                    "signatures_checked": report.signatures_checked,
                     "seconds": secs, "mb_per_s": mb_per_s,
                 });
                 println!("{out}");
@@ -168,7 +172,12 @@ fn verify(store: &Store, full: bool, json: bool) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|(c, n)| format!("{c} {n}"))
                     .collect();
-                println!("ok: {} blocks ({})", report.blocks, chains.join(", "));
+                println!(
+                    "ok: {} blocks ({}), {} author signatures checked",
+                    report.blocks,
+                    chains.join(", "),
+                    report.signatures_checked
+                );
                 if full {
                     println!(
                         "re-hashed {:.1} MB of payload in {secs:.2} s ({mb_per_s:.0} MB/s)",

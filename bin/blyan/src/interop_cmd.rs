@@ -7,7 +7,6 @@ use std::{
 
 use anyhow::Context;
 use blyan_interop::{GgufType, ImportOutcome, export_gguf, export_hf, import_hf};
-use blyan_primitives::Address;
 use clap::Subcommand;
 
 /// `blyan import …`
@@ -15,13 +14,10 @@ use clap::Subcommand;
 pub(crate) enum ImportCommand {
     /// Import a Mixtral-layout checkpoint directory (config.json, *.safetensors,
     /// tokenizer.json): a new network in an empty data directory, otherwise new versions of
-    /// the tensor groups that changed.
+    /// the tensor groups that changed. Every block is signed by the node's key.
     Hf {
         /// The checkpoint directory.
         dir: PathBuf,
-        /// Author address of new version blocks.
-        #[arg(long, default_value_t = Address::ZERO)]
-        author: Address,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -47,12 +43,12 @@ pub(crate) enum ExportCommand {
 }
 
 pub(crate) fn import(data_dir: &Path, cmd: ImportCommand) -> anyhow::Result<()> {
-    let ImportCommand::Hf { dir, author, json } = cmd;
+    let ImportCommand::Hf { dir, json } = cmd;
     let store = crate::open_store(data_dir)?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let outcome = import_hf(&store, &dir, author, now_ms)
+    let outcome = import_hf(&store, &dir, &crate::node_key(data_dir)?, now_ms)
         .with_context(|| format!("importing {}", dir.display()))?;
     match outcome {
         ImportOutcome::Created { network, blocks } => {

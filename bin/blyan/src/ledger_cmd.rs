@@ -319,7 +319,7 @@ pub(crate) fn ledger(
             let chain = crate::open_store(data_dir)?;
             let blocks = ledger.anchor(
                 &chain,
-                setup.operator,
+                &crate::node_key(data_dir)?,
                 blyan_ledger::ANCHOR_BATCH_DEFAULT,
                 now_ms(),
             )?;

@@ -187,6 +187,14 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The node's key in `data_dir`'s keystore (made on first use): it signs every block this
+/// data directory's node makes.
+pub(crate) fn node_key(data_dir: &std::path::Path) -> anyhow::Result<blyan_primitives::SigningKey> {
+    blyan_ledger::Keystore::new(data_dir.join(blyan_ledger::KEYSTORE_DIR))
+        .node_key(blyan_node::unix_ms())
+        .with_context(|| format!("loading the node key of {}", data_dir.display()))
+}
+
 /// The block store inside a data directory.
 pub(crate) fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
     let dir = data_dir.join("chain");
@@ -201,13 +209,15 @@ fn init(
     // Read first: a corpus that cannot be read must stop `init` before it writes anything.
     let corpus = bundled::corpus(args.corpus.as_deref())?;
     let store = open_store(data_dir)?;
+    let key = node_key(data_dir)?;
     let blocks = if args.random_weights {
-        genesis::random_genesis(args.seed)
+        genesis::random_genesis(args.seed, &key)
     } else {
         genesis::bundled_genesis(
             bundled::GENESIS_SPEC,
             bundled::GENESIS_TOKENIZER,
             bundled::GENESIS_WEIGHTS,
+            &key,
         )
     }
     .context("building the genesis blocks")?;

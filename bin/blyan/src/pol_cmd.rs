@@ -119,6 +119,7 @@ pub(crate) fn build_pool(
         data_dir,
         &tokens,
         &source,
+        &crate::node_key(data_dir)?,
         blyan_node::unix_ms(),
     )?)
 }

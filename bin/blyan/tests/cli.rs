@@ -66,6 +66,9 @@ fn init_log_show_verify() {
         &["chain", "show", expert["hash"].as_str().unwrap(), "--json"],
     ));
     assert_eq!(show["header"]["meta"]["expert"], "3.7");
+    // Every block is signed by the data directory's node key, which is also the operator's.
+    assert_eq!(show["header"]["author"], init["ledger"]["operator"]);
+    assert_eq!(show["signature"].as_str().unwrap().len(), 2 + 130);
     assert_eq!(
         show["payload"]["tensors"][0]["shape"],
         serde_json::json!([512, 256])
@@ -85,6 +88,7 @@ fn init_log_show_verify() {
     let verify = json(&blyan(dir.path(), &["chain", "verify", "--full", "--json"]));
     assert_eq!(verify["ok"], true);
     assert_eq!(verify["blocks"], 51);
+    assert_eq!(verify["signatures_checked"], 51);
 
     // Running init again changes nothing.
     let again = json(&blyan(dir.path(), &["init", "--json"]));
@@ -306,13 +310,29 @@ fn export_import_round_trip_and_gguf() {
         &["import", "hf", hf.to_str().unwrap(), "--json"],
     ));
     assert_eq!(imported["created"], true);
-    assert_eq!(imported["network"], init["network"]);
+    // Another data directory, so another node key signs the genesis: another network, with
+    // the same model (checked below by exporting it again).
+    assert_ne!(imported["network"], init["network"]);
     let again = json(&blyan(
         &b,
         &["import", "hf", hf.to_str().unwrap(), "--json"],
     ));
     assert_eq!(again["created"], false);
     assert_eq!(again["unchanged"], 47);
+    let hf_again = dir.path().join("hf_again");
+    let out = blyan(&b, &["export", "hf", hf_again.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(hf.join(file)).unwrap(),
+            std::fs::read(hf_again.join(file)).unwrap(),
+            "{file}"
+        );
+    }
 
     let gguf = dir.path().join("m.gguf");
     let out = blyan(&b, &["export", "gguf", gguf.to_str().unwrap()]);
@@ -497,14 +517,14 @@ fn init_and_corpus_export_work_from_any_directory() {
     let pool = &init["pool"];
     assert!(pool["items"].as_u64().unwrap() > 1000, "{init}");
 
-    // The same network and pool as from the repository's corpus file.
+    // The same pool as from the repository's corpus file (the networks differ: each data
+    // directory's node key signs its genesis).
     let repo_corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/corpus/kjv.tsv");
     let from_file = tempfile::tempdir().unwrap();
     let init_file = json(&run(
         from_file.path(),
         &["init", "--json", "--corpus", repo_corpus.to_str().unwrap()],
     ));
-    assert_eq!(init_file["network"], init["network"]);
     assert_eq!(init_file["pool"]["root"], pool["root"]);
     assert_eq!(init_file["pool"]["items"], pool["items"]);
 

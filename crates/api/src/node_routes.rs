@@ -77,8 +77,10 @@ pub(crate) async fn block(
     let hash: Hash = hash
         .parse()
         .map_err(|e| ApiError::invalid("hash", format!("{hash:?} is not a block hash: {e}")))?;
-    let header = blocking(move || node.block(&hash)).await?;
-    Ok(Json(json!({"hash": hash, "header": header})))
+    let (header, signature) = blocking(move || node.block(&hash)).await?;
+    Ok(Json(
+        json!({"hash": hash, "header": header, "signature": signature}),
+    ))
 }
 
 /// `GET /experts`.

@@ -31,7 +31,12 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         "Blocks in chain then height order; query `chain` (meta, param, dataset, proof, ledger), `offset`, `limit` (1–500, default 50).",
         false,
     ),
-    ("get", "/chain/blocks/{hash}", "One block's header.", false),
+    (
+        "get",
+        "/chain/blocks/{hash}",
+        "One block's header and its author's signature of the block hash (EIP-191 over the hash's 32 bytes).",
+        false,
+    ),
     (
         "get",
         "/experts",

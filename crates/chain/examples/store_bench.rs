@@ -12,9 +12,15 @@ use std::time::Instant;
 
 use blyan_chain::genesis::{self, GENESIS_SEED, RandomWeights, genesis_blocks};
 use blyan_chain::spec::{MetaPayload, ModelSpec, byte_level_tokenizer_json, expert_group_name};
-use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, Store, VerifyMode};
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_chain::{
+    Block, BlockKind, BlockMeta, ChainId, Store, VerifyMode, check_signature, sign_hash,
+};
+use blyan_primitives::{ExpertId, Hash, SigningKey};
 use blyan_tensor::{DType, TensorDesc, encode_tensors, f32_to_bytes};
+
+/// The key every benchmark block is signed with.
+static KEY: std::sync::LazyLock<SigningKey> =
+    std::sync::LazyLock::new(|| SigningKey::from_slice(&[3; 32]).expect("a valid scalar"));
 
 fn main() {
     let fill: u64 = std::env::args()
@@ -31,7 +37,7 @@ fn main() {
         spec: ModelSpec::tiny(Hash::of(&tokenizer)),
         tokenizer,
     };
-    let blocks = genesis_blocks(&meta, &mut RandomWeights { seed: 1 }).unwrap();
+    let blocks = genesis_blocks(&meta, &mut RandomWeights { seed: 1 }, &KEY).unwrap();
     let spec = blocks[0].hash();
     genesis::init(&store, blocks).unwrap();
     let mut n = 0u64;
@@ -72,12 +78,29 @@ fn main() {
         payloads as f64 / 1e6,
         unique_payload as f64 / 1e6
     );
+    // 4a: the signature checks' share of verifying a store of small blocks.
+    let blocks = store.len().unwrap();
+    let links = fastest(3, || {
+        let t = Instant::now();
+        store.verify(VerifyMode::Links, |_| {}).unwrap().unwrap();
+        t.elapsed().as_secs_f64()
+    });
+    let (sign_us, check_us) = signature_costs();
+    println!(
+        "signatures: sign {sign_us:.1} µs, check (recover + compare) {check_us:.1} µs per block"
+    );
+    println!(
+        "verify (links) of {blocks} small blocks: {links:.2} s, of which signature checks \
+         {:.2} s = {:.0}%",
+        blocks as f64 * check_us / 1e6,
+        100.0 * blocks as f64 * check_us / 1e6 / links
+    );
     drop(store);
 
     // 3: raw SHA-256 vs verify --full on the genesis store.
     let dir = tmp.path().join("genesis");
     let store = Store::open(&dir).unwrap();
-    genesis::init(&store, genesis::random_genesis(GENESIS_SEED).unwrap()).unwrap();
+    genesis::init(&store, genesis::random_genesis(GENESIS_SEED, &KEY).unwrap()).unwrap();
     let buf = vec![0x5au8; 256 << 20];
     let raw = best_of(5, || {
         let t = Instant::now();
@@ -89,6 +112,19 @@ fn main() {
         let report = store.verify(VerifyMode::Full, |_| {}).unwrap().unwrap();
         report.payload_bytes_hashed as f64 / 1e6 / t.elapsed().as_secs_f64()
     });
+    let full_s = fastest(5, || {
+        let t = Instant::now();
+        store.verify(VerifyMode::Full, |_| {}).unwrap().unwrap();
+        t.elapsed().as_secs_f64()
+    });
+    let (_, check_us) = signature_costs();
+    let sigs = store.len().unwrap() as f64;
+    println!(
+        "verify --full on genesis: {:.1} ms, of which {sigs} signature checks {:.1} ms = {:.1}%",
+        full_s * 1e3,
+        sigs * check_us / 1e3,
+        100.0 * sigs * check_us / 1e6 / full_s
+    );
     println!("raw SHA-256 (one thread, 256 MiB in memory): {raw:.0} MB/s");
     println!(
         "verify --full on genesis (50 blocks, 61.4 MB): {verify:.0} MB/s = {:.0}% of raw",
@@ -107,6 +143,28 @@ fn main() {
         payload as f64 / 1e6,
         100.0 * (total as f64 - payload as f64) / payload as f64
     );
+}
+
+/// Microseconds to sign one block hash and to check one block signature (medians of 9 rounds
+/// of 200).
+fn signature_costs() -> (f64, f64) {
+    let hashes: Vec<Hash> = (0..200u32).map(|i| Hash::of(&i.to_le_bytes())).collect();
+    let author = blyan_primitives::address_of(&KEY);
+    let mut signs = Vec::new();
+    let mut checks = Vec::new();
+    for _ in 0..9 {
+        let t = Instant::now();
+        let sigs: Vec<_> = hashes.iter().map(|h| sign_hash(&KEY, h)).collect();
+        signs.push(t.elapsed().as_secs_f64() * 1e6 / hashes.len() as f64);
+        let t = Instant::now();
+        for (h, s) in hashes.iter().zip(&sigs) {
+            check_signature(h, &author, Some(s)).unwrap();
+        }
+        checks.push(t.elapsed().as_secs_f64() * 1e6 / hashes.len() as f64);
+    }
+    signs.sort_by(f64::total_cmp);
+    checks.sort_by(f64::total_cmp);
+    (signs[4], checks[4])
 }
 
 /// Appends `count` expert versions; with `same_payload` the tensors repeat, so only the
@@ -205,7 +263,7 @@ fn expert_block(
             tensors: data.into_iter().map(|(d, _)| d).collect(),
         },
         payload,
-        Address::ZERO,
+        &KEY,
         genesis::GENESIS_TIMESTAMP_MS + height,
     )
 }
@@ -224,6 +282,10 @@ fn unique_payload_bytes(store: &Store) -> u64 {
 
 fn best_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
     (0..n).map(|_| f()).fold(0.0, f64::max)
+}
+
+fn fastest(n: usize, mut f: impl FnMut() -> f64) -> f64 {
+    (0..n).map(|_| f()).fold(f64::INFINITY, f64::min)
 }
 
 fn dir_size(p: &Path) -> u64 {

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use blyan_primitives::{Address, ExpertId, Hash, codec};
+use blyan_primitives::{
+    Address, ExpertId, Hash, Signature, SignatureError, SigningKey, address_of, codec,
+};
 use blyan_tensor::TensorDesc;
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
@@ -261,16 +263,23 @@ impl BlockHeader {
 }
 
 /// A block as it arrives from outside: nothing about it has been checked.
+///
+/// The signature is not part of the header bytes, so it is not covered by the block hash: it
+/// is the author's EIP-191 `personal_sign` of the hash's 32 bytes, and the author named in
+/// the header must be the address it recovers ([`CheckedBlock`](crate::CheckedBlock) checks).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Block {
     /// The header.
     pub header: BlockHeader,
     /// The payload bytes.
     pub payload: Vec<u8>,
+    /// The author's signature of the block hash; a block without one is refused.
+    pub signature: Option<Signature>,
 }
 
 impl Block {
-    /// A block whose header states `payload`'s hash and length.
+    /// A block whose header states `payload`'s hash and length, authored and signed by
+    /// `signer`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         chain: ChainId,
@@ -280,7 +289,7 @@ impl Block {
         kind: BlockKind,
         meta: BlockMeta,
         payload: Vec<u8>,
-        author: Address,
+        signer: &SigningKey,
         timestamp_ms: u64,
     ) -> Block {
         let header = BlockHeader {
@@ -293,14 +302,69 @@ impl Block {
             meta,
             payload_hash: Hash::of(&payload),
             payload_len: payload.len() as u64,
-            author,
+            author: address_of(signer),
             timestamp_ms,
         };
-        Block { header, payload }
+        let mut block = Block {
+            header,
+            payload,
+            signature: None,
+        };
+        block.sign(signer);
+        block
+    }
+
+    /// A block from its parts as they travel: canonical header bytes, the 65 signature
+    /// bytes and the payload. Only the encoding is checked here; the rest is
+    /// [`CheckedBlock`](crate::CheckedBlock)'s.
+    pub fn from_parts(
+        header: &[u8],
+        signature: &[u8],
+        payload: Vec<u8>,
+    ) -> Result<Block, BlockError> {
+        let header = BlockHeader::decode(header)?;
+        let signature = Signature::from_slice(signature).map_err(BlockError::BadSignature)?;
+        Ok(Block {
+            header,
+            payload,
+            signature: Some(signature),
+        })
+    }
+
+    /// Makes `signer` the author and signs the header as it is now. Anything changed in
+    /// the header afterwards voids the signature.
+    pub fn sign(&mut self, signer: &SigningKey) {
+        self.header.author = address_of(signer);
+        self.signature = Some(sign_hash(signer, &self.header.hash()));
     }
 
     /// The block hash.
     pub fn hash(&self) -> Hash {
         self.header.hash()
+    }
+}
+
+/// The signature of block hash `hash` by `signer`: EIP-191 `personal_sign` of its 32 bytes.
+pub fn sign_hash(signer: &SigningKey, hash: &Hash) -> Signature {
+    Signature::sign(signer, &hash.0)
+}
+
+/// Checks that `signature` is `author`'s signature of block hash `hash`.
+pub fn check_signature(
+    hash: &Hash,
+    author: &Address,
+    signature: Option<&Signature>,
+) -> Result<(), BlockError> {
+    let signature = signature.ok_or(BlockError::MissingSignature)?;
+    match signature.verify(&hash.0, author) {
+        Ok(()) => Ok(()),
+        Err(SignatureError::WrongSigner {
+            expected,
+            recovered,
+        }) => Err(BlockError::WrongSigner {
+            author: expected,
+            signer: recovered,
+        }),
+        Err(e) => Err(BlockError::BadSignature(e)),
     }
 }

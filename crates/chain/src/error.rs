@@ -1,6 +1,6 @@
 //! Errors: [`BlockError`] when a block is invalid, [`ChainError`] when the store fails.
 
-use blyan_primitives::Hash;
+use blyan_primitives::{Address, Hash, SignatureError};
 use blyan_tensor::TensorError;
 
 use crate::{BlockKind, ChainId};
@@ -171,6 +171,20 @@ pub enum BlockError {
         /// What the decoder said.
         reason: String,
     },
+    /// The block carries no signature.
+    #[error("block is not signed")]
+    MissingSignature,
+    /// The signature is malformed, malleable (high `s`) or does not verify.
+    #[error("bad block signature: {0}")]
+    BadSignature(SignatureError),
+    /// A valid signature, but by another key than the author's.
+    #[error("block names author {author} but was signed by {signer}")]
+    WrongSigner {
+        /// The author the header names.
+        author: Address,
+        /// The address the signature recovers.
+        signer: Address,
+    },
     /// The block is already stored.
     #[error("block {block} is already in the store")]
     Duplicate {
@@ -207,6 +221,9 @@ impl BlockError {
             BlockError::NonFinite { .. } => "non_finite",
             BlockError::Tensor(_) => "bad_tensor_payload",
             BlockError::MalformedPayload { .. } => "malformed_payload",
+            BlockError::MissingSignature => "missing_signature",
+            BlockError::BadSignature(e) => e.code(),
+            BlockError::WrongSigner { .. } => "wrong_signer",
             BlockError::Duplicate { .. } => "duplicate",
         }
     }

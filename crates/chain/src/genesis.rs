@@ -1,7 +1,7 @@
 //! The genesis of a network: the spec block, one parameter block per tensor group, and the
 //! first blocks of the dataset and proof chains.
 
-use blyan_primitives::{Address, Hash, codec};
+use blyan_primitives::{Hash, SigningKey, codec};
 use blyan_tensor::{TensorDesc, encode_tensors, f32_to_bytes};
 use borsh::{BorshDeserialize, BorshSerialize};
 use rand::{Rng, SeedableRng};
@@ -147,10 +147,12 @@ fn normal_samples(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
     out
 }
 
-/// Builds every genesis block for `meta`, with weights from `weights`.
+/// Builds every genesis block for `meta`, with weights from `weights`, each authored and
+/// signed by `operator`: the network's name (the spec block's hash) commits to who made it.
 pub fn genesis_blocks(
     meta: &MetaPayload,
     weights: &mut impl WeightSource,
+    operator: &SigningKey,
 ) -> Result<Vec<Block>, BlockError> {
     let ts = GENESIS_TIMESTAMP_MS;
     let spec_block = Block::new(
@@ -164,7 +166,7 @@ pub fn genesis_blocks(
             ..BlockMeta::default()
         },
         meta.encode()?,
-        Address::ZERO,
+        operator,
         ts,
     );
     let spec_hash = spec_block.hash();
@@ -189,7 +191,7 @@ pub fn genesis_blocks(
                 tensors: tensors.into_iter().map(|(d, _)| d).collect(),
             },
             payload,
-            Address::ZERO,
+            operator,
             ts,
         );
         prev = block.hash();
@@ -220,7 +222,7 @@ pub fn genesis_blocks(
                 ..BlockMeta::default()
             },
             payload,
-            Address::ZERO,
+            operator,
             ts,
         ));
     }
@@ -228,23 +230,25 @@ pub fn genesis_blocks(
 }
 
 /// An untrained network: the genesis architecture, the byte-level tokenizer (no merges) and
-/// seeded random weights. For tests and benchmarks; `blyan init` ships the trained model.
-pub fn random_genesis(seed: u64) -> Result<Vec<Block>, BlockError> {
+/// seeded random weights, signed by `operator`. For tests and benchmarks; `blyan init` ships
+/// the trained model.
+pub fn random_genesis(seed: u64, operator: &SigningKey) -> Result<Vec<Block>, BlockError> {
     let tokenizer = byte_level_tokenizer_json();
     let meta = MetaPayload {
         spec: ModelSpec::genesis(Hash::of(&tokenizer)),
         tokenizer,
     };
-    genesis_blocks(&meta, &mut RandomWeights { seed })
+    genesis_blocks(&meta, &mut RandomWeights { seed }, operator)
 }
 
 /// A network from a trained model: its spec as JSON (`ModelSpec`'s serde form), its
 /// `tokenizer.json` and its weights as a bundle. The spec must name the tokenizer's hash
-/// and the bundle must hold exactly the spec's tensors.
+/// and the bundle must hold exactly the spec's tensors. Signed by `operator`.
 pub fn bundled_genesis(
     spec_json: &[u8],
     tokenizer: &[u8],
     weights: &[u8],
+    operator: &SigningKey,
 ) -> Result<Vec<Block>, BlockError> {
     let spec: ModelSpec =
         serde_json::from_slice(spec_json).map_err(|e| BlockError::InvalidSpec {
@@ -256,7 +260,7 @@ pub fn bundled_genesis(
     };
     meta.check()?;
     let mut source = BundleWeights::new(weights, &meta.spec)?;
-    genesis_blocks(&meta, &mut source)
+    genesis_blocks(&meta, &mut source, operator)
 }
 
 /// What `init` did.

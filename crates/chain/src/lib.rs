@@ -20,7 +20,7 @@ mod verify;
 
 pub use block::{
     Block, BlockHeader, BlockKind, BlockMeta, ChainId, DEPENDS_ON_MAX, FORMAT_VERSION,
-    HEADER_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX,
+    HEADER_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX, check_signature, sign_hash,
 };
 pub use error::{BlockError, ChainError};
 pub use ledger::{LEDGER_BATCH_POSTINGS_MAX, LEDGER_POSTING_LEN_MAX, LedgerBatch};

@@ -3,8 +3,9 @@
 //! Layout of a store directory:
 //!
 //! ```text
-//! index.redb          hash → header, (chain, height) → hash, group → versions and head,
-//!                     chain → running totals (blocks, payload bytes)
+//! index.redb          hash → header, hash → author's signature, (chain, height) → hash,
+//!                     group → versions and head, chain → running totals (blocks, payload
+//!                     bytes)
 //! payloads/ab/abcd…   payload bytes, named by payload hash, fanned out by first byte
 //! tmp/                payloads being written; emptied at open
 //! ```
@@ -22,7 +23,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use blyan_primitives::{ExpertId, Hash};
+use blyan_primitives::{ExpertId, Hash, SIGNATURE_LEN, Signature};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 
@@ -36,6 +37,9 @@ use crate::{
 /// hash → canonical header bytes.
 pub(crate) const HEADERS: TableDefinition<'static, [u8; 32], &'static [u8]> =
     TableDefinition::new("headers");
+/// hash → the author's 65-byte signature of it (kept beside the header, which it signs).
+pub(crate) const SIGNATURES: TableDefinition<'static, [u8; 32], [u8; SIGNATURE_LEN]> =
+    TableDefinition::new("signatures");
 /// (chain, height) → hash.
 pub(crate) const BY_HEIGHT: TableDefinition<'static, (u8, u64), [u8; 32]> =
     TableDefinition::new("by_height");
@@ -129,6 +133,7 @@ impl Store {
         let db = Database::create(dir.join("index.redb"))?;
         let txn = db.begin_write()?;
         txn.open_table(HEADERS)?;
+        txn.open_table(SIGNATURES)?;
         txn.open_table(BY_HEIGHT)?;
         txn.open_table(VERSIONS)?;
         txn.open_table(GROUP_HEADS)?;
@@ -213,6 +218,28 @@ impl Store {
         let txn = self.db.begin_read()?;
         let headers = txn.open_table(HEADERS)?;
         read_header(&headers, hash)
+    }
+
+    /// The author's signature of block `hash`. A stored block without one was written by a
+    /// build that did not sign blocks; `verify` names it.
+    pub fn signature(&self, hash: &Hash) -> Result<Option<Signature>, ChainError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SIGNATURES)?;
+        Ok(t.get(hash.0)?.map(|v| Signature(v.value())))
+    }
+
+    /// Block `hash` whole: header, signature and payload (checked against its hash), as it
+    /// is sent to a peer.
+    pub fn block(&self, hash: &Hash) -> Result<Block, ChainError> {
+        let header = self.header(hash)?.ok_or(ChainError::NotFound(*hash))?;
+        let payload = self.map_payload(*hash, &header)?;
+        Store::check_payload(hash, &header, &payload)?;
+        let signature = self.signature(hash)?;
+        Ok(Block {
+            header,
+            payload: payload.to_vec(),
+            signature,
+        })
     }
 
     /// The height and hash of the last block of `chain`.
@@ -517,6 +544,7 @@ fn chain_head(
 struct Tables<'t> {
     store: &'t Store,
     headers: redb::Table<'t, [u8; 32], &'static [u8]>,
+    signatures: redb::Table<'t, [u8; 32], [u8; SIGNATURE_LEN]>,
     by_height: redb::Table<'t, (u8, u64), [u8; 32]>,
     versions: redb::Table<'t, (&'static str, u32), [u8; 32]>,
     group_heads: redb::Table<'t, &'static str, [u8; 32]>,
@@ -528,6 +556,7 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             store,
             headers: txn.open_table(HEADERS)?,
+            signatures: txn.open_table(SIGNATURES)?,
             by_height: txn.open_table(BY_HEIGHT)?,
             versions: txn.open_table(VERSIONS)?,
             group_heads: txn.open_table(GROUP_HEADS)?,
@@ -538,6 +567,11 @@ impl<'t> Tables<'t> {
     fn insert(&mut self, valid: &ValidBlock) -> Result<(), ChainError> {
         let h = &valid.block.header;
         self.headers.insert(valid.hash.0, h.encode().as_slice())?;
+        let signature = valid.block.signature.ok_or(ChainError::Invalid {
+            block: valid.hash,
+            error: BlockError::MissingSignature,
+        })?;
+        self.signatures.insert(valid.hash.0, signature.0)?;
         self.by_height
             .insert((h.chain as u8, h.height), valid.hash.0)?;
         let (blocks, bytes) = self
@@ -640,8 +674,12 @@ mod tests {
             spec: crate::spec::ModelSpec::tiny(Hash::of(&tokenizer)),
             tokenizer,
         };
-        let blocks = genesis::genesis_blocks(&meta, &mut genesis::RandomWeights { seed: 1 })
-            .expect("genesis");
+        let blocks = genesis::genesis_blocks(
+            &meta,
+            &mut genesis::RandomWeights { seed: 1 },
+            &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
+        )
+        .expect("genesis");
         genesis::init(&store, blocks).expect("init");
         let before = store.chain_totals().expect("totals");
         assert!(before[&ChainId::Param].blocks > 0);

@@ -14,11 +14,12 @@ use crate::proof::{Migration, PoolCommit, Verdict};
 use crate::spec::{MetaPayload, TensorGroup};
 use crate::{
     Block, BlockError, BlockHeader, BlockKind, ChainError, ChainId, DEPENDS_ON_MAX, FORMAT_VERSION,
-    HEADER_LEN_MAX, PAYLOAD_LEN_MAX,
+    HEADER_LEN_MAX, PAYLOAD_LEN_MAX, check_signature,
 };
 
-/// A block that passed every check that needs nothing but the block itself: sizes, hashes,
-/// parent list, kind and chain, and its payload's structure and values.
+/// A block that passed every check that needs nothing but the block itself: sizes, the
+/// author's signature, hashes, parent list, kind and chain, and its payload's structure and
+/// values.
 #[derive(Debug, Clone)]
 pub struct CheckedBlock {
     block: Block,
@@ -36,7 +37,7 @@ impl CheckedBlock {
     pub(crate) fn check_hashed(block: Block) -> Result<CheckedBlock, (Hash, BlockError)> {
         let encoded = block.header.encode();
         let hash = Hash::of(&encoded);
-        match check_fields(&block, encoded.len()) {
+        match check_fields(&block, &hash, encoded.len()) {
             Ok(()) => Ok(CheckedBlock { block, hash }),
             Err(error) => Err((hash, error)),
         }
@@ -54,7 +55,9 @@ impl CheckedBlock {
 }
 
 /// The stateless rules, in the order their errors are reported.
-fn check_fields(block: &Block, header_len: usize) -> Result<(), BlockError> {
+/// The signature is checked before the payload is hashed: a block nobody signed costs one
+/// signature recovery, not a pass over up to 512 MiB.
+fn check_fields(block: &Block, hash: &Hash, header_len: usize) -> Result<(), BlockError> {
     let h = &block.header;
     if h.version != FORMAT_VERSION {
         return Err(BlockError::UnsupportedVersion { version: h.version });
@@ -65,6 +68,7 @@ fn check_fields(block: &Block, header_len: usize) -> Result<(), BlockError> {
             max: HEADER_LEN_MAX,
         });
     }
+    check_signature(hash, &h.author, block.signature.as_ref())?;
     let actual_len = block.payload.len() as u64;
     if h.payload_len > PAYLOAD_LEN_MAX || actual_len > PAYLOAD_LEN_MAX {
         let len = h.payload_len.max(actual_len);

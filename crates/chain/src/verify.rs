@@ -1,19 +1,19 @@
-//! Whole-store verification: every header re-hashed, every link followed, and with
-//! [`VerifyMode::Full`] every payload re-hashed.
+//! Whole-store verification: every header re-hashed, every author's signature checked, every
+//! link followed, and with [`VerifyMode::Full`] every payload re-hashed.
 
 use std::collections::HashSet;
 
-use blyan_primitives::{Hash, Hasher};
+use blyan_primitives::{Hash, Hasher, Signature};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
-use crate::store::{BY_HEIGHT, GROUP_HEADS, HEADERS, VERSIONS, read_header};
-use crate::{BlockHeader, ChainError, ChainId, Store};
+use crate::store::{BY_HEIGHT, GROUP_HEADS, HEADERS, SIGNATURES, VERSIONS, read_header};
+use crate::{BlockError, BlockHeader, ChainError, ChainId, Store, check_signature};
 
 /// How much `verify` re-checks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum VerifyMode {
-    /// Headers, hashes of headers, links, and payload file presence and length.
+    /// Headers, hashes of headers, signatures, links, and payload file presence and length.
     Links,
     /// Everything in `Links`, plus the SHA-256 of every payload.
     Full,
@@ -28,6 +28,8 @@ pub struct VerifyReport {
     pub chains: Vec<(ChainId, u64)>,
     /// Header bytes checked.
     pub header_bytes: u64,
+    /// Author signatures recovered and checked (one per block).
+    pub signatures_checked: u64,
     /// Payload bytes re-hashed (zero unless full).
     pub payload_bytes_hashed: u64,
 }
@@ -55,6 +57,7 @@ impl Store {
     ) -> Result<Result<VerifyReport, VerifyFailure>, ChainError> {
         let txn = self.db().begin_read()?;
         let headers = txn.open_table(HEADERS)?;
+        let signatures = txn.open_table(SIGNATURES)?;
         let by_height = txn.open_table(BY_HEIGHT)?;
         let mut report = VerifyReport::default();
         let mut seen = HashSet::new();
@@ -95,6 +98,18 @@ impl Store {
                         "indexed at {chain}/{height} but header says {}/{}",
                         header.chain, header.height
                     ))));
+                }
+                let signature = signatures.get(hash.0)?.map(|v| Signature(v.value()));
+                match check_signature(&hash, &header.author, signature.as_ref()) {
+                    Ok(()) => report.signatures_checked += 1,
+                    Err(BlockError::MissingSignature) => {
+                        return Ok(Err(fail(
+                            "the block has no signature (missing_signature): a store written \
+                             before blocks were signed must be created anew"
+                                .into(),
+                        )));
+                    }
+                    Err(e) => return Ok(Err(fail(format!("{e} ({})", e.code())))),
                 }
                 if height != count {
                     return Ok(Err(fail(format!(

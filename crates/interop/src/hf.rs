@@ -11,7 +11,7 @@ use blyan_chain::{
     genesis::{InitOutcome, WeightSource, genesis_blocks, init},
     spec::{MetaPayload, ModelSpec, TensorGroup},
 };
-use blyan_primitives::{Address, Hash};
+use blyan_primitives::{Hash, SigningKey};
 use blyan_tensor::{DType, TensorDesc, TensorSet, encode_tensors};
 use safetensors::{Dtype as StDtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
@@ -322,14 +322,14 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, InteropError> {
 
 /// Imports the checkpoint in `dir`.
 ///
-/// Into an empty store it becomes a new network's genesis. Into a store whose spec and
-/// tokenizer equal the checkpoint's, every tensor group that differs from its current head is
-/// appended as a new version (authored by `author`, stamped `timestamp_ms`), all in one atomic
-/// batch. Any other store is refused with [`InteropError::SpecMismatch`].
+/// Into an empty store it becomes a new network's genesis, signed by `signer`. Into a store
+/// whose spec and tokenizer equal the checkpoint's, every tensor group that differs from its
+/// current head is appended as a new version (signed by `signer`, stamped `timestamp_ms`), all
+/// in one atomic batch. Any other store is refused with [`InteropError::SpecMismatch`].
 pub fn import_hf(
     store: &Store,
     dir: &Path,
-    author: Address,
+    signer: &SigningKey,
     timestamp_ms: u64,
 ) -> Result<ImportOutcome, InteropError> {
     let config_path = dir.join("config.json");
@@ -353,7 +353,7 @@ pub fn import_hf(
     let meta = MetaPayload { spec, tokenizer };
 
     let Some((network, current)) = store.meta()? else {
-        let blocks = genesis_blocks(&meta, &mut CheckpointWeights { tensors: &tensors })?;
+        let blocks = genesis_blocks(&meta, &mut CheckpointWeights { tensors: &tensors }, signer)?;
         let count = blocks.len();
         let network = match init(store, blocks).map_err(InteropError::appending)? {
             InitOutcome::Created { network } | InitOutcome::AlreadyPresent { network } => network,
@@ -411,7 +411,7 @@ pub fn import_hf(
                 tensors: parts.into_iter().map(|(d, _)| d).collect(),
             },
             payload,
-            author,
+            signer,
             timestamp_ms,
         );
         prev = block.hash();

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, LedgerBatch};
-use blyan_primitives::{Address, Hash};
+use blyan_primitives::{Address, Hash, SigningKey};
 use serde::Serialize;
 
 use crate::LedgerError;
@@ -71,11 +71,11 @@ pub fn anchored_end(chain: &blyan_chain::Store) -> Result<(u64, Option<(u64, Has
 
 impl Ledger {
     /// Appends the postings not yet on `chain` as ledger-chain blocks of at most
-    /// `batch_max` postings each, authored by `author`. Returns the blocks written.
+    /// `batch_max` postings each, signed by `signer`. Returns the blocks written.
     pub fn anchor(
         &self,
         chain: &blyan_chain::Store,
-        author: Address,
+        signer: &SigningKey,
         batch_max: usize,
         now_ms: u64,
     ) -> Result<Vec<Anchored>, LedgerError> {
@@ -113,7 +113,7 @@ impl Ledger {
                     ..BlockMeta::default()
                 },
                 batch.encode(),
-                author,
+                signer,
                 now_ms.max(prev_ts),
             );
             let hash = chain.append(block)?;

@@ -24,6 +24,9 @@ pub fn is_api_key_like(token: &str) -> bool {
     token.starts_with(API_KEY_PREFIX)
 }
 
+/// The file in the keystore that names the node's key.
+const NODE_KEY_FILE: &str = "node";
+
 /// One key file: the account's address and its secret key in hex.
 #[derive(Serialize, Deserialize)]
 struct KeyFile {
@@ -92,6 +95,34 @@ impl Keystore {
         }
         std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
         Ok(address)
+    }
+
+    /// The node's own key: it signs the blocks this node makes (genesis, pool commitments,
+    /// verdicts, versions it places, ledger anchors) and is the operator account's key.
+    /// Made on first use; `node` in the keystore names it by address.
+    pub fn node_key(&self, now_ms: u64) -> Result<SigningKey, LedgerError> {
+        let marker = self.dir.join(NODE_KEY_FILE);
+        match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let address: Address = text.trim().parse().map_err(|e| {
+                    LedgerError::Store(format!("{}: not an address: {e}", marker.display()))
+                })?;
+                self.load(&address)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let address = self.generate(now_ms)?;
+                let tmp = marker.with_extension("tmp");
+                std::fs::write(&tmp, format!("{address}\n"))
+                    .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                    .and_then(|()| std::fs::rename(&tmp, &marker))
+                    .map_err(io(format!("writing {}", marker.display())))?;
+                self.load(&address)
+            }
+            Err(e) => Err(LedgerError::Io {
+                context: format!("reading {}", marker.display()),
+                source: e,
+            }),
+        }
     }
 
     /// The key file of `address`.
@@ -218,5 +249,16 @@ mod tests {
         }
         let b = ks.generate(2).expect("generate");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_node_key_is_made_once_and_found_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ks = Keystore::new(dir.path().join("keystore"));
+        let first = address_of(&ks.node_key(1).expect("node key"));
+        let again = address_of(&ks.node_key(2).expect("node key"));
+        assert_eq!(first, again);
+        let other = Keystore::new(tempfile::tempdir().expect("tempdir").path().join("ks"));
+        assert_ne!(address_of(&other.node_key(1).expect("node key")), first);
     }
 }

@@ -99,8 +99,8 @@ pub struct Setup {
 
 /// Opens the ledger of `data_dir` (PostgreSQL at `url` when given) and makes sure it is
 /// ready: the tokenomics file written with the defaults if missing, the system accounts and
-/// genesis allocation created, and an `operator` account with a key in the keystore, funded
-/// from the treasury. Safe to call on every start: what exists is left alone.
+/// genesis allocation created, and an `operator` account, funded from the treasury, whose key
+/// is the node's key ([`Keystore::node_key`]). Safe to call on every start: what exists is left alone.
 pub fn setup(data_dir: &Path, url: Option<&str>, now_ms: u64) -> Result<Setup, LedgerError> {
     let path = data_dir.join(TOKENOMICS_FILE);
     if !path.exists() {
@@ -123,7 +123,7 @@ pub fn setup(data_dir: &Path, url: Option<&str>, now_ms: u64) -> Result<Setup, L
         Ok(a) => (a, false),
         Err(e) if e.refusal() == Some(Refusal::UnknownAccount) => {
             let keystore = Keystore::new(data_dir.join(KEYSTORE_DIR));
-            let address = keystore.generate(now_ms)?;
+            let address = blyan_primitives::address_of(&keystore.node_key(now_ms)?);
             (ledger.create_operator(address, now_ms)?, true)
         }
         Err(e) => return Err(e),

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, LedgerBatch, Store, genesis};
 use blyan_node::{Node, NodeConfig};
-use blyan_primitives::Address;
 
 const NOW_MS: u64 = 1_800_000_000_000;
 
@@ -26,7 +25,15 @@ fn main() {
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     {
         let store = Store::open(tmp.path().join("chain")).unwrap();
-        genesis::init(&store, genesis::random_genesis(7).unwrap()).unwrap();
+        genesis::init(
+            &store,
+            genesis::random_genesis(
+                7,
+                &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let t = Instant::now();
         fill(&store, target);
         eprintln!(
@@ -106,7 +113,7 @@ fn fill(store: &Store, target: u64) {
                         ..BlockMeta::default()
                     },
                     payload.clone(),
-                    Address([1; 20]),
+                    &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
                     NOW_MS - 1_000_000_000 + height,
                 );
                 height += 1;

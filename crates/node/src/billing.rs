@@ -30,7 +30,7 @@ pub(crate) struct Bill {
     node: Arc<Node>,
     hold: String,
     idempotency: Option<IdempotencyKey>,
-    authors: Arc<BTreeMap<ExpertId, Address>>,
+    payees: Arc<BTreeMap<ExpertId, Address>>,
     /// Set once the ledger has settled the hold (captured); then drop does nothing.
     settled: bool,
 }
@@ -107,7 +107,7 @@ impl Node {
         payer: Address,
         tokens: u64,
         idempotency: Option<IdempotencyKey>,
-        authors: Arc<BTreeMap<ExpertId, Address>>,
+        payees: Arc<BTreeMap<ExpertId, Address>>,
     ) -> Result<Bill, NodeError> {
         let started = Instant::now();
         let hold = self.ledger.hold(payer, tokens, crate::unix_ms());
@@ -121,7 +121,7 @@ impl Node {
             node: self.clone(),
             hold: hold.id,
             idempotency,
-            authors,
+            payees,
             settled: false,
         })
     }
@@ -135,8 +135,8 @@ impl Node {
         let started = Instant::now();
         let mut contributors: BTreeMap<Address, u64> = BTreeMap::new();
         for (expert, tokens) in &summary.experts_used {
-            let author = bill.authors.get(expert).copied().unwrap_or(Address::ZERO);
-            let slot = contributors.entry(author).or_default();
+            let payee = bill.payees.get(expert).copied().unwrap_or(Address::ZERO);
+            let slot = contributors.entry(payee).or_default();
             *slot = slot.saturating_add(*tokens);
         }
         let tokens =
@@ -274,7 +274,7 @@ impl Node {
         let now = crate::unix_ms();
         Ok(self.ledger.anchor(
             &self.store,
-            self.operator,
+            &self.signer,
             blyan_ledger::ANCHOR_BATCH_DEFAULT,
             now,
         )?)

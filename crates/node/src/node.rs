@@ -24,7 +24,7 @@ use blyan_model::{
     CancelToken, Engine, EngineConfig, Event, GenerateRequest, LoadOptions, Model, ModelConfig,
     ModelError, Precision, Receiver, SamplingParams, Summary,
 };
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash, Signature, SigningKey};
 use blyan_tokenizer::Tokenizer;
 use serde::Serialize;
 
@@ -45,8 +45,8 @@ const DISK_FREE_COMFORT_BYTES: u64 = 1 << 30;
 struct Serving {
     engine: Engine,
     pins: BTreeMap<ExpertId, Hash>,
-    /// Who made each served expert version: royalties go to them.
-    authors: Arc<BTreeMap<ExpertId, Address>>,
+    /// Who is paid royalties for each served expert version ([`contributor_of`]).
+    payees: Arc<BTreeMap<ExpertId, Address>>,
     /// Bumped at every swap, so cache counters can restart from zero.
     epoch: u64,
 }
@@ -77,6 +77,8 @@ pub struct Node {
     pub(crate) started_ms: u64,
     pub(crate) ledger: Ledger,
     pub(crate) operator: Address,
+    /// The node's key: it signs every block this node makes.
+    pub(crate) signer: SigningKey,
     /// The account billed for keyless loopback requests, if any.
     pub(crate) loopback_payer: Option<Address>,
     /// Serialises anchoring rounds.
@@ -183,6 +185,8 @@ impl Node {
         let model_config = ModelConfig::from_spec(&meta.spec);
         let serving = start_serving(&store, &tokenizer, &config, BTreeMap::new(), 0)?;
         let checker = AgentChecker::open(Some(data_dir.join("node").join("checker.json")));
+        let signer = blyan_ledger::Keystore::new(data_dir.join(blyan_ledger::KEYSTORE_DIR))
+            .node_key(now_ms)?;
         let setup = blyan_ledger::setup(data_dir, config.ledger_url.as_deref(), now_ms)?;
         let loopback_payer = match config.loopback_account.as_str() {
             "" => None,
@@ -210,6 +214,7 @@ impl Node {
             pol_view,
             ledger: setup.ledger,
             operator: setup.operator,
+            signer,
             loopback_payer,
             anchoring: Mutex::new(()),
             data_dir: data_dir.to_owned(),
@@ -353,7 +358,7 @@ impl Node {
             request.payer,
             (prompt_tokens as u64).saturating_add(u64::from(max_tokens)),
             request.idempotency,
-            serving.authors.clone(),
+            serving.payees.clone(),
         )?;
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if active.len() >= self.config.max_active {
@@ -500,11 +505,15 @@ impl Node {
         })
     }
 
-    /// A block's header.
-    pub fn block(&self, hash: &Hash) -> Result<BlockHeader, NodeError> {
-        self.store.header(hash)?.ok_or_else(|| NodeError::NotFound {
-            what: format!("block {hash}"),
-        })
+    /// A block's header and its author's signature of the block hash.
+    pub fn block(&self, hash: &Hash) -> Result<(BlockHeader, Option<Signature>), NodeError> {
+        let header = self
+            .store
+            .header(hash)?
+            .ok_or_else(|| NodeError::NotFound {
+                what: format!("block {hash}"),
+            })?;
+        Ok((header, self.store.signature(hash)?))
     }
 
     /// The latest health, without probing.
@@ -801,12 +810,9 @@ fn start_serving(
             expert_versions: pins.clone(),
         },
     )?;
-    let mut authors = BTreeMap::new();
+    let mut payees = BTreeMap::new();
     for (id, block) in model.expert_blocks() {
-        let header = store
-            .header(&block)?
-            .ok_or(blyan_chain::ChainError::NotFound(block))?;
-        authors.insert(id, header.author);
+        payees.insert(id, contributor_of(store, &block)?);
     }
     let engine = Engine::start(
         Arc::new(model),
@@ -820,9 +826,38 @@ fn start_serving(
     Ok(Serving {
         engine,
         pins,
-        authors: Arc::new(authors),
+        payees: Arc::new(payees),
         epoch,
     })
+}
+
+/// Who is paid royalties for expert version `block`: the contributor named in the accepting
+/// verdict it depends on (whose submission signature the verdict records), or nobody (the
+/// zero address, whose share goes to the royalty pool) for versions that no verdict accepted:
+/// the genesis weights and imported checkpoints. The block's own author is the node that
+/// placed it, which is not who made it.
+pub(crate) fn contributor_of(store: &Store, block: &Hash) -> Result<Address, NodeError> {
+    let header = store
+        .header(block)?
+        .ok_or(blyan_chain::ChainError::NotFound(*block))?;
+    for parent in &header.depends_on {
+        let Some(p) = store.header(parent)? else {
+            continue;
+        };
+        if p.chain == ChainId::Proof && p.kind == blyan_chain::BlockKind::Verdict {
+            let payload = store.payload_verified(parent)?;
+            let verdict = blyan_chain::Verdict::decode(&payload).map_err(|e| {
+                blyan_chain::ChainError::Corrupt {
+                    block: *parent,
+                    detail: e.to_string(),
+                }
+            })?;
+            if verdict.accepted && verdict.candidate == header.payload_hash {
+                return Ok(verdict.contributor);
+            }
+        }
+    }
+    Ok(Address::ZERO)
 }
 
 /// A queued or running generation. Dropping it before its end cancels it.

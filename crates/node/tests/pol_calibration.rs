@@ -38,7 +38,13 @@ fn setup() -> Setup {
     let store = Store::open(dir.path().join("chain")).expect("store");
     genesis::init(
         &store,
-        genesis::bundled_genesis(SPEC, TOKENIZER, WEIGHTS).expect("genesis"),
+        genesis::bundled_genesis(
+            SPEC,
+            TOKENIZER,
+            WEIGHTS,
+            &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
+        )
+        .expect("genesis"),
     )
     .expect("init");
     let corpus =

@@ -29,7 +29,15 @@ fn open(mode: PolMode) -> (tempfile::TempDir, Node) {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = Store::open(dir.path().join("chain")).expect("store");
-        genesis::init(&store, genesis::random_genesis(3).expect("genesis")).expect("init");
+        genesis::init(
+            &store,
+            genesis::random_genesis(
+                3,
+                &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
+            )
+            .expect("genesis"),
+        )
+        .expect("init");
         let (_, meta) = store.meta().expect("meta").expect("spec");
         let tok = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer).expect("tokenizer");
         let mut tokens = Vec::new();
@@ -38,7 +46,15 @@ fn open(mode: PolMode) -> (tempfile::TempDir, Node) {
             tokens.extend(tok.encode(line).expect("encode"));
             tokens.push(meta.spec.eos_token_id);
         }
-        commit_pool(&store, dir.path(), &tokens, "test text", NOW).expect("pool");
+        commit_pool(
+            &store,
+            dir.path(),
+            &tokens,
+            "test text",
+            &blyan_primitives::SigningKey::from_slice(&[2; 32]).expect("key"),
+            NOW,
+        )
+        .expect("pool");
     }
     // An untrained model improves by whole percents: keep rewards inside the epoch's
     // inflation budget.

@@ -16,4 +16,6 @@ pub use address::{Address, AddressParseError};
 pub use amount::{Amount, AmountParseError, NANO_PER_BLY};
 pub use expert::{ExpertId, ExpertIdParseError};
 pub use hash::{Hash, HashParseError, Hasher};
+/// A secp256k1 secret key, as accounts and nodes sign with it (zeroized when dropped).
+pub use k256::ecdsa::SigningKey;
 pub use signature::{SIGNATURE_LEN, Signature, SignatureError, address_of, personal_digest};

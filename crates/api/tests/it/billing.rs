@@ -320,15 +320,16 @@ async fn keys_are_required_when_no_loopback_account_is_set() {
 }
 
 #[tokio::test]
-async fn royalties_follow_the_served_versions_authors() {
+async fn royalties_follow_the_served_versions_contributors() {
     let net = net();
     let contributor = Address([0xc7; 20]);
-    // Every expert gets a version authored by the contributor, and those are served.
+    // Every expert gets a version accepted for the contributor (placed and signed by another
+    // key), and those are served.
     let mut pins = serde_json::Map::new();
     for layer in 0..4 {
         for expert in 0..8 {
             let id = ExpertId::new(layer, expert);
-            let hash = new_version_by(net.node.store(), id, contributor);
+            let hash = new_version_by(net.node.store(), id, Some(contributor));
             pins.insert(id.to_string(), json!(hash.to_string()));
         }
     }
@@ -347,7 +348,7 @@ async fn royalties_follow_the_served_versions_authors() {
     assert_eq!(
         available(&net.node, contributor),
         fee / 2,
-        "all royalties to the author"
+        "all royalties to the contributor"
     );
 }
 

@@ -9,9 +9,9 @@ mod socket;
 
 use std::sync::Arc;
 
-use blyan_chain::{Block, ChainId, Store, genesis};
+use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, PolMode, Store, Verdict, genesis};
 use blyan_node::{Node, NodeConfig};
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash, SigningKey};
 use tempfile::TempDir;
 
 /// A node over a fresh untrained genesis network in a temporary directory.
@@ -24,7 +24,11 @@ pub(crate) fn net_with(config: NodeConfig) -> Net {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = Store::open(dir.path().join("chain")).expect("store");
-        genesis::init(&store, genesis::random_genesis(7).expect("genesis")).expect("init");
+        genesis::init(
+            &store,
+            genesis::random_genesis(7, &test_key()).expect("genesis"),
+        )
+        .expect("init");
     }
     let node = Node::open(dir.path(), config, 1_700_000_000_000).expect("node");
     Net {
@@ -40,27 +44,88 @@ pub(crate) fn net() -> Net {
     })
 }
 
-/// Appends a new version of expert `id` (a copy of its head's payload) and returns its hash.
-pub(crate) fn new_version(store: &Store, id: ExpertId) -> Hash {
-    new_version_by(store, id, Address::ZERO)
+/// The key that signs the test network's blocks.
+pub(crate) fn test_key() -> SigningKey {
+    SigningKey::from_slice(&[1; 32]).expect("key")
 }
 
-/// Like [`new_version`], authored by `author`.
-pub(crate) fn new_version_by(store: &Store, id: ExpertId, author: Address) -> Hash {
+/// Appends a new version of expert `id` (a copy of its head's payload) and returns its hash.
+pub(crate) fn new_version(store: &Store, id: ExpertId) -> Hash {
+    new_version_by(store, id, None)
+}
+
+/// Like [`new_version`]; with a contributor, the version depends on an accepting verdict
+/// that names them (a verdict block written here directly, not by an evaluation).
+pub(crate) fn new_version_by(store: &Store, id: ExpertId, contributor: Option<Address>) -> Hash {
     let parent = store.expert_head(id).expect("head").expect("expert");
     let parent_header = store.header(&parent).expect("header").expect("present");
     let payload = store.payload(&parent).expect("payload").to_vec();
-    let (height, prev) = store.head(ChainId::Param).expect("head").expect("param");
     let (spec, _) = store.meta().expect("meta").expect("spec");
+    let mut depends_on = vec![spec, parent];
+    if let Some(contributor) = contributor {
+        let (height, prev) = store.head(ChainId::Proof).expect("head").expect("proof");
+        let verdict = Verdict {
+            expert: id,
+            candidate: Hash::of(&payload),
+            parent,
+            param_head: store.head(ChainId::Param).expect("head").expect("param").1,
+            contributor,
+            mode: PolMode::Pol,
+            pow_nonce: 0,
+            replicates: None,
+            pool_root: Hash::of(b"pool"),
+            seed: Hash::of(b"seed"),
+            items: vec![0, 1],
+            evaluator_version: 1,
+            alpha_percent: 1,
+            min_effect_micro: 0,
+            mixture_tolerance_bps: 0,
+            stage_items: 2,
+            stages: 1,
+            n: 2,
+            sum: 2,
+            sum_sq: 2,
+            parent_sum: 2,
+            mixture_parent: 2,
+            mixture_child: 1,
+            accepted: true,
+            reason: "accepted".into(),
+            gain_bps: 1,
+            reward: 0,
+            vesting: 0,
+            validator_reward: 0,
+        };
+        let prev_ts = store
+            .header(&prev)
+            .expect("header")
+            .expect("present")
+            .timestamp_ms;
+        let block = Block::new(
+            ChainId::Proof,
+            height + 1,
+            prev,
+            vec![parent],
+            BlockKind::Verdict,
+            BlockMeta {
+                name: "verdict".into(),
+                ..BlockMeta::default()
+            },
+            verdict.encode(),
+            &test_key(),
+            prev_ts + 1,
+        );
+        depends_on.push(store.append(block).expect("append verdict"));
+    }
+    let (height, prev) = store.head(ChainId::Param).expect("head").expect("param");
     let block = Block::new(
         ChainId::Param,
         height + 1,
         prev,
-        vec![spec, parent],
+        depends_on,
         parent_header.kind,
         parent_header.meta.clone(),
         payload,
-        author,
+        &test_key(),
         parent_header.timestamp_ms + 1,
     );
     store.append(block).expect("append")

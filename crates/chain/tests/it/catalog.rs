@@ -4,17 +4,30 @@
 use blyan_chain::dag::{CycleError, topo_order};
 use blyan_chain::{
     Block, BlockError, BlockHeader, ChainId, DEPENDS_ON_MAX, HEADER_LEN_MAX, PAYLOAD_LEN_MAX,
-    VerifyMode,
+    VerifyMode, sign_hash,
 };
-use blyan_primitives::{ExpertId, Hash};
+use blyan_primitives::{ExpertId, Hash, Signature, SigningKey, address_of};
 use blyan_tensor::{DType, TensorDesc, f32_to_bytes};
+use k256::U256;
+use k256::elliptic_curve::Curve;
+use k256::elliptic_curve::bigint::Encoding;
 
-use crate::fixture::{Net, expert_tensors, expert_version, reseal, tiny_net};
+use crate::fixture::{Net, author_key, expert_tensors, expert_version, reseal, tiny_net};
 
 const E: ExpertId = ExpertId::new(0, 1);
+/// The order of the secp256k1 group.
+const ORDER: U256 = k256::Secp256k1::ORDER;
 
-/// Appends `block`, expects refusal with `code`, and checks the store did not change.
-fn refused(net: &Net, block: Block, code: &str) -> BlockError {
+/// Signs `block` as it is now (so the rule under test, not the signature, refuses it),
+/// appends it, expects refusal with `code`, and checks the store did not change.
+fn refused(net: &Net, mut block: Block, code: &str) -> BlockError {
+    block.sign(&author_key());
+    refused_as_signed(net, block, code)
+}
+
+/// Appends `block` with the signature it carries, expects refusal with `code`, and checks
+/// the store did not change.
+fn refused_as_signed(net: &Net, block: Block, code: &str) -> BlockError {
     let before = net.store.blocks(None).unwrap();
     let head = net.store.expert_head(E).unwrap();
     let err = net.store.append(block).expect_err("block must be refused");
@@ -40,6 +53,97 @@ fn a_good_block_is_accepted() {
     let hash = net.store.append(block).unwrap();
     assert_eq!(net.store.expert_head(E).unwrap(), Some(hash));
     assert_eq!(net.store.expert_versions(E).unwrap().len(), 2);
+}
+
+#[test]
+fn a_block_without_a_signature_is_refused() {
+    let net = tiny_net();
+    let mut b = good(&net);
+    b.signature = None;
+    refused_as_signed(&net, b, "missing_signature");
+}
+
+#[test]
+fn a_block_signed_by_another_key_than_its_author_is_refused() {
+    let net = tiny_net();
+    let mut b = good(&net);
+    let author = b.header.author;
+    let intruder = SigningKey::from_slice(&[9; 32]).unwrap();
+    b.signature = Some(sign_hash(&intruder, &b.hash()));
+    let err = refused_as_signed(&net, b, "wrong_signer");
+    assert_eq!(
+        err,
+        BlockError::WrongSigner {
+            author,
+            signer: address_of(&intruder)
+        }
+    );
+}
+
+#[test]
+fn a_header_changed_after_signing_is_refused() {
+    let net = tiny_net();
+    let mut b = good(&net);
+    b.header.timestamp_ms += 1;
+    refused_as_signed(&net, b, "wrong_signer");
+}
+
+#[test]
+fn a_signature_replayed_on_another_block_is_refused() {
+    let net = tiny_net();
+    let first = good(&net);
+    // Another block by the same author, carrying the first block's signature.
+    let mut other = expert_version(&net, E, expert_tensors(E, 0.25));
+    assert_eq!(other.header.author, first.header.author);
+    other.signature = first.signature;
+    refused_as_signed(&net, other, "wrong_signer");
+}
+
+#[test]
+fn a_high_s_signature_is_refused() {
+    let net = tiny_net();
+    let mut b = good(&net);
+    // (r, n − s) with the recovery bit flipped verifies for the same key: the malleable twin.
+    let mut sig = b.signature.unwrap().0;
+    let s = U256::from_be_slice(&sig[32..64]);
+    let twin = ORDER.wrapping_sub(&s);
+    sig[32..64].copy_from_slice(&twin.to_be_bytes());
+    sig[64] = 55 - sig[64];
+    b.signature = Some(Signature(sig));
+    refused_as_signed(&net, b, "high_s_signature");
+}
+
+#[test]
+fn a_truncated_signature_is_refused() {
+    let net = tiny_net();
+    let b = good(&net);
+    let sig = b.signature.unwrap().0;
+    let err = Block::from_parts(&b.header.encode(), &sig[..64], b.payload.clone()).unwrap_err();
+    assert_eq!(err.code(), "malformed_signature");
+    // The same parts with all 65 bytes make the block that was signed.
+    let whole = Block::from_parts(&b.header.encode(), &sig, b.payload.clone()).unwrap();
+    assert_eq!(whole, b);
+    net.store.append(whole).unwrap();
+}
+
+#[test]
+fn a_signature_with_a_bad_recovery_byte_is_refused() {
+    let net = tiny_net();
+    let mut b = good(&net);
+    let mut sig = b.signature.unwrap().0;
+    sig[64] = 1;
+    b.signature = Some(Signature(sig));
+    refused_as_signed(&net, b, "bad_recovery_byte");
+}
+
+#[test]
+fn a_signature_that_does_not_verify_is_refused() {
+    let net = tiny_net();
+    let mut b = good(&net);
+    let mut sig = b.signature.unwrap().0;
+    sig[..32].fill(0);
+    b.signature = Some(Signature(sig));
+    refused_as_signed(&net, b, "invalid_signature");
 }
 
 #[test]
@@ -291,6 +395,7 @@ fn a_bad_block_in_a_batch_stores_nothing() {
     second.header.depends_on = vec![net.spec_hash, first.hash()];
     // Valid on its own; refused only against the state the first block creates.
     second.header.timestamp_ms = 0;
+    second.sign(&author_key());
     let before = net.store.blocks(None).unwrap();
     let err = net.store.append_batch(vec![first, second]).unwrap_err();
     assert_eq!(err.block_error().unwrap().code(), "timestamp_before_prev");

@@ -3,13 +3,23 @@
 use blyan_chain::genesis::{RandomWeights, genesis_blocks, init};
 use blyan_chain::spec::{MetaPayload, ModelSpec, byte_level_tokenizer_json, expert_group_name};
 use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, Store};
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_primitives::{ExpertId, Hash, SigningKey};
 use blyan_tensor::{DType, TensorDesc, encode_tensors, f32_to_bytes};
 
 pub(crate) fn tiny_spec() -> MetaPayload {
     let tokenizer = byte_level_tokenizer_json();
     let spec = ModelSpec::tiny(Hash::of(&tokenizer));
     MetaPayload { spec, tokenizer }
+}
+
+/// The key that signs the tiny network's genesis.
+pub(crate) fn operator_key() -> SigningKey {
+    SigningKey::from_slice(&[1; 32]).expect("key")
+}
+
+/// The key that signs the test's new versions.
+pub(crate) fn author_key() -> SigningKey {
+    SigningKey::from_slice(&[7; 32]).unwrap()
 }
 
 pub(crate) struct Net {
@@ -30,7 +40,12 @@ pub(crate) fn tiny_net() -> Net {
 }
 
 pub(crate) fn init_tiny(store: &Store) -> Hash {
-    let blocks = genesis_blocks(&tiny_spec(), &mut RandomWeights { seed: 1 }).unwrap();
+    let blocks = genesis_blocks(
+        &tiny_spec(),
+        &mut RandomWeights { seed: 1 },
+        &operator_key(),
+    )
+    .unwrap();
     let spec_hash = blocks[0].hash();
     init(store, blocks).unwrap();
     spec_hash
@@ -77,13 +92,15 @@ pub(crate) fn expert_version(
             tensors: tensors.into_iter().map(|(d, _)| d).collect(),
         },
         payload,
-        Address([7; 20]),
+        &author_key(),
         prev_ts + 1000,
     )
 }
 
-/// Recomputes `payload_hash` and `payload_len` after a test edited the payload on purpose.
+/// Recomputes `payload_hash` and `payload_len` after a test edited the payload on purpose,
+/// and signs the result.
 pub(crate) fn reseal(block: &mut Block) {
     block.header.payload_hash = Hash::of(&block.payload);
     block.header.payload_len = block.payload.len() as u64;
+    block.sign(&author_key());
 }

@@ -5,8 +5,11 @@ use std::fs;
 use blyan_chain::genesis::{InitOutcome, RandomWeights, genesis_blocks, init};
 use blyan_chain::{BlockKind, ChainId, Store, VerifyMode};
 use blyan_primitives::ExpertId;
+use redb::ReadableTable;
 
-use crate::fixture::{expert_tensors, expert_version, init_tiny, tiny_net, tiny_spec};
+use crate::fixture::{
+    expert_tensors, expert_version, init_tiny, operator_key, tiny_net, tiny_spec,
+};
 
 #[test]
 fn genesis_has_every_group_and_is_reproducible() {
@@ -20,7 +23,12 @@ fn genesis_has_every_group_and_is_reproducible() {
         net.store.blocks(Some(ChainId::Proof)).unwrap()[0].kind,
         BlockKind::ChainGenesis
     );
-    let again = genesis_blocks(&tiny_spec(), &mut RandomWeights { seed: 1 }).unwrap();
+    let again = genesis_blocks(
+        &tiny_spec(),
+        &mut RandomWeights { seed: 1 },
+        &operator_key(),
+    )
+    .unwrap();
     assert_eq!(
         again.iter().map(|b| b.hash()).collect::<Vec<_>>(),
         summary.iter().map(|s| s.hash).collect::<Vec<_>>()
@@ -33,14 +41,24 @@ fn genesis_has_every_group_and_is_reproducible() {
 #[test]
 fn init_is_idempotent_and_refuses_another_network() {
     let net = tiny_net();
-    let same = genesis_blocks(&tiny_spec(), &mut RandomWeights { seed: 1 }).unwrap();
+    let same = genesis_blocks(
+        &tiny_spec(),
+        &mut RandomWeights { seed: 1 },
+        &operator_key(),
+    )
+    .unwrap();
     assert_eq!(
         init(&net.store, same).unwrap(),
         InitOutcome::AlreadyPresent {
             network: net.spec_hash
         }
     );
-    let other = genesis_blocks(&tiny_spec(), &mut RandomWeights { seed: 2 }).unwrap();
+    let other = genesis_blocks(
+        &tiny_spec(),
+        &mut RandomWeights { seed: 2 },
+        &operator_key(),
+    )
+    .unwrap();
     assert!(init(&net.store, other).is_err());
 }
 
@@ -107,6 +125,55 @@ fn verify_names_a_tampered_payload() {
         failure.cause
     );
     assert!(net.store.payload_verified(&victim).is_err());
+}
+
+#[test]
+fn verify_names_a_forged_or_missing_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let (victim, donor) = {
+        let store = Store::open(dir.path()).unwrap();
+        init_tiny(&store);
+        let report = store.verify(VerifyMode::Full, |_| {}).unwrap().unwrap();
+        assert_eq!(report.signatures_checked, report.blocks);
+        (
+            store.at_height(ChainId::Param, 3).unwrap().unwrap(),
+            store.at_height(ChainId::Param, 4).unwrap().unwrap(),
+        )
+    };
+    type Signatures<'t> = redb::Table<'t, [u8; 32], [u8; 65]>;
+    let table: redb::TableDefinition<'static, [u8; 32], [u8; 65]> =
+        redb::TableDefinition::new("signatures");
+    let edit = |change: &dyn Fn(&mut Signatures<'_>)| {
+        let db = redb::Database::create(dir.path().join("index.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        change(&mut txn.open_table(table).unwrap());
+        txn.commit().unwrap();
+    };
+    let verify = || {
+        Store::open(dir.path())
+            .unwrap()
+            .verify(VerifyMode::Links, |_| {})
+            .unwrap()
+            .unwrap_err()
+    };
+    // The same author's valid signature of another block.
+    edit(&|t| {
+        let donated = t.get(donor.0).unwrap().unwrap().value();
+        t.insert(victim.0, donated).unwrap();
+    });
+    let failure = verify();
+    assert_eq!(failure.block, victim);
+    assert!(failure.cause.contains("wrong_signer"), "{}", failure.cause);
+    edit(&|t| {
+        t.remove(victim.0).unwrap();
+    });
+    let failure = verify();
+    assert_eq!(failure.block, victim);
+    assert!(
+        failure.cause.contains("missing_signature"),
+        "{}",
+        failure.cause
+    );
 }
 
 #[test]
@@ -186,7 +253,7 @@ fn ledger_blocks(net: &crate::fixture::Net, count: u64) -> Vec<blyan_chain::Bloc
                     ..blyan_chain::BlockMeta::default()
                 },
                 batch.encode(),
-                blyan_primitives::Address([9; 20]),
+                &crate::fixture::author_key(),
                 1_000 + height,
             );
             height += 1;

@@ -1,8 +1,10 @@
 //! Test vectors of the canonical header encoding, as documented in docs/FORMAT.md.
 //! If one of these changes, the block format changed: bump FORMAT_VERSION and the docs.
 
-use blyan_chain::{BlockHeader, BlockKind, BlockMeta, ChainId, FORMAT_VERSION};
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_chain::{
+    Block, BlockHeader, BlockKind, BlockMeta, ChainId, FORMAT_VERSION, check_signature, sign_hash,
+};
+use blyan_primitives::{Address, ExpertId, Hash, Signature, SigningKey, address_of};
 use blyan_tensor::{DType, TensorDesc};
 
 pub(crate) fn vector_header() -> BlockHeader {
@@ -75,4 +77,43 @@ fn from_hex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
+}
+
+/// The secret key of the signed vector (the web3.js documentation's example account,
+/// address `0x2c7536E3605D9C16a7a3D7b1898e529396a65c23`).
+const SIGNED_VECTOR_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+/// The vector header with that address as author: its hash, and the signature an Ethereum
+/// wallet gives for `personal_sign` of the hash's 32 bytes (computed with Python's
+/// eth-account, `Account.sign_message(encode_defunct(primitive=hash), key)`).
+const SIGNED_VECTOR_HASH: &str = "8cc8c348c2e983994bd84238c000da5bf1358081e224ff29836e0c09c30e026a";
+const SIGNED_VECTOR_SIGNATURE: &str = concat!(
+    "0x2a0bf95d124179514534f55ae1c0f010c9b966dc7c4db3014109ece9a54f812e",
+    "6d4c12fe1f9db71a28883000917f63a7f47ad2a9a3168178eae94796badf0e82",
+    "1b"
+);
+
+#[test]
+fn signed_header_vector() {
+    let key = SigningKey::from_slice(&from_hex(SIGNED_VECTOR_KEY)).unwrap();
+    let address: Address = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"
+        .parse()
+        .unwrap();
+    assert_eq!(address_of(&key), address);
+    let h = BlockHeader {
+        author: address,
+        ..vector_header()
+    };
+    assert_eq!(h.hash().to_string(), SIGNED_VECTOR_HASH);
+    let signature: Signature = SIGNED_VECTOR_SIGNATURE.parse().unwrap();
+    assert_eq!(sign_hash(&key, &h.hash()), signature);
+    check_signature(&h.hash(), &address, Some(&signature)).unwrap();
+    // What Block::new and Block::sign write.
+    let mut block = Block {
+        header: vector_header(),
+        payload: Vec::new(),
+        signature: None,
+    };
+    block.sign(&key);
+    assert_eq!(block.header, h);
+    assert_eq!(block.signature, Some(signature));
 }

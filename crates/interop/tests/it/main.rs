@@ -10,7 +10,7 @@ use blyan_chain::{
     spec::{MetaPayload, ModelSpec, byte_level_tokenizer_json},
 };
 use blyan_interop::{GgufType, ImportOutcome, export_gguf, export_hf, import_hf};
-use blyan_primitives::{Address, Hash};
+use blyan_primitives::{Hash, SigningKey, address_of};
 use safetensors::{SafeTensors, tensor::TensorView};
 
 fn small_meta() -> MetaPayload {
@@ -30,12 +30,17 @@ fn small_meta() -> MetaPayload {
     MetaPayload { spec, tokenizer }
 }
 
+/// The key that signs the test networks.
+fn key() -> SigningKey {
+    SigningKey::from_slice(&[3; 32]).unwrap()
+}
+
 fn network() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("chain")).unwrap();
     init(
         &store,
-        genesis_blocks(&small_meta(), &mut RandomWeights { seed: 3 }).unwrap(),
+        genesis_blocks(&small_meta(), &mut RandomWeights { seed: 3 }, &key()).unwrap(),
     )
     .unwrap();
     (dir, store)
@@ -92,7 +97,7 @@ fn export_import_export_is_bit_identical_and_recreates_the_network() {
     export_hf(&store, &first).unwrap();
 
     let (_b, fresh) = empty_store();
-    let outcome = import_hf(&fresh, &first, Address::ZERO, 0).unwrap();
+    let outcome = import_hf(&fresh, &first, &key(), 0).unwrap();
     let network = store.meta().unwrap().unwrap().0;
     assert_eq!(
         outcome,
@@ -117,7 +122,7 @@ fn export_import_export_is_bit_identical_and_recreates_the_network() {
         );
     }
     // Importing the unchanged checkpoint into its own network changes nothing.
-    match import_hf(&store, &first, Address::ZERO, 0).unwrap() {
+    match import_hf(&store, &first, &key(), 0).unwrap() {
         ImportOutcome::Updated {
             versions,
             unchanged,
@@ -146,7 +151,8 @@ fn a_changed_expert_becomes_one_new_version() {
         .unwrap()
         .timestamp_ms
         + 1;
-    let outcome = import_hf(&store, &dir, Address([5; 20]), ts).unwrap();
+    let importer = SigningKey::from_slice(&[5; 32]).unwrap();
+    let outcome = import_hf(&store, &dir, &importer, ts).unwrap();
     let ImportOutcome::Updated {
         versions,
         unchanged,
@@ -164,6 +170,8 @@ fn a_changed_expert_becomes_one_new_version() {
         .unwrap()
         .unwrap();
     assert_eq!(head, versions[0].1);
+    let header = store.header(&head).unwrap().unwrap();
+    assert_eq!(header.author, address_of(&importer));
     assert!(
         store
             .header(&head)
@@ -252,7 +260,7 @@ fn bad_checkpoints_are_refused_and_nothing_is_written() {
         ),
     ];
     for (tag, dir, code) in cases {
-        let err = import_hf(&store, &dir, Address::ZERO, u64::MAX / 2).unwrap_err();
+        let err = import_hf(&store, &dir, &key(), u64::MAX / 2).unwrap_err();
         assert_eq!(err.code(), code, "{tag}: {err}");
         assert_eq!(store.len().unwrap(), before, "{tag}: nothing written");
     }

@@ -22,6 +22,11 @@ fn addr(n: u8) -> Address {
     Address([n; 20])
 }
 
+/// The key that signs the test chain's blocks.
+fn node_key() -> blyan_primitives::SigningKey {
+    blyan_primitives::SigningKey::from_slice(&[0xee; 32]).unwrap()
+}
+
 fn refusal<T: std::fmt::Debug>(r: Result<T, LedgerError>) -> Refusal {
     match r {
         Err(e) => e.refusal().unwrap_or_else(|| panic!("not a refusal: {e}")),
@@ -571,7 +576,7 @@ pub(crate) fn api_keys_bind_accounts(backend: &str) {
 fn new_chain() -> (tempfile::TempDir, blyan_chain::Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = blyan_chain::Store::open(dir.path()).unwrap();
-    let blocks = genesis::random_genesis(1).unwrap();
+    let blocks = genesis::random_genesis(1, &node_key()).unwrap();
     genesis::init(&store, blocks).unwrap();
     (dir, store)
 }
@@ -583,7 +588,7 @@ pub(crate) fn anchoring_and_audit_agree(backend: &str) {
     let report = l.audit(Some(&chain)).unwrap();
     assert!(report.ok);
     assert_eq!((report.anchored, report.unanchored), (0, 3));
-    let first = l.anchor(&chain, addr(0xee), 2, T0).unwrap();
+    let first = l.anchor(&chain, &node_key(), 2, T0).unwrap();
     assert_eq!(first.len(), 2, "3 postings in batches of 2");
     assert_eq!((first[0].first_seq, first[0].count), (0, 2));
     assert_eq!((first[1].first_seq, first[1].count), (2, 1));
@@ -597,10 +602,10 @@ pub(crate) fn anchoring_and_audit_agree(backend: &str) {
         (report.anchored, report.unanchored, report.batches),
         (3, 5, 2)
     );
-    let more = l.anchor(&chain, addr(0xee), 100, T0 + 1).unwrap();
+    let more = l.anchor(&chain, &node_key(), 100, T0 + 1).unwrap();
     assert_eq!(more.len(), 1);
     assert!(
-        l.anchor(&chain, addr(0xee), 100, T0 + 2)
+        l.anchor(&chain, &node_key(), 100, T0 + 2)
             .unwrap()
             .is_empty(),
         "nothing new"
@@ -617,7 +622,7 @@ pub(crate) fn audit_names_tampering(backend: &str) {
     let place = Place::new(backend);
     let l = setup(&place);
     let (_dir, chain) = new_chain();
-    l.anchor(&chain, addr(0xee), 100, T0).unwrap();
+    l.anchor(&chain, &node_key(), 100, T0).unwrap();
     // Someone edits a balance behind the ledger's back.
     let store = place.open();
     store
@@ -640,7 +645,7 @@ pub(crate) fn audit_names_tampering(backend: &str) {
     let place = Place::new(backend);
     let l = setup(&place);
     let (_dir, chain) = new_chain();
-    l.anchor(&chain, addr(0xee), 100, T0).unwrap();
+    l.anchor(&chain, &node_key(), 100, T0).unwrap();
     let store = place.open();
     store
         .write(&mut |tx| {

@@ -14,7 +14,11 @@ pub(crate) fn genesis_store(dir: &Path) -> Arc<Store> {
     if store.meta().unwrap().is_none() {
         genesis::init(
             &store,
-            genesis::random_genesis(genesis::GENESIS_SEED).unwrap(),
+            genesis::random_genesis(
+                genesis::GENESIS_SEED,
+                &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
+            )
+            .unwrap(),
         )
         .unwrap();
     }

@@ -7,7 +7,7 @@ use blyan_model::{
     Engine, EngineConfig, Event, GenerateRequest, Generation, LoadOptions, Model, ModelError,
     Precision, SamplingParams, Team,
 };
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_primitives::{ExpertId, Hash};
 use blyan_tensor::{TensorDesc, encode_tensors, f32_to_bytes};
 
 use crate::fixture::{Net, net};
@@ -139,7 +139,7 @@ fn new_version(net: &Net, id: ExpertId, scale: f32) -> Hash {
             tensors: tensors.iter().map(|(d, _)| d.clone()).collect(),
         },
         encode_tensors(&refs).unwrap(),
-        Address([9; 20]),
+        &blyan_primitives::SigningKey::from_slice(&[9; 32]).unwrap(),
         ts,
     );
     net.store.append(block).unwrap()

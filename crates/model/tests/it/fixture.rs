@@ -105,7 +105,16 @@ pub(crate) fn net_with(meta: MetaPayload, seed: u64) -> Net {
         seed,
         written: BTreeMap::new(),
     };
-    init(&store, genesis_blocks(&meta, &mut weights).unwrap()).unwrap();
+    init(
+        &store,
+        genesis_blocks(
+            &meta,
+            &mut weights,
+            &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     Net {
         store: Arc::new(store),
         tokenizer: Arc::new(Tokenizer::from_json(&meta.tokenizer).unwrap()),

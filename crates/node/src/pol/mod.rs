@@ -23,7 +23,7 @@ use blyan_pol::eval::{EVALUATOR_VERSION, ExpertWeights};
 use blyan_pol::record::{PolRecord, ProofCheck, Trial, TrialError, VerdictEntry, run_trial};
 use blyan_pol::snapshot::{Snapshot, block_tensors, expert_weights};
 use blyan_pol::{Judgement, Pool, Reason, Rules};
-use blyan_primitives::{Address, Amount, ExpertId, Hash};
+use blyan_primitives::{Address, Amount, ExpertId, Hash, SigningKey};
 use blyan_tensor::{DType, TensorDesc};
 use blyan_train::TrainError;
 use blyan_train::candidate::Candidate;
@@ -183,12 +183,14 @@ pub fn hidden_tokens(
 }
 
 /// Builds the hidden pool from `tokens` (the hidden split, tokenized), writes the pool file
-/// and commits its root on chain P. Refuses if a pool is already committed.
+/// and commits its root on chain P in a block signed by `validator`. Refuses if a pool is
+/// already committed.
 pub fn commit_pool(
     store: &Store,
     data_dir: &Path,
     tokens: &[u32],
     source: &str,
+    validator: &SigningKey,
     now_ms: u64,
 ) -> Result<(Hash, PoolCommit), NodeError> {
     let record = PolRecord::read(store).map_err(snapshot_err)?;
@@ -234,7 +236,7 @@ pub fn commit_pool(
             ..BlockMeta::default()
         },
         commit.encode(),
-        Address::ZERO,
+        validator,
         now_ms.max(prev_ts(store, &prev)?),
     );
     let hash = store.append(block)?;
@@ -410,7 +412,9 @@ impl Node {
                     tensors: descs,
                 },
                 payload,
-                contributor,
+                // Placed and signed by this validator; the contributor, who is paid for it,
+                // is named in the verdict it depends on.
+                &self.signer,
                 now_ms.max(prev_ts(&self.store, &prev)?),
             );
             // The new head is served from here on (on_appended).
@@ -747,7 +751,7 @@ impl Node {
                 ..BlockMeta::default()
             },
             migration.encode(),
-            self.operator,
+            &self.signer,
             now_ms.max(prev_ts(&self.store, &prev)?),
         );
         // The older version is served from here on (on_appended).

@@ -135,7 +135,7 @@ impl Node {
                 ..BlockMeta::default()
             },
             verdict.encode(),
-            self.operator,
+            &self.signer,
             now_ms.max(prev_ts(&self.store, &prev)?),
         );
         // The verdict joins the record (on_appended).

@@ -239,7 +239,14 @@ fn a_resumed_run_equals_an_uninterrupted_one() -> Result {
 fn wide_store(meta: &MetaPayload, seed: u64) -> Result<(tempfile::TempDir, Arc<Store>)> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(Store::open(dir.path())?);
-    init(&store, genesis_blocks(meta, &mut Wide(seed))?)?;
+    init(
+        &store,
+        genesis_blocks(
+            meta,
+            &mut Wide(seed),
+            &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
+        )?,
+    )?;
     Ok((dir, store))
 }
 
