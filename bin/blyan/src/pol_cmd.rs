@@ -47,9 +47,10 @@ pub(crate) struct SubmitArgs {
     /// The candidate file (`blyan train expert --out`).
     #[arg(long, value_name = "FILE")]
     candidate: PathBuf,
-    /// The address paid if it is accepted.
+    /// The key that signs the submission and is paid if it is accepted: an address with a
+    /// key in this data directory's keystore [default: the node's key].
     #[arg(long, value_name = "ADDR")]
-    contributor: Address,
+    key: Option<Address>,
     /// Proof-of-work nonce for hybrid mode [default: found here when the node is in hybrid
     /// mode].
     #[arg(long)]
@@ -210,26 +211,30 @@ pub(crate) fn submit(
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.candidate)
         .with_context(|| format!("reading {}", args.candidate.display()))?;
+    let key = match args.key {
+        Some(address) => blyan_ledger::Keystore::new(data_dir.join(blyan_ledger::KEYSTORE_DIR))
+            .load(&address)
+            .with_context(|| format!("loading the key of {address}"))?,
+        None => crate::node_key(data_dir)?,
+    };
     let out = match &args.node {
-        Some(url) => submit_http(url, &bytes, &args)?,
+        Some(url) => submit_http(url, &bytes, &key, &args)?,
         None => {
             let node = open_node(data_dir, ledger_url)?;
             let settings = node.config().pol;
+            let contributor = blyan_primitives::address_of(&key);
             let pow_nonce = match (args.pow_nonce, settings.mode) {
                 (Some(n), _) => Some(n),
                 (None, blyan_chain::PolMode::Hybrid) => {
                     let id = pol::candidate_id(&bytes)?;
-                    Some(blyan_pol::pow_solve(
-                        &id,
-                        &args.contributor,
-                        settings.pow_bits,
-                    ))
+                    Some(blyan_pol::pow_solve(&id, &contributor, settings.pow_bits))
                 }
                 (None, _) => None,
             };
             let sub = pol::Submission {
+                signature: pol::sign_submission(&key, &node.info().network, &bytes)?,
                 candidate: bytes,
-                contributor: args.contributor,
+                contributor: Some(contributor),
                 pow_nonce,
             };
             match node.pol_submit(sub, blyan_node::unix_ms()) {
@@ -278,19 +283,39 @@ pub(crate) fn submit(
     })
 }
 
-fn submit_http(url: &str, bytes: &[u8], args: &SubmitArgs) -> anyhow::Result<serde_json::Value> {
-    let mut target = format!(
-        "{}/pol/validate?contributor={}",
-        url.trim_end_matches('/'),
-        args.contributor
-    );
-    if let Some(n) = args.pow_nonce {
-        target.push_str(&format!("&pow_nonce={n}"));
-    }
+fn submit_http(
+    url: &str,
+    bytes: &[u8],
+    key: &blyan_primitives::SigningKey,
+    args: &SubmitArgs,
+) -> anyhow::Result<serde_json::Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
+    // The signature names the network, which the node says.
+    let info_url = format!("{}/node", url.trim_end_matches('/'));
+    let info: serde_json::Value = agent
+        .get(&info_url)
+        .call()
+        .with_context(|| format!("asking {info_url} for its network"))?
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("reading the reply of {info_url}"))?;
+    let network: Hash = info["network"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("{info_url} names no network: {info}"))?;
+    let signature = pol::sign_submission(key, &network, bytes)?;
+    let mut target = format!(
+        "{}/pol/validate?signature={signature}&contributor={}",
+        url.trim_end_matches('/'),
+        blyan_primitives::address_of(key)
+    );
+    if let Some(n) = args.pow_nonce {
+        target.push_str(&format!("&pow_nonce={n}"));
+    }
     let mut response = agent
         .post(&target)
         .header("content-type", "application/octet-stream")

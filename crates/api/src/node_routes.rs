@@ -17,7 +17,7 @@ use axum::{
 use blyan_chain::ChainId;
 use blyan_node::pol::Submission;
 use blyan_node::{Node, Stage};
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash, Signature, SignatureError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -143,25 +143,53 @@ pub(crate) async fn pol_status(State(node): State<Arc<Node>>) -> Result<Json<Val
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ValidateQuery {
-    /// The address paid for an accepted candidate.
-    contributor: String,
+    /// The contributor's signature of the submission digest (network, candidate, parent).
+    signature: Option<String>,
+    /// The contributor the caller expects to be paid: refused unless it is the signer.
+    contributor: Option<String>,
     /// Proof-of-work nonce (hybrid mode).
     pow_nonce: Option<u64>,
 }
 
-/// `POST /pol/validate?contributor=ADDR[&pow_nonce=N]`: the body is a candidate file
-/// (`application/octet-stream`, as `blyan train expert` writes it). Answers the verdict, or
-/// a refusal with a stable code when the candidate is rejected before evaluation.
+/// `POST /pol/validate?signature=SIG[&contributor=ADDR][&pow_nonce=N]`: the body is a
+/// candidate file (`application/octet-stream`, as `blyan train expert` writes it); `SIG` is
+/// the contributor's EIP-191 signature of the submission digest, and whoever signed it is
+/// paid. Answers the verdict, or a refusal with a stable code when the candidate is rejected
+/// before evaluation.
 pub(crate) async fn pol_validate(
     State(node): State<Arc<Node>>,
     query: Result<Query<ValidateQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
-    let contributor: Address = q
-        .contributor
+    let signature: Signature = q
+        .signature
+        .as_deref()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_signature",
+                "a submission carries the contributor's signature (?signature=0x…) of its \
+                 digest: SHA-256 of \"blyan-submission-v1\", the network, the candidate's id and \
+                 its parent",
+            )
+        })?
         .parse()
-        .map_err(|e| ApiError::invalid("contributor", format!("{:?}: {e}", q.contributor)))?;
+        .map_err(|e: SignatureError| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                e.code(),
+                format!("signature: {e}"),
+            )
+        })?;
+    let contributor: Option<Address> = q
+        .contributor
+        .as_deref()
+        .map(|c| {
+            c.parse()
+                .map_err(|e| ApiError::invalid("contributor", format!("{c:?}: {e}")))
+        })
+        .transpose()?;
     if body.is_empty() {
         return Err(ApiError::invalid(
             "body",
@@ -170,6 +198,7 @@ pub(crate) async fn pol_validate(
     }
     let submission = Submission {
         candidate: body.to_vec(),
+        signature,
         contributor,
         pow_nonce: q.pow_nonce,
     };

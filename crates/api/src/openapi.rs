@@ -58,7 +58,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     (
         "post",
         "/pol/validate",
-        "Submit a candidate file (octet-stream body) `?contributor=ADDR[&pow_nonce=N]`: the verdict, or a refusal code (`stale_parent`, `head_copy`, `duplicate_payload`, `delta_too_large`, `non_finite`, …).",
+        "Submit a candidate file (octet-stream body) `?signature=SIG[&contributor=ADDR][&pow_nonce=N]`, SIG the contributor's EIP-191 signature of SHA-256(\"blyan-submission-v1\" ‖ network ‖ candidate id ‖ parent); the signer is paid: the verdict, or a refusal code (`missing_signature`, `bad_signature`, `wrong_signer`, `stale_parent`, `head_copy`, `duplicate_payload`, `delta_too_large`, `non_finite`, …).",
         true,
     ),
     (

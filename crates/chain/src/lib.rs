@@ -26,6 +26,7 @@ pub use error::{BlockError, ChainError};
 pub use ledger::{LEDGER_BATCH_POSTINGS_MAX, LEDGER_POSTING_LEN_MAX, LedgerBatch};
 pub use proof::{
     Migration, PROOF_TEXT_MAX, PolMode, PoolCommit, VERDICT_ITEMS_MAX, VERDICT_STAGES_MAX, Verdict,
+    submission_digest,
 };
 pub use store::{BlockSummary, ChainTotals, Payload, Store};
 pub use validate::{CheckedBlock, ValidBlock};

@@ -2,11 +2,33 @@
 //! and head migrations (rollbacks) of the parameter chain. The chain checks their structure;
 //! `blyan-pol` gives them meaning and recomputes verdicts.
 
-use blyan_primitives::{Address, ExpertId, Hash, codec};
+use blyan_primitives::{Address, ExpertId, Hash, Signature, SignatureError, codec};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::Serialize;
 
 use crate::BlockError;
+
+/// What a contributor signs to submit a candidate: SHA-256 of `blyan-submission-v1`,
+/// the network (its spec block's hash), the candidate (the hash of the expert-block payload it
+/// becomes) and the parent version it was trained from. The signature is EIP-191
+/// `personal_sign` of these 32 bytes, as for blocks; the network in it keeps a submission to
+/// one network from being replayed on another.
+pub fn submission_digest(network: &Hash, candidate: &Hash, parent: &Hash) -> Hash {
+    let mut bytes = Vec::with_capacity(19 + 3 * 32);
+    bytes.extend_from_slice(b"blyan-submission-v1");
+    bytes.extend_from_slice(&network.0);
+    bytes.extend_from_slice(&candidate.0);
+    bytes.extend_from_slice(&parent.0);
+    Hash::of(&bytes)
+}
+
+impl Verdict {
+    /// The address that signed this verdict's submission on `network`.
+    pub fn submitter(&self, network: &Hash) -> Result<Address, SignatureError> {
+        self.contributor_signature
+            .recover(&submission_digest(network, &self.candidate, &self.parent).0)
+    }
+}
 
 /// Most items one verdict may draw.
 pub const VERDICT_ITEMS_MAX: usize = 65_536;
@@ -89,8 +111,11 @@ pub struct Verdict {
     /// The parameter chain's head when it was judged: with the migrations up to it, this
     /// fixes every other group's version, so the model evaluated is known exactly.
     pub param_head: Hash,
-    /// Who submitted it and is paid for it.
+    /// Who submitted it and is paid for it: the address its submission signature recovers.
     pub contributor: Address,
+    /// The contributor's signature of [`submission_digest`] (network, candidate, parent),
+    /// so anyone can check from the chain who submitted it.
+    pub contributor_signature: Signature,
     /// The mode it was judged in.
     pub mode: PolMode,
     /// Proof-of-work nonce (hybrid mode; zero otherwise).
@@ -280,6 +305,7 @@ mod tests {
             parent: Hash::of(b"parent"),
             param_head: Hash::of(b"head"),
             contributor: Address::ZERO,
+            contributor_signature: Signature([0; 65]),
             mode: PolMode::Pol,
             pow_nonce: 0,
             replicates: None,

@@ -3,9 +3,9 @@
 //! of every verdict, replication with vesting, rollback, and the pow and hybrid modes.
 
 use blyan_chain::{ChainId, PolMode, Store, genesis};
-use blyan_node::pol::{PolRefusal, Submission, commit_pool};
+use blyan_node::pol::{PolRefusal, Submission, commit_pool, sign_submission};
 use blyan_node::{Node, NodeConfig, NodeError};
-use blyan_primitives::{Address, ExpertId, Hash};
+use blyan_primitives::{ExpertId, Hash, SigningKey, address_of};
 use blyan_train::candidate::Candidate;
 use blyan_train::expert::{ExpertOptions, ExpertTraining};
 
@@ -89,19 +89,27 @@ fn trained(node: &Node, expert: ExpertId, steps: u64) -> Candidate {
     run.candidate().expect("candidate")
 }
 
+/// A contributor's key (and so their address).
+fn contributor(n: u8) -> SigningKey {
+    SigningKey::from_slice(&[n; 32]).expect("key")
+}
+
+/// `bytes` as `who` submits it to `node`: signed for the node's network, naming `who`.
+fn signed(node: &Node, bytes: Vec<u8>, who: &SigningKey, pow_nonce: Option<u64>) -> Submission {
+    Submission {
+        signature: sign_submission(who, &node.info().network, &bytes).expect("sign"),
+        candidate: bytes,
+        contributor: Some(address_of(who)),
+        pow_nonce,
+    }
+}
+
 fn submit(
     node: &Node,
     c: &Candidate,
-    who: Address,
+    who: &SigningKey,
 ) -> Result<blyan_node::pol::VerdictReport, NodeError> {
-    node.pol_submit(
-        Submission {
-            candidate: c.encode().expect("encode"),
-            contributor: who,
-            pow_nonce: None,
-        },
-        NOW,
-    )
+    node.pol_submit(signed(node, c.encode().expect("encode"), who, None), NOW)
 }
 
 fn refusal(r: Result<blyan_node::pol::VerdictReport, NodeError>) -> PolRefusal {
@@ -122,9 +130,9 @@ fn proof_height(node: &Node) -> u64 {
 #[test]
 fn submissions_refusals_verification_replication_and_rollback() {
     let (_dir, node) = open(PolMode::Pol);
-    let who: Address = "0x00000000000000000000000000000000000000aa"
-        .parse()
-        .expect("addr");
+    let key = contributor(0xaa);
+    let who = &key;
+    let paid = address_of(who);
     let expert = ExpertId::new(0, 1);
     let genesis_head = node
         .store()
@@ -160,24 +168,34 @@ fn submissions_refusals_verification_replication_and_rollback() {
     let mut nan = good.encode().expect("encode");
     let at = nan.len() - 4;
     nan[at..].copy_from_slice(&f32::NAN.to_le_bytes());
-    let r = node.pol_submit(
-        Submission {
-            candidate: nan,
-            contributor: who,
-            pow_nonce: None,
-        },
-        NOW,
+    let mut sub = signed(&node, good.encode().expect("encode"), who, None);
+    sub.candidate = nan;
+    assert_eq!(refusal(node.pol_submit(sub, NOW)), PolRefusal::NonFinite);
+    let mut sub = signed(&node, good.encode().expect("encode"), who, None);
+    sub.candidate = b"not a candidate".to_vec();
+    assert_eq!(
+        refusal(node.pol_submit(sub, NOW)),
+        PolRefusal::MalformedCandidate
     );
-    assert_eq!(refusal(r), PolRefusal::NonFinite);
-    let r = node.pol_submit(
-        Submission {
-            candidate: b"not a candidate".to_vec(),
-            contributor: who,
-            pow_nonce: None,
-        },
-        NOW,
-    );
-    assert_eq!(refusal(r), PolRefusal::MalformedCandidate);
+    // Signatures: someone else's key naming `who`; a signature made for another network; the
+    // malleable (high-s) twin of a good signature.
+    let bytes = good.encode().expect("encode");
+    let mut sub = signed(&node, bytes.clone(), &contributor(0xbb), None);
+    sub.contributor = Some(paid);
+    assert_eq!(refusal(node.pol_submit(sub, NOW)), PolRefusal::WrongSigner);
+    let mut sub = signed(&node, bytes.clone(), who, None);
+    sub.signature = sign_submission(who, &Hash::of(b"another network"), &bytes).expect("sign");
+    assert_eq!(refusal(node.pol_submit(sub, NOW)), PolRefusal::WrongSigner);
+    let mut sub = signed(&node, bytes.clone(), who, None);
+    let mut high = sub.signature.0;
+    let s_low = k256::U256::from_be_slice(&high[32..64]);
+    let order = <k256::Secp256k1 as k256::elliptic_curve::Curve>::ORDER;
+    high[32..64].copy_from_slice(&k256::elliptic_curve::bigint::Encoding::to_be_bytes(
+        &order.wrapping_sub(&s_low),
+    ));
+    high[64] = 55 - high[64];
+    sub.signature = blyan_primitives::Signature(high);
+    assert_eq!(refusal(node.pol_submit(sub, NOW)), PolRefusal::BadSignature);
     let mut stranger = good.clone();
     stranger.parent = Hash::of(b"elsewhere");
     assert_eq!(
@@ -209,9 +227,24 @@ fn submissions_refusals_verification_replication_and_rollback() {
     );
     assert!(!report.reward.is_zero() && report.reward == report.vesting);
     assert_eq!(
-        node.ledger().balance(who).expect("balance").available,
+        node.ledger().balance(paid).expect("balance").available,
         report.reward
     );
+    // The verdict names the signer and carries the signature; the version's block is the
+    // validator's, and royalties follow the verdict.
+    let (_, verdict) = node
+        .pol_verdicts()
+        .into_iter()
+        .find(|(h, _)| *h == report.proof)
+        .expect("verdict");
+    assert_eq!(verdict.contributor, paid);
+    assert_eq!(verdict.submitter(&node.info().network), Ok(paid));
+    let block = node
+        .store()
+        .header(&new_head)
+        .expect("header")
+        .expect("block");
+    assert_ne!(block.author, paid);
 
     // The same file again: its parent is no longer the head.
     assert_eq!(refusal(submit(&node, &good, who)), PolRefusal::StaleParent);
@@ -240,7 +273,7 @@ fn submissions_refusals_verification_replication_and_rollback() {
     // That later evaluation replicated the acceptance: the held half is paid.
     let status = node.pol_status();
     assert!(status.awaiting_replication.is_empty(), "{status:?}");
-    let total = node.ledger().balance(who).expect("balance").available;
+    let total = node.ledger().balance(paid).expect("balance").available;
     assert_eq!(total.nano(), report.reward.nano() * 2);
     assert_eq!(
         refusal(node.pol_replicate(report.proof, NOW)),
@@ -272,9 +305,9 @@ fn submissions_refusals_verification_replication_and_rollback() {
 
 #[test]
 fn pow_and_hybrid_modes() {
-    let who: Address = "0x00000000000000000000000000000000000000bb"
-        .parse()
-        .expect("addr");
+    let key = contributor(0xbb);
+    let who = &key;
+    let paid = address_of(who);
     let expert = ExpertId::new(0, 0);
 
     let (_dir, node) = open(PolMode::Pow);
@@ -288,15 +321,11 @@ fn pow_and_hybrid_modes() {
     assert_eq!(refusal(submit(&node, &c, who)), PolRefusal::PowMissing);
     let bytes = c.encode().expect("encode");
     let id = blyan_node::pol::candidate_id(&bytes).expect("id");
-    let nonce = blyan_pol::pow_solve(&id, &who, 8);
+    let nonce = blyan_pol::pow_solve(&id, &paid, 8);
     let bad = (0..)
-        .find(|n| !blyan_pol::pow_ok(&id, &who, *n, 8))
+        .find(|n| !blyan_pol::pow_ok(&id, &paid, *n, 8))
         .expect("a bad nonce");
-    let sub = |n| Submission {
-        candidate: bytes.clone(),
-        contributor: who,
-        pow_nonce: Some(n),
-    };
+    let sub = |n| signed(&node, bytes.clone(), who, Some(n));
     assert_eq!(
         refusal(node.pol_submit(sub(bad), NOW)),
         PolRefusal::PowInvalid

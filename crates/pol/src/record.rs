@@ -375,6 +375,18 @@ pub fn verify(
         n: j.map(|j| j.sums.n),
         sum: j.map(|j| j.sums.sum),
     };
+    // Who submitted it: the recorded contributor must be the submission's signer.
+    let network = store
+        .at_height(ChainId::Meta, 0)?
+        .ok_or(ChainError::NotFound(Hash::ZERO))?;
+    match v.submitter(&network) {
+        Ok(signer) if signer == v.contributor => {}
+        Ok(signer) => problems.push(format!(
+            "the submission was signed by {signer}, but the verdict pays {}",
+            v.contributor
+        )),
+        Err(e) => problems.push(format!("the submission signature: {e} ({})", e.code())),
+    }
     if v.mode == PolMode::Pow {
         if !v.items.is_empty() || v.reward != 0 || v.reason != Reason::AcceptedPow.as_str() {
             problems.push(

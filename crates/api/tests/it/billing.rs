@@ -322,14 +322,15 @@ async fn keys_are_required_when_no_loopback_account_is_set() {
 #[tokio::test]
 async fn royalties_follow_the_served_versions_contributors() {
     let net = net();
-    let contributor = Address([0xc7; 20]);
+    let key = blyan_primitives::SigningKey::from_slice(&[0xc7; 32]).expect("key");
+    let contributor = blyan_primitives::address_of(&key);
     // Every expert gets a version accepted for the contributor (placed and signed by another
     // key), and those are served.
     let mut pins = serde_json::Map::new();
     for layer in 0..4 {
         for expert in 0..8 {
             let id = ExpertId::new(layer, expert);
-            let hash = new_version_by(net.node.store(), id, Some(contributor));
+            let hash = new_version_by(net.node.store(), id, Some(&key));
             pins.insert(id.to_string(), json!(hash.to_string()));
         }
     }

@@ -9,9 +9,11 @@ mod socket;
 
 use std::sync::Arc;
 
-use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, PolMode, Store, Verdict, genesis};
+use blyan_chain::{
+    Block, BlockKind, BlockMeta, ChainId, PolMode, Store, Verdict, genesis, submission_digest,
+};
 use blyan_node::{Node, NodeConfig};
-use blyan_primitives::{Address, ExpertId, Hash, SigningKey};
+use blyan_primitives::{ExpertId, Hash, Signature, SigningKey, address_of};
 use tempfile::TempDir;
 
 /// A node over a fresh untrained genesis network in a temporary directory.
@@ -56,7 +58,11 @@ pub(crate) fn new_version(store: &Store, id: ExpertId) -> Hash {
 
 /// Like [`new_version`]; with a contributor, the version depends on an accepting verdict
 /// that names them (a verdict block written here directly, not by an evaluation).
-pub(crate) fn new_version_by(store: &Store, id: ExpertId, contributor: Option<Address>) -> Hash {
+pub(crate) fn new_version_by(
+    store: &Store,
+    id: ExpertId,
+    contributor: Option<&SigningKey>,
+) -> Hash {
     let parent = store.expert_head(id).expect("head").expect("expert");
     let parent_header = store.header(&parent).expect("header").expect("present");
     let payload = store.payload(&parent).expect("payload").to_vec();
@@ -64,12 +70,19 @@ pub(crate) fn new_version_by(store: &Store, id: ExpertId, contributor: Option<Ad
     let mut depends_on = vec![spec, parent];
     if let Some(contributor) = contributor {
         let (height, prev) = store.head(ChainId::Proof).expect("head").expect("proof");
+        let network = store
+            .at_height(ChainId::Meta, 0)
+            .expect("meta")
+            .expect("network");
+        let candidate = Hash::of(&payload);
+        let digest = submission_digest(&network, &candidate, &parent);
         let verdict = Verdict {
             expert: id,
-            candidate: Hash::of(&payload),
+            candidate,
             parent,
             param_head: store.head(ChainId::Param).expect("head").expect("param").1,
-            contributor,
+            contributor: address_of(contributor),
+            contributor_signature: Signature::sign(contributor, &digest.0),
             mode: PolMode::Pol,
             pow_nonce: 0,
             replicates: None,

@@ -117,15 +117,16 @@ async fn status_and_chat_answer_during_an_evaluation() {
         .encode()
         .expect("encode");
 
+    let key = blyan_primitives::SigningKey::from_slice(&[0xaa; 32]).expect("key");
+    let signature =
+        blyan_node::pol::sign_submission(&key, &node.info().network, &candidate).expect("sign");
     let validate = {
         let node = node.clone();
         tokio::spawn(async move {
-            let req = Request::post(
-                "/pol/validate?contributor=0x00000000000000000000000000000000000000aa",
-            )
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Body::from(candidate))
-            .expect("req");
+            let req = Request::post(format!("/pol/validate?signature={signature}"))
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(Body::from(candidate))
+                .expect("req");
             blyan_api::router(node)
                 .oneshot(req)
                 .await

@@ -839,21 +839,40 @@ async fn proof_of_learning_status_and_refusals() {
     assert_eq!(body["verdicts"], 0);
     // This test network has no hidden pool committed.
     assert!(body["pool_problem"].as_str().is_some(), "{body}");
-    let addr = "0x00000000000000000000000000000000000000aa";
+    // Some signature in the right form (the candidate is checked before whose it is).
+    let sig = blyan_primitives::Signature::sign(
+        &blyan_primitives::SigningKey::from_slice(&[0xaa; 32]).expect("key"),
+        b"anything",
+    );
     let (status, body) = call(
         &net.node,
         "POST",
-        &format!("/pol/validate?contributor={addr}"),
+        &format!("/pol/validate?signature={sig}"),
         Some("application/octet-stream"),
         "not a safetensors file",
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "malformed_candidate");
+    for (query, code) in [
+        ("", "missing_signature"),
+        ("?signature=0x12", "malformed_signature"),
+    ] {
+        let (status, body) = call(
+            &net.node,
+            "POST",
+            &format!("/pol/validate{query}"),
+            Some("application/octet-stream"),
+            "x",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
     let (status, body) = call(
         &net.node,
         "POST",
-        "/pol/validate?contributor=0x12",
+        &format!("/pol/validate?signature={sig}&contributor=0x12"),
         Some("application/octet-stream"),
         "x",
     )
@@ -862,7 +881,7 @@ async fn proof_of_learning_status_and_refusals() {
     let (status, _) = call(
         &net.node,
         "POST",
-        &format!("/pol/validate?contributor={addr}"),
+        &format!("/pol/validate?signature={sig}"),
         Some("application/octet-stream"),
         vec![0u8; 8 << 20],
     )

@@ -9,10 +9,29 @@ use super::*;
 pub struct Submission {
     /// The candidate file's bytes.
     pub candidate: Vec<u8>,
-    /// Who is paid.
-    pub contributor: Address,
+    /// The contributor's signature of the submission digest
+    /// ([`blyan_chain::submission_digest`] of the network, the candidate's id and its parent):
+    /// the signer is who is paid.
+    pub signature: Signature,
+    /// The contributor the caller names, if any: refused unless it is the signer.
+    pub contributor: Option<Address>,
     /// Proof-of-work nonce (hybrid mode).
     pub pow_nonce: Option<u64>,
+}
+
+/// Signs the candidate file `candidate` for submission to `network` with `key`: what `blyan
+/// submit` does with the local key. The signature is over the network, the candidate's id and
+/// the parent the file names.
+pub fn sign_submission(
+    key: &SigningKey,
+    network: &Hash,
+    candidate: &[u8],
+) -> Result<Signature, NodeError> {
+    let c = Candidate::decode(candidate)
+        .map_err(|e| refuse(PolRefusal::MalformedCandidate, e.to_string()))?;
+    let id = Hash::of(&candidate_payload(&c)?.0);
+    let digest = blyan_chain::submission_digest(network, &id, &c.parent);
+    Ok(Signature::sign(key, &digest.0))
 }
 
 /// The expert-block payload of a candidate: its three tensors in f32, in spec order.
@@ -76,6 +95,21 @@ pub(crate) struct CheckedCandidate {
 }
 
 impl CheckedCandidate {
+    /// The address that signed this candidate's submission to `network`.
+    pub(crate) fn signer(
+        &self,
+        network: &Hash,
+        signature: &Signature,
+    ) -> Result<Address, NodeError> {
+        let digest = blyan_chain::submission_digest(network, &self.id, &self.parent);
+        signature.recover(&digest.0).map_err(|e| {
+            refuse(
+                PolRefusal::BadSignature,
+                format!("the submission signature ({}): {e}", e.code()),
+            )
+        })
+    }
+
     /// Checks `bytes` (a candidate file) against `spec`.
     pub(crate) fn check(
         bytes: &[u8],

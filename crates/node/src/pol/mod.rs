@@ -23,7 +23,7 @@ use blyan_pol::eval::{EVALUATOR_VERSION, ExpertWeights};
 use blyan_pol::record::{PolRecord, ProofCheck, Trial, TrialError, VerdictEntry, run_trial};
 use blyan_pol::snapshot::{Snapshot, block_tensors, expert_weights};
 use blyan_pol::{Judgement, Pool, Reason, Rules};
-use blyan_primitives::{Address, Amount, ExpertId, Hash, SigningKey};
+use blyan_primitives::{Address, Amount, ExpertId, Hash, Signature, SigningKey};
 use blyan_tensor::{DType, TensorDesc};
 use blyan_train::TrainError;
 use blyan_train::candidate::Candidate;
@@ -38,7 +38,7 @@ mod settings;
 mod status;
 
 pub(crate) use admission::{AdmittedCandidate, CheckedCandidate};
-pub use admission::{Submission, candidate_id};
+pub use admission::{Submission, candidate_id, sign_submission};
 pub use refusal::PolRefusal;
 pub use settings::PolSettings;
 pub use status::{Evaluating, PolStatus, VerdictSummary};
@@ -346,13 +346,23 @@ impl Node {
             .meta()?
             .ok_or_else(|| NodeError::NoNetwork(self.data_dir.display().to_string()))?;
         let checked = CheckedCandidate::check(&sub.candidate, &meta.spec)?;
+        // Rewards go to whoever signed the submission, never to an address typed beside it.
+        let contributor = checked.signer(&self.network, &sub.signature)?;
+        if let Some(named) = sub.contributor
+            && named != contributor
+        {
+            return Err(refuse(
+                PolRefusal::WrongSigner,
+                format!("the submission names contributor {named} but was signed by {contributor}"),
+            ));
+        }
         let mut state = self.pol_state();
         let admitted = AdmittedCandidate::admit(
             checked,
             &self.store,
             &state.record,
             &settings,
-            sub.contributor,
+            contributor,
             sub.pow_nonce,
         )?;
         let (expert, id, head, pow_nonce, contributor) = (
@@ -367,7 +377,7 @@ impl Node {
         let started = std::time::Instant::now();
         let (verdict, judgement) = match settings.mode {
             PolMode::Pow => (
-                self.pow_verdict(&snapshot, expert, id, head, contributor),
+                self.pow_verdict(&snapshot, expert, id, head, (contributor, sub.signature)),
                 None,
             ),
             PolMode::Pol | PolMode::Hybrid => {
@@ -378,7 +388,7 @@ impl Node {
                     admitted.child(),
                     id,
                     head,
-                    contributor,
+                    (contributor, sub.signature),
                     None,
                 )?;
                 (Verdict { pow_nonce, ..v }, Some(j))
@@ -488,7 +498,7 @@ impl Node {
             &child,
             v.candidate,
             v.parent,
-            v.contributor,
+            (v.contributor, v.contributor_signature),
             Some(proof),
         )?;
         let eval_ms = started.elapsed().as_millis() as u64;
@@ -522,7 +532,7 @@ impl Node {
         expert: ExpertId,
         id: Hash,
         parent: Hash,
-        contributor: Address,
+        (contributor, contributor_signature): (Address, Signature),
     ) -> Verdict {
         let rules = self.config.pol.rules();
         Verdict {
@@ -531,6 +541,7 @@ impl Node {
             parent,
             param_head: snapshot.param_head,
             contributor,
+            contributor_signature,
             mode: PolMode::Pow,
             pow_nonce: 0,
             replicates: None,
@@ -568,7 +579,7 @@ impl Node {
         child: &ExpertWeights,
         id: Hash,
         parent: Hash,
-        contributor: Address,
+        (contributor, contributor_signature): (Address, Signature),
         replicates: Option<Hash>,
     ) -> Result<(Verdict, Judgement), NodeError> {
         let settings = self.config.pol;
@@ -625,6 +636,7 @@ impl Node {
             parent,
             param_head: snapshot.param_head,
             contributor,
+            contributor_signature,
             mode: settings.mode,
             pow_nonce: 0,
             replicates,

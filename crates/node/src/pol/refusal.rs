@@ -36,11 +36,15 @@ pub enum PolRefusal {
     NotReplicable = 13,
     /// The candidate's bytes are not held here.
     CandidateUnavailable = 14,
+    /// The submission signature is malformed, malleable or does not verify.
+    BadSignature = 15,
+    /// The submission names another contributor than the one who signed it.
+    WrongSigner = 16,
 }
 
 impl PolRefusal {
     /// Every refusal, in number order.
-    pub const ALL: [PolRefusal; 14] = [
+    pub const ALL: [PolRefusal; 16] = [
         PolRefusal::MalformedCandidate,
         PolRefusal::NonFinite,
         PolRefusal::WrongShapes,
@@ -55,6 +59,8 @@ impl PolRefusal {
         PolRefusal::PoolExhausted,
         PolRefusal::NotReplicable,
         PolRefusal::CandidateUnavailable,
+        PolRefusal::BadSignature,
+        PolRefusal::WrongSigner,
     ];
 
     /// The stable number.
@@ -79,6 +85,8 @@ impl PolRefusal {
             PolRefusal::PoolExhausted => "pool_exhausted",
             PolRefusal::NotReplicable => "not_replicable",
             PolRefusal::CandidateUnavailable => "candidate_unavailable",
+            PolRefusal::BadSignature => "bad_signature",
+            PolRefusal::WrongSigner => "wrong_signer",
         }
     }
 
@@ -89,6 +97,7 @@ impl PolRefusal {
             PolRefusal::DuplicatePayload | PolRefusal::HeadCopy | PolRefusal::StaleParent => 409,
             PolRefusal::NoPool | PolRefusal::PoolExhausted => 503,
             PolRefusal::CandidateUnavailable => 404,
+            PolRefusal::BadSignature | PolRefusal::WrongSigner => 401,
             PolRefusal::MalformedCandidate
             | PolRefusal::NonFinite
             | PolRefusal::WrongShapes
@@ -118,7 +127,7 @@ mod tests {
             assert_eq!(usize::from(r.number()), i + 1, "{r:?}");
             let json = serde_json::to_value(r).expect("json");
             assert_eq!(json, r.code(), "the serialized name is the code");
-            assert!(matches!(r.http_status(), 404 | 409 | 422 | 503));
+            assert!(matches!(r.http_status(), 401 | 404 | 409 | 422 | 503));
         }
     }
 }
