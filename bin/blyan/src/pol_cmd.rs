@@ -236,6 +236,7 @@ pub(crate) fn submit(
                 candidate: bytes,
                 contributor: Some(contributor),
                 pow_nonce,
+                payer: None,
             };
             match node.pol_submit(sub, blyan_node::unix_ms()) {
                 Ok(r) => serde_json::to_value(r)?,

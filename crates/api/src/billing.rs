@@ -22,8 +22,9 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub(crate) struct Caller {
     /// The bearer API key, if any.
     pub api_key: Option<String>,
-    /// Whether the peer is on a loopback address. Requests that did not come through a
-    /// socket (in-process calls) count as local.
+    /// Whether the request is local ([`crate::access::is_local`]): from a loopback address
+    /// with a loopback `Host` and `Origin`. Requests that did not come through a socket
+    /// (in-process calls) count as local.
     pub loopback: bool,
     /// The `Idempotency-Key` header, if any.
     pub idempotency_key: Option<String>,
@@ -31,10 +32,11 @@ pub(crate) struct Caller {
 
 impl Caller {
     pub(crate) fn of(parts: &Parts) -> Result<Caller, ApiError> {
-        let loopback = parts
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .is_none_or(|c| c.0.ip().is_loopback());
+            .map(|c| c.0);
+        let loopback = crate::access::is_local(peer, &parts.headers);
         Ok(Caller {
             api_key: bearer(&parts.headers)?,
             loopback,

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod billing;
 mod error;
 mod ledger_routes;
@@ -45,6 +46,8 @@ pub fn router(node: Arc<Node>) -> Router {
     let candidate_limit = node.candidate_len_max();
     let limits = Arc::new(limit::Limits::of(&node));
     let limited = || middleware::from_fn_with_state(limits.clone(), limit::limit);
+    let verify_limits = Arc::new(limit::Limits::verify(&node));
+    let operator = || middleware::from_fn_with_state(node.clone(), access::operator_only);
     Router::new()
         .route("/", get(ui::index))
         .route("/assets/{file}", get(ui::asset))
@@ -62,14 +65,24 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/chain/blocks", get(node_routes::blocks))
         .route("/chain/blocks/{hash}", get(node_routes::block))
         .route("/experts", get(node_routes::experts))
-        .route("/experts/serving", put(node_routes::serve_versions))
+        .route(
+            "/experts/serving",
+            put(node_routes::serve_versions).layer(operator()),
+        )
         .route("/pol/status", get(node_routes::pol_status))
         .route(
             "/pol/validate",
             post(node_routes::pol_validate).layer(DefaultBodyLimit::max(candidate_limit)),
         )
-        .route("/pol/replicate", post(node_routes::pol_replicate))
-        .route("/pol/proofs/{hash}/verify", get(node_routes::pol_verify))
+        .route(
+            "/pol/replicate",
+            post(node_routes::pol_replicate).layer(operator()),
+        )
+        .route(
+            "/pol/proofs/{hash}/verify",
+            get(node_routes::pol_verify)
+                .layer(middleware::from_fn_with_state(verify_limits, limit::limit)),
+        )
         .route("/health", get(node_routes::health))
         .route("/health/live", get(node_routes::live))
         .route("/health/ready", get(node_routes::ready))
@@ -81,7 +94,7 @@ pub fn router(node: Arc<Node>) -> Router {
             get(ledger_routes::history),
         )
         .route("/ledger/transfers", post(ledger_routes::transfer))
-        .route("/ledger/audit", get(ledger_routes::audit))
+        .route("/ledger/audit", get(ledger_routes::audit).layer(operator()))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(node.clone(), track))
         .fallback(not_found)

@@ -1,5 +1,5 @@
-//! Rate limits on the generating routes: one token bucket per API key and one per client
-//! network (an IPv4 address, or the /64 of an IPv6 address, the block a single subscriber
+//! Rate limits on the generating routes and on verdict recomputations (each with its own
+//! rates): one token bucket per API key and one per client network (an IPv4 address, or the /64 of an IPv6 address, the block a single subscriber
 //! usually holds). A request needs a token from each bucket that applies; without one it is
 //! refused with `429 rate_limited` and a `retry-after` in whole seconds, before anything is
 //! held or computed. Loopback callers have no network bucket (they are the operator); a key
@@ -126,6 +126,25 @@ impl Limits {
             by_network: Buckets::new(
                 c.rate_limit_ip_per_min,
                 c.rate_limit_ip_burst,
+                TABLE_LEN_MAX,
+            ),
+        }
+    }
+}
+
+impl Limits {
+    /// The limits on verdict recomputations: the same two tables, with their own rates.
+    pub(crate) fn verify(node: &Node) -> Limits {
+        let c = node.config();
+        Limits {
+            by_key: Buckets::new(
+                c.rate_limit_verify_per_min,
+                c.rate_limit_verify_burst,
+                TABLE_LEN_MAX,
+            ),
+            by_network: Buckets::new(
+                c.rate_limit_verify_per_min,
+                c.rate_limit_verify_burst,
                 TABLE_LEN_MAX,
             ),
         }

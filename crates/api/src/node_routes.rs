@@ -158,9 +158,26 @@ pub(crate) struct ValidateQuery {
 /// before evaluation.
 pub(crate) async fn pol_validate(
     State(node): State<Arc<Node>>,
+    parts: Parts,
     query: Result<Query<ValidateQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // An evaluation spends hidden-pool items: callers from elsewhere need an account.
+    // and pay the submission fee (refunded on acceptance).
+    let caller = Caller::of(&parts)?;
+    let payer = if caller.loopback {
+        None
+    } else {
+        let Some(key) = caller.api_key else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "submissions from other machines need `Authorization: Bearer <api key>`",
+            ));
+        };
+        let n = node.clone();
+        Some(blocking(move || n.payer(Some(&key), false)).await?)
+    };
     let Query(q) = query?;
     let signature: Signature = q
         .signature
@@ -201,6 +218,7 @@ pub(crate) async fn pol_validate(
         signature,
         contributor,
         pow_nonce: q.pow_nonce,
+        payer,
     };
     let report = blocking(move || node.pol_submit(submission, crate::unix_ms())).await?;
     Ok(Json(json!(report)))
@@ -214,19 +232,12 @@ pub(crate) struct ReplicateRequest {
     proof: String,
 }
 
-/// `POST /pol/replicate`: replicate an accepted verdict on a fresh sample (local callers).
+/// `POST /pol/replicate`: replicate an accepted verdict on a fresh sample (operator only:
+/// it spends hidden-pool items).
 pub(crate) async fn pol_replicate(
     State(node): State<Arc<Node>>,
-    parts: Parts,
     ApiJson(req): ApiJson<ReplicateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if !Caller::of(&parts)?.loopback {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "local_only",
-            "replications spend hidden-pool items; ask from the node's own machine",
-        ));
-    }
     let proof: Hash = req
         .proof
         .parse()

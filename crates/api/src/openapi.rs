@@ -64,7 +64,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     (
         "post",
         "/pol/replicate",
-        "Replicate an accepted verdict on a fresh sample: `{\"proof\": HASH}` (local callers).",
+        "Replicate an accepted verdict on a fresh sample: `{\"proof\": HASH}` (operator only: it spends hidden-pool items).",
         true,
     ),
     (
@@ -119,11 +119,32 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     (
         "get",
         "/ledger/audit",
-        "Replay every posting and compare with the balances and the ledger chain (local callers only).",
+        "Replay every posting and compare with the balances and the ledger chain (operator only).",
         false,
     ),
     ("get", "/openapi.json", "This document.", false),
 ];
+
+/// Who may call each operation that is not open to anyone (`x-blyan-role` in the document):
+/// `account` needs an API key from other machines (local requests bill the loopback
+/// account), `operator` only the node's own machine or the operator account's key.
+pub(crate) const RESTRICTED: &[(&str, &str, &str)] = &[
+    ("post", "/v1/chat/completions", "account"),
+    ("post", "/v1/completions", "account"),
+    ("post", "/ledger/transfers", "account"),
+    ("post", "/pol/validate", "account"),
+    ("put", "/experts/serving", "operator"),
+    ("post", "/pol/replicate", "operator"),
+    ("get", "/ledger/audit", "operator"),
+];
+
+/// The role an operation needs: `anyone`, `account` or `operator`.
+pub(crate) fn role_of(method: &str, path: &str) -> &'static str {
+    RESTRICTED
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map_or("anyone", |(_, _, role)| role)
+}
 
 /// `GET /openapi.json`.
 pub(crate) async fn document() -> Json<Value> {
@@ -131,6 +152,7 @@ pub(crate) async fn document() -> Json<Value> {
     for (method, path, summary, body) in OPERATIONS {
         let mut op = json!({
             "summary": summary,
+            "x-blyan-role": role_of(method, path),
             "responses": {
                 "200": {"description": "Success."},
                 "4XX": {

@@ -55,7 +55,7 @@ impl Node {
         self.operator
     }
 
-    fn refused(&self, e: LedgerError) -> NodeError {
+    pub(crate) fn refused(&self, e: LedgerError) -> NodeError {
         if let Some(r) = e.refusal() {
             self.metrics.ledger_refused(r.code());
         }

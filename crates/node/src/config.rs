@@ -71,6 +71,11 @@ pub struct NodeConfig {
     pub rate_limit_ip_per_min: u32,
     /// Generating requests one client network may make at once.
     pub rate_limit_ip_burst: u32,
+    /// Verdict recomputations (`GET /pol/proofs/{h}/verify`, seconds of CPU each) a minute per
+    /// caller: per API key, and per client network (loopback exempt) (0: no limit).
+    pub rate_limit_verify_per_min: u32,
+    /// Verdict recomputations one caller may ask for at once.
+    pub rate_limit_verify_burst: u32,
     /// Proof of Learning (the `pol_*` keys).
     pub pol: crate::pol::PolSettings,
 }
@@ -96,6 +101,8 @@ impl Default for NodeConfig {
             rate_limit_key_burst: 60,
             rate_limit_ip_per_min: 600,
             rate_limit_ip_burst: 60,
+            rate_limit_verify_per_min: 6,
+            rate_limit_verify_burst: 2,
             pol: crate::pol::PolSettings::default(),
         }
     }
@@ -137,6 +144,10 @@ pub struct ConfigLayer {
     pub rate_limit_ip_per_min: Option<u32>,
     /// See [`NodeConfig::rate_limit_ip_burst`].
     pub rate_limit_ip_burst: Option<u32>,
+    /// See [`NodeConfig::rate_limit_verify_per_min`].
+    pub rate_limit_verify_per_min: Option<u32>,
+    /// See [`NodeConfig::rate_limit_verify_burst`].
+    pub rate_limit_verify_burst: Option<u32>,
     /// `pol`, `hybrid` or `pow`.
     pub pol_mode: Option<String>,
     /// Significance level, percent: 1 or 5.
@@ -159,6 +170,8 @@ pub struct ConfigLayer {
     pub pol_batch_items: Option<usize>,
     /// Replicate pending acceptances after each verdict.
     pub pol_auto_replicate: Option<bool>,
+    /// The fee an account pays per evaluated submission, decimal BLY (`"0"`: none).
+    pub pol_submission_fee: Option<String>,
 }
 
 impl ConfigLayer {
@@ -225,6 +238,12 @@ impl NodeConfig {
         if let Some(v) = layer.rate_limit_ip_burst {
             self.rate_limit_ip_burst = v;
         }
+        if let Some(v) = layer.rate_limit_verify_per_min {
+            self.rate_limit_verify_per_min = v;
+        }
+        if let Some(v) = layer.rate_limit_verify_burst {
+            self.rate_limit_verify_burst = v;
+        }
         if let Some(v) = &layer.pol_mode {
             self.pol.mode = v.parse().map_err(NodeError::Config)?;
         }
@@ -258,6 +277,11 @@ impl NodeConfig {
         }
         if let Some(v) = layer.pol_auto_replicate {
             p.auto_replicate = v;
+        }
+        if let Some(v) = &layer.pol_submission_fee {
+            p.submission_fee = v
+                .parse()
+                .map_err(|e| NodeError::Config(format!("pol_submission_fee {v:?}: {e}")))?;
         }
         self.check()
     }

@@ -5,7 +5,7 @@
 use blyan_chain::{ChainId, PolMode, Store, genesis};
 use blyan_node::pol::{PolRefusal, Submission, commit_pool, sign_submission};
 use blyan_node::{Node, NodeConfig, NodeError};
-use blyan_primitives::{ExpertId, Hash, SigningKey, address_of};
+use blyan_primitives::{Address, Amount, ExpertId, Hash, NANO_PER_BLY, SigningKey, address_of};
 use blyan_train::candidate::Candidate;
 use blyan_train::expert::{ExpertOptions, ExpertTraining};
 
@@ -101,6 +101,7 @@ fn signed(node: &Node, bytes: Vec<u8>, who: &SigningKey, pow_nonce: Option<u64>)
         candidate: bytes,
         contributor: Some(address_of(who)),
         pow_nonce,
+        payer: None,
     }
 }
 
@@ -110,6 +111,35 @@ fn submit(
     who: &SigningKey,
 ) -> Result<blyan_node::pol::VerdictReport, NodeError> {
     node.pol_submit(signed(node, c.encode().expect("encode"), who, None), NOW)
+}
+
+/// Like [`submit`], from an account that pays the submission fee.
+fn submit_paying(
+    node: &Node,
+    c: &Candidate,
+    who: &SigningKey,
+) -> Result<blyan_node::pol::VerdictReport, NodeError> {
+    let mut sub = signed(node, c.encode().expect("encode"), who, None);
+    sub.payer = Some(address_of(who));
+    node.pol_submit(sub, NOW)
+}
+
+/// `who` with an account holding `bly` BLY, paid by the operator.
+fn fund(node: &Node, who: Address, bly: u64) {
+    let ledger = node.ledger();
+    ledger
+        .create_account(who, blyan_ledger::AccountKind::User, NOW)
+        .expect("account");
+    ledger
+        .transfer(
+            node.operator(),
+            who,
+            Amount::from_nano(bly * NANO_PER_BLY),
+            "funding",
+            None,
+            NOW,
+        )
+        .expect("funded");
 }
 
 fn refusal(r: Result<blyan_node::pol::VerdictReport, NodeError>) -> PolRefusal {
@@ -202,13 +232,25 @@ fn submissions_refusals_verification_replication_and_rollback() {
         refusal(submit(&node, &stranger, who)),
         PolRefusal::StaleParent
     );
+    // An account that cannot pay the submission fee is refused before anything is spent.
+    let poor = contributor(0xcc);
+    fund(&node, address_of(&poor), 1);
+    match submit_paying(&node, &good, &poor) {
+        Err(NodeError::Ledger(e)) => assert_eq!(e.code(), "insufficient_funds", "{e}"),
+        other => panic!("expected insufficient funds, got {other:?}"),
+    }
     assert_eq!(
         before,
         (proof_height(&node), node.pol_status().pool_remaining)
     );
 
-    // A real improvement is accepted, becomes the head and is paid half now.
-    let report = submit(&node, &good, who).expect("verdict");
+    // A real improvement is accepted, becomes the head and is paid half now; its submission
+    // fee comes back.
+    fund(&node, paid, 25);
+    let funds = Amount::from_nano(25 * NANO_PER_BLY);
+    let fee = Amount::from_nano(10 * NANO_PER_BLY);
+    let report = submit_paying(&node, &good, who).expect("verdict");
+    assert_eq!((report.fee, report.fee_refunded), (fee, true));
     assert!(report.accepted, "{report:?}");
     assert_eq!(
         report.items, 24,
@@ -228,7 +270,7 @@ fn submissions_refusals_verification_replication_and_rollback() {
     assert!(!report.reward.is_zero() && report.reward == report.vesting);
     assert_eq!(
         node.ledger().balance(paid).expect("balance").available,
-        report.reward
+        funds.checked_add(report.reward).expect("sum")
     );
     // The verdict names the signer and carries the signature; the version's block is the
     // validator's, and royalties follow the verdict.
@@ -258,8 +300,10 @@ fn submissions_refusals_verification_replication_and_rollback() {
     for (t, (_, v)) in tiny.tensors.iter_mut().zip(&head) {
         t.2 = v.iter().map(|x| x * (1.0 + 1e-6)).collect();
     }
-    let rejected = submit(&node, &tiny, who).expect("verdict");
+    let rejected = submit_paying(&node, &tiny, who).expect("verdict");
     assert!(!rejected.accepted);
+    // A rejected candidate's fee stays with the operator.
+    assert_eq!((rejected.fee, rejected.fee_refunded), (fee, false));
     assert_eq!(
         (rejected.reason.as_str(), rejected.items),
         ("below_min_effect", 24),
@@ -274,7 +318,10 @@ fn submissions_refusals_verification_replication_and_rollback() {
     let status = node.pol_status();
     assert!(status.awaiting_replication.is_empty(), "{status:?}");
     let total = node.ledger().balance(paid).expect("balance").available;
-    assert_eq!(total.nano(), report.reward.nano() * 2);
+    assert_eq!(
+        total.nano(),
+        report.reward.nano() * 2 + funds.nano() - fee.nano()
+    );
     assert_eq!(
         refusal(node.pol_replicate(report.proof, NOW)),
         PolRefusal::NotReplicable

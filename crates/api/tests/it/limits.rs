@@ -161,3 +161,40 @@ async fn a_zero_rate_turns_the_limit_off() {
         );
     }
 }
+
+#[tokio::test]
+async fn verdict_recomputations_are_limited_per_caller() {
+    let net = net_with(NodeConfig {
+        rate_limit_verify_per_min: 1,
+        rate_limit_verify_burst: 2,
+        ..NodeConfig::default()
+    });
+    let app = blyan_api::router(net.node.clone());
+    let verify = |peer: &'static str| {
+        let app = app.clone();
+        async move {
+            let uri = format!("/pol/proofs/{}/verify", blyan_primitives::Hash::ZERO);
+            let mut req = Request::get(uri).body(Body::empty()).expect("request");
+            req.extensions_mut()
+                .insert(ConnectInfo(peer.parse::<SocketAddr>().expect("addr")));
+            app.oneshot(req).await.expect("infallible").status()
+        }
+    };
+    // No such verdict: 404 until the caller's burst is spent, then 429.
+    assert_eq!(verify("192.0.2.9:1000").await, StatusCode::NOT_FOUND);
+    assert_eq!(verify("192.0.2.9:1001").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        verify("192.0.2.9:1002").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another network has its own bucket; the chat routes' buckets are untouched.
+    assert_eq!(verify("198.51.100.1:1000").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        chat(&app, None, Some("192.0.2.9:1003")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Loopback is not limited by network.
+    for _ in 0..4 {
+        assert_eq!(verify("127.0.0.1:1000").await, StatusCode::NOT_FOUND);
+    }
+}

@@ -17,6 +17,9 @@ pub struct Submission {
     pub contributor: Option<Address>,
     /// Proof-of-work nonce (hybrid mode).
     pub pow_nonce: Option<u64>,
+    /// The account that pays the submission fee: a caller from another machine. `None` for
+    /// the node's own operator (the CLI, local requests), who pays nothing.
+    pub payer: Option<Address>,
 }
 
 /// Signs the candidate file `candidate` for submission to `network` with `key`: what `blyan

@@ -86,6 +86,10 @@ pub struct VerdictReport {
     pub replicates: Option<Hash>,
     /// Milliseconds spent evaluating.
     pub eval_ms: u64,
+    /// The submission fee this submission paid (zero for local ones).
+    pub fee: Amount,
+    /// Whether that fee was refunded (an accepted candidate's is).
+    pub fee_refunded: bool,
 }
 
 /// The node's Proof-of-Learning state.
@@ -374,6 +378,45 @@ impl Node {
         );
         let group = expert_group_name(expert);
         let snapshot = Snapshot::at(&self.store, None).map_err(snapshot_err)?;
+        // An account pays for the hidden items an evaluation spends; the fee comes back if
+        // the candidate is accepted, or if no verdict is reached.
+        let fee = match sub.payer {
+            Some(payer)
+                if settings.mode != PolMode::Pow
+                    && payer != self.operator
+                    && !settings.submission_fee.is_zero() =>
+            {
+                self.ledger
+                    .transfer(
+                        payer,
+                        self.operator,
+                        settings.submission_fee,
+                        &format!("pol submission fee {id}"),
+                        None,
+                        now_ms,
+                    )
+                    .map_err(|e| self.refused(e))?;
+                Some((payer, settings.submission_fee))
+            }
+            _ => None,
+        };
+        let refund = |why: &str| match fee {
+            Some((payer, amount)) => match self.ledger.transfer(
+                self.operator,
+                payer,
+                amount,
+                &format!("pol submission fee {id} refunded: {why}"),
+                None,
+                now_ms,
+            ) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(%payer, error = %e, "refunding a submission fee failed");
+                    false
+                }
+            },
+            None => false,
+        };
         let started = std::time::Instant::now();
         let (verdict, judgement) = match settings.mode {
             PolMode::Pow => (
@@ -381,7 +424,7 @@ impl Node {
                 None,
             ),
             PolMode::Pol | PolMode::Hybrid => {
-                let (v, j) = self.evaluate_into_verdict(
+                let (v, j) = match self.evaluate_into_verdict(
                     &state,
                     &snapshot,
                     expert,
@@ -390,7 +433,13 @@ impl Node {
                     head,
                     (contributor, sub.signature),
                     None,
-                )?;
+                ) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        refund("no verdict");
+                        return Err(e);
+                    }
+                };
                 (Verdict { pow_nonce, ..v }, Some(j))
             }
         };
@@ -408,7 +457,9 @@ impl Node {
             now_ms,
             eval_ms,
         )?;
+        report.fee = fee.map_or(Amount::ZERO, |(_, amount)| amount);
         if report.accepted {
+            report.fee_refunded = refund("accepted");
             let (height, prev) = next_on(&self.store, ChainId::Param)?;
             let block = Block::new(
                 ChainId::Param,

@@ -158,6 +158,8 @@ impl Node {
             block: None,
             replicates: verdict.replicates,
             eval_ms,
+            fee: Amount::ZERO,
+            fee_refunded: false,
         };
         Ok(report)
     }

@@ -27,6 +27,10 @@ pub struct PolSettings {
     pub batch_items: usize,
     /// Replicate the oldest unreplicated acceptance after each new verdict.
     pub auto_replicate: bool,
+    /// What an account pays the operator to have a candidate evaluated (it spends hidden
+    /// items), refunded when the candidate is accepted. Local submissions pay nothing; so do
+    /// submissions in pow mode, which evaluate nothing.
+    pub submission_fee: Amount,
 }
 
 impl Default for PolSettings {
@@ -43,6 +47,7 @@ impl Default for PolSettings {
             threads: 0,
             batch_items: 16,
             auto_replicate: true,
+            submission_fee: Amount::from_nano(10 * blyan_primitives::NANO_PER_BLY),
         }
     }
 }
