@@ -225,11 +225,8 @@ pub(crate) fn submit(
             let contributor = blyan_primitives::address_of(&key);
             let pow_nonce = match (args.pow_nonce, settings.mode) {
                 (Some(n), _) => Some(n),
-                (None, blyan_chain::PolMode::Hybrid) => {
-                    let id = pol::candidate_id(&bytes)?;
-                    Some(blyan_pol::pow_solve(&id, &contributor, settings.pow_bits))
-                }
-                (None, _) => None,
+                (None, blyan_chain::PolMode::Pol) => None,
+                (None, _) => Some(pol::solve_pow(&bytes, &contributor, settings.pow_bits)?),
             };
             let sub = pol::Submission {
                 signature: pol::sign_submission(&key, &node.info().network, &bytes)?,
@@ -309,12 +306,35 @@ fn submit_http(
         .parse()
         .with_context(|| format!("{info_url} names no network: {info}"))?;
     let signature = pol::sign_submission(key, &network, bytes)?;
+    // Pow and hybrid modes ask for work: found here when not given.
+    let pow_nonce = match args.pow_nonce {
+        Some(n) => Some(n),
+        None => {
+            let status_url = format!("{}/pol/status", url.trim_end_matches('/'));
+            let status: serde_json::Value = agent
+                .get(&status_url)
+                .call()
+                .with_context(|| format!("asking {status_url} for its mode"))?
+                .body_mut()
+                .read_json()
+                .with_context(|| format!("reading the reply of {status_url}"))?;
+            let settings = &status["settings"];
+            match settings["mode"].as_str() {
+                Some("pow" | "hybrid") => {
+                    let bits = settings["pow_bits"].as_u64().unwrap_or(0) as u32;
+                    let who = blyan_primitives::address_of(key);
+                    Some(pol::solve_pow(bytes, &who, bits)?)
+                }
+                _ => None,
+            }
+        }
+    };
     let mut target = format!(
         "{}/pol/validate?signature={signature}&contributor={}",
         url.trim_end_matches('/'),
         blyan_primitives::address_of(key)
     );
-    if let Some(n) = args.pow_nonce {
+    if let Some(n) = pow_nonce {
         target.push_str(&format!("&pow_nonce={n}"));
     }
     let mut response = agent

@@ -357,20 +357,65 @@ fn pow_and_hybrid_modes() {
     let paid = address_of(who);
     let expert = ExpertId::new(0, 0);
 
+    // Pow mode: no learning test and no reward, but the work, the signature, the shapes and
+    // the delta bound are all required.
     let (_dir, node) = open(PolMode::Pow);
     let c = trained(&node, expert, 2);
-    let r = submit(&node, &c, who).expect("verdict");
+    assert_eq!(refusal(submit(&node, &c, who)), PolRefusal::PowMissing);
+    let bytes = c.encode().expect("encode");
+    let nonce = blyan_node::pol::solve_pow(&bytes, &paid, 8).expect("solve");
+    let mut huge = c.clone();
+    for t in &mut huge.tensors {
+        for v in &mut t.2 {
+            *v *= 4.0;
+        }
+    }
+    let huge_bytes = huge.encode().expect("encode");
+    let huge_nonce = blyan_node::pol::solve_pow(&huge_bytes, &paid, 8).expect("solve");
+    assert_eq!(
+        refusal(node.pol_submit(signed(&node, huge_bytes, who, Some(huge_nonce)), NOW)),
+        PolRefusal::DeltaTooLarge
+    );
+    let mut forged = signed(&node, bytes.clone(), &contributor(0xdd), Some(nonce));
+    forged.contributor = Some(paid);
+    assert_eq!(
+        refusal(node.pol_submit(forged, NOW)),
+        PolRefusal::WrongSigner
+    );
+    // The work is bound to its contributor: another signer cannot reuse it.
+    let other = contributor(0xde);
+    if !blyan_pol::pow_ok(
+        &blyan_node::pol::candidate_id(&bytes).expect("id"),
+        &c.parent,
+        &address_of(&other),
+        nonce,
+        8,
+    ) {
+        assert_eq!(
+            refusal(node.pol_submit(signed(&node, bytes.clone(), &other, Some(nonce)), NOW)),
+            PolRefusal::PowInvalid
+        );
+    }
+    let r = node
+        .pol_submit(signed(&node, bytes, who, Some(nonce)), NOW)
+        .expect("verdict");
     assert!(r.accepted && r.reason == "accepted_pow" && r.items == 0 && r.reward.is_zero());
     assert!(node.pol_verify(r.proof).expect("verify").agrees);
+    let (_, verdict) = node
+        .pol_verdicts()
+        .into_iter()
+        .find(|(h, _)| *h == r.proof)
+        .expect("verdict");
+    assert_eq!(verdict.pow_nonce, nonce);
 
     let (_dir, node) = open(PolMode::Hybrid);
     let c = trained(&node, expert, 2);
     assert_eq!(refusal(submit(&node, &c, who)), PolRefusal::PowMissing);
     let bytes = c.encode().expect("encode");
     let id = blyan_node::pol::candidate_id(&bytes).expect("id");
-    let nonce = blyan_pol::pow_solve(&id, &paid, 8);
+    let nonce = blyan_pol::pow_solve(&id, &c.parent, &paid, 8);
     let bad = (0..)
-        .find(|n| !blyan_pol::pow_ok(&id, &paid, *n, 8))
+        .find(|n| !blyan_pol::pow_ok(&id, &c.parent, &paid, *n, 8))
         .expect("a bad nonce");
     let sub = |n| signed(&node, bytes.clone(), who, Some(n));
     assert_eq!(

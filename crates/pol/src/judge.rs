@@ -272,14 +272,28 @@ pub fn delta_norm_ppm(parent: &ExpertWeights, child: &ExpertWeights) -> u64 {
     }
 }
 
-/// The proof-of-work stamp of a hybrid-mode submission:
-/// `SHA-256("blyan-pow" || candidate || contributor || nonce as 8 LE bytes)`.
-pub fn pow_stamp(candidate: &Hash, contributor: &Address, nonce: u64) -> Hash {
-    let mut bytes = Vec::with_capacity(9 + 32 + 20 + 8);
-    bytes.extend_from_slice(b"blyan-pow");
-    bytes.extend_from_slice(&candidate.0);
-    bytes.extend_from_slice(&contributor.0);
-    bytes.extend_from_slice(&nonce.to_le_bytes());
+/// The default difficulty of a submission's proof of work, in leading zero bits: 2^24 ≈ 16.8
+/// million hashes on average, seconds of one core (docs/BENCHMARKS.md).
+pub const POW_BITS_DEFAULT: u32 = 24;
+
+/// Bytes hashed for a proof-of-work stamp: candidate, parent, contributor, nonce.
+const POW_INPUT_LEN: usize = 32 + 32 + 20 + 8;
+
+fn pow_input(candidate: &Hash, parent: &Hash, contributor: &Address) -> [u8; POW_INPUT_LEN] {
+    let mut bytes = [0u8; POW_INPUT_LEN];
+    bytes[..32].copy_from_slice(&candidate.0);
+    bytes[32..64].copy_from_slice(&parent.0);
+    bytes[64..84].copy_from_slice(&contributor.0);
+    bytes
+}
+
+/// The proof-of-work stamp of a submission in `pow` or `hybrid` mode:
+/// `SHA-256(candidate || parent || contributor || nonce as 8 LE bytes)`, the candidate being
+/// its id (the hash of the expert-block payload it becomes). It binds the work to this
+/// candidate, this parent and this contributor, so it cannot be reused for another.
+pub fn pow_stamp(candidate: &Hash, parent: &Hash, contributor: &Address, nonce: u64) -> Hash {
+    let mut bytes = pow_input(candidate, parent, contributor);
+    bytes[84..].copy_from_slice(&nonce.to_le_bytes());
     Hash::of(&bytes)
 }
 
@@ -298,15 +312,27 @@ pub fn leading_zero_bits(h: &Hash) -> u32 {
 }
 
 /// Whether `nonce` stamps the submission with at least `bits` leading zero bits.
-pub fn pow_ok(candidate: &Hash, contributor: &Address, nonce: u64, bits: u32) -> bool {
-    leading_zero_bits(&pow_stamp(candidate, contributor, nonce)) >= bits
+pub fn pow_ok(
+    candidate: &Hash,
+    parent: &Hash,
+    contributor: &Address,
+    nonce: u64,
+    bits: u32,
+) -> bool {
+    leading_zero_bits(&pow_stamp(candidate, parent, contributor, nonce)) >= bits
 }
 
-/// The smallest nonce that stamps the submission with `bits` leading zero bits.
-pub fn pow_solve(candidate: &Hash, contributor: &Address, bits: u32) -> u64 {
-    (0..u64::MAX)
-        .find(|&n| pow_ok(candidate, contributor, n, bits))
-        .unwrap_or(u64::MAX)
+/// The smallest nonce that stamps the submission with `bits` leading zero bits: about
+/// 2^`bits` hashes on average.
+pub fn pow_solve(candidate: &Hash, parent: &Hash, contributor: &Address, bits: u32) -> u64 {
+    let mut bytes = pow_input(candidate, parent, contributor);
+    for nonce in 0..u64::MAX {
+        bytes[84..].copy_from_slice(&nonce.to_le_bytes());
+        if leading_zero_bits(&Hash::of(&bytes)) >= bits {
+            return nonce;
+        }
+    }
+    u64::MAX
 }
 
 #[cfg(test)]
@@ -441,10 +467,93 @@ mod tests {
         assert_eq!(delta_norm_ppm(&p, &c), 0);
         c.w2[0] = 4.5;
         assert_eq!(delta_norm_ppm(&p, &c), 100_000);
-        let (h, a) = (Hash::of(b"candidate"), Address::ZERO);
-        let nonce = pow_solve(&h, &a, 8);
-        assert!(pow_ok(&h, &a, nonce, 8));
-        assert!(leading_zero_bits(&pow_stamp(&h, &a, nonce)) >= 8);
-        assert!((0..nonce).all(|n| !pow_ok(&h, &a, n, 8)));
+        let (h, parent, a) = (Hash::of(b"candidate"), Hash::of(b"parent"), Address::ZERO);
+        let nonce = pow_solve(&h, &parent, &a, 8);
+        assert!(pow_ok(&h, &parent, &a, nonce, 8));
+        assert!(leading_zero_bits(&pow_stamp(&h, &parent, &a, nonce)) >= 8);
+        assert!((0..nonce).all(|n| !pow_ok(&h, &parent, &a, n, 8)));
+        // The stamp binds candidate, parent and contributor: the same nonce for another
+        // parent or contributor is (almost surely) no proof.
+        let other = Hash::of(b"another parent");
+        assert_ne!(
+            pow_stamp(&h, &parent, &a, nonce),
+            pow_stamp(&h, &other, &a, nonce)
+        );
+        assert_ne!(
+            pow_stamp(&h, &parent, &a, nonce),
+            pow_stamp(&h, &parent, &Address([1; 20]), nonce)
+        );
+    }
+
+    #[test]
+    fn a_stamp_is_the_documented_hash() {
+        let (h, parent, a) = (Hash([1; 32]), Hash([2; 32]), Address([3; 20]));
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&[1; 32]);
+        bytes.extend_from_slice(&[2; 32]);
+        bytes.extend_from_slice(&[3; 20]);
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        assert_eq!(pow_stamp(&h, &parent, &a, 7), Hash::of(&bytes));
+    }
+
+    #[test]
+    fn difficulty_zero_takes_any_nonce() {
+        let (h, parent, a) = (Hash::of(b"c"), Hash::of(b"p"), Address::ZERO);
+        assert_eq!(pow_solve(&h, &parent, &a, 0), 0);
+        assert!((0..100).all(|n| pow_ok(&h, &parent, &a, n, 0)));
+    }
+
+    #[test]
+    fn a_proof_at_the_default_difficulty() {
+        // Fixed inputs: the smallest solution is a fixed nonce, so this takes the same time on
+        // every run (about 2^24 hashes on average over inputs).
+        let (h, parent, a) = (
+            Hash::of(b"candidate"),
+            Hash::of(b"parent"),
+            Address([0xaa; 20]),
+        );
+        let nonce = pow_solve(&h, &parent, &a, POW_BITS_DEFAULT);
+        assert!(pow_ok(&h, &parent, &a, nonce, POW_BITS_DEFAULT));
+        assert!(leading_zero_bits(&pow_stamp(&h, &parent, &a, nonce)) >= POW_BITS_DEFAULT);
+        if nonce > 0 {
+            assert!(!pow_ok(&h, &parent, &a, nonce - 1, POW_BITS_DEFAULT));
+        }
+        assert!(!pow_ok(&h, &other_parent(), &a, nonce, POW_BITS_DEFAULT));
+    }
+
+    fn other_parent() -> Hash {
+        Hash::of(b"another parent")
+    }
+
+    /// `cargo test --release -p blyan-pol --lib -- --ignored --nocapture pow_timing`
+    #[test]
+    #[ignore = "a timing run; its results are in docs/BENCHMARKS.md"]
+    fn pow_timing() {
+        let mut times = Vec::new();
+        for i in 0u32..16 {
+            let h = Hash::of(&i.to_le_bytes());
+            let started = std::time::Instant::now();
+            let nonce = pow_solve(
+                &h,
+                &Hash::of(b"parent"),
+                &Address([0xaa; 20]),
+                POW_BITS_DEFAULT,
+            );
+            let s = started.elapsed().as_secs_f64();
+            println!(
+                "candidate {i}: nonce {nonce} in {s:.2} s ({:.0} ns per hash)",
+                s * 1e9 / (nonce + 1) as f64
+            );
+            times.push(s);
+        }
+        times.sort_by(f64::total_cmp);
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        println!(
+            "{} bits: mean {mean:.2} s, median {:.2} s, min {:.2} s, max {:.2} s",
+            POW_BITS_DEFAULT,
+            (times[7] + times[8]) / 2.0,
+            times[0],
+            times[15]
+        );
     }
 }

@@ -17,8 +17,8 @@ pub mod snapshot;
 mod stats;
 
 pub use judge::{
-    Judgement, Reason, Rules, delta_norm_ppm, judge, leading_zero_bits, pow_ok, pow_solve,
-    pow_stamp,
+    Judgement, POW_BITS_DEFAULT, Reason, Rules, delta_norm_ppm, judge, leading_zero_bits, pow_ok,
+    pow_solve, pow_stamp,
 };
 pub use pool::{Pool, PoolError, decode_item, encode_item, evaluation_seed};
 pub use stats::{

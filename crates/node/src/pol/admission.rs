@@ -82,6 +82,16 @@ pub fn candidate_id(candidate: &[u8]) -> Result<Hash, NodeError> {
     Ok(Hash::of(&candidate_payload(&c)?.0))
 }
 
+/// Finds the proof-of-work nonce for submitting candidate file `candidate` as `contributor`
+/// at difficulty `bits` (about 2^`bits` hashes): what `blyan submit` does in pow and hybrid
+/// modes.
+pub fn solve_pow(candidate: &[u8], contributor: &Address, bits: u32) -> Result<u64, NodeError> {
+    let c = Candidate::decode(candidate)
+        .map_err(|e| refuse(PolRefusal::MalformedCandidate, e.to_string()))?;
+    let id = Hash::of(&candidate_payload(&c)?.0);
+    Ok(blyan_pol::pow_solve(&id, &c.parent, contributor, bits))
+}
+
 /// A candidate checked without any state: it decodes, every value is finite, its expert is
 /// in the model and its tensors have the spec's shapes. The first step of admission.
 #[derive(Debug)]
@@ -95,6 +105,47 @@ pub(crate) struct CheckedCandidate {
     descs: Vec<TensorDesc>,
     /// The payload's hash: the candidate's identity.
     id: Hash,
+}
+
+/// The proof of work `pow` and `hybrid` modes ask of a submission (the nonce to record; 0 in
+/// `pol` mode, which asks none). Checked first, before the chain is read: a submission
+/// without its work costs the node one hash.
+pub(crate) fn check_pow(
+    checked: &CheckedCandidate,
+    contributor: &Address,
+    settings: &PolSettings,
+    pow_nonce: Option<u64>,
+) -> Result<u64, NodeError> {
+    if settings.mode == PolMode::Pol {
+        return Ok(0);
+    }
+    let nonce = pow_nonce.ok_or_else(|| {
+        refuse(
+            PolRefusal::PowMissing,
+            format!(
+                "{} mode needs a proof-of-work nonce: SHA-256(candidate ‖ parent ‖ contributor ‖ \
+                 nonce) with {} leading zero bits",
+                settings.mode.as_str(),
+                settings.pow_bits
+            ),
+        )
+    })?;
+    if !blyan_pol::pow_ok(
+        &checked.id,
+        &checked.parent,
+        contributor,
+        nonce,
+        settings.pow_bits,
+    ) {
+        return Err(refuse(
+            PolRefusal::PowInvalid,
+            format!(
+                "the stamp has fewer than {} leading zero bits",
+                settings.pow_bits
+            ),
+        ));
+    }
+    Ok(nonce)
 }
 
 impl CheckedCandidate {
@@ -195,14 +246,15 @@ impl AdmittedCandidate {
         (self.checked.payload, self.checked.descs)
     }
 
-    /// Admits `checked` from `contributor`; a refusal writes nothing and spends no item.
+    /// Admits `checked` from `contributor`, whose proof of work [`check_pow`] accepted; a
+    /// refusal writes nothing and spends no item.
     pub(crate) fn admit(
         checked: CheckedCandidate,
         store: &Store,
         record: &PolRecord,
         settings: &PolSettings,
         contributor: Address,
-        pow_nonce: Option<u64>,
+        pow_nonce: u64,
     ) -> Result<AdmittedCandidate, NodeError> {
         let (expert, id) = (checked.expert, checked.id);
         let parent_claimed = checked.parent;
@@ -260,27 +312,6 @@ impl AdmittedCandidate {
                 ),
             ));
         }
-        let pow_nonce = match settings.mode {
-            PolMode::Hybrid => {
-                let nonce = pow_nonce.ok_or_else(|| {
-                    refuse(
-                        PolRefusal::PowMissing,
-                        "hybrid mode needs a proof-of-work nonce",
-                    )
-                })?;
-                if !blyan_pol::pow_ok(&id, &contributor, nonce, settings.pow_bits) {
-                    return Err(refuse(
-                        PolRefusal::PowInvalid,
-                        format!(
-                            "the stamp has fewer than {} leading zero bits",
-                            settings.pow_bits
-                        ),
-                    ));
-                }
-                nonce
-            }
-            PolMode::Pol | PolMode::Pow => 0,
-        };
         Ok(AdmittedCandidate {
             checked,
             head,

@@ -38,7 +38,7 @@ mod settings;
 mod status;
 
 pub(crate) use admission::{AdmittedCandidate, CheckedCandidate};
-pub use admission::{Submission, candidate_id, sign_submission};
+pub use admission::{Submission, candidate_id, sign_submission, solve_pow};
 pub use refusal::PolRefusal;
 pub use settings::PolSettings;
 pub use status::{Evaluating, PolStatus, VerdictSummary};
@@ -360,6 +360,7 @@ impl Node {
                 format!("the submission names contributor {named} but was signed by {contributor}"),
             ));
         }
+        let pow_nonce = admission::check_pow(&checked, &contributor, &settings, sub.pow_nonce)?;
         let mut state = self.pol_state();
         let admitted = AdmittedCandidate::admit(
             checked,
@@ -367,7 +368,7 @@ impl Node {
             &state.record,
             &settings,
             contributor,
-            sub.pow_nonce,
+            pow_nonce,
         )?;
         let (expert, id, head, pow_nonce, contributor) = (
             admitted.expert(),
@@ -420,7 +421,10 @@ impl Node {
         let started = std::time::Instant::now();
         let (verdict, judgement) = match settings.mode {
             PolMode::Pow => (
-                self.pow_verdict(&snapshot, expert, id, head, (contributor, sub.signature)),
+                Verdict {
+                    pow_nonce,
+                    ..self.pow_verdict(&snapshot, expert, id, head, (contributor, sub.signature))
+                },
                 None,
             ),
             PolMode::Pol | PolMode::Hybrid => {

@@ -19,7 +19,7 @@ pub struct PolSettings {
     pub stages: u8,
     /// Largest ‖child − parent‖ / ‖parent‖, millionths.
     pub delta_norm_max_ppm: u64,
-    /// Leading zero bits of the hybrid-mode stamp.
+    /// Leading zero bits of the proof-of-work stamp (pow and hybrid modes).
     pub pow_bits: u32,
     /// Evaluator threads (0: one per core).
     pub threads: usize,
@@ -43,7 +43,7 @@ impl Default for PolSettings {
             stage_items: 64,
             stages: 4,
             delta_norm_max_ppm: 1_000_000,
-            pow_bits: 16,
+            pow_bits: blyan_pol::POW_BITS_DEFAULT,
             threads: 0,
             batch_items: 16,
             auto_replicate: true,
