@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use blyan_ledger::{KEYSTORE_DIR, Keystore, Ledger, SystemAccount, parse_amount};
+use blyan_ledger::{Keystore, Ledger, SystemAccount, parse_amount};
 use blyan_primitives::Address;
 use clap::Subcommand;
 
@@ -26,6 +26,28 @@ pub(crate) enum AccountCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Add a key from a Web3 Secret Storage (version 3) file, as Ethereum wallets and tools
+    /// write them, to the keystore (re-encrypted under its passphrase), and open its account.
+    Import {
+        /// The key file.
+        file: std::path::PathBuf,
+        /// A file whose first line is the imported file's passphrase [default: the
+        /// keystore's].
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<std::path::PathBuf>,
+        /// Print `{"address"}` instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an account's key as a Web3 Secret Storage (version 3) file, encrypted under the
+    /// keystore's passphrase, for an Ethereum wallet or another node.
+    Export {
+        /// The account's address.
+        address: String,
+        /// Where to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
     },
     /// Issue another API key for an account whose key is in this node's keystore.
     ApiKey {
@@ -115,11 +137,12 @@ fn now_ms() -> u64 {
 
 /// The ledger of `data_dir`, created if needed.
 fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<blyan_ledger::Setup> {
-    blyan_ledger::setup(data_dir, url, now_ms()).context("opening the ledger")
+    blyan_ledger::setup(data_dir, url, &crate::keystore(data_dir)?, now_ms())
+        .context("opening the ledger")
 }
 
-fn keystore(data_dir: &Path) -> Keystore {
-    Keystore::new(data_dir.join(KEYSTORE_DIR))
+fn keystore(data_dir: &Path) -> anyhow::Result<Keystore> {
+    crate::keystore(data_dir)
 }
 
 fn resolve(ledger: &Ledger, who: &str) -> anyhow::Result<Address> {
@@ -139,7 +162,7 @@ pub(crate) fn account(
     let ledger = setup.ledger;
     match cmd {
         AccountCommand::New { json } => {
-            let ks = keystore(data_dir);
+            let ks = keystore(data_dir)?;
             let (address, api_key) = ledger.new_user(&ks, now_ms())?;
             if json {
                 println!(
@@ -152,6 +175,56 @@ pub(crate) fn account(
                 println!("key file {}", ks.path(&address).display());
                 println!("The API key is shown once; the node keeps only its hash.");
             }
+        }
+        AccountCommand::Import {
+            file,
+            passphrase_file,
+            json,
+        } => {
+            let ks = keystore(data_dir)?;
+            let text =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let passphrase = match &passphrase_file {
+                Some(p) => zeroize::Zeroizing::new(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                ),
+                None => zeroize::Zeroizing::new(crate::key_passphrase()?.expose().to_owned()),
+            };
+            let key = blyan_ledger::keyfile::decrypt(&text, passphrase.as_bytes())
+                .with_context(|| format!("opening {}", file.display()))?;
+            let address = ks.store(&key)?;
+            if ledger.resolve(&address.to_string()).is_err() {
+                ledger.create_account(address, blyan_ledger::AccountKind::User, now_ms())?;
+            }
+            if json {
+                println!("{}", serde_json::json!({ "address": address }));
+            } else {
+                println!("imported {address} into {}", ks.path(&address).display());
+            }
+        }
+        AccountCommand::Export { address, out } => {
+            let address = resolve(&ledger, &address)?;
+            let ks = keystore(data_dir)?;
+            // Opening it proves the passphrase and the file before anything is written.
+            ks.load(&address)
+                .with_context(|| format!("{address} has no key in this node's keystore"))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options
+                .open(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let bytes = std::fs::read(ks.path(&address))?;
+            std::io::Write::write_all(&mut f, &bytes)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote the key of {address} to {}", out.display());
         }
         AccountCommand::List { json } => {
             let mut rows = Vec::new();
@@ -179,7 +252,7 @@ pub(crate) fn account(
         }
         AccountCommand::ApiKey { address, json } => {
             let address = resolve(&ledger, &address)?;
-            keystore(data_dir)
+            keystore(data_dir)?
                 .load(&address)
                 .with_context(|| format!("{address} has no key in this node's keystore"))?;
             let api_key = ledger.issue_api_key(address, now_ms())?;
@@ -229,7 +302,7 @@ pub(crate) fn ledger(
             // The data directory's owner speaks for the treasury and for every key in the
             // keystore; any other account pays only through its own API key.
             if from != SystemAccount::Treasury.address() {
-                keystore(data_dir).load(&from).with_context(|| {
+                keystore(data_dir)?.load(&from).with_context(|| {
                     format!(
                         "{from} has no key in this node's keystore, so this node cannot pay from it"
                     )

@@ -38,6 +38,11 @@ struct Cli {
     #[arg(long, global = true, env = "BLYAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// A file whose first line is the keystore's passphrase. Without it the passphrase comes
+    /// from BLYAN_KEY_PASSPHRASE, else from a prompt on a terminal, else it is empty.
+    #[arg(long, global = true, value_name = "FILE")]
+    key_passphrase_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -164,6 +169,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
             .join("blyan"),
     };
     let url = cli.ledger_url.as_deref();
+    let _ = PASSPHRASE_FILE.set(cli.key_passphrase_file.clone());
     match cli.command {
         Command::Init(args) => init(&data_dir, url, &args).map(|_| ExitCode::SUCCESS),
         Command::Up(args) => up(&data_dir, url, &args, started),
@@ -187,10 +193,60 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Where the keystore's passphrase comes from: `--key-passphrase-file`, when given.
+static PASSPHRASE_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+/// The passphrase, found once per process on first use.
+static PASSPHRASE: std::sync::OnceLock<blyan_node::KeyPassphrase> = std::sync::OnceLock::new();
+
+/// The keystore's passphrase: the first line of `--key-passphrase-file`, else
+/// `BLYAN_KEY_PASSPHRASE`, else typed at a prompt when stdin is a terminal, else empty (the
+/// keys are still in the standard encrypted format, under an empty passphrase; a warning
+/// says so).
+pub(crate) fn key_passphrase() -> anyhow::Result<blyan_node::KeyPassphrase> {
+    if let Some(p) = PASSPHRASE.get() {
+        return Ok(p.clone());
+    }
+    let found = if let Some(Some(file)) = PASSPHRASE_FILE.get() {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the passphrase file {}", file.display()))?;
+        let text = zeroize::Zeroizing::new(text);
+        text.lines().next().unwrap_or("").to_owned()
+    } else if let Ok(p) = std::env::var("BLYAN_KEY_PASSPHRASE") {
+        p
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        rpassword::prompt_password("keystore passphrase (empty for none): ")
+            .context("reading the passphrase")?
+    } else {
+        String::new()
+    };
+    if found.is_empty() {
+        tracing::warn!(
+            "the keystore's passphrase is empty: anyone who can read the data directory can use its keys \
+             (set BLYAN_KEY_PASSPHRASE or --key-passphrase-file)"
+        );
+    }
+    Ok(PASSPHRASE
+        .get_or_init(|| blyan_node::KeyPassphrase::new(found))
+        .clone())
+}
+
+/// The keystore of `data_dir`, opened with the passphrase: one per process (a process serves
+/// one data directory), so the node key is unlocked once.
+pub(crate) fn keystore(data_dir: &std::path::Path) -> anyhow::Result<blyan_ledger::Keystore> {
+    static KEYSTORE: std::sync::OnceLock<blyan_ledger::Keystore> = std::sync::OnceLock::new();
+    let dir = data_dir.join(blyan_ledger::KEYSTORE_DIR);
+    if let Some(ks) = KEYSTORE.get().filter(|ks| ks.dir() == dir) {
+        return Ok(ks.clone());
+    }
+    let ks = blyan_ledger::Keystore::new(dir, key_passphrase()?.expose());
+    let _ = KEYSTORE.set(ks.clone());
+    Ok(ks)
+}
+
 /// The node's key in `data_dir`'s keystore (made on first use): it signs every block this
 /// data directory's node makes.
 pub(crate) fn node_key(data_dir: &std::path::Path) -> anyhow::Result<blyan_primitives::SigningKey> {
-    blyan_ledger::Keystore::new(data_dir.join(blyan_ledger::KEYSTORE_DIR))
+    keystore(data_dir)?
         .node_key(blyan_node::unix_ms())
         .with_context(|| format!("loading the node key of {}", data_dir.display()))
 }
@@ -233,8 +289,13 @@ fn init(
         InitOutcome::Created { network } => (true, network),
         InitOutcome::AlreadyPresent { network } => (false, network),
     };
-    let ledger = blyan_ledger::setup(data_dir, ledger_url, blyan_node::unix_ms())
-        .context("creating the ledger")?;
+    let ledger = blyan_ledger::setup(
+        data_dir,
+        ledger_url,
+        &keystore(data_dir)?,
+        blyan_node::unix_ms(),
+    )
+    .context("creating the ledger")?;
     let operator_balance = ledger.ledger.balance(ledger.operator)?;
     if args.json {
         let out = serde_json::json!({

@@ -77,6 +77,7 @@ pub(crate) fn node_config(
             .with_context(|| format!("in the config file {}", file.display()))?;
     }
     config.apply(&args.layer(ledger_url))?;
+    config.key_passphrase = crate::key_passphrase()?;
     Ok(config)
 }
 

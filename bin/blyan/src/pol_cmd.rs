@@ -212,7 +212,7 @@ pub(crate) fn submit(
     let bytes = std::fs::read(&args.candidate)
         .with_context(|| format!("reading {}", args.candidate.display()))?;
     let key = match args.key {
-        Some(address) => blyan_ledger::Keystore::new(data_dir.join(blyan_ledger::KEYSTORE_DIR))
+        Some(address) => crate::keystore(data_dir)?
             .load(&address)
             .with_context(|| format!("loading the key of {address}"))?,
         None => crate::node_key(data_dir)?,

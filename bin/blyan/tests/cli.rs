@@ -561,3 +561,101 @@ fn init_and_corpus_export_work_from_any_directory() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// Written by Python's eth-account (`Account.encrypt("0x11…11", "blyan test passphrase")`).
+const ETH_ACCOUNT_FILE: &str = r#"{"address":"19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A","crypto":{"cipher":"aes-128-ctr","cipherparams":{"iv":"04709a8db297d8c62ece8b8e2adb6dee"},"ciphertext":"bb9c46b01f273569df9fa7cbec8221d4e42caf621c7467b0a471560ceff6b36f","kdf":"scrypt","kdfparams":{"dklen":32,"n":262144,"r":8,"p":1,"salt":"6b1a07deb80c838ae4b3af57a1d95110"},"mac":"4a5a8788fd9edcdb8ea7b444f0ad5195322a307022a5564615e00c8644057b74"},"id":"5795fd47-1e3d-4ab8-8c15-10eabd4f4a67","version":3}"#;
+
+#[test]
+fn keys_are_encrypted_files_that_move_to_and_from_ethereum_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |passphrase: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_blyan"))
+            .env("BLYAN_KEY_PASSPHRASE", passphrase)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let init = json(&with("s3cret", &["init", "--random-weights", "--json"]));
+    let operator = init["ledger"]["operator"].as_str().unwrap().to_lowercase();
+    // The node's key is a version-3 file encrypted with scrypt, never the secret in clear.
+    let file = dir
+        .path()
+        .join("keystore")
+        .join(format!("{}.json", &operator[2..]));
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(stored["version"], 3);
+    assert_eq!(stored["crypto"]["kdf"], "scrypt");
+    assert_eq!(stored["crypto"]["kdfparams"]["n"], 1 << 18);
+    let key = blyan_ledger::keyfile::decrypt(&std::fs::read(&file).unwrap(), b"s3cret").unwrap();
+    let secret_hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!String::from_utf8_lossy(&std::fs::read(&file).unwrap()).contains(&secret_hex));
+
+    // Anything that signs needs the passphrase: a wrong one is refused by name.
+    let out = with("wrong", &["ledger", "anchor"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong_passphrase"), "{stderr}");
+    // The right one, from a file.
+    let pass_file = dir.path().join("pass.txt");
+    std::fs::write(&pass_file, "s3cret\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .env_remove("BLYAN_KEY_PASSPHRASE")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--key-passphrase-file")
+        .arg(&pass_file)
+        .args(["ledger", "anchor", "--json"])
+        .output()
+        .unwrap();
+    json(&out);
+
+    // A wallet's file comes in under its own passphrase and goes out under the keystore's.
+    let wallet = dir.path().join("wallet.json");
+    std::fs::write(&wallet, ETH_ACCOUNT_FILE).unwrap();
+    let wallet_pass = dir.path().join("wallet-pass.txt");
+    std::fs::write(&wallet_pass, "blyan test passphrase\n").unwrap();
+    let imported = json(&with(
+        "s3cret",
+        &[
+            "account",
+            "import",
+            wallet.to_str().unwrap(),
+            "--passphrase-file",
+            wallet_pass.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let address = "0x19e7e376e7c213b7e7e7e46cc70a5dd086daff2a";
+    assert_eq!(
+        imported["address"].as_str().unwrap().to_lowercase(),
+        address
+    );
+    let out_file = dir.path().join("exported.json");
+    let out = with(
+        "s3cret",
+        &[
+            "account",
+            "export",
+            address,
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back =
+        blyan_ledger::keyfile::decrypt(&std::fs::read(&out_file).unwrap(), b"s3cret").unwrap();
+    assert_eq!(back.to_bytes().as_slice(), &[0x11; 32]);
+    // The wrong passphrase for the wallet's file is refused, and nothing is imported.
+    let again = with(
+        "s3cret",
+        &["account", "import", wallet.to_str().unwrap(), "--json"],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("wrong passphrase"));
+}

@@ -1,5 +1,6 @@
-//! The node's keystore: one secp256k1 key per account, each in its own file readable only by
-//! the owner, and API keys bound to accounts (only their SHA-256 is stored in the ledger).
+//! The node's keystore: one secp256k1 key per account, each in its own Web3 Secret Storage
+//! (version 3) file, encrypted under the keystore's passphrase and readable only by the owner;
+//! and API keys bound to accounts (only their SHA-256 is stored in the ledger).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,9 @@ use std::path::{Path, PathBuf};
 use blyan_primitives::{Address, Hash, address_of};
 use k256::ecdsa::SigningKey;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::keyfile;
 
 use crate::accounts::AccountKind;
 use crate::journal::{account_exists, hex, now_i64, parse_hex};
@@ -27,18 +30,23 @@ pub fn is_api_key_like(token: &str) -> bool {
 /// The file in the keystore that names the node's key.
 const NODE_KEY_FILE: &str = "node";
 
-/// One key file: the account's address and its secret key in hex.
-#[derive(Serialize, Deserialize)]
-struct KeyFile {
-    address: Address,
-    secret_key: String,
-    created_ms: u64,
-}
-
-/// Where account keys live: `DATA_DIR/keystore`.
-#[derive(Debug, Clone)]
+/// Where account keys live (`DATA_DIR/keystore`), and the passphrase that opens them.
+#[derive(Clone)]
 pub struct Keystore {
     dir: PathBuf,
+    passphrase: Zeroizing<String>,
+    scrypt_log_n: u8,
+    /// The node's key once unlocked.
+    node: std::sync::Arc<std::sync::OnceLock<SigningKey>>,
+}
+
+impl std::fmt::Debug for Keystore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keystore")
+            .field("dir", &self.dir)
+            .field("passphrase", &"…")
+            .finish()
+    }
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> LedgerError {
@@ -46,9 +54,21 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> LedgerError {
 }
 
 impl Keystore {
-    /// The keystore in `dir` (created on first write).
-    pub fn new(dir: impl Into<PathBuf>) -> Keystore {
-        Keystore { dir: dir.into() }
+    /// The keystore in `dir` (created on first write), whose files open with `passphrase`.
+    pub fn new(dir: impl Into<PathBuf>, passphrase: &str) -> Keystore {
+        Keystore {
+            dir: dir.into(),
+            passphrase: Zeroizing::new(passphrase.to_owned()),
+            scrypt_log_n: keyfile::SCRYPT_LOG_N,
+            node: Default::default(),
+        }
+    }
+
+    /// Writes new files with scrypt N = 2^`log_n` instead of 2^18: cheaper to open, for
+    /// tests. Reading accepts any N up to 2^20.
+    pub fn with_scrypt_log_n(mut self, log_n: u8) -> Keystore {
+        self.scrypt_log_n = log_n;
+        self
     }
 
     /// The directory.
@@ -58,28 +78,26 @@ impl Keystore {
 
     /// Makes a new key and stores it in `<address>.json` with mode 0600 (the directory
     /// 0700). The file is written, synced and only then renamed into place.
-    pub fn generate(&self, now_ms: u64) -> Result<Address, LedgerError> {
-        let mut rng = rand::rng();
-        let key = loop {
-            let mut secret = [0u8; 32];
-            rng.fill_bytes(&mut secret);
-            // A uniformly random 32 bytes is a valid scalar except with probability ~2^-128.
-            if let Ok(key) = SigningKey::from_slice(&secret) {
-                break key;
-            }
-        };
-        let address = address_of(&key);
+    pub fn generate(&self, _now_ms: u64) -> Result<Address, LedgerError> {
+        self.store(&new_key())
+    }
+
+    /// Stores `key` (encrypted under this keystore's passphrase); refuses to replace a key
+    /// already there.
+    pub fn store(&self, key: &SigningKey) -> Result<Address, LedgerError> {
+        let address = address_of(key);
         std::fs::create_dir_all(&self.dir)
             .map_err(io(format!("creating {}", self.dir.display())))?;
         set_mode(&self.dir, 0o700)?;
-        let file = KeyFile {
-            address,
-            secret_key: hex::encode(key.to_bytes()),
-            created_ms: now_ms,
-        };
-        let text = serde_json::to_string_pretty(&file)
-            .map_err(|e| LedgerError::Store(format!("encoding a key file: {e}")))?;
+        let text = keyfile::encrypt(key, self.passphrase.as_bytes(), self.scrypt_log_n)
+            .map_err(|e| LedgerError::Store(format!("encrypting a key file: {e}")))?;
         let path = self.path(&address);
+        if path.exists() {
+            return Err(LedgerError::Store(format!(
+                "{} already holds the key of {address}",
+                path.display()
+            )));
+        }
         let tmp = path.with_extension("json.tmp");
         {
             let mut options = std::fs::OpenOptions::new();
@@ -100,29 +118,39 @@ impl Keystore {
     /// The node's own key: it signs the blocks this node makes (genesis, pool commitments,
     /// verdicts, versions it places, ledger anchors) and is the operator account's key.
     /// Made on first use; `node` in the keystore names it by address.
+    /// Unlocked once per keystore value (and its clones): opening a file costs a scrypt run
+    /// (~0.75 s), so later calls reuse the key.
     pub fn node_key(&self, now_ms: u64) -> Result<SigningKey, LedgerError> {
+        if let Some(key) = self.node.get() {
+            return Ok(key.clone());
+        }
         let marker = self.dir.join(NODE_KEY_FILE);
-        match std::fs::read_to_string(&marker) {
+        let key = match std::fs::read_to_string(&marker) {
             Ok(text) => {
                 let address: Address = text.trim().parse().map_err(|e| {
                     LedgerError::Store(format!("{}: not an address: {e}", marker.display()))
                 })?;
-                self.load(&address)
+                self.load(&address)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let address = self.generate(now_ms)?;
+                let key = new_key();
+                let address = self.store(&key)?;
+                let _ = now_ms;
                 let tmp = marker.with_extension("tmp");
                 std::fs::write(&tmp, format!("{address}\n"))
                     .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
                     .and_then(|()| std::fs::rename(&tmp, &marker))
                     .map_err(io(format!("writing {}", marker.display())))?;
-                self.load(&address)
+                key
             }
-            Err(e) => Err(LedgerError::Io {
-                context: format!("reading {}", marker.display()),
-                source: e,
-            }),
-        }
+            Err(e) => {
+                return Err(LedgerError::Io {
+                    context: format!("reading {}", marker.display()),
+                    source: e,
+                });
+            }
+        };
+        Ok(self.node.get_or_init(|| key).clone())
     }
 
     /// The key file of `address`.
@@ -130,24 +158,44 @@ impl Keystore {
         self.dir.join(format!("{}.json", address.to_hex_lower()))
     }
 
-    /// Loads `address`'s key, checking the file's address matches its key.
+    /// Loads `address`'s key: decrypts its file with the keystore's passphrase and checks
+    /// the key is that address's.
     pub fn load(&self, address: &Address) -> Result<SigningKey, LedgerError> {
         let path = self.path(address);
-        let text =
-            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-        let file: KeyFile = serde_json::from_str(&text)
-            .map_err(|e| LedgerError::Store(format!("{}: {e}", path.display())))?;
-        let secret = hex::decode(&file.secret_key)
-            .map_err(|e| LedgerError::Store(format!("{}: {e}", path.display())))?;
-        let key = SigningKey::from_slice(&secret)
-            .map_err(|e| LedgerError::Store(format!("{}: {e}", path.display())))?;
-        if address_of(&key) != *address || file.address != *address {
+        let text = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+        let key = keyfile::decrypt(&text, self.passphrase.as_bytes()).map_err(|e| {
+            LedgerError::Store(format!(
+                "{}: {e} ({}){}",
+                path.display(),
+                e.code(),
+                if matches!(e, keyfile::KeyfileError::WrongPassphrase) {
+                    "; the keystore's passphrase comes from BLYAN_KEY_PASSPHRASE, \
+                     --key-passphrase-file or the prompt"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        if address_of(&key) != *address {
             return Err(LedgerError::Store(format!(
                 "{} does not hold the key of {address}",
                 path.display()
             )));
         }
         Ok(key)
+    }
+}
+
+/// A fresh random secret key.
+fn new_key() -> SigningKey {
+    let mut rng = rand::rng();
+    loop {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(secret.as_mut());
+        // A uniformly random 32 bytes is a valid scalar except with probability ~2^-128.
+        if let Ok(key) = SigningKey::from_slice(secret.as_ref()) {
+            return key;
+        }
     }
 }
 
@@ -234,7 +282,7 @@ mod tests {
     #[test]
     fn keys_round_trip_with_private_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ks = Keystore::new(dir.path().join("keystore"));
+        let ks = Keystore::new(dir.path().join("keystore"), "pw").with_scrypt_log_n(10);
         let a = ks.generate(1).expect("generate");
         let key = ks.load(&a).expect("load");
         assert_eq!(address_of(&key), a);
@@ -254,11 +302,15 @@ mod tests {
     #[test]
     fn the_node_key_is_made_once_and_found_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ks = Keystore::new(dir.path().join("keystore"));
+        let ks = Keystore::new(dir.path().join("keystore"), "pw").with_scrypt_log_n(10);
         let first = address_of(&ks.node_key(1).expect("node key"));
         let again = address_of(&ks.node_key(2).expect("node key"));
         assert_eq!(first, again);
-        let other = Keystore::new(tempfile::tempdir().expect("tempdir").path().join("ks"));
+        let other = Keystore::new(
+            tempfile::tempdir().expect("tempdir").path().join("ks"),
+            "pw",
+        )
+        .with_scrypt_log_n(10);
         assert_ne!(address_of(&other.node_key(1).expect("node key")), first);
     }
 }

@@ -15,6 +15,7 @@ mod billing;
 mod error;
 mod idempotency;
 mod journal;
+pub mod keyfile;
 mod keystore;
 mod ledger;
 mod owed;
@@ -101,7 +102,12 @@ pub struct Setup {
 /// ready: the tokenomics file written with the defaults if missing, the system accounts and
 /// genesis allocation created, and an `operator` account, funded from the treasury, whose key
 /// is the node's key ([`Keystore::node_key`]). Safe to call on every start: what exists is left alone.
-pub fn setup(data_dir: &Path, url: Option<&str>, now_ms: u64) -> Result<Setup, LedgerError> {
+pub fn setup(
+    data_dir: &Path,
+    url: Option<&str>,
+    keystore: &Keystore,
+    now_ms: u64,
+) -> Result<Setup, LedgerError> {
     let path = data_dir.join(TOKENOMICS_FILE);
     if !path.exists() {
         std::fs::create_dir_all(data_dir).map_err(|source| LedgerError::Io {
@@ -122,7 +128,6 @@ pub fn setup(data_dir: &Path, url: Option<&str>, now_ms: u64) -> Result<Setup, L
     let (operator, operator_created) = match ledger.resolve(OPERATOR) {
         Ok(a) => (a, false),
         Err(e) if e.refusal() == Some(Refusal::UnknownAccount) => {
-            let keystore = Keystore::new(data_dir.join(KEYSTORE_DIR));
             let address = blyan_primitives::address_of(&keystore.node_key(now_ms)?);
             (ledger.create_operator(address, now_ms)?, true)
         }

@@ -30,6 +30,33 @@ const MAX_TOKENS_DEFAULT: u32 = 128;
 /// Largest TOML config file read.
 pub(crate) const CONFIG_FILE_LEN_MAX: usize = 64 << 10;
 
+/// The passphrase of the node's keystore: never printed, never serialized, zeroized when
+/// dropped.
+#[derive(Clone, Default, PartialEq)]
+pub struct KeyPassphrase(zeroize::Zeroizing<String>);
+
+impl KeyPassphrase {
+    /// Wraps `text`.
+    pub fn new(text: String) -> KeyPassphrase {
+        KeyPassphrase(zeroize::Zeroizing::new(text))
+    }
+
+    /// The passphrase.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyPassphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "KeyPassphrase(empty)"
+        } else {
+            "KeyPassphrase(…)"
+        })
+    }
+}
+
 /// The node's settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NodeConfig {
@@ -56,6 +83,10 @@ pub struct NodeConfig {
     /// when absent. Never serialized: it may hold a password.
     #[serde(skip)]
     pub ledger_url: Option<String>,
+    /// The passphrase that opens the keystore (`BLYAN_KEY_PASSPHRASE`, a file or the prompt;
+    /// empty when none is given). Never serialized.
+    #[serde(skip)]
+    pub key_passphrase: KeyPassphrase,
     /// The account billed for requests from loopback addresses that bring no API key (a name
     /// such as `operator`, or an address). Empty: every request needs a key.
     pub loopback_account: String,
@@ -95,6 +126,7 @@ impl Default for NodeConfig {
             probe_interval_s: 10,
             shutdown_grace_s: 10,
             ledger_url: None,
+            key_passphrase: KeyPassphrase::default(),
             loopback_account: blyan_ledger::OPERATOR.to_owned(),
             anchor_interval_s: 60,
             rate_limit_key_per_min: 600,

@@ -18,7 +18,7 @@ pub mod pol;
 pub use checker::{
     AgentChecker, ComponentHealth, ComponentReport, Health, SAVE_EVERY, Stage, StageChange,
 };
-pub use config::{ConfigLayer, LISTEN_DEFAULT, NodeConfig};
+pub use config::{ConfigLayer, KeyPassphrase, LISTEN_DEFAULT, NodeConfig};
 pub use error::NodeError;
 pub use metrics::Metrics;
 pub use node::{

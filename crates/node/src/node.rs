@@ -185,9 +185,12 @@ impl Node {
         let model_config = ModelConfig::from_spec(&meta.spec);
         let serving = start_serving(&store, &tokenizer, &config, BTreeMap::new(), 0)?;
         let checker = AgentChecker::open(Some(data_dir.join("node").join("checker.json")));
-        let signer = blyan_ledger::Keystore::new(data_dir.join(blyan_ledger::KEYSTORE_DIR))
-            .node_key(now_ms)?;
-        let setup = blyan_ledger::setup(data_dir, config.ledger_url.as_deref(), now_ms)?;
+        let keystore = blyan_ledger::Keystore::new(
+            data_dir.join(blyan_ledger::KEYSTORE_DIR),
+            config.key_passphrase.expose(),
+        );
+        let signer = keystore.node_key(now_ms)?;
+        let setup = blyan_ledger::setup(data_dir, config.ledger_url.as_deref(), &keystore, now_ms)?;
         let loopback_payer = match config.loopback_account.as_str() {
             "" => None,
             who => Some(

@@ -126,7 +126,7 @@ fn pending(node: &Node, a: Address) -> u64 {
 
 /// A user account with an API key, funded with `bly` BLY from the treasury.
 pub(crate) fn user(net: &crate::Net, bly: &str) -> (Address, String) {
-    let ks = Keystore::new(net.dir.path().join("keystore"));
+    let ks = Keystore::new(net.dir.path().join("keystore"), "").with_scrypt_log_n(10);
     let (a, key) = net.node.ledger().new_user(&ks, 1).expect("user");
     if bly != "0" {
         let amount = blyan_ledger::parse_amount(bly).expect("amount");

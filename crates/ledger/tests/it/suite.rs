@@ -554,7 +554,7 @@ pub(crate) fn api_keys_bind_accounts(backend: &str) {
     let place = Place::new(backend);
     let l = setup(&place);
     let dir = tempfile::tempdir().unwrap();
-    let ks = Keystore::new(dir.path().join("keystore"));
+    let ks = Keystore::new(dir.path().join("keystore"), "pw").with_scrypt_log_n(10);
     let (a, key) = l.new_user(&ks, T0).unwrap();
     assert!(key.starts_with("bly_"));
     assert_eq!(l.account_for_api_key(&key).unwrap(), a);
