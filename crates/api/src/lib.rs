@@ -29,7 +29,7 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::StatusCode,
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post, put},
 };
 use blyan_node::Node;
@@ -96,10 +96,39 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ledger/transfers", post(ledger_routes::transfer))
         .route("/ledger/audit", get(ledger_routes::audit).layer(operator()))
         .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(node.clone(), timeout))
         .route_layer(middleware::from_fn_with_state(node.clone(), track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)
+}
+
+/// Ends a request whose response has not started within the node's limit with `408
+/// request_timeout` (a submission's evaluation has its own, longer limit). A streamed body
+/// is not cut: the limit is on the time to the first byte of the response.
+async fn timeout(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let c = node.config();
+    let is_pol = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == "/pol/validate");
+    let seconds = if is_pol {
+        c.pol_request_timeout_s
+    } else {
+        c.request_timeout_s
+    };
+    if seconds == 0 {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(seconds), next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request took longer than {seconds} s"),
+        )
+        .into_response(),
+    }
 }
 
 /// The header carrying a request's id: taken from the request when it brings a usable one

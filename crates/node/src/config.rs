@@ -102,6 +102,13 @@ pub struct NodeConfig {
     pub rate_limit_ip_per_min: u32,
     /// Generating requests one client network may make at once.
     pub rate_limit_ip_burst: u32,
+    /// Seconds a request may take until its response starts (a streamed body may flow on
+    /// after); over it `408 request_timeout`. A submission's evaluation gets
+    /// `pol_request_timeout_s` instead (0: no limit).
+    pub request_timeout_s: u64,
+    /// Seconds a `POST /pol/validate` may take (its evaluation runs to the end either way, and
+    /// its verdict is on chain P and `/pol/status`).
+    pub pol_request_timeout_s: u64,
     /// Verdict recomputations (`GET /pol/proofs/{h}/verify`, seconds of CPU each) a minute per
     /// caller: per API key, and per client network (loopback exempt) (0: no limit).
     pub rate_limit_verify_per_min: u32,
@@ -133,6 +140,8 @@ impl Default for NodeConfig {
             rate_limit_key_burst: 60,
             rate_limit_ip_per_min: 600,
             rate_limit_ip_burst: 60,
+            request_timeout_s: 60,
+            pol_request_timeout_s: 900,
             rate_limit_verify_per_min: 6,
             rate_limit_verify_burst: 2,
             pol: crate::pol::PolSettings::default(),
@@ -176,6 +185,10 @@ pub struct ConfigLayer {
     pub rate_limit_ip_per_min: Option<u32>,
     /// See [`NodeConfig::rate_limit_ip_burst`].
     pub rate_limit_ip_burst: Option<u32>,
+    /// See [`NodeConfig::request_timeout_s`].
+    pub request_timeout_s: Option<u64>,
+    /// See [`NodeConfig::pol_request_timeout_s`].
+    pub pol_request_timeout_s: Option<u64>,
     /// See [`NodeConfig::rate_limit_verify_per_min`].
     pub rate_limit_verify_per_min: Option<u32>,
     /// See [`NodeConfig::rate_limit_verify_burst`].
@@ -269,6 +282,12 @@ impl NodeConfig {
         }
         if let Some(v) = layer.rate_limit_ip_burst {
             self.rate_limit_ip_burst = v;
+        }
+        if let Some(v) = layer.request_timeout_s {
+            self.request_timeout_s = v;
+        }
+        if let Some(v) = layer.pol_request_timeout_s {
+            self.pol_request_timeout_s = v;
         }
         if let Some(v) = layer.rate_limit_verify_per_min {
             self.rate_limit_verify_per_min = v;

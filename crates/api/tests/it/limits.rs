@@ -1,6 +1,6 @@
 //! Rate limits on the generating routes: a key's burst and then `429 rate_limited` with
 //! `retry-after` under 64 concurrent callers; client networks limited, loopback not; 0 turns
-//! a limit off.
+//! a limit off; a request whose body stalls ends with 408.
 
 use std::net::SocketAddr;
 
@@ -197,4 +197,28 @@ async fn verdict_recomputations_are_limited_per_caller() {
     for _ in 0..4 {
         assert_eq!(verify("127.0.0.1:1000").await, StatusCode::NOT_FOUND);
     }
+}
+
+#[tokio::test]
+async fn a_request_whose_body_stalls_ends_with_408() {
+    let net = net_with(NodeConfig {
+        request_timeout_s: 1,
+        ..NodeConfig::default()
+    });
+    let app = blyan_api::router(net.node.clone());
+    // Headers, then a body that never comes.
+    let stalled = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+    let req = Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stalled))
+        .expect("request");
+    let started = std::time::Instant::now();
+    let response = app.oneshot(req).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(v["error"]["code"], "request_timeout");
 }
