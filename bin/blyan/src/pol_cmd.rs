@@ -291,33 +291,29 @@ fn submit_http(
         .http_status_as_error(false)
         .build()
         .into();
+    let get = |path: &str| -> anyhow::Result<serde_json::Value> {
+        let target = format!("{}{path}", url.trim_end_matches('/'));
+        agent
+            .get(&target)
+            .call()
+            .with_context(|| format!("asking {target}"))?
+            .body_mut()
+            .read_json()
+            .with_context(|| format!("reading the reply of {target}"))
+    };
     // The signature names the network, which the node says.
-    let info_url = format!("{}/node", url.trim_end_matches('/'));
-    let info: serde_json::Value = agent
-        .get(&info_url)
-        .call()
-        .with_context(|| format!("asking {info_url} for its network"))?
-        .body_mut()
-        .read_json()
-        .with_context(|| format!("reading the reply of {info_url}"))?;
+    let info = get("/node")?;
     let network: Hash = info["network"]
         .as_str()
         .unwrap_or_default()
         .parse()
-        .with_context(|| format!("{info_url} names no network: {info}"))?;
+        .with_context(|| format!("{url}/node names no network: {info}"))?;
     let signature = pol::sign_submission(key, &network, bytes)?;
     // Pow and hybrid modes ask for work: found here when not given.
     let pow_nonce = match args.pow_nonce {
         Some(n) => Some(n),
         None => {
-            let status_url = format!("{}/pol/status", url.trim_end_matches('/'));
-            let status: serde_json::Value = agent
-                .get(&status_url)
-                .call()
-                .with_context(|| format!("asking {status_url} for its mode"))?
-                .body_mut()
-                .read_json()
-                .with_context(|| format!("reading the reply of {status_url}"))?;
+            let status = get("/pol/status")?;
             let settings = &status["settings"];
             match settings["mode"].as_str() {
                 Some("pow" | "hybrid") => {

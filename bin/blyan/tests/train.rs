@@ -150,7 +150,8 @@ fn lines(n: usize) -> String {
 #[test]
 fn expert_fine_tuning_writes_a_candidate_and_refuses_bad_data() {
     let dir = tempfile::tempdir().unwrap();
-    ok(&blyan(dir.path(), &["init", "--json"]));
+    let init: serde_json::Value =
+        serde_json::from_str(&ok(&blyan(dir.path(), &["init", "--json"]))).unwrap();
     let data = dir.path().join("data.txt");
     std::fs::write(&data, lines(60)).unwrap();
     let cand = dir.path().join("cand.safetensors");
@@ -191,6 +192,38 @@ fn expert_fine_tuning_writes_a_candidate_and_refuses_bad_data() {
     assert_eq!(v["tokens"], 4 * 4 * 48);
     assert!(v["eval_loss_after"].as_f64().unwrap() < v["eval_loss_before"].as_f64().unwrap());
     assert!(cand.exists());
+
+    // Submitted from the data directory, it is signed with the node's key: the verdict on
+    // chain P names that key's address as the contributor and carries the signature.
+    let out = blyan(dir.path(), &["submit", "--candidate", c, "--json"]);
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let proof = verdict["proof"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{verdict}"));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&blyan(dir.path(), &["chain", "show", proof, "--json"]))).unwrap();
+    assert_eq!(
+        shown["payload"]["contributor"], init["ledger"]["operator"],
+        "{shown}"
+    );
+    assert_eq!(
+        shown["payload"]["contributor_signature"]
+            .as_str()
+            .unwrap()
+            .len(),
+        2 + 130
+    );
+    // The same file again is a duplicate, refused before any item is spent.
+    let again = blyan(dir.path(), &["submit", "--candidate", c, "--json"]);
+    assert!(!again.status.success());
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(
+        matches!(
+            again["reason"].as_str(),
+            Some("duplicate_payload" | "stale_parent")
+        ),
+        "{again}"
+    );
 
     let refuse = |file: &[u8], extra: &[&str], code: &str| {
         std::fs::write(&data, file).unwrap();
