@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use blyan_ledger::{Keystore, Ledger, SystemAccount, parse_amount};
+use blyan_ledger::{Ledger, SystemAccount, parse_amount};
 use blyan_primitives::Address;
 use clap::Subcommand;
 
@@ -141,10 +141,6 @@ fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<blyan_ledger::Setu
         .context("opening the ledger")
 }
 
-fn keystore(data_dir: &Path) -> anyhow::Result<Keystore> {
-    crate::keystore(data_dir)
-}
-
 fn resolve(ledger: &Ledger, who: &str) -> anyhow::Result<Address> {
     Ok(ledger.resolve(who)?)
 }
@@ -162,7 +158,7 @@ pub(crate) fn account(
     let ledger = setup.ledger;
     match cmd {
         AccountCommand::New { json } => {
-            let ks = keystore(data_dir)?;
+            let ks = crate::keystore(data_dir)?;
             let (address, api_key) = ledger.new_user(&ks, now_ms())?;
             if json {
                 println!(
@@ -181,18 +177,11 @@ pub(crate) fn account(
             passphrase_file,
             json,
         } => {
-            let ks = keystore(data_dir)?;
+            let ks = crate::keystore(data_dir)?;
             let text =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let passphrase = match &passphrase_file {
-                Some(p) => zeroize::Zeroizing::new(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_owned(),
-                ),
+                Some(p) => crate::read_passphrase_file(p)?,
                 None => zeroize::Zeroizing::new(crate::key_passphrase()?.expose().to_owned()),
             };
             let key = blyan_ledger::keyfile::decrypt(&text, passphrase.as_bytes())
@@ -209,7 +198,7 @@ pub(crate) fn account(
         }
         AccountCommand::Export { address, out } => {
             let address = resolve(&ledger, &address)?;
-            let ks = keystore(data_dir)?;
+            let ks = crate::keystore(data_dir)?;
             // Opening it proves the passphrase and the file before anything is written.
             ks.load(&address)
                 .with_context(|| format!("{address} has no key in this node's keystore"))?;
@@ -252,7 +241,7 @@ pub(crate) fn account(
         }
         AccountCommand::ApiKey { address, json } => {
             let address = resolve(&ledger, &address)?;
-            keystore(data_dir)?
+            crate::keystore(data_dir)?
                 .load(&address)
                 .with_context(|| format!("{address} has no key in this node's keystore"))?;
             let api_key = ledger.issue_api_key(address, now_ms())?;
@@ -302,7 +291,7 @@ pub(crate) fn ledger(
             // The data directory's owner speaks for the treasury and for every key in the
             // keystore; any other account pays only through its own API key.
             if from != SystemAccount::Treasury.address() {
-                keystore(data_dir)?.load(&from).with_context(|| {
+                crate::keystore(data_dir)?.load(&from).with_context(|| {
                     format!(
                         "{from} has no key in this node's keystore, so this node cannot pay from it"
                     )

@@ -207,10 +207,7 @@ pub(crate) fn key_passphrase() -> anyhow::Result<blyan_node::KeyPassphrase> {
         return Ok(p.clone());
     }
     let found = if let Some(Some(file)) = PASSPHRASE_FILE.get() {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the passphrase file {}", file.display()))?;
-        let text = zeroize::Zeroizing::new(text);
-        text.lines().next().unwrap_or("").to_owned()
+        read_passphrase_file(file)?.to_string()
     } else if let Ok(p) = std::env::var("BLYAN_KEY_PASSPHRASE") {
         p
     } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -230,6 +227,19 @@ pub(crate) fn key_passphrase() -> anyhow::Result<blyan_node::KeyPassphrase> {
         .clone())
 }
 
+/// The first line of the passphrase file `file`.
+pub(crate) fn read_passphrase_file(
+    file: &std::path::Path,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading the passphrase file {}", file.display()))?,
+    );
+    Ok(zeroize::Zeroizing::new(
+        text.lines().next().unwrap_or("").to_owned(),
+    ))
+}
+
 /// The keystore of `data_dir`, opened with the passphrase: one per process (a process serves
 /// one data directory), so the node key is unlocked once.
 pub(crate) fn keystore(data_dir: &std::path::Path) -> anyhow::Result<blyan_ledger::Keystore> {
@@ -247,7 +257,7 @@ pub(crate) fn keystore(data_dir: &std::path::Path) -> anyhow::Result<blyan_ledge
 /// data directory's node makes.
 pub(crate) fn node_key(data_dir: &std::path::Path) -> anyhow::Result<blyan_primitives::SigningKey> {
     keystore(data_dir)?
-        .node_key(blyan_node::unix_ms())
+        .node_key()
         .with_context(|| format!("loading the node key of {}", data_dir.display()))
 }
 

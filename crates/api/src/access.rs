@@ -138,7 +138,7 @@ mod tests {
             "evil.example",
             "evil.example:8420",
             "localhost.evil.example",
-            "10.0.0.1:8420",
+            "192.0.2.1:8420",
             "[::2]:8420",
             "127.0.0.1:",
             "127.0.0.1:abc",

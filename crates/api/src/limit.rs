@@ -115,39 +115,28 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub(crate) fn of(node: &Node) -> Limits {
-        let c = node.config();
+    /// Per key `key` and per network `network`, each (per minute, burst).
+    fn new(key: (u32, u32), network: (u32, u32)) -> Limits {
         Limits {
-            by_key: Buckets::new(
-                c.rate_limit_key_per_min,
-                c.rate_limit_key_burst,
-                TABLE_LEN_MAX,
-            ),
-            by_network: Buckets::new(
-                c.rate_limit_ip_per_min,
-                c.rate_limit_ip_burst,
-                TABLE_LEN_MAX,
-            ),
+            by_key: Buckets::new(key.0, key.1, TABLE_LEN_MAX),
+            by_network: Buckets::new(network.0, network.1, TABLE_LEN_MAX),
         }
     }
-}
 
-impl Limits {
+    /// The limits on the generating routes.
+    pub(crate) fn of(node: &Node) -> Limits {
+        let c = node.config();
+        Limits::new(
+            (c.rate_limit_key_per_min, c.rate_limit_key_burst),
+            (c.rate_limit_ip_per_min, c.rate_limit_ip_burst),
+        )
+    }
+
     /// The limits on verdict recomputations: the same two tables, with their own rates.
     pub(crate) fn verify(node: &Node) -> Limits {
         let c = node.config();
-        Limits {
-            by_key: Buckets::new(
-                c.rate_limit_verify_per_min,
-                c.rate_limit_verify_burst,
-                TABLE_LEN_MAX,
-            ),
-            by_network: Buckets::new(
-                c.rate_limit_verify_per_min,
-                c.rate_limit_verify_burst,
-                TABLE_LEN_MAX,
-            ),
-        }
+        let rate = (c.rate_limit_verify_per_min, c.rate_limit_verify_burst);
+        Limits::new(rate, rate)
     }
 }
 

@@ -22,14 +22,6 @@ pub fn submission_digest(network: &Hash, candidate: &Hash, parent: &Hash) -> Has
     Hash::of(&bytes)
 }
 
-impl Verdict {
-    /// The address that signed this verdict's submission on `network`.
-    pub fn submitter(&self, network: &Hash) -> Result<Address, SignatureError> {
-        self.contributor_signature
-            .recover(&submission_digest(network, &self.candidate, &self.parent).0)
-    }
-}
-
 /// Most items one verdict may draw.
 pub const VERDICT_ITEMS_MAX: usize = 65_536;
 
@@ -219,6 +211,12 @@ impl PoolCommit {
 }
 
 impl Verdict {
+    /// The address that signed this verdict's submission on `network`.
+    pub fn submitter(&self, network: &Hash) -> Result<Address, SignatureError> {
+        self.contributor_signature
+            .recover(&submission_digest(network, &self.candidate, &self.parent).0)
+    }
+
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self)

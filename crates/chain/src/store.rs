@@ -228,20 +228,6 @@ impl Store {
         Ok(t.get(hash.0)?.map(|v| Signature(v.value())))
     }
 
-    /// Block `hash` whole: header, signature and payload (checked against its hash), as it
-    /// is sent to a peer.
-    pub fn block(&self, hash: &Hash) -> Result<Block, ChainError> {
-        let header = self.header(hash)?.ok_or(ChainError::NotFound(*hash))?;
-        let payload = self.map_payload(*hash, &header)?;
-        Store::check_payload(hash, &header, &payload)?;
-        let signature = self.signature(hash)?;
-        Ok(Block {
-            header,
-            payload: payload.to_vec(),
-            signature,
-        })
-    }
-
     /// The height and hash of the last block of `chain`.
     pub fn head(&self, chain: ChainId) -> Result<Option<(u64, Hash)>, ChainError> {
         let txn = self.db.begin_read()?;

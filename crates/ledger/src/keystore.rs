@@ -10,10 +10,9 @@ use k256::ecdsa::SigningKey;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use crate::keyfile;
-
 use crate::accounts::AccountKind;
 use crate::journal::{account_exists, hex, now_i64, parse_hex};
+use crate::keyfile;
 use crate::ledger::Ledger;
 use crate::sql::{self, Value};
 use crate::{LedgerError, Refusal};
@@ -78,7 +77,7 @@ impl Keystore {
 
     /// Makes a new key and stores it in `<address>.json` with mode 0600 (the directory
     /// 0700). The file is written, synced and only then renamed into place.
-    pub fn generate(&self, _now_ms: u64) -> Result<Address, LedgerError> {
+    pub fn generate(&self) -> Result<Address, LedgerError> {
         self.store(&new_key())
     }
 
@@ -86,11 +85,6 @@ impl Keystore {
     /// already there.
     pub fn store(&self, key: &SigningKey) -> Result<Address, LedgerError> {
         let address = address_of(key);
-        std::fs::create_dir_all(&self.dir)
-            .map_err(io(format!("creating {}", self.dir.display())))?;
-        set_mode(&self.dir, 0o700)?;
-        let text = keyfile::encrypt(key, self.passphrase.as_bytes(), self.scrypt_log_n)
-            .map_err(|e| LedgerError::Store(format!("encrypting a key file: {e}")))?;
         let path = self.path(&address);
         if path.exists() {
             return Err(LedgerError::Store(format!(
@@ -98,6 +92,11 @@ impl Keystore {
                 path.display()
             )));
         }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(io(format!("creating {}", self.dir.display())))?;
+        set_mode(&self.dir, 0o700)?;
+        let text = keyfile::encrypt(key, self.passphrase.as_bytes(), self.scrypt_log_n)
+            .map_err(|e| LedgerError::Store(format!("encrypting a key file: {e}")))?;
         let tmp = path.with_extension("json.tmp");
         {
             let mut options = std::fs::OpenOptions::new();
@@ -120,7 +119,7 @@ impl Keystore {
     /// Made on first use; `node` in the keystore names it by address.
     /// Unlocked once per keystore value (and its clones): opening a file costs a scrypt run
     /// (~0.75 s), so later calls reuse the key.
-    pub fn node_key(&self, now_ms: u64) -> Result<SigningKey, LedgerError> {
+    pub fn node_key(&self) -> Result<SigningKey, LedgerError> {
         if let Some(key) = self.node.get() {
             return Ok(key.clone());
         }
@@ -135,7 +134,6 @@ impl Keystore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = new_key();
                 let address = self.store(&key)?;
-                let _ = now_ms;
                 let tmp = marker.with_extension("tmp");
                 std::fs::write(&tmp, format!("{address}\n"))
                     .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
@@ -223,7 +221,7 @@ impl Ledger {
         keystore: &Keystore,
         now_ms: u64,
     ) -> Result<(Address, String), LedgerError> {
-        let address = keystore.generate(now_ms)?;
+        let address = keystore.generate()?;
         self.create_account(address, AccountKind::User, now_ms)?;
         let api_key = self.issue_api_key(address, now_ms)?;
         Ok((address, api_key))
@@ -283,7 +281,7 @@ mod tests {
     fn keys_round_trip_with_private_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ks = Keystore::new(dir.path().join("keystore"), "pw").with_scrypt_log_n(10);
-        let a = ks.generate(1).expect("generate");
+        let a = ks.generate().expect("generate");
         let key = ks.load(&a).expect("load");
         assert_eq!(address_of(&key), a);
         #[cfg(unix)]
@@ -295,7 +293,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let b = ks.generate(2).expect("generate");
+        let b = ks.generate().expect("generate");
         assert_ne!(a, b);
     }
 
@@ -303,14 +301,14 @@ mod tests {
     fn the_node_key_is_made_once_and_found_again() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ks = Keystore::new(dir.path().join("keystore"), "pw").with_scrypt_log_n(10);
-        let first = address_of(&ks.node_key(1).expect("node key"));
-        let again = address_of(&ks.node_key(2).expect("node key"));
+        let first = address_of(&ks.node_key().expect("node key"));
+        let again = address_of(&ks.node_key().expect("node key"));
         assert_eq!(first, again);
         let other = Keystore::new(
             tempfile::tempdir().expect("tempdir").path().join("ks"),
             "pw",
         )
         .with_scrypt_log_n(10);
-        assert_ne!(address_of(&other.node_key(1).expect("node key")), first);
+        assert_ne!(address_of(&other.node_key().expect("node key")), first);
     }
 }

@@ -128,7 +128,7 @@ pub fn setup(
     let (operator, operator_created) = match ledger.resolve(OPERATOR) {
         Ok(a) => (a, false),
         Err(e) if e.refusal() == Some(Refusal::UnknownAccount) => {
-            let address = blyan_primitives::address_of(&keystore.node_key(now_ms)?);
+            let address = blyan_primitives::address_of(&keystore.node_key()?);
             (ledger.create_operator(address, now_ms)?, true)
         }
         Err(e) => return Err(e),

@@ -189,7 +189,7 @@ impl Node {
             data_dir.join(blyan_ledger::KEYSTORE_DIR),
             config.key_passphrase.expose(),
         );
-        let signer = keystore.node_key(now_ms)?;
+        let signer = keystore.node_key()?;
         let setup = blyan_ledger::setup(data_dir, config.ledger_url.as_deref(), &keystore, now_ms)?;
         let loopback_payer = match config.loopback_account.as_str() {
             "" => None,

@@ -30,11 +30,17 @@ pub fn sign_submission(
     network: &Hash,
     candidate: &[u8],
 ) -> Result<Signature, NodeError> {
+    let (id, parent) = id_and_parent(candidate)?;
+    let digest = blyan_chain::submission_digest(network, &id, &parent);
+    Ok(Signature::sign(key, &digest.0))
+}
+
+/// A candidate file's id (the hash of the expert-block payload it becomes) and the parent it
+/// names.
+fn id_and_parent(candidate: &[u8]) -> Result<(Hash, Hash), NodeError> {
     let c = Candidate::decode(candidate)
         .map_err(|e| refuse(PolRefusal::MalformedCandidate, e.to_string()))?;
-    let id = Hash::of(&candidate_payload(&c)?.0);
-    let digest = blyan_chain::submission_digest(network, &id, &c.parent);
-    Ok(Signature::sign(key, &digest.0))
+    Ok((Hash::of(&candidate_payload(&c)?.0), c.parent))
 }
 
 /// The expert-block payload of a candidate: its three tensors in f32, in spec order.
@@ -77,19 +83,15 @@ fn weights_of(c: &Candidate) -> Result<ExpertWeights, NodeError> {
 /// The id of a candidate file: the hash of the expert-block payload it becomes (what the
 /// proof-of-work stamp and the verdict name).
 pub fn candidate_id(candidate: &[u8]) -> Result<Hash, NodeError> {
-    let c = Candidate::decode(candidate)
-        .map_err(|e| refuse(PolRefusal::MalformedCandidate, e.to_string()))?;
-    Ok(Hash::of(&candidate_payload(&c)?.0))
+    Ok(id_and_parent(candidate)?.0)
 }
 
 /// Finds the proof-of-work nonce for submitting candidate file `candidate` as `contributor`
 /// at difficulty `bits` (about 2^`bits` hashes): what `blyan submit` does in pow and hybrid
 /// modes.
 pub fn solve_pow(candidate: &[u8], contributor: &Address, bits: u32) -> Result<u64, NodeError> {
-    let c = Candidate::decode(candidate)
-        .map_err(|e| refuse(PolRefusal::MalformedCandidate, e.to_string()))?;
-    let id = Hash::of(&candidate_payload(&c)?.0);
-    Ok(blyan_pol::pow_solve(&id, &c.parent, contributor, bits))
+    let (id, parent) = id_and_parent(candidate)?;
+    Ok(blyan_pol::pow_solve(&id, &parent, contributor, bits))
 }
 
 /// A candidate checked without any state: it decodes, every value is finite, its expert is
