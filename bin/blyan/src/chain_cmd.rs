@@ -98,6 +98,24 @@ fn show(store: &Store, hash: Hash, json: bool) -> anyhow::Result<()> {
         BlockKind::PoolCommit => serde_json::to_value(blyan_chain::PoolCommit::decode(&payload)?)?,
         BlockKind::Verdict => serde_json::to_value(blyan_chain::Verdict::decode(&payload)?)?,
         BlockKind::Migration => serde_json::to_value(blyan_chain::Migration::decode(&payload)?)?,
+        BlockKind::Reveal => {
+            let r = blyan_chain::Reveal::decode(&payload)?;
+            let opened = |items: &[blyan_chain::RevealedItem]| -> Vec<serde_json::Value> {
+                items
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "index": i.index, "salt": i.salt,
+                            "tokens": blyan_pol::decode_item(&i.bytes), "proof": i.proof,
+                        })
+                    })
+                    .collect()
+            };
+            serde_json::json!({
+                "verdict": r.verdict, "hidden": opened(&r.hidden),
+                "validation": opened(&r.validation),
+            })
+        }
         BlockKind::Expert | BlockKind::Router | BlockKind::Dense => {
             let set = TensorSet::parse(&payload)?;
             let tensors: Vec<_> = set

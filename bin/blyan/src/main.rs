@@ -188,7 +188,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
         Command::Chain(cmd) => chain_cmd::run(&open_store(&data_dir)?, cmd),
         Command::Submit(args) => pol_cmd::submit(&data_dir, url, args),
         Command::Pol(cmd) => pol_cmd::run(&data_dir, url, cmd),
-        Command::Corpus(cmd) => pol_cmd::corpus(cmd),
+        Command::Corpus(cmd) => pol_cmd::corpus(&data_dir, cmd),
         Command::Expert(cmd) => pol_cmd::expert(&data_dir, url, cmd),
     }
 }
@@ -314,7 +314,10 @@ fn init(
             "blocks": count,
             "payload_bytes": bytes,
             "data_dir": data_dir,
-            "pool": pool.as_ref().map(|(hash, c)| serde_json::json!({"block": hash, "root": c.root, "items": c.items})),
+            "pool": pool.as_ref().map(|(hash, c)| serde_json::json!({
+                "block": hash, "root": c.root, "items": c.items, "source": c.source,
+                "validation_items": c.validation_items,
+            })),
             "ledger": {
                 "backend": ledger.ledger.store().backend(),
                 "location": ledger.ledger.store().location(),

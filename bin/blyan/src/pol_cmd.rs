@@ -8,15 +8,16 @@ use anyhow::Context;
 use blyan_chain::Store;
 use blyan_node::{Node, pol};
 use blyan_primitives::{Address, ExpertId, Hash};
-use blyan_train::corpus::{Corpus, Split};
+use blyan_train::corpus::{Corpus, Split, Splitter};
 
 use crate::node_cmd::{NodeArgs, node_config};
 
 /// `blyan pol …`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PolCommand {
-    /// Build the hidden pool from the corpus's hidden split and commit its root on chain P
-    /// (`blyan init` does this).
+    /// Make the pool secret (kept encrypted in the keystore), build the hidden pool from the
+    /// corpus's keyed hidden split and the validation items from its keyed validation split,
+    /// and commit their roots and the secret's hash on chain P (`blyan init` does this).
     Pool {
         /// The corpus file [default: the King James corpus bundled in the binary].
         #[arg(long, value_name = "FILE")]
@@ -29,6 +30,10 @@ pub(crate) enum PolCommand {
     Verify {
         /// The verdict block; every verdict when absent.
         proof: Option<Hash>,
+        /// Take the items from each verdict's reveal on chain P, as a node without the hidden
+        /// pool does, instead of from this node's pool file.
+        #[arg(long)]
+        from_chain: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -67,8 +72,9 @@ pub(crate) struct SubmitArgs {
 /// `blyan corpus …`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum CorpusCommand {
-    /// Write one public split as text, one document per line (the hidden split is never
-    /// exported).
+    /// Write one public split as text, one document per line. The splits are keyed by this
+    /// data directory's pool secret (so this needs its keystore's passphrase); the hidden
+    /// split is never exported.
     Export {
         /// `train` or `validation`.
         #[arg(long)]
@@ -108,18 +114,23 @@ fn open_node(data_dir: &Path, ledger_url: Option<&str>) -> anyhow::Result<Node> 
     })
 }
 
-/// The hidden split of `corpus`, tokenized with the chain's tokenizer, as pool items.
+/// Makes (or reuses) the pool secret, builds the keyed hidden and validation pools of
+/// `corpus` and commits them on chain P.
 pub(crate) fn build_pool(
     store: &Store,
     data_dir: &Path,
     corpus: &Corpus,
 ) -> anyhow::Result<(Hash, blyan_chain::PoolCommit)> {
-    let (tokens, source) = pol::hidden_tokens(store, corpus)?;
+    let secret = crate::keystore(data_dir)?
+        .pool_secret_or_new()
+        .context("the pool secret")?;
+    let (pool, validation, source) = pol::pools_of(store, corpus, &secret)?;
     Ok(pol::commit_pool(
         store,
         data_dir,
-        &tokens,
+        (&pool, &validation),
         &source,
+        &secret,
         &crate::node_key(data_dir)?,
         blyan_node::unix_ms(),
     )?)
@@ -146,7 +157,11 @@ pub(crate) fn run(
             println!("{}", serde_json::to_string_pretty(&node.pol_status())?);
             Ok(ExitCode::SUCCESS)
         }
-        PolCommand::Verify { proof, json } => {
+        PolCommand::Verify {
+            proof,
+            from_chain,
+            json,
+        } => {
             let node = open_node(data_dir, ledger_url)?;
             let proofs: Vec<Hash> = match proof {
                 Some(p) => vec![p],
@@ -154,7 +169,7 @@ pub(crate) fn run(
             };
             let mut all_agree = true;
             for p in proofs {
-                let check = node.pol_verify(p)?;
+                let check = node.pol_verify(p, from_chain)?;
                 all_agree &= check.agrees;
                 if json {
                     println!("{}", serde_json::to_string(&check)?);
@@ -352,7 +367,7 @@ fn submit_http(
     }
 }
 
-pub(crate) fn corpus(cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn corpus(data_dir: &Path, cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CorpusCommand::Export { split, corpus, out } => {
             if split == Split::Hidden {
@@ -360,10 +375,31 @@ pub(crate) fn corpus(cmd: CorpusCommand) -> anyhow::Result<ExitCode> {
                     "[hidden_split] the hidden split is the Proof-of-Learning pool and is never exported"
                 );
             }
+            let secret = crate::keystore(data_dir)?.pool_secret()?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "[no_pool_secret] {} has no pool secret: the splits are keyed by it \
+                     (run `blyan init`, or export from the node that made the pool)",
+                    data_dir.display()
+                )
+            })?;
+            // The secret must be the one chain P committed to, or the export would hold
+            // hidden documents.
+            if let Ok(store) = crate::open_store(data_dir)
+                && let Some((_, commit)) = blyan_pol::record::PolRecord::read(&store)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .commit
+                && commit.secret_hash != blyan_chain::PoolCommit::secret_hash_of(&secret)
+            {
+                anyhow::bail!(
+                    "[pool_secret_mismatch] the keystore's pool secret is not the one chain P \
+                     committed to"
+                );
+            }
+            let splitter = Splitter::Keyed(&secret);
             let corpus = crate::bundled::corpus(corpus.as_deref())?;
             let mut text = String::new();
             let mut docs = 0usize;
-            for d in corpus.documents(split) {
+            for d in corpus.documents(split, splitter) {
                 text.push_str(&d.line());
                 text.push('\n');
                 docs += 1;

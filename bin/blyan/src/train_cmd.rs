@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use blyan_train::TrainConfig;
-use blyan_train::corpus::Split;
+use blyan_train::corpus::{Split, Splitter};
 use blyan_train::optim::OptimConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -86,7 +86,10 @@ pub(crate) fn run(data_dir: &Path, cmd: TrainCommand) -> anyhow::Result<()> {
 
 fn tokenizer(args: &TokenizerArgs) -> anyhow::Result<()> {
     let corpus = crate::bundled::corpus(args.corpus.as_deref())?;
-    let texts: Vec<String> = corpus.documents(Split::Train).map(|d| d.text()).collect();
+    let texts: Vec<String> = corpus
+        .documents(Split::Train, Splitter::Genesis)
+        .map(|d| d.text())
+        .collect();
     let json =
         blyan_train::bpe::train_tokenizer(texts.iter().map(String::as_str), args.vocab_size)?;
     std::fs::write(&args.out, &json).with_context(|| format!("writing {}", args.out.display()))?;

@@ -517,35 +517,85 @@ fn init_and_corpus_export_work_from_any_directory() {
     let pool = &init["pool"];
     assert!(pool["items"].as_u64().unwrap() > 1000, "{init}");
 
-    // The same pool as from the repository's corpus file (the networks differ: each data
-    // directory's node key signs its genesis).
+    // From the repository's corpus file: another pool, because each data directory keys its
+    // split with its own secret, so which documents are hidden differs from node to node.
     let repo_corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/corpus/kjv.tsv");
     let from_file = tempfile::tempdir().unwrap();
     let init_file = json(&run(
         from_file.path(),
         &["init", "--json", "--corpus", repo_corpus.to_str().unwrap()],
     ));
-    assert_eq!(init_file["pool"]["root"], pool["root"]);
-    assert_eq!(init_file["pool"]["items"], pool["items"]);
+    assert_ne!(init_file["pool"]["root"], pool["root"]);
+    assert!(init_file["pool"]["items"].as_u64().unwrap() > 1000);
 
-    let out = cwd.path().join("validation.txt");
-    let export = run(
-        bundled.path(),
-        &[
-            "corpus",
-            "export",
-            "--split",
-            "validation",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+    // The public splits this node exports hold every document but its hidden ones: the
+    // documents of the two exports and the hidden count the pool commitment states add up
+    // to the corpus's documents.
+    let export = |data_dir: &Path, split: &str| -> Vec<String> {
+        let out = cwd.path().join(format!("{split}.txt"));
+        let done = run(
+            data_dir,
+            &[
+                "corpus",
+                "export",
+                "--split",
+                split,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (train, validation) = (
+        export(bundled.path(), "train"),
+        export(bundled.path(), "validation"),
+    );
+    assert!(validation.len() > 10);
+    let source = pool["source"].as_str().unwrap().to_owned();
+    let hidden: usize = source
+        .split(" hidden")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no document count in {source:?}"));
+    let corpus = std::fs::read_to_string(&repo_corpus).unwrap();
+    let mut keys: Vec<&str> = corpus
+        .lines()
+        .filter_map(|l| l.split('\t').next()?.rsplit_once(':').map(|(k, _)| k))
+        .collect();
+    keys.dedup();
+    assert_eq!(
+        train.len() + validation.len() + hidden,
+        keys.len(),
+        "{source}"
     );
     assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
+        hidden * 20 > keys.len(),
+        "about a tenth is hidden: {hidden} of {}",
+        keys.len()
     );
-    assert!(std::fs::read_to_string(&out).unwrap().lines().count() > 10);
+    // Another node's validation split is another set of documents.
+    assert_ne!(export(from_file.path(), "validation"), validation);
+    // Without the secret there is no export.
+    let bare = tempfile::tempdir().unwrap();
+    let refused = run(
+        bare.path(),
+        &["corpus", "export", "--split", "train", "--out", "x.txt"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no_pool_secret"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // A corpus named but missing is an error, never a network silently without a pool.
     let missing = tempfile::tempdir().unwrap();

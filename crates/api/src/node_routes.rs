@@ -246,7 +246,8 @@ pub(crate) async fn pol_replicate(
     Ok(Json(json!(report)))
 }
 
-/// `GET /pol/proofs/{hash}/verify`: recompute a verdict from the chain and the pool.
+/// `GET /pol/proofs/{hash}/verify`: recompute a verdict from the chain alone (its reveal
+/// opens the items it used), as anyone without the hidden pool would.
 pub(crate) async fn pol_verify(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
@@ -255,7 +256,7 @@ pub(crate) async fn pol_verify(
     let proof: Hash = hash
         .parse()
         .map_err(|e| ApiError::invalid("hash", format!("{hash:?}: {e}")))?;
-    let check = blocking(move || node.pol_verify(proof)).await?;
+    let check = blocking(move || node.pol_verify(proof, true)).await?;
     Ok(Json(json!(check)))
 }
 

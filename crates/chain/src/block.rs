@@ -149,6 +149,8 @@ pub enum BlockKind {
     Verdict = 7,
     /// Param chain: an expert's default version moves to an older one ([`crate::Migration`]).
     Migration = 8,
+    /// Proof chain: the items a verdict used, opened ([`crate::Reveal`]).
+    Reveal = 9,
 }
 
 impl BlockKind {
@@ -159,7 +161,9 @@ impl BlockKind {
             BlockKind::Expert | BlockKind::Router | BlockKind::Dense => chain == ChainId::Param,
             BlockKind::ChainGenesis => matches!(chain, ChainId::Dataset | ChainId::Proof),
             BlockKind::LedgerBatch => chain == ChainId::Ledger,
-            BlockKind::PoolCommit | BlockKind::Verdict => chain == ChainId::Proof,
+            BlockKind::PoolCommit | BlockKind::Verdict | BlockKind::Reveal => {
+                chain == ChainId::Proof
+            }
             BlockKind::Migration => chain == ChainId::Param,
         }
     }
@@ -184,6 +188,7 @@ impl BlockKind {
             BlockKind::PoolCommit => "pool_commit",
             BlockKind::Verdict => "verdict",
             BlockKind::Migration => "migration",
+            BlockKind::Reveal => "reveal",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Payloads of the proof chain (P): the hidden pool's commitment, Proof-of-Learning verdicts,
-//! and head migrations (rollbacks) of the parameter chain. The chain checks their structure;
+//! the reveals of the items each verdict used, and head migrations (rollbacks) of the
+//! parameter chain. The chain checks their structure;
 //! `blyan-pol` gives them meaning and recomputes verdicts.
 
 use blyan_primitives::{Address, ExpertId, Hash, Signature, SignatureError, codec};
@@ -32,9 +33,15 @@ pub const VERDICT_STAGES_MAX: u8 = 4;
 pub const PROOF_TEXT_MAX: usize = 256;
 
 /// The hidden pool a validator evaluates on, published before any submission.
+///
+/// Which documents are hidden is decided by a secret the validator made (`secret_hash` is
+/// SHA-256 of `blyan-pool-secret-v1` and the secret), and each item is committed with a salt
+/// derived from it: leaf `i` is the Merkle leaf of `salt_i ‖ item_i`. The root therefore says
+/// nothing about the items, even to someone who holds every candidate text; a [`Reveal`]
+/// opens the items a verdict used.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, BorshSerialize, BorshDeserialize)]
 pub struct PoolCommit {
-    /// Merkle root of the items' canonical bytes, in pool order.
+    /// Merkle root of the salted items, in pool order.
     pub root: Hash,
     /// Items in the pool.
     pub items: u32,
@@ -42,7 +49,48 @@ pub struct PoolCommit {
     pub item_tokens: u32,
     /// Where the items came from, for people.
     pub source: String,
+    /// SHA-256 of `blyan-pool-secret-v1` ‖ the secret that keyed the split and the salts.
+    pub secret_hash: Hash,
+    /// Merkle root of the public validation items (unsalted), against which a candidate's
+    /// hidden gain is compared (the contamination check).
+    pub validation_root: Hash,
+    /// Validation items.
+    pub validation_items: u32,
 }
+
+/// One pool item opened: its index, salt (zero for a public validation item), canonical bytes
+/// and the Merkle siblings that lead it to the committed root.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, BorshSerialize, BorshDeserialize)]
+pub struct RevealedItem {
+    /// Index in its pool.
+    pub index: u32,
+    /// The item's salt; [`Hash::ZERO`] for a validation item.
+    pub salt: Hash,
+    /// The item's canonical bytes (token ids, little-endian u32).
+    pub bytes: Vec<u8>,
+    /// Merkle siblings, bottom up.
+    pub proof: Vec<Hash>,
+}
+
+/// The items a verdict used, opened once the verdict is on chain so that anyone can redo
+/// the evaluation from the chain alone: the hidden items it drew (now retired) and the
+/// validation items of its contamination check.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, BorshSerialize, BorshDeserialize)]
+pub struct Reveal {
+    /// The verdict block.
+    pub verdict: Hash,
+    /// Its hidden items, ascending by index.
+    pub hidden: Vec<RevealedItem>,
+    /// Its validation items, ascending by index.
+    pub validation: Vec<RevealedItem>,
+}
+
+/// Largest item in a reveal, bytes (4,096 tokens).
+pub const REVEAL_ITEM_LEN_MAX: usize = 16 * 1024;
+/// Most Merkle siblings in one item's proof.
+pub const REVEAL_PROOF_MAX: usize = 32;
+/// Largest reveal payload, bytes (a four-stage verdict's reveal is about 200 KB).
+pub const REVEAL_LEN_MAX: usize = 32 * 1024 * 1024;
 
 /// How a submission was judged.
 #[derive(
@@ -161,6 +209,19 @@ pub struct Verdict {
     pub vesting: u64,
     /// Nano-BLY minted to the validator by this block.
     pub validator_reward: u64,
+    /// The contamination check's margin: a candidate is refused as `suspected_leak` when its
+    /// gain per position on the hidden items exceeds that on the validation items by more
+    /// than this (micro-nats) and significantly.
+    pub leak_margin_micro: i64,
+    /// Validation items the check scored, ascending (empty when it did not run: it runs only
+    /// for a candidate the learning test accepts).
+    pub validation_items: Vec<u32>,
+    /// Validation items that route a position to the expert.
+    pub validation_n: u64,
+    /// Σ d over those, micro-nats.
+    pub validation_sum: i128,
+    /// Σ d², micro-nats².
+    pub validation_sum_sq: i128,
 }
 
 /// A change of the version an expert serves by default, recorded on the parameter chain.
@@ -207,6 +268,58 @@ impl PoolCommit {
         }
         check_text("source", &c.source)?;
         Ok(c)
+    }
+
+    /// SHA-256 of `blyan-pool-secret-v1` ‖ `secret`: what a commitment records of its secret.
+    pub fn secret_hash_of(secret: &[u8; 32]) -> Hash {
+        let mut bytes = Vec::with_capacity(20 + 32);
+        bytes.extend_from_slice(b"blyan-pool-secret-v1");
+        bytes.extend_from_slice(secret);
+        Hash::of(&bytes)
+    }
+}
+
+impl Reveal {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes and checks a reveal's structure: indices ascending and distinct in each list,
+    /// items and proofs within bounds, validation items unsalted. Whether the items are the
+    /// verdict's and open the committed roots is the Proof-of-Learning record's to check.
+    pub fn decode(bytes: &[u8]) -> Result<Reveal, BlockError> {
+        let r: Reveal =
+            codec::decode(bytes, REVEAL_LEN_MAX).map_err(|e| malformed(e.to_string()))?;
+        for (name, list) in [("hidden", &r.hidden), ("validation", &r.validation)] {
+            if list.len() > VERDICT_ITEMS_MAX {
+                return Err(malformed(format!(
+                    "{} {name} items; the limit is {VERDICT_ITEMS_MAX}",
+                    list.len()
+                )));
+            }
+            if list.windows(2).any(|w| w[0].index >= w[1].index) {
+                return Err(malformed(format!(
+                    "{name} items must be ascending and distinct"
+                )));
+            }
+            if let Some(item) = list
+                .iter()
+                .find(|i| i.bytes.len() > REVEAL_ITEM_LEN_MAX || i.proof.len() > REVEAL_PROOF_MAX)
+            {
+                return Err(malformed(format!(
+                    "{name} item {} has {} bytes and {} siblings; the limits are \
+                     {REVEAL_ITEM_LEN_MAX} and {REVEAL_PROOF_MAX}",
+                    item.index,
+                    item.bytes.len(),
+                    item.proof.len()
+                )));
+            }
+        }
+        if r.validation.iter().any(|i| !i.salt.is_zero()) {
+            return Err(malformed("validation items are public and unsalted".into()));
+        }
+        Ok(r)
     }
 }
 
@@ -264,7 +377,15 @@ impl Verdict {
                 v.stage_items
             )));
         }
-        if v.sum_sq < 0 || v.min_effect_micro < 0 {
+        if v.validation_items.len() > VERDICT_ITEMS_MAX
+            || v.validation_items.windows(2).any(|w| w[0] >= w[1])
+            || v.validation_n > v.validation_items.len() as u64
+        {
+            return Err(malformed(
+                "validation items must be ascending, distinct and at least n".into(),
+            ));
+        }
+        if v.sum_sq < 0 || v.min_effect_micro < 0 || v.validation_sum_sq < 0 {
             return Err(malformed(
                 "negative sum of squares or minimum effect".into(),
             ));
@@ -328,6 +449,11 @@ mod tests {
             reward: 7,
             vesting: 7,
             validator_reward: 1,
+            leak_margin_micro: 20_000,
+            validation_items: (0..64).collect(),
+            validation_n: 60,
+            validation_sum: 4_000_000,
+            validation_sum_sq: 800_000_000_000,
         }
     }
 
@@ -370,6 +496,15 @@ mod tests {
                 ..verdict()
             },
             Verdict {
+                validation_items: vec![2, 2],
+                validation_n: 0,
+                ..verdict()
+            },
+            Verdict {
+                validation_n: 65,
+                ..verdict()
+            },
+            Verdict {
                 reason: "x".repeat(PROOF_TEXT_MAX + 1),
                 ..verdict()
             },
@@ -384,5 +519,47 @@ mod tests {
             );
         }
         assert!(Verdict::decode(&v.encode()[..40]).is_err(), "truncated");
+    }
+
+    fn reveal() -> Reveal {
+        let item = |index: u32, salt: Hash| RevealedItem {
+            index,
+            salt,
+            bytes: vec![index as u8; 256],
+            proof: vec![Hash::of(b"sibling"); 11],
+        };
+        Reveal {
+            verdict: Hash::of(b"verdict"),
+            hidden: (0..64).map(|i| item(i * 5, Hash::of(&[i as u8]))).collect(),
+            validation: (0..8).map(|i| item(i, Hash::ZERO)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_reveal_round_trips_and_malformed_ones_are_refused() {
+        let r = reveal();
+        assert_eq!(Reveal::decode(&r.encode()).unwrap(), r);
+        let mut unordered = reveal();
+        unordered.hidden.swap(0, 1);
+        let mut salted = reveal();
+        salted.validation[0].salt = Hash::of(b"salt");
+        let mut long = reveal();
+        long.hidden[3].proof = vec![Hash::ZERO; REVEAL_PROOF_MAX + 1];
+        let mut big = reveal();
+        big.validation[1].bytes = vec![0; REVEAL_ITEM_LEN_MAX + 1];
+        for bad in [unordered, salted, long, big] {
+            assert!(
+                matches!(
+                    Reveal::decode(&bad.encode()),
+                    Err(BlockError::MalformedPayload { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let bytes = r.encode();
+        assert!(
+            Reveal::decode(&bytes[..bytes.len() - 1]).is_err(),
+            "truncated"
+        );
     }
 }

@@ -10,7 +10,7 @@ use blyan_tensor::{TensorDesc, TensorSet};
 use crate::block::NAME_LEN_MAX;
 use crate::genesis::ChainGenesis;
 use crate::ledger::LedgerBatch;
-use crate::proof::{Migration, PoolCommit, Verdict};
+use crate::proof::{Migration, PoolCommit, Reveal, Verdict};
 use crate::spec::{MetaPayload, TensorGroup};
 use crate::{
     Block, BlockError, BlockHeader, BlockKind, ChainError, ChainId, DEPENDS_ON_MAX, FORMAT_VERSION,
@@ -139,6 +139,7 @@ fn check_payload(h: &BlockHeader, payload: &[u8]) -> Result<(), BlockError> {
         BlockKind::LedgerBatch => LedgerBatch::decode(payload).map(drop),
         BlockKind::PoolCommit => PoolCommit::decode(payload).map(drop),
         BlockKind::Verdict => Verdict::decode(payload).map(drop),
+        BlockKind::Reveal => Reveal::decode(payload).map(drop),
         BlockKind::Migration => Migration::decode(payload).map(drop),
         BlockKind::Expert | BlockKind::Router | BlockKind::Dense => Ok(()),
     }

@@ -130,6 +130,18 @@ fn scrypt_derive(
 /// Encrypts `key` under `passphrase` with scrypt (N = 2^`log_n`, r = 8, p = 1), a fresh salt
 /// and IV. Returns the file's JSON text.
 pub fn encrypt(key: &SigningKey, passphrase: &[u8], log_n: u8) -> Result<String, KeyfileError> {
+    let secret = Zeroizing::new(<[u8; 32]>::from(key.to_bytes()));
+    encrypt_secret(&secret, Some(address_of(key)), passphrase, log_n)
+}
+
+/// Encrypts any 32-byte secret as [`encrypt`] does a key; `address` is the file's address
+/// field (none for a secret that is not an account's key, such as the pool secret).
+pub fn encrypt_secret(
+    secret: &[u8; 32],
+    address: Option<Address>,
+    passphrase: &[u8],
+    log_n: u8,
+) -> Result<String, KeyfileError> {
     let mut rng = rand::rng();
     let mut salt = [0u8; 32];
     let mut iv = [0u8; 16];
@@ -141,13 +153,13 @@ pub fn encrypt(key: &SigningKey, passphrase: &[u8], log_n: u8) -> Result<String,
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
     let derived = scrypt_derive(passphrase, &salt, log_n, SCRYPT_R, SCRYPT_P)?;
-    let mut ciphertext = Zeroizing::new(key.to_bytes().to_vec());
+    let mut ciphertext = Zeroizing::new(secret.to_vec());
     let mut cipher = Aes128Ctr::new(derived[..16].into(), &iv.into());
     cipher.apply_keystream(&mut ciphertext);
     let mac = mac_of(&derived, &ciphertext);
     let h = hex::encode(id);
     let file = KeyFileJson {
-        address: Some(hex::encode(address_of(key).0)),
+        address: address.map(|a| hex::encode(a.0)),
         crypto: CryptoJson {
             cipher: "aes-128-ctr".into(),
             cipherparams: CipherParams {
@@ -177,6 +189,26 @@ pub fn encrypt(key: &SigningKey, passphrase: &[u8], log_n: u8) -> Result<String,
 /// Decrypts a version-3 key file with `passphrase`. When the file names an address, the key
 /// must be that address's.
 pub fn decrypt(text: &[u8], passphrase: &[u8]) -> Result<SigningKey, KeyfileError> {
+    let (secret, named) = decrypt_secret(text, passphrase)?;
+    let key = SigningKey::from_slice(secret.as_ref())
+        .map_err(|_| KeyfileError::BadKey("no valid secp256k1 secret".into()))?;
+    if let Some(named) = named
+        && named != address_of(&key)
+    {
+        return Err(KeyfileError::BadKey(format!(
+            "the key of {}, but the file names {named}",
+            address_of(&key)
+        )));
+    }
+    Ok(key)
+}
+
+/// Decrypts a version-3 file's 32-byte secret with `passphrase`; also returns the address
+/// the file names, if any.
+pub fn decrypt_secret(
+    text: &[u8],
+    passphrase: &[u8],
+) -> Result<(Zeroizing<[u8; 32]>, Option<Address>), KeyfileError> {
     if text.len() > KEYFILE_LEN_MAX {
         return Err(KeyfileError::Malformed(format!(
             "{} bytes; a key file is at most {KEYFILE_LEN_MAX}",
@@ -252,23 +284,19 @@ pub fn decrypt(text: &[u8], passphrase: &[u8]) -> Result<SigningKey, KeyfileErro
     if mac_of(&derived, &ciphertext)[..] != mac[..] {
         return Err(KeyfileError::WrongPassphrase);
     }
-    let mut secret = Zeroizing::new(ciphertext);
+    let mut secret = Zeroizing::new([0u8; 32]);
+    secret.copy_from_slice(&ciphertext);
     let mut cipher = Aes128Ctr::new(derived[..16].into(), iv[..].into());
-    cipher.apply_keystream(&mut secret);
-    let key = SigningKey::from_slice(&secret)
-        .map_err(|_| KeyfileError::BadKey("no valid secp256k1 secret".into()))?;
-    if let Some(named) = &file.address {
-        let named: Address = format!("0x{}", named.trim_start_matches("0x"))
-            .parse()
-            .map_err(|e| KeyfileError::Malformed(format!("address: {e}")))?;
-        if named != address_of(&key) {
-            return Err(KeyfileError::BadKey(format!(
-                "the key of {}, but the file names {named}",
-                address_of(&key)
-            )));
-        }
-    }
-    Ok(key)
+    cipher.apply_keystream(secret.as_mut());
+    let named = match &file.address {
+        Some(named) => Some(
+            format!("0x{}", named.trim_start_matches("0x"))
+                .parse::<Address>()
+                .map_err(|e| KeyfileError::Malformed(format!("address: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok((secret, named))
 }
 
 #[cfg(test)]

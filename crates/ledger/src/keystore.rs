@@ -28,6 +28,8 @@ pub fn is_api_key_like(token: &str) -> bool {
 
 /// The file in the keystore that names the node's key.
 const NODE_KEY_FILE: &str = "node";
+/// The pool secret's file in the keystore.
+const POOL_SECRET_FILE: &str = "pool-secret.json";
 
 /// Where account keys live (`DATA_DIR/keystore`), and the passphrase that opens them.
 #[derive(Clone)]
@@ -92,15 +94,22 @@ impl Keystore {
                 path.display()
             )));
         }
+        let text = keyfile::encrypt(key, self.passphrase.as_bytes(), self.scrypt_log_n)
+            .map_err(|e| LedgerError::Store(format!("encrypting a key file: {e}")))?;
+        self.write_new(&path, &text)?;
+        Ok(address)
+    }
+
+    /// Writes a new file with mode 0600 in the keystore (the directory 0700): written,
+    /// synced and only then renamed into place.
+    fn write_new(&self, path: &Path, text: &str) -> Result<(), LedgerError> {
         std::fs::create_dir_all(&self.dir)
             .map_err(io(format!("creating {}", self.dir.display())))?;
         set_mode(&self.dir, 0o700)?;
-        let text = keyfile::encrypt(key, self.passphrase.as_bytes(), self.scrypt_log_n)
-            .map_err(|e| LedgerError::Store(format!("encrypting a key file: {e}")))?;
         let tmp = path.with_extension("json.tmp");
         {
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
+            options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             let mut f = options
@@ -110,8 +119,40 @@ impl Keystore {
                 .and_then(|()| f.sync_all())
                 .map_err(io(format!("writing {}", tmp.display())))?;
         }
-        std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
-        Ok(address)
+        std::fs::rename(&tmp, path).map_err(io(format!("renaming {}", tmp.display())))
+    }
+
+    /// The secret that keys this node's hidden pool (which documents are hidden, each item's
+    /// salt), if one was made: `pool-secret.json`, encrypted like a key file (no address).
+    pub fn pool_secret(&self) -> Result<Option<Zeroizing<[u8; 32]>>, LedgerError> {
+        let path = self.dir.join(POOL_SECRET_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(LedgerError::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                });
+            }
+        };
+        let (secret, _) = keyfile::decrypt_secret(&text, self.passphrase.as_bytes())
+            .map_err(|e| LedgerError::Store(format!("{}: {e} ({})", path.display(), e.code())))?;
+        Ok(Some(secret))
+    }
+
+    /// The pool secret, made (32 random bytes) and stored on first use.
+    pub fn pool_secret_or_new(&self) -> Result<Zeroizing<[u8; 32]>, LedgerError> {
+        if let Some(secret) = self.pool_secret()? {
+            return Ok(secret);
+        }
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(secret.as_mut());
+        let text =
+            keyfile::encrypt_secret(&secret, None, self.passphrase.as_bytes(), self.scrypt_log_n)
+                .map_err(|e| LedgerError::Store(format!("encrypting the pool secret: {e}")))?;
+        self.write_new(&self.dir.join(POOL_SECRET_FILE), &text)?;
+        Ok(secret)
     }
 
     /// The node's own key: it signs the blocks this node makes (genesis, pool commitments,
@@ -310,5 +351,20 @@ mod tests {
         )
         .with_scrypt_log_n(10);
         assert_ne!(address_of(&other.node_key().expect("node key")), first);
+    }
+
+    #[test]
+    fn the_pool_secret_is_made_once_encrypted_and_needs_the_passphrase() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ks = Keystore::new(dir.path().join("keystore"), "pw").with_scrypt_log_n(10);
+        assert!(ks.pool_secret().expect("read").is_none());
+        let made = ks.pool_secret_or_new().expect("made");
+        assert_eq!(*ks.pool_secret_or_new().expect("again"), *made);
+        let text = std::fs::read_to_string(dir.path().join("keystore").join(POOL_SECRET_FILE))
+            .expect("file");
+        assert!(!text.contains(&hex::encode(*made)), "stored encrypted");
+        let wrong = Keystore::new(dir.path().join("keystore"), "other");
+        let e = wrong.pool_secret().expect_err("wrong passphrase");
+        assert!(e.to_string().contains("wrong_passphrase"), "{e}");
     }
 }

@@ -199,6 +199,8 @@ pub struct ConfigLayer {
     pub pol_alpha_percent: Option<u8>,
     /// Minimum mean gain per position of the items routed to the expert, micro-nats.
     pub pol_min_effect_micro: Option<i64>,
+    /// The contamination check's margin, micro-nats per position.
+    pub pol_leak_margin_micro: Option<i64>,
     /// Largest mixture regression tolerated, basis points.
     pub pol_mixture_tolerance_bps: Option<u32>,
     /// Items per stage of a sequential evaluation.
@@ -305,6 +307,9 @@ impl NodeConfig {
         if let Some(v) = layer.pol_min_effect_micro {
             p.min_effect_micro = v;
         }
+        if let Some(v) = layer.pol_leak_margin_micro {
+            p.leak_margin_micro = v;
+        }
         if let Some(v) = layer.pol_mixture_tolerance_bps {
             p.mixture_tolerance_bps = v;
         }
@@ -392,6 +397,12 @@ impl NodeConfig {
         range(
             "pol_min_effect_micro",
             self.pol.min_effect_micro.max(-1) as u64,
+            0,
+            1_000_000_000,
+        )?;
+        range(
+            "pol_leak_margin_micro",
+            self.pol.leak_margin_micro.max(-1) as u64,
             0,
             1_000_000_000,
         )?;

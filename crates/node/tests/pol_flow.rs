@@ -3,7 +3,7 @@
 //! of every verdict, replication with vesting, rollback, and the pow and hybrid modes.
 
 use blyan_chain::{ChainId, PolMode, Store, genesis};
-use blyan_node::pol::{PolRefusal, Submission, commit_pool, sign_submission};
+use blyan_node::pol::{ITEM_TOKENS, PolRefusal, Pool, Submission, commit_pool, sign_submission};
 use blyan_node::{Node, NodeConfig, NodeError};
 use blyan_primitives::{Address, Amount, ExpertId, Hash, NANO_PER_BLY, SigningKey, address_of};
 use blyan_train::candidate::Candidate;
@@ -40,17 +40,29 @@ fn open(mode: PolMode) -> (tempfile::TempDir, Node) {
         .expect("init");
         let (_, meta) = store.meta().expect("meta").expect("spec");
         let tok = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer).expect("tokenizer");
-        let mut tokens = Vec::new();
-        for line in text(400, 1).lines() {
-            tokens.push(meta.spec.bos_token_id);
-            tokens.extend(tok.encode(line).expect("encode"));
-            tokens.push(meta.spec.eos_token_id);
-        }
+        let tokens_of = |text: String| -> Vec<u32> {
+            let mut tokens = Vec::new();
+            for line in text.lines() {
+                tokens.push(meta.spec.bos_token_id);
+                tokens.extend(tok.encode(line).expect("encode"));
+                tokens.push(meta.spec.eos_token_id);
+            }
+            tokens
+        };
+        // The hidden items, salted with a test secret, and validation items of the same
+        // kind of text.
+        let secret = [5u8; 32];
+        let pool = Pool::salted(
+            Pool::windows(&tokens_of(text(400, 1)), ITEM_TOKENS),
+            &secret,
+        );
+        let validation = Pool::new(Pool::windows(&tokens_of(text(100, 2)), ITEM_TOKENS));
         commit_pool(
             &store,
             dir.path(),
-            &tokens,
+            (&pool, &validation),
             "test text",
+            &secret,
             &blyan_primitives::SigningKey::from_slice(&[2; 32]).expect("key"),
             NOW,
         )
@@ -327,11 +339,30 @@ fn submissions_refusals_verification_replication_and_rollback() {
         PolRefusal::NotReplicable
     );
 
-    // Every verdict recomputes to the same numbers.
-    for (proof, _) in node.pol_verdicts() {
-        let check = node.pol_verify(proof).expect("verify");
-        assert!(check.agrees, "{check:?}");
+    // Every verdict recomputes to the same numbers, from this node's pool and from the
+    // chain alone: each verdict's reveal opens exactly its items against the committed
+    // roots.
+    for (proof, verdict) in node.pol_verdicts() {
+        for from_chain in [false, true] {
+            let check = node.pol_verify(proof, from_chain).expect("verify");
+            assert!(check.agrees, "{from_chain}: {check:?}");
+        }
+        let record = blyan_pol::record::PolRecord::read(node.store()).expect("record");
+        let reveal = blyan_pol::record::reveal_of(node.store(), &record, &proof)
+            .expect("read")
+            .expect("every verdict that drew items has a reveal");
+        let opened: Vec<u32> = reveal.hidden.iter().map(|i| i.index).collect();
+        assert_eq!(opened, verdict.items);
+        let opened: Vec<u32> = reveal.validation.iter().map(|i| i.index).collect();
+        assert_eq!(opened, verdict.validation_items);
     }
+    // The accepted candidate passed the contamination check, which scored validation items;
+    // the refused one never reached it.
+    assert!(
+        report.leak_z.is_some() && report.reveal.is_some(),
+        "{report:?}"
+    );
+    assert!(rejected.leak_z.is_none());
 
     // Rollback: the genesis version serves again; the old proofs still verify.
     node.rollback_expert(expert, genesis_head, "test", NOW)
@@ -345,7 +376,7 @@ fn submissions_refusals_verification_replication_and_rollback() {
             .is_err()
     );
     for (proof, _) in node.pol_verdicts() {
-        assert!(node.pol_verify(proof).expect("verify").agrees);
+        assert!(node.pol_verify(proof, true).expect("verify").agrees);
     }
     assert!(node.audit_ledger().expect("audit").ok);
 }
@@ -400,7 +431,8 @@ fn pow_and_hybrid_modes() {
         .pol_submit(signed(&node, bytes, who, Some(nonce)), NOW)
         .expect("verdict");
     assert!(r.accepted && r.reason == "accepted_pow" && r.items == 0 && r.reward.is_zero());
-    assert!(node.pol_verify(r.proof).expect("verify").agrees);
+    assert!(node.pol_verify(r.proof, true).expect("verify").agrees);
+    assert!(r.reveal.is_none(), "a pow verdict draws nothing to reveal");
     let (_, verdict) = node
         .pol_verdicts()
         .into_iter()

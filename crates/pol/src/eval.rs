@@ -24,8 +24,10 @@ use blyan_primitives::ExpertId;
 /// the mean over its routed positions) and caps a position's loss. Version 3 evaluates in
 /// stages, stopping at the first conclusive look, and accepts when the gain is significant
 /// and its mean clears the minimum effect (version 2 required the lower confidence bound to
-/// clear it).
-pub const EVALUATOR_VERSION: u32 = 3;
+/// clear it). Version 4 adds the contamination check: an accepted candidate whose gain on the
+/// hidden items is far above its gain on public validation items is refused as
+/// `suspected_leak`.
+pub const EVALUATOR_VERSION: u32 = 4;
 
 /// One nat in the integer unit of losses.
 pub const MICRO: f64 = 1e6;

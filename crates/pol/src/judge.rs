@@ -28,6 +28,9 @@ pub enum Reason {
     MixtureRegression,
     /// Fewer than two drawn items route any position to the expert.
     TooFewRoutedItems,
+    /// The learning test passed, but the gain on the hidden items is far above the gain on
+    /// the public validation items: the candidate looks trained on hidden text.
+    SuspectedLeak,
 }
 
 impl Reason {
@@ -40,6 +43,7 @@ impl Reason {
             Reason::BelowMinEffect => "below_min_effect",
             Reason::MixtureRegression => "mixture_regression",
             Reason::TooFewRoutedItems => "too_few_routed_items",
+            Reason::SuspectedLeak => "suspected_leak",
         }
     }
 
@@ -57,6 +61,7 @@ impl Reason {
             Reason::BelowMinEffect,
             Reason::MixtureRegression,
             Reason::TooFewRoutedItems,
+            Reason::SuspectedLeak,
         ]
         .into_iter()
         .find(|r| r.as_str() == code)
@@ -80,7 +85,13 @@ pub struct Rules {
     pub stage_items: u32,
     /// Most stages one evaluation takes, 1 to [`LOOKS_MAX`].
     pub stages: u8,
+    /// The contamination check's margin, micro-nats per position (see [`leak_check`]).
+    pub leak_margin_micro: i64,
 }
+
+/// The contamination check's default margin, micro-nats per position (calibrated in
+/// docs/BENCHMARKS.md, "Contamination check").
+pub const LEAK_MARGIN_DEFAULT_MICRO: i64 = 30_000;
 
 impl Default for Rules {
     fn default() -> Rules {
@@ -89,6 +100,7 @@ impl Default for Rules {
             mixture_tolerance_bps: 10,
             stage_items: 64,
             stages: LOOKS_MAX,
+            leak_margin_micro: LEAK_MARGIN_DEFAULT_MICRO,
         }
     }
 }
@@ -96,13 +108,15 @@ impl Default for Rules {
 impl Rules {
     /// Rules from their recorded form: α in percent (5 means 5%, anything else 1%), the
     /// minimum effect in micro-nats, the mixture tolerance in basis points, the items per
-    /// stage (at least 1) and the most stages (clamped to 1..=[`LOOKS_MAX`]).
+    /// stage (at least 1), the most stages (clamped to 1..=[`LOOKS_MAX`]) and the
+    /// contamination check's margin.
     pub fn new(
         alpha_percent: u8,
         min_effect_micro: i64,
         mixture_tolerance_bps: u32,
         stage_items: u32,
         stages: u8,
+        leak_margin_micro: i64,
     ) -> Rules {
         Rules {
             thresholds: Thresholds {
@@ -116,6 +130,7 @@ impl Rules {
             mixture_tolerance_bps,
             stage_items: stage_items.max(1),
             stages: stages.clamp(1, LOOKS_MAX),
+            leak_margin_micro,
         }
     }
 
@@ -243,6 +258,73 @@ pub fn judge(scores: &[ItemScore], rules: Rules) -> Result<Judgement, StatsError
         decision,
         reason,
         gain_bps,
+    })
+}
+
+/// How far above the validation gain a candidate's hidden gain must be, in standard errors
+/// of the difference, before the contamination check may call it a leak.
+pub const LEAK_Z: f64 = 3.0;
+
+/// The contamination check of one accepted candidate: its gain on public validation items
+/// beside its gain on the hidden items.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeakCheck {
+    /// Paired sums over the validation items that route a position to the expert.
+    pub sums: PairedSums,
+    /// Positions scored in those items.
+    pub positions: u64,
+    /// Hidden gain per position minus validation gain per position, nats.
+    pub excess: f64,
+    /// That excess in standard errors of the difference (0 when a side has under two items).
+    pub z: f64,
+    /// Whether the excess is above the margin and at least [`LEAK_Z`] standard errors.
+    pub leak: bool,
+}
+
+/// Compares the gain of `hidden` (the learning test's evidence) with the gain on the scored
+/// `validation` items. For an honest candidate the two are draws from one distribution (the
+/// split is random); a candidate trained on hidden text gains far more on it than on text it
+/// never saw. A leak is an excess of more than `margin_micro` per position that is also at
+/// least [`LEAK_Z`] standard errors; with under two routed items on either side there is no
+/// evidence and no leak. Only IEEE-754 basic operations and a square root are used, so every
+/// validator computes the same result.
+pub fn leak_check(
+    hidden: &Judgement,
+    validation: &[ItemScore],
+    margin_micro: i64,
+) -> Result<LeakCheck, StatsError> {
+    let mut sums = PairedSums::default();
+    let mut positions = 0u64;
+    for s in validation.iter().filter(|s| s.routed > 0) {
+        sums.push(s.parent_all, s.child_all)?;
+        positions += u64::from(s.positions);
+    }
+    // Per-position mean and the variance of that mean, in nats.
+    let side = |sums: &PairedSums, positions: u64| -> Option<(f64, f64)> {
+        if sums.n < 2 || positions == 0 {
+            return None;
+        }
+        let n = sums.n as f64;
+        let (sum, sum_sq) = (sums.sum as f64 / 1e6, sums.sum_sq as f64 / 1e12);
+        let var_item = ((sum_sq - sum * sum / n) / (n - 1.0)).max(0.0);
+        let p = positions as f64;
+        Some((sum / p, var_item * n / (p * p)))
+    };
+    let (excess, z) = match (side(&hidden.sums, hidden.positions), side(&sums, positions)) {
+        (Some((gh, vh)), Some((gv, vv))) => {
+            let se = (vh + vv).sqrt();
+            let excess = gh - gv;
+            (excess, if se > 0.0 { excess / se } else { f64::INFINITY })
+        }
+        _ => (0.0, 0.0),
+    };
+    let leak = excess * 1e6 > margin_micro as f64 && z >= LEAK_Z;
+    Ok(LeakCheck {
+        sums,
+        positions,
+        excess,
+        z,
+        leak,
     })
 }
 
@@ -397,6 +479,47 @@ mod tests {
         );
     }
 
+    /// An honest gain shows on validation items too; a gain on hidden items alone is a leak,
+    /// unless it is within the margin or the evidence is too thin.
+    #[test]
+    fn a_gain_on_hidden_items_alone_is_a_suspected_leak() {
+        let gain = |per_position: i64, n: i64| -> Vec<ItemScore> {
+            (0..n)
+                .map(|i| item(8, 3_000_000, 3_000_000 - per_position + (i % 5 - 2) * 2_000))
+                .collect()
+        };
+        let hidden = judge(&gain(200_000, 64), Rules::default()).unwrap();
+        assert_eq!(hidden.reason, Reason::Accepted);
+        let margin = LEAK_MARGIN_DEFAULT_MICRO;
+        let honest = leak_check(&hidden, &gain(195_000, 64), margin).unwrap();
+        assert!(!honest.leak, "{honest:?}");
+        assert_eq!(honest.sums.n, 64);
+        let leaked = leak_check(&hidden, &gain(10_000, 64), margin).unwrap();
+        assert!(leaked.leak && leaked.z > 10.0, "{leaked:?}");
+        assert!((leaked.excess - 0.19).abs() < 1e-3, "{leaked:?}");
+        // Within the margin, or with no routed validation item: no leak.
+        assert!(
+            !leak_check(&hidden, &gain(180_000, 64), margin)
+                .unwrap()
+                .leak
+        );
+        let unrouted: Vec<ItemScore> = (0..64).map(|_| item(0, 3_000_000, 3_000_000)).collect();
+        let thin = leak_check(&hidden, &unrouted, margin).unwrap();
+        assert!(!thin.leak && thin.z == 0.0 && thin.sums.n == 0);
+        // A large excess that the noise explains is not called a leak.
+        let noisy: Vec<ItemScore> = (0..4)
+            .map(|i| {
+                item(
+                    8,
+                    3_000_000,
+                    3_000_000 + if i % 2 == 0 { 9_000_000 } else { -9_000_000 },
+                )
+            })
+            .collect();
+        let wide = leak_check(&hidden, &noisy, margin).unwrap();
+        assert!(!wide.leak && wide.z < LEAK_Z, "{wide:?}");
+    }
+
     /// A candidate that lowers the loss where it is routed but raises it on the rest of the
     /// item (through attention in later layers) is judged on the whole item and refused.
     #[test]
@@ -449,7 +572,7 @@ mod tests {
         let lcb = j.lcb_per_position_micro();
         assert!(lcb > 1_000 && lcb < 9_000, "{lcb}");
         // A minimum effect above the gain turns it down for that reason.
-        let strict = Rules::new(1, 9_500, 10, 64, 4);
+        let strict = Rules::new(1, 9_500, 10, 64, 4, LEAK_MARGIN_DEFAULT_MICRO);
         assert_eq!(
             judge(&scores, strict).unwrap().reason,
             Reason::BelowMinEffect

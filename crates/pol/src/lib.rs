@@ -17,10 +17,10 @@ pub mod snapshot;
 mod stats;
 
 pub use judge::{
-    Judgement, POW_BITS_DEFAULT, Reason, Rules, delta_norm_ppm, judge, leading_zero_bits, pow_ok,
-    pow_solve, pow_stamp,
+    Judgement, LEAK_MARGIN_DEFAULT_MICRO, LEAK_Z, LeakCheck, POW_BITS_DEFAULT, Reason, Rules,
+    delta_norm_ppm, judge, leading_zero_bits, leak_check, pow_ok, pow_solve, pow_stamp,
 };
-pub use pool::{Pool, PoolError, decode_item, encode_item, evaluation_seed};
+pub use pool::{Pool, PoolError, decode_item, encode_item, evaluation_seed, item_salt};
 pub use stats::{
     Alpha, DIFF_MAX, Decision, ITEMS_MAX, LOOKS_MAX, PairedSums, StatsError, Thresholds, decide,
     decide_against, t_critical_micro,

@@ -9,7 +9,8 @@
 
 use std::collections::BTreeSet;
 
-use blyan_primitives::{Hash, merkle};
+use blyan_chain::RevealedItem;
+use blyan_primitives::{Hash, keyed_hash, merkle};
 use rand::{Rng, SeedableRng};
 
 /// Why a sample cannot be drawn.
@@ -28,18 +29,129 @@ pub enum PoolError {
     EmptySample,
 }
 
-/// The items a validator evaluates on, each in its canonical bytes, in a fixed order.
+/// Items to evaluate on, each in its canonical bytes, in a fixed order, under a Merkle root.
+///
+/// A *hidden* pool commits to each item with a salt derived from the validator's secret
+/// ([`Pool::salted`]): leaf `i` is `salt_i ‖ item_i`, so neither the root nor a sibling hash in
+/// a proof can be tested against candidate texts. A *public* pool (the validation items)
+/// commits to the bare items. A pool rebuilt from reveals ([`Pool::revealed`]) knows only the
+/// items opened so far; drawing needs only the count, scoring only the items drawn.
 #[derive(Clone, Debug)]
 pub struct Pool {
-    items: Vec<Vec<u8>>,
+    items: Vec<Option<Vec<u8>>>,
+    /// Each item's salt, for a hidden pool whose items are all known.
+    salts: Option<Vec<Hash>>,
     root: Hash,
 }
 
+/// Domain of an item salt's keyed hash.
+const SALT_DOMAIN: &[u8] = b"blyan-pool-salt-v1";
+
+/// Item `i`'s salt under `secret`.
+pub fn item_salt(secret: &[u8; 32], i: u32) -> Hash {
+    keyed_hash(secret, SALT_DOMAIN, &i.to_le_bytes())
+}
+
+fn salted_leaf(salt: &Hash, item: &[u8]) -> Hash {
+    let mut bytes = Vec::with_capacity(32 + item.len());
+    bytes.extend_from_slice(&salt.0);
+    bytes.extend_from_slice(item);
+    merkle::leaf_hash(&bytes)
+}
+
 impl Pool {
-    /// A pool of `items`; its root commits to every item and their order.
+    /// A public pool of `items`; its root commits to every item and their order.
     pub fn new(items: Vec<Vec<u8>>) -> Pool {
         let root = merkle::merkle_root(&items);
-        Pool { items, root }
+        Pool {
+            items: items.into_iter().map(Some).collect(),
+            salts: None,
+            root,
+        }
+    }
+
+    /// A hidden pool of `items`, item `i` salted with [`item_salt`]`(secret, i)`.
+    pub fn salted(items: Vec<Vec<u8>>, secret: &[u8; 32]) -> Pool {
+        let salts = (0..items.len() as u32)
+            .map(|i| item_salt(secret, i))
+            .collect();
+        Pool::with_salts(items, salts)
+    }
+
+    fn with_salts(items: Vec<Vec<u8>>, salts: Vec<Hash>) -> Pool {
+        let leaves: Vec<Hash> = items
+            .iter()
+            .zip(&salts)
+            .map(|(item, salt)| salted_leaf(salt, item))
+            .collect();
+        let root = merkle::root_of_hashes(leaves);
+        Pool {
+            items: items.into_iter().map(Some).collect(),
+            salts: Some(salts),
+            root,
+        }
+    }
+
+    /// The pool of `len` items under `root` as far as `opened` shows it: the items whose
+    /// proofs lead to `root` (salted ones for a hidden pool, bare ones for a public pool).
+    /// Returns the indices whose proofs fail, which are left unknown.
+    pub fn revealed<'a>(
+        root: Hash,
+        len: u32,
+        opened: impl IntoIterator<Item = &'a RevealedItem>,
+    ) -> (Pool, Vec<u32>) {
+        let mut items = vec![None; len as usize];
+        let mut bad = Vec::new();
+        for item in opened {
+            let leaf = if item.salt.is_zero() {
+                merkle::leaf_hash(&item.bytes)
+            } else {
+                salted_leaf(&item.salt, &item.bytes)
+            };
+            if merkle::verify_proof(&root, leaf, item.index as usize, len as usize, &item.proof) {
+                items[item.index as usize] = Some(item.bytes.clone());
+            } else {
+                bad.push(item.index);
+            }
+        }
+        let pool = Pool {
+            items,
+            salts: None,
+            root,
+        };
+        (pool, bad)
+    }
+
+    /// Opens `indices`: each item with its salt (zero in a public pool) and Merkle proof.
+    /// `None` when an index is out of range or not known here.
+    pub fn reveal(&self, indices: &[u32]) -> Option<Vec<RevealedItem>> {
+        let leaves: Vec<Hash> = match &self.salts {
+            Some(salts) => self
+                .items
+                .iter()
+                .zip(salts)
+                .map(|(item, salt)| item.as_deref().map(|i| salted_leaf(salt, i)))
+                .collect::<Option<_>>()?,
+            None => self
+                .items
+                .iter()
+                .map(|item| item.as_deref().map(merkle::leaf_hash))
+                .collect::<Option<_>>()?,
+        };
+        indices
+            .iter()
+            .map(|&i| {
+                Some(RevealedItem {
+                    index: i,
+                    salt: match &self.salts {
+                        Some(salts) => *salts.get(i as usize)?,
+                        None => Hash::ZERO,
+                    },
+                    bytes: self.item(i)?.to_vec(),
+                    proof: merkle::proof_of_hashes(leaves.clone(), i as usize)?,
+                })
+            })
+            .collect()
     }
 
     /// The Merkle root published on chain before any submission.
@@ -57,15 +169,13 @@ impl Pool {
         self.items.is_empty()
     }
 
-    /// A pool of the consecutive, non-overlapping windows of `item_tokens` tokens in
-    /// `tokens` (a shorter tail is dropped), each encoded by [`encode_item`].
-    pub fn from_tokens(tokens: &[u32], item_tokens: usize) -> Pool {
-        Pool::new(
-            tokens
-                .chunks_exact(item_tokens.max(1))
-                .map(encode_item)
-                .collect(),
-        )
+    /// The consecutive, non-overlapping windows of `item_tokens` tokens in `tokens` (a
+    /// shorter tail is dropped), each encoded by [`encode_item`].
+    pub fn windows(tokens: &[u32], item_tokens: usize) -> Vec<Vec<u8>> {
+        tokens
+            .chunks_exact(item_tokens.max(1))
+            .map(encode_item)
+            .collect()
     }
 
     /// Item `i`'s tokens.
@@ -73,48 +183,76 @@ impl Pool {
         self.item(i).map(decode_item)
     }
 
-    /// The pool file's bytes: `BLYPOOL1`, the item count and each item's length-prefixed
-    /// bytes, all integers little-endian u32.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(12 + self.items.iter().map(|i| 4 + i.len()).sum::<usize>());
-        out.extend_from_slice(POOL_MAGIC);
-        out.extend_from_slice(&(self.items.len() as u32).to_le_bytes());
-        for item in &self.items {
-            out.extend_from_slice(&(item.len() as u32).to_le_bytes());
-            out.extend_from_slice(item);
-        }
-        out
+    /// Item `i`'s bytes, when known here.
+    pub fn item(&self, i: u32) -> Option<&[u8]> {
+        self.items.get(i as usize)?.as_deref()
     }
 
-    /// Parses a pool file.
-    pub fn decode(bytes: &[u8]) -> Result<Pool, String> {
-        let rest = bytes
-            .strip_prefix(POOL_MAGIC.as_slice())
-            .ok_or("not a pool file (bad magic)")?;
-        let mut at = 0usize;
-        let u32_at = |at: &mut usize| -> Result<usize, String> {
-            let b = rest.get(*at..*at + 4).ok_or("the pool file is truncated")?;
-            *at += 4;
-            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        };
-        let count = u32_at(&mut at)?;
-        let mut items = Vec::with_capacity(count.min(rest.len() / 4));
-        for _ in 0..count {
-            let len = u32_at(&mut at)?;
-            let item = rest.get(at..at + len).ok_or("the pool file is truncated")?;
-            items.push(item.to_vec());
-            at += len;
+    /// The pool file's bytes: `BLYPOOL2`, then the hidden pool and the validation pool, each
+    /// as its item count, a salted flag (1 or 0), and per item its salt (when salted) and its
+    /// length-prefixed bytes; all integers little-endian u32. Only a pool whose items are all
+    /// known can be written.
+    pub fn encode_file(hidden: &Pool, validation: &Pool) -> Option<Vec<u8>> {
+        let mut out = POOL_MAGIC.to_vec();
+        for pool in [hidden, validation] {
+            out.extend_from_slice(&(pool.items.len() as u32).to_le_bytes());
+            out.extend_from_slice(&u32::from(pool.salts.is_some()).to_le_bytes());
+            for (i, item) in pool.items.iter().enumerate() {
+                if let Some(salts) = &pool.salts {
+                    out.extend_from_slice(&salts[i].0);
+                }
+                let item = item.as_deref()?;
+                out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+                out.extend_from_slice(item);
+            }
         }
-        if at != rest.len() {
+        Some(out)
+    }
+
+    /// Parses a pool file: the hidden pool and the validation pool.
+    pub fn decode_file(bytes: &[u8]) -> Result<(Pool, Pool), String> {
+        let mut rest = bytes
+            .strip_prefix(POOL_MAGIC.as_slice())
+            .ok_or("not a pool file of this version (bad magic)")?;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            if rest.len() < n {
+                return Err("the pool file is truncated".into());
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let mut pools = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let count = u32_of(take(4)?) as usize;
+            let salted = match u32_of(take(4)?) {
+                0 => false,
+                1 => true,
+                other => return Err(format!("bad salted flag {other}")),
+            };
+            let mut items = Vec::with_capacity(count.min(bytes.len() / 4));
+            let mut salts = Vec::new();
+            for _ in 0..count {
+                if salted {
+                    let mut salt = [0u8; 32];
+                    salt.copy_from_slice(take(32)?);
+                    salts.push(Hash(salt));
+                }
+                let len = u32_of(take(4)?) as usize;
+                items.push(take(len)?.to_vec());
+            }
+            pools.push(if salted {
+                Pool::with_salts(items, salts)
+            } else {
+                Pool::new(items)
+            });
+        }
+        if !rest.is_empty() {
             return Err("the pool file has trailing bytes".into());
         }
-        Ok(Pool::new(items))
-    }
-
-    /// Item `i`'s bytes.
-    pub fn item(&self, i: u32) -> Option<&[u8]> {
-        self.items.get(i as usize).map(Vec::as_slice)
+        let validation = pools.pop().unwrap_or_else(|| Pool::new(Vec::new()));
+        let hidden = pools.pop().unwrap_or_else(|| Pool::new(Vec::new()));
+        Ok((hidden, validation))
     }
 
     /// Draws `k` distinct items, none of them in `retired`, determined by `seed` alone: the
@@ -190,7 +328,11 @@ impl Pool {
 }
 
 /// Magic bytes of a pool file.
-const POOL_MAGIC: &[u8; 8] = b"BLYPOOL1";
+const POOL_MAGIC: &[u8; 8] = b"BLYPOOL2";
+
+fn u32_of(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
 
 /// An item's canonical bytes: its token ids as little-endian u32.
 pub fn encode_item(tokens: &[u32]) -> Vec<u8> {
@@ -308,5 +450,58 @@ mod tests {
             counts.iter().all(|&c| (850..1150).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn a_salted_pool_opens_item_by_item_and_only_to_its_root() {
+        let items: Vec<Vec<u8>> = (0..37u32)
+            .map(|i| encode_item(&[i, i + 1, i + 2]))
+            .collect();
+        let secret = [7u8; 32];
+        let hidden = Pool::salted(items.clone(), &secret);
+        assert_ne!(
+            hidden.root(),
+            Pool::new(items.clone()).root(),
+            "salts change the root"
+        );
+        assert_ne!(hidden.root(), Pool::salted(items.clone(), &[8; 32]).root());
+        let opened = hidden.reveal(&[0, 5, 36]).expect("known items");
+        assert!(opened.iter().all(|o| o.salt == item_salt(&secret, o.index)));
+        let (partial, bad) = Pool::revealed(hidden.root(), 37, &opened);
+        assert!(bad.is_empty());
+        assert_eq!(partial.len(), 37);
+        assert_eq!(partial.tokens(5), Some(vec![5, 6, 7]));
+        assert_eq!(partial.tokens(6), None, "unopened items stay unknown");
+        // A changed item, a wrong salt or a proof for another index does not open.
+        let mut forged = opened.clone();
+        forged[0].bytes = encode_item(&[9, 9, 9]);
+        forged[1].salt = Hash::of(b"guess");
+        forged[2].index = 35;
+        let (partial, bad) = Pool::revealed(hidden.root(), 37, &forged);
+        assert_eq!(bad, vec![0, 5, 35]);
+        assert_eq!(partial.tokens(0), None);
+        // A public pool opens with zero salts.
+        let public = Pool::new(items);
+        let opened = public.reveal(&[3]).expect("known");
+        assert!(opened[0].salt.is_zero());
+        assert!(Pool::revealed(public.root(), 37, &opened).1.is_empty());
+        assert!(public.reveal(&[37]).is_none());
+    }
+
+    #[test]
+    fn the_pool_file_round_trips_and_refuses_damage() {
+        let hidden = Pool::salted((0..9u32).map(|i| encode_item(&[i; 4])).collect(), &[1; 32]);
+        let validation = Pool::new((0..3u32).map(|i| encode_item(&[i; 2])).collect());
+        let bytes = Pool::encode_file(&hidden, &validation).expect("complete pools");
+        let (h, v) = Pool::decode_file(&bytes).expect("decodes");
+        assert_eq!((h.root(), v.root()), (hidden.root(), validation.root()));
+        assert_eq!(h.reveal(&[4]), hidden.reveal(&[4]));
+        assert!(Pool::decode_file(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Pool::decode_file(&longer).is_err());
+        assert!(Pool::decode_file(b"BLYPOOL1\0\0\0\0").is_err());
+        let (partial, _) = Pool::revealed(hidden.root(), 9, &hidden.reveal(&[1]).unwrap());
+        assert!(Pool::encode_file(&partial, &validation).is_none());
     }
 }

@@ -1,19 +1,21 @@
 //! The Proof-of-Learning record on chain P, and recomputing any verdict in it.
 //!
-//! Chain P holds the pool commitment and every verdict in order. The items a verdict drew
-//! are retired by it, so the retired set before any verdict is the union of the items of
-//! the verdicts below it: nothing else needs to be stored, and `pol verify` can redo the
-//! draw, the evaluation and the decision from the chain, the pool and the candidate bytes.
+//! Chain P holds the pool commitment, every verdict in order, and after each verdict a
+//! reveal of the items it used. The items a verdict drew are retired by it, so the retired
+//! set before any verdict is the union of the items of the verdicts below it: nothing else
+//! needs to be stored, and `pol verify` can redo the draw, the evaluation and the decision
+//! from the chain (the reveal opens the items against the committed roots) and the
+//! candidate bytes, without the validator's pool or secret.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use blyan_chain::spec::expert_group_name;
-use blyan_chain::{BlockKind, ChainError, ChainId, PolMode, PoolCommit, Store, Verdict};
+use blyan_chain::{BlockKind, ChainError, ChainId, PolMode, PoolCommit, Reveal, Store, Verdict};
 use blyan_primitives::{ExpertId, Hash};
 use serde::Serialize;
 
 use crate::eval::{EVALUATOR_VERSION, EvalError, ExpertWeights, ItemScore, Model};
-use crate::judge::{Judgement, Reason, Rules, judge};
+use crate::judge::{Judgement, LeakCheck, Reason, Rules, judge, leak_check};
 use crate::pool::{Pool, evaluation_seed};
 use crate::snapshot::{Snapshot, SnapshotError, expert_weights, tensors_of_payload};
 use crate::stats::StatsError;
@@ -61,6 +63,8 @@ pub struct PolRecord {
     pub commit: Option<(Hash, PoolCommit)>,
     /// Every verdict, oldest first.
     pub verdicts: Vec<VerdictEntry>,
+    /// The reveal block of each verdict that has one, by verdict.
+    pub reveals: BTreeMap<Hash, Hash>,
 }
 
 impl PolRecord {
@@ -105,6 +109,11 @@ impl PolRecord {
                     timestamp_ms: header.timestamp_ms,
                     verdict: Verdict::decode(&payload).map_err(corrupt)?,
                 });
+            }
+            BlockKind::Reveal => {
+                let payload = store.payload_verified(&hash)?;
+                let reveal = Reveal::decode(&payload).map_err(corrupt)?;
+                self.reveals.entry(reveal.verdict).or_insert(hash);
             }
             _ => {}
         }
@@ -166,7 +175,26 @@ pub fn rules_of(v: &Verdict) -> Rules {
         v.mixture_tolerance_bps,
         v.stage_items,
         v.stages,
+        v.leak_margin_micro,
     )
+}
+
+/// The reveal of verdict `verdict`, if chain P holds one.
+pub fn reveal_of(
+    store: &Store,
+    record: &PolRecord,
+    verdict: &Hash,
+) -> Result<Option<Reveal>, SnapshotError> {
+    let Some(hash) = record.reveals.get(verdict) else {
+        return Ok(None);
+    };
+    let payload = store.payload_verified(hash)?;
+    Reveal::decode(&payload)
+        .map(Some)
+        .map_err(|e| SnapshotError::Corrupt {
+            block: *hash,
+            detail: e.to_string(),
+        })
 }
 
 /// The model a verdict compares against: the parameter chain at `param_head`, with expert
@@ -196,8 +224,14 @@ pub struct Evaluation {
     pub scores: Vec<ItemScore>,
     /// Stages looked at.
     pub stages: u32,
-    /// The judgement at the last look.
+    /// The judgement at the last look (with the contamination check applied, after
+    /// [`run_trial`]).
     pub judgement: Judgement,
+    /// The validation items the contamination check scored, ascending (empty when it did
+    /// not run).
+    pub validation_items: Vec<u32>,
+    /// The contamination check, when it ran (only for an accepted candidate).
+    pub leak: Option<LeakCheck>,
 }
 
 /// Scores `order` (a sample from [`Pool::draw_stages`]) stage by stage under `rules`,
@@ -241,7 +275,56 @@ pub fn evaluate(
         scores,
         stages,
         judgement,
+        validation_items: Vec::new(),
+        leak: None,
     })
+}
+
+/// The validation items the contamination check of the evaluation seeded `seed` scores:
+/// `k` of them (all when fewer), drawn with a seed derived from it, ascending.
+pub fn validation_sample(validation: &Pool, seed: &Hash, k: usize) -> Vec<u32> {
+    let k = k.min(validation.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut bytes = b"blyan-pol-validation".to_vec();
+    bytes.extend_from_slice(&seed.0);
+    validation
+        .draw(Hash::of(&bytes), k, &BTreeSet::new())
+        .unwrap_or_default()
+}
+
+/// Runs the contamination check on an accepted `evaluation`: scores the validation sample
+/// and turns the acceptance into `suspected_leak` when the hidden gain is far above the
+/// validation gain. Anything not accepted is left as it is.
+#[allow(clippy::too_many_arguments)]
+pub fn check_contamination(
+    model: &Model,
+    expert: ExpertId,
+    child: &ExpertWeights,
+    validation: &Pool,
+    seed: &Hash,
+    rules: Rules,
+    evaluation: &mut Evaluation,
+    threads: usize,
+) -> Result<(), EvaluateError> {
+    if evaluation.judgement.reason != Reason::Accepted {
+        return Ok(());
+    }
+    let sample = validation_sample(validation, seed, rules.stage_items as usize);
+    let tokens: Vec<Vec<u32>> = sample
+        .iter()
+        .map(|&i| validation.tokens(i).ok_or(EvaluateError::NotInPool(i)))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+    let scores = model.score_all(expert, child, &refs, threads)?;
+    let check = leak_check(&evaluation.judgement, &scores, rules.leak_margin_micro)?;
+    if check.leak {
+        evaluation.judgement.reason = Reason::SuspectedLeak;
+    }
+    evaluation.validation_items = sample;
+    evaluation.leak = Some(check);
+    Ok(())
 }
 
 /// Everything that decides one evaluation, as a verdict records it: the one input of
@@ -309,23 +392,35 @@ pub enum TrialError {
 
 /// The one path from a trial to a judgement: the seed from (candidate, pool root, chain P's
 /// head), the staged draw from the unretired items, the model at `param_head` with the
-/// parent in place, and the sequential evaluation of the child against it.
+/// parent in place, the sequential evaluation of the child against it, and for an accepted
+/// child the contamination check on the `validation` items.
 pub fn run_trial(
     store: &Store,
     pool: &Pool,
+    validation: &Pool,
     trial: &Trial<'_>,
     child: &ExpertWeights,
     threads: usize,
 ) -> Result<Trialled, TrialError> {
     let (seed, order) = trial.draw(pool)?;
     let model = parent_model(store, trial.param_head, trial.expert, trial.parent)?;
-    let evaluation = evaluate(
+    let mut evaluation = evaluate(
         &model,
         trial.expert,
         child,
         pool,
         &order,
         trial.rules,
+        threads,
+    )?;
+    check_contamination(
+        &model,
+        trial.expert,
+        child,
+        validation,
+        &seed,
+        trial.rules,
+        &mut evaluation,
         threads,
     )?;
     Ok(Trialled {
@@ -354,12 +449,15 @@ pub struct ProofCheck {
 
 /// Recomputes verdict `proof`: the pool root, the seed from the candidate and the block it
 /// extends, the draw from the items retired before it, every item's losses, the stage at
-/// which the evaluation stops, the sums and the decision. `candidate` is the candidate's expert-block payload, which must hash to
-/// the recorded candidate.
+/// which the evaluation stops, the sums, the contamination check and the decision.
+/// `candidate` is the candidate's expert-block payload, which must hash to the recorded
+/// candidate. The items come from `local` (the validator's hidden and validation pools)
+/// when given, else from the verdict's reveal on chain P, each opened against the committed
+/// roots.
 pub fn verify(
     store: &Store,
     record: &PolRecord,
-    pool: Option<&Pool>,
+    local: Option<(&Pool, &Pool)>,
     proof: &Hash,
     candidate: Option<&[u8]>,
     threads: usize,
@@ -411,14 +509,45 @@ pub fn verify(
             v.pool_root, commit.root
         ));
     }
-    let Some(pool) = pool else {
-        problems.push("this node does not hold the hidden pool".into());
-        return Ok(finish(problems, None));
+    let opened;
+    let (pool, validation) = match local {
+        Some((pool, validation)) => {
+            if pool.root() != commit.root || validation.root() != commit.validation_root {
+                problems.push("the local pool does not match the committed roots".into());
+                return Ok(finish(problems, None));
+            }
+            (pool, validation)
+        }
+        None => {
+            let Some(reveal) = reveal_of(store, record, proof)? else {
+                problems.push("chain P holds no reveal of this verdict's items".into());
+                return Ok(finish(problems, None));
+            };
+            let indices = |items: &[blyan_chain::RevealedItem]| -> Vec<u32> {
+                items.iter().map(|i| i.index).collect()
+            };
+            if indices(&reveal.hidden) != v.items
+                || indices(&reveal.validation) != v.validation_items
+            {
+                problems.push("the reveal does not open exactly the verdict's items".into());
+            }
+            let (pool, bad) = Pool::revealed(commit.root, commit.items, &reveal.hidden);
+            let (validation, bad_v) = Pool::revealed(
+                commit.validation_root,
+                commit.validation_items,
+                &reveal.validation,
+            );
+            if !bad.is_empty() || !bad_v.is_empty() {
+                problems.push(format!(
+                    "revealed items that do not open the committed roots: hidden {bad:?}, \
+                     validation {bad_v:?}"
+                ));
+                return Ok(finish(problems, None));
+            }
+            opened = (pool, validation);
+            (&opened.0, &opened.1)
+        }
     };
-    if pool.root() != commit.root {
-        problems.push("the local pool does not match the committed root".into());
-        return Ok(finish(problems, None));
-    }
     let retired = record.retired_before(entry.height);
     let trial = Trial {
         expert: v.expert,
@@ -466,7 +595,7 @@ pub fn verify(
             return Ok(finish(problems, None));
         }
     };
-    let done = match run_trial(store, pool, &trial, &child, threads) {
+    let done = match run_trial(store, pool, validation, &trial, &child, threads) {
         Ok(done) => done,
         Err(TrialError::Snapshot(e)) => return Err(e),
         Err(e) => {
@@ -483,14 +612,36 @@ pub fn verify(
         ));
     }
     let j = e.judgement;
-    let pairs: [(&str, i128, i128); 6] = [
+    let pairs: [(&str, i128, i128); 9] = [
         ("n", i128::from(v.n), i128::from(j.sums.n)),
         ("sum", v.sum, j.sums.sum),
         ("sum_sq", v.sum_sq, j.sums.sum_sq),
         ("parent_sum", v.parent_sum, j.parent_sum),
         ("mixture_parent", v.mixture_parent, j.mixture_parent),
         ("mixture_child", v.mixture_child, j.mixture_child),
+        (
+            "validation_n",
+            i128::from(v.validation_n),
+            e.leak.as_ref().map_or(0, |l| i128::from(l.sums.n)),
+        ),
+        (
+            "validation_sum",
+            v.validation_sum,
+            e.leak.as_ref().map_or(0, |l| l.sums.sum),
+        ),
+        (
+            "validation_sum_sq",
+            v.validation_sum_sq,
+            e.leak.as_ref().map_or(0, |l| l.sums.sum_sq),
+        ),
     ];
+    if e.validation_items != v.validation_items {
+        problems.push(format!(
+            "the contamination check scored {} validation items, the verdict {}",
+            e.validation_items.len(),
+            v.validation_items.len()
+        ));
+    }
     for (name, recorded, recomputed) in pairs {
         if recorded != recomputed {
             problems.push(format!("{name} is {recorded}, recomputed {recomputed}"));

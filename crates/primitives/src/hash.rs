@@ -7,6 +7,18 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Digest;
 
+/// HMAC-SHA-256 under `key` of `domain` then `data`: the keyed hash behind everything a
+/// secret decides (which documents are hidden, the salt of each pool item). Without the key
+/// its outputs are unpredictable; with it anyone can recompute them.
+pub fn keyed_hash(key: &[u8], domain: &[u8], data: &[u8]) -> Hash {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(domain);
+    mac.update(data);
+    Hash(mac.finalize().into_bytes().into())
+}
+
 /// A SHA-256 digest. Displayed and parsed as 64 lowercase hex characters.
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, BorshSerialize, BorshDeserialize,
@@ -132,6 +144,17 @@ mod tests {
         h.update(b"a");
         h.update(b"bc");
         assert_eq!(h.finish(), Hash::of(b"abc"));
+    }
+
+    #[test]
+    fn keyed_hash_is_hmac_sha256() {
+        // RFC 4231, test case 2: key "Jefe", data "what do ya want for nothing?" (here
+        // split into domain and data, which HMAC concatenates).
+        assert_eq!(
+            keyed_hash(b"Jefe", b"what do ya want ", b"for nothing?").to_string(),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_ne!(keyed_hash(b"k1", b"d", b"x"), keyed_hash(b"k2", b"d", b"x"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod signature;
 pub use address::{Address, AddressParseError};
 pub use amount::{Amount, AmountParseError, NANO_PER_BLY};
 pub use expert::{ExpertId, ExpertIdParseError};
-pub use hash::{Hash, HashParseError, Hasher};
+pub use hash::{Hash, HashParseError, Hasher, keyed_hash};
 /// A secp256k1 secret key, as accounts and nodes sign with it (zeroized when dropped).
 pub use k256::ecdsa::SigningKey;
 pub use signature::{SIGNATURE_LEN, Signature, SignatureError, address_of, personal_digest};

@@ -26,21 +26,82 @@ fn node_hash(left: &Hash, right: &Hash) -> Hash {
 
 /// The Merkle root of `leaves`, in order.
 pub fn merkle_root<T: AsRef<[u8]>>(leaves: &[T]) -> Hash {
-    let mut level: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+    root_of_hashes(leaves.iter().map(|l| leaf_hash(l.as_ref())).collect())
+}
+
+/// The Merkle root over leaves already hashed with [`leaf_hash`].
+pub fn root_of_hashes(mut level: Vec<Hash>) -> Hash {
     if level.is_empty() {
         return Hash::ZERO;
     }
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [l, r] => node_hash(l, r),
-                [one] => *one,
-                _ => unreachable!("chunks(2) yields one or two"),
-            })
-            .collect();
+        level = next_level(&level);
     }
     level[0]
+}
+
+fn next_level(level: &[Hash]) -> Vec<Hash> {
+    level
+        .chunks(2)
+        .map(|pair| match pair {
+            [l, r] => node_hash(l, r),
+            [one] => *one,
+            _ => unreachable!("chunks(2) yields one or two"),
+        })
+        .collect()
+}
+
+/// The sibling hashes that lead leaf `index` of `leaves` to the root, bottom up: one per
+/// level where the leaf's subtree has a sibling (none where it is the odd one carried up).
+/// `None` when `index` is out of range.
+pub fn proof<T: AsRef<[u8]>>(leaves: &[T], index: usize) -> Option<Vec<Hash>> {
+    proof_of_hashes(
+        leaves.iter().map(|l| leaf_hash(l.as_ref())).collect(),
+        index,
+    )
+}
+
+/// [`proof`] over leaves already hashed with [`leaf_hash`].
+pub fn proof_of_hashes(mut level: Vec<Hash>, mut index: usize) -> Option<Vec<Hash>> {
+    if index >= level.len() {
+        return None;
+    }
+    let mut siblings = Vec::new();
+    while level.len() > 1 {
+        let sibling = index ^ 1;
+        if sibling < level.len() {
+            siblings.push(level[sibling]);
+        }
+        level = next_level(&level);
+        index /= 2;
+    }
+    Some(siblings)
+}
+
+/// Whether `leaf` (its hash, [`leaf_hash`]) is leaf `index` of a tree of `len` leaves
+/// with root `root`, by `siblings` as [`proof`] gives them. A proof with too few or too
+/// many siblings fails.
+pub fn verify_proof(root: &Hash, leaf: Hash, index: usize, len: usize, siblings: &[Hash]) -> bool {
+    if index >= len {
+        return false;
+    }
+    let (mut acc, mut index, mut len) = (leaf, index, len);
+    let mut next = siblings.iter();
+    while len > 1 {
+        if index ^ 1 < len {
+            let Some(s) = next.next() else {
+                return false;
+            };
+            acc = if index % 2 == 0 {
+                node_hash(&acc, s)
+            } else {
+                node_hash(s, &acc)
+            };
+        }
+        index /= 2;
+        len = len.div_ceil(2);
+    }
+    next.next().is_none() && acc == *root
 }
 
 #[cfg(test)]
@@ -62,5 +123,37 @@ mod tests {
         assert_ne!(abc, merkle_root(&[b"b", b"a", b"c"]));
         assert_ne!(abc, merkle_root(&[b"a", b"b", b"d"]));
         assert_ne!(abc, merkle_root(&[b"a", b"b"]));
+    }
+
+    #[test]
+    fn every_leaf_proves_and_nothing_else_does() {
+        for n in 1..=17usize {
+            let leaves: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 3]).collect();
+            let root = merkle_root(&leaves);
+            for i in 0..n {
+                let p = proof(&leaves, i).expect("in range");
+                assert!(
+                    verify_proof(&root, leaf_hash(&leaves[i]), i, n, &p),
+                    "{n} {i}"
+                );
+                let other = leaf_hash(b"other");
+                assert!(!verify_proof(&root, other, i, n, &p));
+                if n > 1 {
+                    assert!(!verify_proof(
+                        &root,
+                        leaf_hash(&leaves[i]),
+                        (i + 1) % n,
+                        n,
+                        &p
+                    ));
+                    assert!(!verify_proof(&root, leaf_hash(&leaves[i]), i, n, &p[1..]));
+                }
+                let mut longer = p.clone();
+                longer.push(root);
+                assert!(!verify_proof(&root, leaf_hash(&leaves[i]), i, n, &longer));
+                assert!(!verify_proof(&root, leaf_hash(&leaves[i]), n, n, &p));
+            }
+            assert!(proof(&leaves, n).is_none());
+        }
     }
 }

@@ -3,8 +3,13 @@
 //! The corpus file (`data/corpus/kjv.tsv`, written by `scripts/fetch-corpus.sh`) holds one
 //! passage per line as `REFERENCE<TAB>TEXT`, where the reference is `Book C:V`. Passages are
 //! grouped into documents by everything before the last `:` (a chapter), and each document
-//! falls into one split by the SHA-256 of its key, so adjacent verses never straddle two
-//! splits and the assignment does not depend on the file's order or on any other document.
+//! falls into one split by a hash of its key, so adjacent verses never straddle two splits and
+//! the assignment does not depend on the file's order or on any other document.
+//!
+//! Two splitters exist ([`Splitter`]). The genesis split hashes the key alone: it is the fixed,
+//! public split the bundled genesis model was trained on. A node's split keys the hash with
+//! the secret its pool was made with, so which documents its hidden pool holds cannot be
+//! derived from the (public) corpus.
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,10 +38,49 @@ pub enum Split {
     Hidden,
 }
 
-impl Split {
+/// How documents are assigned to splits.
+#[derive(Clone, Copy)]
+pub enum Splitter<'a> {
+    /// By SHA-256 of the document key: the public split the bundled genesis was trained with.
+    Genesis,
+    /// By HMAC-SHA-256 of the document key under a node's pool secret: without the secret,
+    /// nobody can tell which documents are hidden.
+    Keyed(&'a [u8; 32]),
+}
+
+impl fmt::Debug for Splitter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Splitter::Genesis => "Genesis",
+            Splitter::Keyed(_) => "Keyed(…)",
+        })
+    }
+}
+
+/// Domain of the keyed split's hash.
+const SPLIT_DOMAIN: &[u8] = b"blyan-split-v1";
+
+impl Splitter<'_> {
     /// The split a document key falls into.
+    pub fn of(&self, key: &str) -> Split {
+        match self {
+            Splitter::Genesis => Split::of(key),
+            Splitter::Keyed(secret) => Split::of_hash(&blyan_primitives::keyed_hash(
+                &secret[..],
+                SPLIT_DOMAIN,
+                key.as_bytes(),
+            )),
+        }
+    }
+}
+
+impl Split {
+    /// The split a document key falls into under the genesis (unkeyed) splitter.
     pub fn of(key: &str) -> Split {
-        let h = Hash::of(key.as_bytes());
+        Split::of_hash(&Hash::of(key.as_bytes()))
+    }
+
+    fn of_hash(h: &Hash) -> Split {
         let mut first = [0u8; 8];
         first.copy_from_slice(&h.0[..8]);
         match u64::from_be_bytes(first) % 1000 {
@@ -190,11 +234,15 @@ impl Corpus {
         self.hash
     }
 
-    /// The documents of one split, in file order.
-    pub fn documents(&self, split: Split) -> impl Iterator<Item = &Document> {
+    /// The documents of one split under `splitter`, in file order.
+    pub fn documents<'a>(
+        &'a self,
+        split: Split,
+        splitter: Splitter<'a>,
+    ) -> impl Iterator<Item = &'a Document> {
         self.documents
             .iter()
-            .filter(move |d| Split::of(&d.key) == split)
+            .filter(move |d| splitter.of(&d.key) == split)
     }
 
     /// All documents, in file order.
@@ -217,7 +265,7 @@ mod tests {
         assert_eq!(docs[0].text(), "In the beginning.\nAnd the earth.");
         let total: usize = [Split::Train, Split::Validation, Split::Hidden]
             .iter()
-            .map(|&s| corpus.documents(s).count())
+            .map(|&s| corpus.documents(s, Splitter::Genesis).count())
             .sum();
         assert_eq!(total, 2);
     }
@@ -245,5 +293,35 @@ mod tests {
         let train = keys.iter().filter(|&&s| s == Split::Train).count();
         assert!((20..=60).contains(&hidden), "{hidden}");
         assert!((320..=380).contains(&train), "{train}");
+    }
+
+    #[test]
+    fn a_keyed_split_is_its_own_and_keeps_the_shares() {
+        let keys: Vec<String> = (1..=2000).map(|c| format!("Book {c}")).collect();
+        let hidden = |splitter: Splitter<'_>| -> Vec<&String> {
+            keys.iter()
+                .filter(|k| splitter.of(k) == Split::Hidden)
+                .collect()
+        };
+        let genesis = hidden(Splitter::Genesis);
+        let a = hidden(Splitter::Keyed(&[1; 32]));
+        let b = hidden(Splitter::Keyed(&[2; 32]));
+        assert_eq!(
+            a,
+            hidden(Splitter::Keyed(&[1; 32])),
+            "deterministic under one key"
+        );
+        for h in [&genesis, &a, &b] {
+            assert!((140..=260).contains(&h.len()), "{}", h.len());
+        }
+        // Independent choices of 10%: about 10% of one key's hidden keys are another's.
+        let overlap = |x: &[&String], y: &[&String]| x.iter().filter(|k| y.contains(k)).count();
+        assert!(
+            overlap(&a, &b) < a.len() / 3,
+            "{} of {}",
+            overlap(&a, &b),
+            a.len()
+        );
+        assert!(overlap(&a, &genesis) < a.len() / 3);
     }
 }

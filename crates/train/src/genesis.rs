@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::TrainError;
 use crate::baseline::{Baselines, baselines};
 use crate::bpe::{BOS, EOS};
-use crate::corpus::{Corpus, Split};
+use crate::corpus::{Corpus, Split, Splitter};
 use crate::data::TokenStream;
 use crate::net::{Net, Params};
 use crate::plot::draw_loss_curve;
@@ -112,7 +112,7 @@ pub fn split_stream(
 ) -> Result<TokenStream, TrainError> {
     TokenStream::from_documents(
         tok,
-        corpus.documents(split).map(|d| d.text()),
+        corpus.documents(split, Splitter::Genesis).map(|d| d.text()),
         spec.bos_token_id,
         spec.eos_token_id,
     )

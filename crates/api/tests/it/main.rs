@@ -108,6 +108,11 @@ pub(crate) fn new_version_by(
             reward: 0,
             vesting: 0,
             validator_reward: 0,
+            leak_margin_micro: 0,
+            validation_items: vec![],
+            validation_n: 0,
+            validation_sum: 0,
+            validation_sum_sq: 0,
         };
         let prev_ts = store
             .header(&prev)

@@ -9,7 +9,7 @@ use axum::{
     http::{Request, StatusCode, header},
 };
 use blyan_chain::{Store, genesis};
-use blyan_node::pol::{PolSettings, commit_pool};
+use blyan_node::pol::{ITEM_TOKENS, PolSettings, Pool, commit_pool};
 use blyan_node::{Node, NodeConfig};
 use blyan_primitives::ExpertId;
 use blyan_train::expert::{ExpertOptions, ExpertTraining};
@@ -50,17 +50,29 @@ fn pol_node() -> (tempfile::TempDir, Arc<Node>) {
         .expect("init");
         let (_, meta) = store.meta().expect("meta").expect("spec");
         let tok = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer).expect("tokenizer");
-        let mut tokens = Vec::new();
-        for line in text(600, 1).lines() {
-            tokens.push(meta.spec.bos_token_id);
-            tokens.extend(tok.encode(line).expect("encode"));
-            tokens.push(meta.spec.eos_token_id);
-        }
+        let tokens_of = |text: String| -> Vec<u32> {
+            let mut tokens = Vec::new();
+            for line in text.lines() {
+                tokens.push(meta.spec.bos_token_id);
+                tokens.extend(tok.encode(line).expect("encode"));
+                tokens.push(meta.spec.eos_token_id);
+            }
+            tokens
+        };
+        // The hidden items, salted with a test secret, and validation items of the same
+        // kind of text.
+        let secret = [5u8; 32];
+        let pool = Pool::salted(
+            Pool::windows(&tokens_of(text(600, 1)), ITEM_TOKENS),
+            &secret,
+        );
+        let validation = Pool::new(Pool::windows(&tokens_of(text(100, 2)), ITEM_TOKENS));
         commit_pool(
             &store,
             dir.path(),
-            &tokens,
+            (&pool, &validation),
             "test text",
+            &secret,
             &blyan_primitives::SigningKey::from_slice(&[2; 32]).expect("key"),
             NOW,
         )

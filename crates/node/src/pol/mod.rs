@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use blyan_chain::spec::expert_group_name;
 use blyan_chain::{
-    Block, BlockHeader, BlockKind, BlockMeta, ChainId, Migration, PolMode, PoolCommit, Store,
-    Verdict,
+    Block, BlockHeader, BlockKind, BlockMeta, ChainId, Migration, PolMode, PoolCommit, Reveal,
+    Store, Verdict,
 };
 use blyan_pol::eval::{EVALUATOR_VERSION, ExpertWeights};
 use blyan_pol::record::{PolRecord, ProofCheck, Trial, TrialError, VerdictEntry, run_trial};
 use blyan_pol::snapshot::{Snapshot, block_tensors, expert_weights};
-use blyan_pol::{Judgement, Pool, Reason, Rules};
+use blyan_pol::{Judgement, LeakCheck, Reason, Rules};
 use blyan_primitives::{Address, Amount, ExpertId, Hash, Signature, SigningKey};
 use blyan_tensor::{DType, TensorDesc};
 use blyan_train::TrainError;
@@ -39,6 +39,7 @@ mod status;
 
 pub(crate) use admission::{AdmittedCandidate, CheckedCandidate};
 pub use admission::{Submission, candidate_id, sign_submission, solve_pow};
+pub use blyan_pol::Pool;
 pub use refusal::PolRefusal;
 pub use settings::PolSettings;
 pub use status::{Evaluating, PolStatus, VerdictSummary};
@@ -86,17 +87,33 @@ pub struct VerdictReport {
     pub replicates: Option<Hash>,
     /// Milliseconds spent evaluating.
     pub eval_ms: u64,
+    /// Hidden gain minus validation gain per position, nats, and that excess in standard
+    /// errors: the contamination check, when it ran (accepted candidates only).
+    pub leak_excess: Option<f64>,
+    /// See `leak_excess`.
+    pub leak_z: Option<f64>,
+    /// The reveal block that opens the items this verdict used, when it used any.
+    pub reveal: Option<Hash>,
     /// The submission fee this submission paid (zero for local ones).
     pub fee: Amount,
     /// Whether that fee was refunded (an accepted candidate's is).
     pub fee_refunded: bool,
 }
 
+/// What an evaluation found: the judgement and, for an accepted candidate, the
+/// contamination check.
+#[derive(Clone, Debug)]
+pub(crate) struct Evidence {
+    pub(crate) judgement: Judgement,
+    pub(crate) leak: Option<LeakCheck>,
+}
+
 /// The node's Proof-of-Learning state.
 #[derive(Debug, Default)]
 pub(crate) struct PolState {
     pub(crate) record: PolRecord,
-    pub(crate) pool: Option<Arc<Pool>>,
+    /// The hidden pool and the validation items, as committed on chain P.
+    pub(crate) pool: Option<Arc<(Pool, Pool)>>,
     /// Why no pool is loaded, if none is.
     pub(crate) pool_problem: Option<String>,
 }
@@ -127,14 +144,20 @@ pub(crate) fn load_state(store: &Store, data_dir: &Path) -> Result<PolState, Nod
         (Some(_), Err(e)) => {
             state.pool_problem = Some(format!("cannot read {}: {e}", path.display()))
         }
-        (Some((_, commit)), Ok(bytes)) => match Pool::decode(&bytes) {
-            Ok(pool) if pool.root() == commit.root => state.pool = Some(Arc::new(pool)),
-            Ok(pool) => {
+        (Some((_, commit)), Ok(bytes)) => match Pool::decode_file(&bytes) {
+            Ok((pool, validation))
+                if pool.root() == commit.root && validation.root() == commit.validation_root =>
+            {
+                state.pool = Some(Arc::new((pool, validation)))
+            }
+            Ok((pool, validation)) => {
                 state.pool_problem = Some(format!(
-                    "{} has root {}, chain P commits to {}",
+                    "{} has roots {} and {}, chain P commits to {} and {}",
                     path.display(),
                     pool.root(),
-                    commit.root
+                    validation.root(),
+                    commit.root,
+                    commit.validation_root
                 ))
             }
             Err(e) => state.pool_problem = Some(format!("{}: {e}", path.display())),
@@ -157,20 +180,24 @@ fn refuse(code: PolRefusal, message: impl Into<String>) -> NodeError {
     }
 }
 
-/// The hidden split of `corpus` as the chain's tokenizer reads it, each document one line
-/// (`Document::line`) between BOS and EOS: the pool's token stream. Also returns a
-/// description of the source for the commitment.
-pub fn hidden_tokens(
+/// One split of `corpus` under `splitter` as the chain's tokenizer reads it, each document
+/// one line (`Document::line`) between BOS and EOS: the token stream pool items are cut
+/// from. Also returns the number of documents.
+pub fn split_tokens(
     store: &Store,
     corpus: &blyan_train::corpus::Corpus,
-) -> Result<(Vec<u32>, String), NodeError> {
-    use blyan_train::corpus::Split;
+    split: blyan_train::corpus::Split,
+    splitter: blyan_train::corpus::Splitter<'_>,
+) -> Result<(Vec<u32>, usize), NodeError> {
     let (_, meta) = store
         .meta()?
         .ok_or_else(|| NodeError::NoNetwork(store.dir().display().to_string()))?;
     let tokenizer = blyan_tokenizer::Tokenizer::from_json(&meta.tokenizer)
         .map_err(|e| NodeError::Internal(e.to_string()))?;
-    let docs: Vec<String> = corpus.documents(Split::Hidden).map(|d| d.line()).collect();
+    let docs: Vec<String> = corpus
+        .documents(split, splitter)
+        .map(|d| d.line())
+        .collect();
     let stream = blyan_train::data::TokenStream::from_documents(
         &tokenizer,
         &docs,
@@ -178,22 +205,42 @@ pub fn hidden_tokens(
         meta.spec.eos_token_id,
     )
     .map_err(|e| NodeError::Internal(e.to_string()))?;
-    let source = format!(
-        "hidden split of corpus {} ({} documents)",
-        corpus.hash(),
-        docs.len()
-    );
-    Ok((stream.tokens().to_vec(), source))
+    Ok((stream.tokens().to_vec(), docs.len()))
 }
 
-/// Builds the hidden pool from `tokens` (the hidden split, tokenized), writes the pool file
-/// and commits its root on chain P in a block signed by `validator`. Refuses if a pool is
-/// already committed.
+/// The pools a secret makes of `corpus`: the hidden split (keyed by `secret`) salted with
+/// it, and the public validation split (keyed by the same secret), each cut into items of
+/// [`ITEM_TOKENS`]; and a description of the source for the commitment.
+pub fn pools_of(
+    store: &Store,
+    corpus: &blyan_train::corpus::Corpus,
+    secret: &[u8; 32],
+) -> Result<(Pool, Pool, String), NodeError> {
+    use blyan_train::corpus::{Split, Splitter};
+    let (hidden, hidden_docs) =
+        split_tokens(store, corpus, Split::Hidden, Splitter::Keyed(secret))?;
+    let (validation, validation_docs) =
+        split_tokens(store, corpus, Split::Validation, Splitter::Keyed(secret))?;
+    let source = format!(
+        "{hidden_docs} hidden, {validation_docs} validation documents of corpus {}",
+        corpus.hash().short(12),
+    );
+    Ok((
+        Pool::salted(Pool::windows(&hidden, ITEM_TOKENS), secret),
+        Pool::new(Pool::windows(&validation, ITEM_TOKENS)),
+        source,
+    ))
+}
+
+/// Writes the pool file of `pool` and `validation` (made by [`pools_of`] with `secret`)
+/// and commits their roots and the secret's hash on chain P in a block signed by
+/// `validator`. Refuses if a pool is already committed.
 pub fn commit_pool(
     store: &Store,
     data_dir: &Path,
-    tokens: &[u32],
+    (pool, validation): (&Pool, &Pool),
     source: &str,
+    secret: &[u8; 32],
     validator: &SigningKey,
     now_ms: u64,
 ) -> Result<(Hash, PoolCommit), NodeError> {
@@ -207,18 +254,17 @@ pub fn commit_pool(
             ),
         });
     }
-    let pool = Pool::from_tokens(tokens, ITEM_TOKENS);
     if pool.len() < 2 {
         return Err(NodeError::InvalidParameter {
             name: "pool",
-            reason: format!(
-                "{} tokens make {} items; a pool needs at least 2",
-                tokens.len(),
-                pool.len()
-            ),
+            reason: format!("{} items; a pool needs at least 2", pool.len()),
         });
     }
-    crate::checker::write_atomic(&pool_path(data_dir), &pool.encode())?;
+    let file = Pool::encode_file(pool, validation).ok_or_else(|| NodeError::InvalidParameter {
+        name: "pool",
+        reason: "a pool rebuilt from reveals cannot be committed".into(),
+    })?;
+    crate::checker::write_atomic(&pool_path(data_dir), &file)?;
     let commit = PoolCommit {
         root: pool.root(),
         items: pool.len() as u32,
@@ -227,6 +273,9 @@ pub fn commit_pool(
             .chars()
             .take(blyan_chain::PROOF_TEXT_MAX / 4)
             .collect(),
+        secret_hash: PoolCommit::secret_hash_of(secret),
+        validation_root: validation.root(),
+        validation_items: validation.len() as u32,
     };
     let (height, prev) = next_on(store, ChainId::Proof)?;
     let block = Block::new(
@@ -291,11 +340,13 @@ impl Node {
         pol: Option<&mut PolState>,
     ) -> Result<(), NodeError> {
         match (header.chain, header.kind) {
-            (ChainId::Proof, BlockKind::Verdict | BlockKind::PoolCommit) => match pol {
-                Some(state) => state.record.push(&self.store, hash, header),
-                None => self.pol_state().record.push(&self.store, hash, header),
+            (ChainId::Proof, BlockKind::Verdict | BlockKind::PoolCommit | BlockKind::Reveal) => {
+                match pol {
+                    Some(state) => state.record.push(&self.store, hash, header),
+                    None => self.pol_state().record.push(&self.store, hash, header),
+                }
+                .map_err(snapshot_err)
             }
-            .map_err(snapshot_err),
             (ChainId::Param, BlockKind::Expert | BlockKind::Migration) => {
                 let Some(expert) = header
                     .meta
@@ -621,6 +672,11 @@ impl Node {
             reward: 0,
             vesting: 0,
             validator_reward: 0,
+            leak_margin_micro: rules.leak_margin_micro,
+            validation_items: vec![],
+            validation_n: 0,
+            validation_sum: 0,
+            validation_sum_sq: 0,
         }
     }
 
@@ -636,9 +692,9 @@ impl Node {
         parent: Hash,
         (contributor, contributor_signature): (Address, Signature),
         replicates: Option<Hash>,
-    ) -> Result<(Verdict, Judgement), NodeError> {
+    ) -> Result<(Verdict, Evidence), NodeError> {
         let settings = self.config.pol;
-        let pool = state.pool.clone().ok_or_else(|| {
+        let pools = state.pool.clone().ok_or_else(|| {
             refuse(
                 PolRefusal::NoPool,
                 state
@@ -672,19 +728,26 @@ impl Node {
             }),
         );
         // The same path `pol verify` recomputes a verdict with.
-        let done =
-            run_trial(&self.store, &pool, &trial, child, settings.thread_count()).map_err(|e| {
-                match e {
-                    TrialError::Draw(e) => refuse(PolRefusal::PoolExhausted, e.to_string()),
-                    TrialError::Snapshot(e) => snapshot_err(e),
-                    TrialError::Evaluate(e) if e.is_non_finite() => {
-                        refuse(PolRefusal::NonFinite, e.to_string())
-                    }
-                    TrialError::Evaluate(e) => NodeError::Internal(e.to_string()),
-                }
-            })?;
+        let (pool, validation) = (&pools.0, &pools.1);
+        let done = run_trial(
+            &self.store,
+            pool,
+            validation,
+            &trial,
+            child,
+            settings.thread_count(),
+        )
+        .map_err(|e| match e {
+            TrialError::Draw(e) => refuse(PolRefusal::PoolExhausted, e.to_string()),
+            TrialError::Snapshot(e) => snapshot_err(e),
+            TrialError::Evaluate(e) if e.is_non_finite() => {
+                refuse(PolRefusal::NonFinite, e.to_string())
+            }
+            TrialError::Evaluate(e) => NodeError::Internal(e.to_string()),
+        })?;
         let (seed, evaluation) = (done.seed, done.evaluation);
-        let (items, j) = (evaluation.items, evaluation.judgement);
+        let (items, j, leak) = (evaluation.items, evaluation.judgement, evaluation.leak);
+        let validation_sums = leak.as_ref().map(|l| l.sums).unwrap_or_default();
         let verdict = Verdict {
             expert,
             candidate: id,
@@ -716,12 +779,19 @@ impl Node {
             reward: 0,
             vesting: 0,
             validator_reward: 0,
+            leak_margin_micro: rules.leak_margin_micro,
+            validation_items: evaluation.validation_items,
+            validation_n: validation_sums.n,
+            validation_sum: validation_sums.sum,
+            validation_sum_sq: validation_sums.sum_sq,
         };
-        Ok((verdict, j))
+        Ok((verdict, Evidence { judgement: j, leak }))
     }
 
-    /// Recomputes verdict `proof` from the chain, the pool and the candidate's bytes.
-    pub fn pol_verify(&self, proof: Hash) -> Result<ProofCheck, NodeError> {
+    /// Recomputes verdict `proof` from the chain, the candidate's bytes and the items: this
+    /// node's pools, or with `from_chain` (or when it holds none) the verdict's reveal on
+    /// chain P, as anyone without the pool would.
+    pub fn pol_verify(&self, proof: Hash, from_chain: bool) -> Result<ProofCheck, NodeError> {
         let state = self.pol_state();
         let entry: &VerdictEntry =
             state
@@ -738,7 +808,11 @@ impl Node {
         blyan_pol::record::verify(
             &self.store,
             &state.record,
-            state.pool.as_deref(),
+            state
+                .pool
+                .as_deref()
+                .filter(|_| !from_chain)
+                .map(|(p, v)| (p, v)),
             &proof,
             payload.as_deref(),
             self.config.pol.thread_count(),

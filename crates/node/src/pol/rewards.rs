@@ -12,7 +12,7 @@ impl Node {
         &self,
         state: &mut PolState,
         mut verdict: Verdict,
-        judgement: Option<&Judgement>,
+        evidence: Option<&Evidence>,
         vesting: Option<u64>,
         now_ms: u64,
         eval_ms: u64,
@@ -141,6 +141,9 @@ impl Node {
         // The verdict joins the record (on_appended).
         let hash = self.append_block(block, Some(state))?;
         self.metrics.record_pol_verdict(&verdict.reason);
+        let reveal = self.reveal_items(state, hash, &verdict, now_ms)?;
+        let judgement = evidence.map(|e| &e.judgement);
+        let leak = evidence.and_then(|e| e.leak.as_ref());
         let report = VerdictReport {
             accepted: verdict.accepted,
             reason: verdict.reason.clone(),
@@ -158,10 +161,65 @@ impl Node {
             block: None,
             replicates: verdict.replicates,
             eval_ms,
+            leak_excess: leak.map(|l| l.excess),
+            leak_z: leak.map(|l| l.z),
+            reveal,
             fee: Amount::ZERO,
             fee_refunded: false,
         };
         Ok(report)
+    }
+}
+
+impl Node {
+    /// Opens the items verdict `hash` used, now that it is on chain: a reveal block on
+    /// chain P with each hidden item's salt, bytes and Merkle proof, and each validation
+    /// item's bytes and proof, so anyone can redo the evaluation from the chain. Nothing to
+    /// open for a verdict that drew no items.
+    fn reveal_items(
+        &self,
+        state: &mut PolState,
+        hash: Hash,
+        verdict: &Verdict,
+        now_ms: u64,
+    ) -> Result<Option<Hash>, NodeError> {
+        if verdict.items.is_empty() {
+            return Ok(None);
+        }
+        let pools = state
+            .pool
+            .clone()
+            .ok_or_else(|| NodeError::Internal("a verdict without the pool it drew".into()))?;
+        let (hidden, validation) = (
+            pools.0.reveal(&verdict.items),
+            pools.1.reveal(&verdict.validation_items),
+        );
+        let (Some(hidden), Some(validation)) = (hidden, validation) else {
+            return Err(NodeError::Internal(
+                "a verdict's items are not in the pool it drew them from".into(),
+            ));
+        };
+        let reveal = Reveal {
+            verdict: hash,
+            hidden,
+            validation,
+        };
+        let (height, prev) = next_on(&self.store, ChainId::Proof)?;
+        let block = Block::new(
+            ChainId::Proof,
+            height,
+            prev,
+            vec![hash],
+            BlockKind::Reveal,
+            BlockMeta {
+                name: "reveal".into(),
+                ..BlockMeta::default()
+            },
+            reveal.encode(),
+            &self.signer,
+            now_ms.max(prev_ts(&self.store, &prev)?),
+        );
+        Ok(Some(self.append_block(block, Some(state))?))
     }
 }
 

@@ -17,6 +17,10 @@ pub struct PolSettings {
     pub stage_items: usize,
     /// Most stages one evaluation takes (1 to 4); each look is tested at α / this.
     pub stages: u8,
+    /// The contamination check's margin: an accepted candidate whose hidden gain per
+    /// position exceeds its validation gain by more than this (micro-nats), and by at least
+    /// three standard errors, is refused as `suspected_leak`.
+    pub leak_margin_micro: i64,
     /// Largest ‖child − parent‖ / ‖parent‖, millionths.
     pub delta_norm_max_ppm: u64,
     /// Leading zero bits of the proof-of-work stamp (pow and hybrid modes).
@@ -42,6 +46,7 @@ impl Default for PolSettings {
             mixture_tolerance_bps: 10,
             stage_items: 64,
             stages: 4,
+            leak_margin_micro: blyan_pol::LEAK_MARGIN_DEFAULT_MICRO,
             delta_norm_max_ppm: 1_000_000,
             pow_bits: blyan_pol::POW_BITS_DEFAULT,
             threads: 0,
@@ -61,6 +66,7 @@ impl PolSettings {
             self.mixture_tolerance_bps,
             u32::try_from(self.stage_items).unwrap_or(u32::MAX),
             self.stages,
+            self.leak_margin_micro,
         )
     }
 

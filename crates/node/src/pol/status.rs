@@ -131,7 +131,7 @@ pub(crate) fn status_of(
     s: &PolState,
     evaluating: Option<Evaluating>,
 ) -> PolStatus {
-    let pool_items = s.pool.as_ref().map_or(0, |p| p.len());
+    let pool_items = s.pool.as_ref().map_or(0, |p| p.0.len());
     let retired = s.record.retired().len();
     let remaining = pool_items.saturating_sub(retired);
     PolStatus {
