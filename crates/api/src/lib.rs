@@ -19,7 +19,6 @@ mod ui;
 
 use std::{
     future::Future,
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -205,6 +204,52 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// Accepts connections on `listener` and serves `app` on each (HTTP/1.1, the peer's address
+/// as `ConnectInfo`) until `shutdown` resolves; then stops accepting, asks every connection
+/// to close once its request in flight is answered, and waits for them. A connection that
+/// has not sent a request's headers within `header_read_timeout` of starting one (or of its
+/// previous response) is closed: slow senders cannot hold connections open.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, probing the node's components
 /// every `probe_interval_s`. At shutdown new requests are refused, streams in flight get
 /// `shutdown_grace_s` to finish before they are cancelled (each still ends with its finish
@@ -254,10 +299,13 @@ pub async fn serve(
             }
         }
     });
-    let app = router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await;
+    let served = accept_loop(
+        listener,
+        router(node.clone()),
+        Duration::from_secs(node.config().header_read_timeout_s),
+        signal,
+    )
+    .await;
     anchoring.abort();
     // Postings made while draining are anchored before the node stops.
     let n = node.clone();

@@ -109,6 +109,10 @@ pub struct NodeConfig {
     /// Seconds a `POST /pol/validate` may take (its evaluation runs to the end either way, and
     /// its verdict is on chain P and `/pol/status`).
     pub pol_request_timeout_s: u64,
+    /// Seconds a connection may take to send a request's headers (from its first byte, or
+    /// from the end of the previous response on a kept-alive connection); over it the
+    /// connection is closed, so slow senders cannot hold connections open.
+    pub header_read_timeout_s: u64,
     /// Verdict recomputations (`GET /pol/proofs/{h}/verify`, seconds of CPU each) a minute per
     /// caller: per API key, and per client network (loopback exempt) (0: no limit).
     pub rate_limit_verify_per_min: u32,
@@ -142,6 +146,7 @@ impl Default for NodeConfig {
             rate_limit_ip_burst: 60,
             request_timeout_s: 60,
             pol_request_timeout_s: 900,
+            header_read_timeout_s: 30,
             rate_limit_verify_per_min: 6,
             rate_limit_verify_burst: 2,
             pol: crate::pol::PolSettings::default(),
@@ -189,6 +194,8 @@ pub struct ConfigLayer {
     pub request_timeout_s: Option<u64>,
     /// See [`NodeConfig::pol_request_timeout_s`].
     pub pol_request_timeout_s: Option<u64>,
+    /// See [`NodeConfig::header_read_timeout_s`].
+    pub header_read_timeout_s: Option<u64>,
     /// See [`NodeConfig::rate_limit_verify_per_min`].
     pub rate_limit_verify_per_min: Option<u32>,
     /// See [`NodeConfig::rate_limit_verify_burst`].
@@ -288,6 +295,9 @@ impl NodeConfig {
         if let Some(v) = layer.request_timeout_s {
             self.request_timeout_s = v;
         }
+        if let Some(v) = layer.header_read_timeout_s {
+            self.header_read_timeout_s = v;
+        }
         if let Some(v) = layer.pol_request_timeout_s {
             self.pol_request_timeout_s = v;
         }
@@ -375,6 +385,7 @@ impl NodeConfig {
         )?;
         range("probe_interval_s", self.probe_interval_s, 1, 3600)?;
         range("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)?;
+        range("header_read_timeout_s", self.header_read_timeout_s, 1, 3600)?;
         range("anchor_interval_s", self.anchor_interval_s, 0, 86_400)?;
         for (name, v) in [
             ("rate_limit_key_per_min", self.rate_limit_key_per_min),

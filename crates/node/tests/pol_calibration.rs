@@ -384,9 +384,15 @@ fn leaked(s: &Setup, expert: ExpertId, revealed_seed: &[u8], draw: u64) -> Evalu
         .expect("draw");
     let docs = documents_of(s, &revealed);
     let text: String = docs.iter().map(|d| d.clone() + "\n").collect();
+    let env = |name: &str, default: f64| -> f64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     let opts = ExpertOptions {
-        steps: 150,
-        lr: 3e-3,
+        steps: env("POL_LEAK_STEPS", 150.0) as u64,
+        lr: env("POL_LEAK_LR", 3e-3),
         seed: 7,
         batch: 8,
         seq_len: 64,

@@ -349,3 +349,41 @@ fn rss_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// A connection that starts a request and stalls before its headers end is closed after
+/// `header_read_timeout_s`, while other clients are served; the peer address still reaches
+/// the handlers (a loopback caller is the operator on an operator-only route).
+#[test]
+fn a_connection_that_stalls_in_its_headers_is_closed() {
+    use std::io::{Read, Write};
+    let server = Server::start(NodeConfig {
+        header_read_timeout_s: 1,
+        ..NodeConfig::default()
+    });
+    let mut slow = std::net::TcpStream::connect(server.addr).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .expect("partial headers");
+    let started = Instant::now();
+    // Served meanwhile, as the operator: the peer address is the loopback one.
+    let audit = agent()
+        .get(server.url("/ledger/audit"))
+        .call()
+        .expect("audit");
+    assert_eq!(audit.status(), 200);
+    let mut rest = Vec::new();
+    let read = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        read.is_ok() || waited < Duration::from_secs(15),
+        "the stalled connection stayed open: {read:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(15) && waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    // Whatever was sent back (hyper may answer 408), it is not a served request.
+    let text = String::from_utf8_lossy(&rest);
+    assert!(!text.contains("200 OK"), "{text}");
+}
