@@ -370,7 +370,10 @@ fn documents_of(s: &Setup, items: &[u32]) -> Vec<String> {
 
 /// A leak: the fine-tune of `expert` on the documents of the items an earlier evaluation
 /// revealed (two stages of the draw `revealed_seed`), judged on a later draw from the items
-/// left.
+/// left. About three passes over those documents (400 steps of 8 × 64 tokens at lr 10⁻²;
+/// `POL_LEAK_STEPS` and `POL_LEAK_LR` override): one pass at a gentler rate (150 steps, lr
+/// 3 · 10⁻³) only generalises, gaining as much on validation items as on hidden ones, and is
+/// no leak to speak of (docs/BENCHMARKS.md).
 fn leaked(s: &Setup, expert: ExpertId, revealed_seed: &[u8], draw: u64) -> Evaluation {
     let rules = PolSettings::default().rules();
     let revealed = s
@@ -391,8 +394,8 @@ fn leaked(s: &Setup, expert: ExpertId, revealed_seed: &[u8], draw: u64) -> Evalu
             .unwrap_or(default)
     };
     let opts = ExpertOptions {
-        steps: env("POL_LEAK_STEPS", 150.0) as u64,
-        lr: env("POL_LEAK_LR", 3e-3),
+        steps: env("POL_LEAK_STEPS", 400.0) as u64,
+        lr: env("POL_LEAK_LR", 1e-2),
         seed: 7,
         batch: 8,
         seq_len: 64,
@@ -423,7 +426,8 @@ fn leaked(s: &Setup, expert: ExpertId, revealed_seed: &[u8], draw: u64) -> Evalu
 #[test]
 fn a_candidate_trained_on_revealed_hidden_documents_is_a_suspected_leak() {
     let s = setup();
-    let e = leaked(&s, ExpertId::new(2, 6), b"an earlier verdict", 31_337);
+    // The first case of `leaked_candidates`.
+    let e = leaked(&s, ExpertId::new(2, 6), b"reveal 0", 40_000);
     assert_eq!(e.judgement.reason, Reason::SuspectedLeak);
     assert!(e.leak.as_ref().is_some_and(|l| l.leak));
 }
@@ -437,7 +441,7 @@ fn a_candidate_trained_on_revealed_hidden_documents_is_a_suspected_leak() {
 fn leaked_candidates() {
     let s = setup();
     let experts: Vec<ExpertId> = std::env::var("POL_LEAK_EXPERTS")
-        .unwrap_or_else(|_| "0.1,1.3,3.7,2.3,0.5,3.1".into())
+        .unwrap_or_else(|_| "2.6,0.1,1.3,3.7,2.3,0.5".into())
         .split(',')
         .map(|e| e.trim().parse().expect("L.E"))
         .collect();
