@@ -25,9 +25,9 @@ pub use block::{
 pub use error::{BlockError, ChainError};
 pub use ledger::{LEDGER_BATCH_POSTINGS_MAX, LEDGER_POSTING_LEN_MAX, LedgerBatch};
 pub use proof::{
-    Migration, PROOF_TEXT_MAX, PolMode, PoolCommit, REVEAL_ITEM_LEN_MAX, REVEAL_LEN_MAX,
-    REVEAL_PROOF_MAX, Reveal, RevealedItem, VERDICT_ITEMS_MAX, VERDICT_STAGES_MAX, Verdict,
-    submission_digest,
+    Migration, POOL_ITEMS_MAX, PROOF_TEXT_MAX, PolMode, PoolCommit, REVEAL_ITEM_LEN_MAX,
+    REVEAL_LEN_MAX, REVEAL_PROOF_MAX, Reveal, RevealedItem, VERDICT_ITEMS_MAX, VERDICT_STAGES_MAX,
+    Verdict, submission_digest,
 };
 pub use store::{BlockSummary, ChainTotals, Payload, Store};
 pub use validate::{CheckedBlock, ValidBlock};

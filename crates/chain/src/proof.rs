@@ -85,6 +85,10 @@ pub struct Reveal {
     pub validation: Vec<RevealedItem>,
 }
 
+/// Most items a pool (hidden or validation) may commit to: 2^20, 64 M tokens of 64-token
+/// items. Whoever checks a verdict holds a slot per item and draws from their indices.
+pub const POOL_ITEMS_MAX: u32 = 1 << 20;
+
 /// Largest item in a reveal, bytes (4,096 tokens).
 pub const REVEAL_ITEM_LEN_MAX: usize = 16 * 1024;
 /// Most Merkle siblings in one item's proof.
@@ -260,6 +264,12 @@ impl PoolCommit {
     /// Decodes and checks a pool commitment.
     pub fn decode(bytes: &[u8]) -> Result<PoolCommit, BlockError> {
         let c: PoolCommit = codec::decode(bytes, 4096).map_err(|e| malformed(e.to_string()))?;
+        if c.items > POOL_ITEMS_MAX || c.validation_items > POOL_ITEMS_MAX {
+            return Err(malformed(format!(
+                "{} hidden and {} validation items; a pool holds at most {POOL_ITEMS_MAX}",
+                c.items, c.validation_items
+            )));
+        }
         if c.items == 0 || c.item_tokens < 2 {
             return Err(malformed(format!(
                 "a pool needs items of at least 2 tokens; this one has {} items of {}",
@@ -532,6 +542,36 @@ mod tests {
             verdict: Hash::of(b"verdict"),
             hidden: (0..64).map(|i| item(i * 5, Hash::of(&[i as u8]))).collect(),
             validation: (0..8).map(|i| item(i, Hash::ZERO)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pool_commitment_is_bounded() {
+        let commit = PoolCommit {
+            root: Hash::of(b"root"),
+            items: 1_600,
+            item_tokens: 64,
+            source: "test".into(),
+            secret_hash: PoolCommit::secret_hash_of(&[1; 32]),
+            validation_root: Hash::of(b"validation"),
+            validation_items: 300,
+        };
+        assert_eq!(PoolCommit::decode(&commit.encode()).unwrap(), commit);
+        for bad in [
+            PoolCommit {
+                items: POOL_ITEMS_MAX + 1,
+                ..commit.clone()
+            },
+            PoolCommit {
+                validation_items: u32::MAX,
+                ..commit.clone()
+            },
+            PoolCommit {
+                items: 0,
+                ..commit.clone()
+            },
+        ] {
+            assert!(PoolCommit::decode(&bad.encode()).is_err(), "{bad:?}");
         }
     }
 

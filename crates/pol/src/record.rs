@@ -110,10 +110,12 @@ impl PolRecord {
                     verdict: Verdict::decode(&payload).map_err(corrupt)?,
                 });
             }
+            // A reveal depends on the verdict it opens; its payload is read only when that
+            // verdict is verified ([`reveal_of`] checks that they agree).
             BlockKind::Reveal => {
-                let payload = store.payload_verified(&hash)?;
-                let reveal = Reveal::decode(&payload).map_err(corrupt)?;
-                self.reveals.entry(reveal.verdict).or_insert(hash);
+                if let Some(verdict) = header.depends_on.first() {
+                    self.reveals.entry(*verdict).or_insert(hash);
+                }
             }
             _ => {}
         }
@@ -189,12 +191,18 @@ pub fn reveal_of(
         return Ok(None);
     };
     let payload = store.payload_verified(hash)?;
-    Reveal::decode(&payload)
-        .map(Some)
-        .map_err(|e| SnapshotError::Corrupt {
-            block: *hash,
-            detail: e.to_string(),
-        })
+    let corrupt = |detail: String| SnapshotError::Corrupt {
+        block: *hash,
+        detail,
+    };
+    let reveal = Reveal::decode(&payload).map_err(|e| corrupt(e.to_string()))?;
+    if reveal.verdict != *verdict {
+        return Err(corrupt(format!(
+            "the reveal opens verdict {} but depends on {verdict}",
+            reveal.verdict
+        )));
+    }
+    Ok(Some(reveal))
 }
 
 /// The model a verdict compares against: the parameter chain at `param_head`, with expert
@@ -519,9 +527,17 @@ pub fn verify(
             (pool, validation)
         }
         None => {
-            let Some(reveal) = reveal_of(store, record, proof)? else {
-                problems.push("chain P holds no reveal of this verdict's items".into());
-                return Ok(finish(problems, None));
+            let reveal = match reveal_of(store, record, proof) {
+                Ok(Some(reveal)) => reveal,
+                Ok(None) => {
+                    problems.push("chain P holds no reveal of this verdict's items".into());
+                    return Ok(finish(problems, None));
+                }
+                Err(SnapshotError::Corrupt { block, detail }) => {
+                    problems.push(format!("the reveal {block}: {detail}"));
+                    return Ok(finish(problems, None));
+                }
+                Err(e) => return Err(e),
             };
             let indices = |items: &[blyan_chain::RevealedItem]| -> Vec<u32> {
                 items.iter().map(|i| i.index).collect()

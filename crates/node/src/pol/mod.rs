@@ -254,10 +254,15 @@ pub fn commit_pool(
             ),
         });
     }
-    if pool.len() < 2 {
+    let max = blyan_chain::POOL_ITEMS_MAX as usize;
+    if pool.len() < 2 || pool.len() > max || validation.len() > max {
         return Err(NodeError::InvalidParameter {
             name: "pool",
-            reason: format!("{} items; a pool needs at least 2", pool.len()),
+            reason: format!(
+                "{} hidden and {} validation items; a pool needs 2 to {max}",
+                pool.len(),
+                validation.len()
+            ),
         });
     }
     let file = Pool::encode_file(pool, validation).ok_or_else(|| NodeError::InvalidParameter {
