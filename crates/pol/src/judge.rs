@@ -91,7 +91,7 @@ pub struct Rules {
 
 /// The contamination check's default margin, micro-nats per position (calibrated in
 /// docs/BENCHMARKS.md, "Contamination check").
-pub const LEAK_MARGIN_DEFAULT_MICRO: i64 = 30_000;
+pub const LEAK_MARGIN_DEFAULT_MICRO: i64 = 40_000;
 
 impl Default for Rules {
     fn default() -> Rules {
