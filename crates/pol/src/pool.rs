@@ -138,9 +138,12 @@ impl Pool {
                 .map(|item| item.as_deref().map(merkle::leaf_hash))
                 .collect::<Option<_>>()?,
         };
+        let at: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+        let proofs = merkle::proofs_of_hashes(leaves, &at)?;
         indices
             .iter()
-            .map(|&i| {
+            .zip(proofs)
+            .map(|(&i, proof)| {
                 Some(RevealedItem {
                     index: i,
                     salt: match &self.salts {
@@ -148,7 +151,7 @@ impl Pool {
                         None => Hash::ZERO,
                     },
                     bytes: self.item(i)?.to_vec(),
-                    proof: merkle::proof_of_hashes(leaves.clone(), i as usize)?,
+                    proof,
                 })
             })
             .collect()

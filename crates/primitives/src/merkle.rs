@@ -62,20 +62,28 @@ pub fn proof<T: AsRef<[u8]>>(leaves: &[T], index: usize) -> Option<Vec<Hash>> {
 }
 
 /// [`proof`] over leaves already hashed with [`leaf_hash`].
-pub fn proof_of_hashes(mut level: Vec<Hash>, mut index: usize) -> Option<Vec<Hash>> {
-    if index >= level.len() {
+pub fn proof_of_hashes(level: Vec<Hash>, index: usize) -> Option<Vec<Hash>> {
+    proofs_of_hashes(level, &[index])?.pop()
+}
+
+/// The proofs of several leaves (already hashed with [`leaf_hash`]), in the order of
+/// `indices`, building the tree once. `None` when an index is out of range.
+pub fn proofs_of_hashes(mut level: Vec<Hash>, indices: &[usize]) -> Option<Vec<Vec<Hash>>> {
+    if indices.iter().any(|&i| i >= level.len()) {
         return None;
     }
-    let mut siblings = Vec::new();
+    let mut at: Vec<usize> = indices.to_vec();
+    let mut proofs = vec![Vec::new(); indices.len()];
     while level.len() > 1 {
-        let sibling = index ^ 1;
-        if sibling < level.len() {
-            siblings.push(level[sibling]);
+        for (index, proof) in at.iter_mut().zip(&mut proofs) {
+            if let Some(sibling) = level.get(*index ^ 1) {
+                proof.push(*sibling);
+            }
+            *index /= 2;
         }
         level = next_level(&level);
-        index /= 2;
     }
-    Some(siblings)
+    Some(proofs)
 }
 
 /// Whether `leaf` (its hash, [`leaf_hash`]) is leaf `index` of a tree of `len` leaves
@@ -154,6 +162,12 @@ mod tests {
                 assert!(!verify_proof(&root, leaf_hash(&leaves[i]), n, n, &p));
             }
             assert!(proof(&leaves, n).is_none());
+            let hashes: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l)).collect();
+            let all: Vec<usize> = (0..n).rev().collect();
+            let together = proofs_of_hashes(hashes, &all).expect("in range");
+            for (i, p) in all.iter().zip(&together) {
+                assert_eq!(Some(p.clone()), proof(&leaves, *i));
+            }
         }
     }
 }
