@@ -1,0 +1,20 @@
+//! Blyan's peer network.
+//!
+//! Nodes find each other by network key, announce blocks by hash and pull them from whoever
+//! holds them; every block from a peer is checked like a local one before it is stored, and a
+//! peer that serves an invalid block is banned for a time that doubles with each offence.
+//!
+//! commonware (pinned to one exact version) provides the authenticated transport, the
+//! runtimes and the simulated network; it appears only inside this crate. The rest of Blyan
+//! sees [`BlockStore`] (what the engine needs from a node's blocks), [`Handle`] (what a node
+//! tells the engine) and [`Snapshot`] (what it reports).
+
+#![warn(missing_docs)]
+
+mod engine;
+mod store;
+pub mod wire;
+
+pub use engine::{Config, Engine, Handle, PeerInfo, PeerKey, Snapshot, Stats};
+pub use store::{BlockStore, ChainStore, ImportError, SignedHeader};
+pub use wire::Head;
