@@ -8,6 +8,7 @@ mod expert_cmd;
 mod generate_cmd;
 mod interop_cmd;
 mod ledger_cmd;
+mod net_cmd;
 mod node_cmd;
 mod pol_cmd;
 mod train_cmd;
@@ -88,6 +89,9 @@ enum Command {
     /// Manage expert versions.
     #[command(subcommand)]
     Expert(pol_cmd::ExpertCommand),
+    /// This node's identity on the peer network.
+    #[command(subcommand)]
+    Net(net_cmd::NetCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,6 +194,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
         Command::Pol(cmd) => pol_cmd::run(&data_dir, url, cmd),
         Command::Corpus(cmd) => pol_cmd::corpus(&data_dir, cmd),
         Command::Expert(cmd) => pol_cmd::expert(&data_dir, url, cmd),
+        Command::Net(cmd) => net_cmd::run(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
     }
 }
 

@@ -709,3 +709,25 @@ fn keys_are_encrypted_files_that_move_to_and_from_ethereum_tools() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("wrong passphrase"));
 }
+
+#[test]
+fn net_id_is_stable_and_bound_to_the_node_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = json(&blyan(dir.path(), &["net", "id", "--json"]));
+    let b = json(&blyan(dir.path(), &["net", "id", "--json"]));
+    assert_eq!(a, b, "the network key is made once and kept");
+    let key = a["key"].as_str().unwrap();
+    assert_eq!(key.len(), 64);
+    let binding = a["binding"].as_str().unwrap();
+    assert!(binding.starts_with("0x") && binding.len() == 2 + 130);
+    let sig =
+        blyan_primitives::Signature::from_slice(&hex::decode(&binding[2..]).unwrap()).unwrap();
+    let address: blyan_primitives::Address = a["address"].as_str().unwrap().parse().unwrap();
+    let net_key = blyan_net::parse_key(key).unwrap();
+    assert!(blyan_net::check_binding(&net_key, &address, &sig));
+    // Another data directory has another key and another account.
+    let other = tempfile::tempdir().unwrap();
+    let c = json(&blyan(other.path(), &["net", "id", "--json"]));
+    assert_ne!(c["key"], a["key"]);
+    assert_ne!(c["address"], a["address"]);
+}

@@ -30,6 +30,8 @@ pub fn is_api_key_like(token: &str) -> bool {
 const NODE_KEY_FILE: &str = "node";
 /// The pool secret's file in the keystore.
 const POOL_SECRET_FILE: &str = "pool-secret.json";
+/// The network key's seed in the keystore.
+const NETWORK_KEY_FILE: &str = "network-key.json";
 
 /// Where account keys live (`DATA_DIR/keystore`), and the passphrase that opens them.
 #[derive(Clone)]
@@ -125,7 +127,22 @@ impl Keystore {
     /// The secret that keys this node's hidden pool (which documents are hidden, each item's
     /// salt), if one was made: `pool-secret.json`, encrypted like a key file (no address).
     pub fn pool_secret(&self) -> Result<Option<Zeroizing<[u8; 32]>>, LedgerError> {
-        let path = self.dir.join(POOL_SECRET_FILE);
+        self.secret(POOL_SECRET_FILE)
+    }
+
+    /// The pool secret, made (32 random bytes) and stored on first use.
+    pub fn pool_secret_or_new(&self) -> Result<Zeroizing<[u8; 32]>, LedgerError> {
+        self.secret_or_new(POOL_SECRET_FILE, "the pool secret")
+    }
+
+    /// The seed of this node's network key (an ed25519 key that authenticates it to peers),
+    /// made and stored on first use: `network-key.json`, encrypted like a key file.
+    pub fn network_secret_or_new(&self) -> Result<Zeroizing<[u8; 32]>, LedgerError> {
+        self.secret_or_new(NETWORK_KEY_FILE, "the network key")
+    }
+
+    fn secret(&self, file: &str) -> Result<Option<Zeroizing<[u8; 32]>>, LedgerError> {
+        let path = self.dir.join(file);
         let text = match std::fs::read(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -141,17 +158,16 @@ impl Keystore {
         Ok(Some(secret))
     }
 
-    /// The pool secret, made (32 random bytes) and stored on first use.
-    pub fn pool_secret_or_new(&self) -> Result<Zeroizing<[u8; 32]>, LedgerError> {
-        if let Some(secret) = self.pool_secret()? {
+    fn secret_or_new(&self, file: &str, what: &str) -> Result<Zeroizing<[u8; 32]>, LedgerError> {
+        if let Some(secret) = self.secret(file)? {
             return Ok(secret);
         }
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(secret.as_mut());
         let text =
             keyfile::encrypt_secret(&secret, None, self.passphrase.as_bytes(), self.scrypt_log_n)
-                .map_err(|e| LedgerError::Store(format!("encrypting the pool secret: {e}")))?;
-        self.write_new(&self.dir.join(POOL_SECRET_FILE), &text)?;
+                .map_err(|e| LedgerError::Store(format!("encrypting {what}: {e}")))?;
+        self.write_new(&self.dir.join(file), &text)?;
         Ok(secret)
     }
 

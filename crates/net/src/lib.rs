@@ -12,9 +12,11 @@
 #![warn(missing_docs)]
 
 mod engine;
+mod identity;
 mod store;
 pub mod wire;
 
 pub use engine::{Config, Engine, Handle, PeerInfo, PeerKey, Snapshot, Stats};
+pub use identity::{Bootstrap, Identity, check_binding, parse_key};
 pub use store::{BlockStore, ChainStore, ImportError, SignedHeader};
 pub use wire::Head;
