@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(b.key, id.public_key());
         assert_eq!(b.addr, "127.0.0.1:7001");
         for bad in [
-            format!("{key}"),
+            key.clone(),
             format!("{key}@127.0.0.1"),
             format!("{key}@:80"),
             format!("{key}@host:99999"),
