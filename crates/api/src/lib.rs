@@ -12,6 +12,7 @@ mod billing;
 mod error;
 mod ledger_routes;
 mod limit;
+mod net_routes;
 mod node_routes;
 mod openai;
 mod openapi;
@@ -46,6 +47,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let limits = Arc::new(limit::Limits::of(&node));
     let limited = || middleware::from_fn_with_state(limits.clone(), limit::limit);
     let verify_limits = Arc::new(limit::Limits::verify(&node));
+    let sync_limits = Arc::new(limit::Limits::sync(&node));
     let operator = || middleware::from_fn_with_state(node.clone(), access::operator_only);
     Router::new()
         .route("/", get(ui::index))
@@ -81,6 +83,12 @@ pub fn router(node: Arc<Node>) -> Router {
             "/pol/proofs/{hash}/verify",
             get(node_routes::pol_verify)
                 .layer(middleware::from_fn_with_state(verify_limits, limit::limit)),
+        )
+        .route(
+            blyan_net::RPC_PATH,
+            post(net_routes::rpc)
+                .layer(DefaultBodyLimit::max(net_routes::RPC_BODY_MAX))
+                .layer(middleware::from_fn_with_state(sync_limits, limit::limit)),
         )
         .route("/health", get(node_routes::health))
         .route("/health/live", get(node_routes::live))

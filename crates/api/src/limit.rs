@@ -132,6 +132,19 @@ impl Limits {
         )
     }
 
+    /// The limits on the sync read path: per client network only (its callers bring no key).
+    pub(crate) fn sync(node: &Node) -> Limits {
+        let c = node.config();
+        Limits {
+            by_key: None,
+            by_network: Buckets::new(
+                c.rate_limit_sync_per_min,
+                c.rate_limit_sync_burst,
+                TABLE_LEN_MAX,
+            ),
+        }
+    }
+
     /// The limits on verdict recomputations: the same two tables, with their own rates.
     pub(crate) fn verify(node: &Node) -> Limits {
         let c = node.config();

@@ -122,6 +122,12 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         "Replay every posting and compare with the balances and the ledger chain (operator only).",
         false,
     ),
+    (
+        "post",
+        "/net/v1/rpc",
+        "The sync protocol's read path: one Borsh-encoded request (octet-stream: a status, a page of hashes, a header, a payload chunk) answered with one Borsh message, or 204; `malformed_message` otherwise. Rate-limited per client network.",
+        false,
+    ),
     ("get", "/openapi.json", "This document.", false),
 ];
 

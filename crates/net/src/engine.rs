@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 use blyan_chain::{Block, BlockHeader};
 use blyan_primitives::{Hash, Signature};
 use commonware_cryptography::ed25519;
-use commonware_p2p::{Receiver, Recipients, Sender};
 use commonware_runtime::{Clock, Handle as TaskHandle, Spawner};
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
@@ -22,10 +21,51 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::store::{BlockStore, ImportError};
+use crate::transport::Transport;
 use crate::wire::{CHUNK_LEN_MAX, HASHES_MAX, Head, Msg};
 
 /// A peer's network identity.
 pub type PeerKey = ed25519::PublicKey;
+
+/// The answer of `store` to request `msg`, or `None` when `msg` asks for nothing. The engine
+/// answers its peers with it, and the HTTP read path answers anyone with it.
+pub fn answer<B: BlockStore + ?Sized>(store: &B, msg: &Msg) -> Option<Msg> {
+    Some(match msg {
+        Msg::Status { .. } => Msg::Status {
+            genesis: store.genesis(),
+            heads: store.heads().unwrap_or_default(),
+        },
+        &Msg::GetHashes {
+            id,
+            chain,
+            from,
+            max,
+        } => Msg::Hashes {
+            id,
+            hashes: store
+                .hashes(chain, from, max.min(HASHES_MAX))
+                .unwrap_or_default(),
+        },
+        &Msg::GetHeader { id, hash } => match store.header(&hash) {
+            Ok(Some((header, signature))) => Msg::Header {
+                id,
+                header,
+                signature,
+            },
+            _ => Msg::NotFound { id },
+        },
+        &Msg::GetChunk {
+            id,
+            hash,
+            offset,
+            len,
+        } => match store.chunk(&hash, offset, len.min(CHUNK_LEN_MAX)) {
+            Ok(Some(bytes)) => Msg::Chunk { id, bytes },
+            _ => Msg::NotFound { id },
+        },
+        _ => return None,
+    })
+}
 
 /// The engine's timings and bounds.
 #[derive(Clone, Debug)]
@@ -52,6 +92,9 @@ pub struct Config {
     pub ban_max: Duration,
     /// Most blocks being fetched at once; more are learnt again from later statuses.
     pub wants_max: usize,
+    /// Whether new blocks are announced to peers (pushed); pull-only transports such as
+    /// HTTP turn it off and rely on statuses.
+    pub push: bool,
 }
 
 impl Default for Config {
@@ -68,6 +111,7 @@ impl Default for Config {
             ban_base: Duration::from_secs(30),
             ban_max: Duration::from_secs(3600),
             wants_max: 65_536,
+            push: true,
         }
     }
 }
@@ -225,11 +269,10 @@ struct Pending {
 }
 
 /// The sync engine of one node.
-pub struct Engine<E, S, R, B> {
+pub struct Engine<E, T, B> {
     context: E,
     cfg: Config,
-    sender: S,
-    receiver: R,
+    transport: T,
     store: Arc<B>,
     mailbox: mpsc::UnboundedReceiver<Command>,
     rng: ChaCha8Rng,
@@ -244,7 +287,7 @@ pub struct Engine<E, S, R, B> {
     stats: Stats,
 }
 
-impl<E, S, R, B> std::fmt::Debug for Engine<E, S, R, B> {
+impl<E, T, B> std::fmt::Debug for Engine<E, T, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("peers", &self.peers.len())
@@ -253,18 +296,17 @@ impl<E, S, R, B> std::fmt::Debug for Engine<E, S, R, B> {
     }
 }
 
-impl<E, S, R, B> Engine<E, S, R, B>
+impl<E, T, B> Engine<E, T, B>
 where
     E: Clock + Spawner + rand_core_cw::Rng,
-    S: Sender<PublicKey = PeerKey>,
-    R: Receiver<PublicKey = PeerKey>,
+    T: Transport,
     B: BlockStore,
 {
-    /// An engine over `store` that talks through `sender`/`receiver` to `peers`.
+    /// An engine over `store` that talks through `transport` to `peers`.
     pub fn new(
         mut context: E,
         cfg: Config,
-        (sender, receiver): (S, R),
+        transport: T,
         store: Arc<B>,
         peers: Vec<PeerKey>,
     ) -> (Self, Handle) {
@@ -275,8 +317,7 @@ where
         let engine = Engine {
             context,
             cfg,
-            sender,
-            receiver,
+            transport,
             store,
             mailbox,
             rng,
@@ -303,10 +344,10 @@ where
             let deadline = self.context.current() + self.cfg.tick;
             let sleep = self.context.sleep_until(deadline);
             commonware_macros::select! {
-                msg = self.receiver.recv() => {
+                msg = self.transport.recv() => {
                     match msg {
-                        Ok((peer, bytes)) => self.on_message(peer, bytes.as_ref()),
-                        Err(_) => return,
+                        Some((peer, bytes)) => self.on_message(peer, &bytes),
+                        None => return,
                     }
                 },
                 cmd = self.mailbox.next() => {
@@ -422,8 +463,7 @@ where
     fn send(&mut self, to: &PeerKey, msg: &Msg) {
         let bytes = msg.encode();
         let n = bytes.len() as u64;
-        let sent = self.sender.send(Recipients::One(to.clone()), bytes, false);
-        if !sent.is_empty() {
+        if self.transport.send(to, bytes) {
             self.stats.msgs_out += 1;
             self.stats.bytes_out += n;
         }
@@ -528,43 +568,15 @@ where
                     self.want(hash, None, Some(&peer));
                 }
             }
-            Msg::GetHashes {
-                id,
-                chain,
-                from,
-                max,
-            } => {
-                let hashes = self
-                    .store
-                    .hashes(chain, from, max.min(HASHES_MAX))
-                    .unwrap_or_default();
-                self.send(&peer, &Msg::Hashes { id, hashes });
-            }
-            Msg::GetHeader { id, hash } => match self.store.header(&hash) {
-                Ok(Some((header, signature))) => {
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.blocks_to += 1;
-                    }
-                    self.send(
-                        &peer,
-                        &Msg::Header {
-                            id,
-                            header,
-                            signature,
-                        },
-                    );
+            Msg::GetHashes { .. } | Msg::GetHeader { .. } | Msg::GetChunk { .. } => {
+                let reply = answer(self.store.as_ref(), &msg).expect("a request has an answer");
+                if matches!(reply, Msg::Header { .. })
+                    && let Some(p) = self.peers.get_mut(&peer)
+                {
+                    p.blocks_to += 1;
                 }
-                _ => self.send(&peer, &Msg::NotFound { id }),
-            },
-            Msg::GetChunk {
-                id,
-                hash,
-                offset,
-                len,
-            } => match self.store.chunk(&hash, offset, len) {
-                Ok(Some(bytes)) => self.send(&peer, &Msg::Chunk { id, bytes }),
-                _ => self.send(&peer, &Msg::NotFound { id }),
-            },
+                self.send(&peer, &reply);
+            }
             _ => self.stats.dropped += 1,
         }
     }
@@ -602,17 +614,23 @@ where
             }
         }
         behind_us |= local.keys().any(|c| !heads.iter().any(|h| h.chain == *c));
-        if behind_us {
+        // A pushing peer is told that it is behind; over a pull-only transport every status
+        // sent is answered with a status, so replying would never end.
+        if behind_us && self.cfg.push {
             let status = self.status();
             self.send(&peer, &status);
         }
     }
 
     fn status(&self) -> Msg {
-        Msg::Status {
-            genesis: self.store.genesis(),
-            heads: self.store.heads().unwrap_or_default(),
-        }
+        answer(
+            self.store.as_ref(),
+            &Msg::Status {
+                genesis: Hash::ZERO,
+                heads: Vec::new(),
+            },
+        )
+        .expect("a status has an answer")
     }
 
     /// Asks `peer` for a page of `chain`'s hashes above the stored head, unless a page of
@@ -921,6 +939,9 @@ where
 
     /// Announces `hash` to a few random peers other than `except`.
     fn gossip(&mut self, hash: Hash, except: Option<&PeerKey>) {
+        if !self.cfg.push {
+            return;
+        }
         let now = self.context.current();
         let mut targets: Vec<PeerKey> = self
             .peers

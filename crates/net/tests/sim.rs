@@ -13,7 +13,7 @@ use blyan_chain::genesis::{GENESIS_TIMESTAMP_MS, RandomWeights, genesis_blocks};
 use blyan_chain::spec::{MetaPayload, ModelSpec, byte_level_tokenizer_json};
 use blyan_chain::{Block, BlockKind, BlockMeta, ChainId, LedgerBatch, Store};
 use blyan_net::wire::{Head, Msg};
-use blyan_net::{BlockStore, ChainStore, Config, Engine, Handle, PeerKey};
+use blyan_net::{BlockStore, ChainStore, Config, Engine, Handle, P2p, PeerKey};
 use blyan_primitives::{Hash, SigningKey};
 use commonware_cryptography::{Signer as _, ed25519};
 use commonware_p2p::simulated::{self, Link, Oracle};
@@ -149,7 +149,7 @@ async fn start_node(
     let (engine, handle) = Engine::new(
         context.child("node").with_attribute("key", key),
         engine_config(),
-        channel,
+        P2p::new(channel),
         store,
         neighbours,
     );

@@ -118,6 +118,11 @@ pub struct NodeConfig {
     pub rate_limit_verify_per_min: u32,
     /// Verdict recomputations one caller may ask for at once.
     pub rate_limit_verify_burst: u32,
+    /// Sync requests (`POST /net/v1/rpc`: a status, a page of hashes, a header or a chunk of
+    /// up to 1 MiB) a minute per client network, loopback exempt (0: no limit).
+    pub rate_limit_sync_per_min: u32,
+    /// Sync requests one client network may make at once.
+    pub rate_limit_sync_burst: u32,
     /// Proof of Learning (the `pol_*` keys).
     pub pol: crate::pol::PolSettings,
 }
@@ -149,6 +154,8 @@ impl Default for NodeConfig {
             header_read_timeout_s: 30,
             rate_limit_verify_per_min: 6,
             rate_limit_verify_burst: 2,
+            rate_limit_sync_per_min: 6000,
+            rate_limit_sync_burst: 600,
             pol: crate::pol::PolSettings::default(),
         }
     }
@@ -200,6 +207,10 @@ pub struct ConfigLayer {
     pub rate_limit_verify_per_min: Option<u32>,
     /// See [`NodeConfig::rate_limit_verify_burst`].
     pub rate_limit_verify_burst: Option<u32>,
+    /// See [`NodeConfig::rate_limit_sync_per_min`].
+    pub rate_limit_sync_per_min: Option<u32>,
+    /// See [`NodeConfig::rate_limit_sync_burst`].
+    pub rate_limit_sync_burst: Option<u32>,
     /// `pol`, `hybrid` or `pow`.
     pub pol_mode: Option<String>,
     /// Significance level, percent: 1 or 5.
@@ -306,6 +317,12 @@ impl NodeConfig {
         }
         if let Some(v) = layer.rate_limit_verify_burst {
             self.rate_limit_verify_burst = v;
+        }
+        if let Some(v) = layer.rate_limit_sync_per_min {
+            self.rate_limit_sync_per_min = v;
+        }
+        if let Some(v) = layer.rate_limit_sync_burst {
+            self.rate_limit_sync_burst = v;
         }
         if let Some(v) = &layer.pol_mode {
             self.pol.mode = v.parse().map_err(NodeError::Config)?;

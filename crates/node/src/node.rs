@@ -248,6 +248,11 @@ impl Node {
         &self.config
     }
 
+    /// The network's name: the hash of its genesis spec block.
+    pub fn network(&self) -> Hash {
+        self.network
+    }
+
     /// The block store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store

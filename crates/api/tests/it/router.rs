@@ -898,3 +898,121 @@ async fn proof_of_learning_status_and_refusals() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// One sync message through `POST /net/v1/rpc`: the status and the decoded answer.
+async fn rpc(
+    node: &std::sync::Arc<blyan_node::Node>,
+    body: Vec<u8>,
+) -> (StatusCode, Option<blyan_net::wire::Msg>, Vec<u8>) {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/net/v1/rpc")
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(body))
+        .expect("request");
+    let response = blyan_api::router(node.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 4 << 20)
+        .await
+        .expect("body")
+        .to_vec();
+    (status, blyan_net::wire::Msg::decode(&bytes).ok(), bytes)
+}
+
+#[tokio::test]
+async fn the_sync_read_path_answers_like_a_peer_and_refuses_malformed_messages() {
+    use blyan_net::wire::Msg;
+    let net = net();
+    let node = &net.node;
+    let status = Msg::Status {
+        genesis: blyan_primitives::Hash::ZERO,
+        heads: vec![],
+    };
+    let (code, reply, _) = rpc(node, status.encode()).await;
+    assert_eq!(code, StatusCode::OK);
+    let Some(Msg::Status { genesis, heads }) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(genesis, node.network());
+    let param = heads
+        .iter()
+        .find(|h| h.chain == ChainId::Param as u8)
+        .expect("param head");
+    // The page of the param chain from 0 names every block up to that head, in order.
+    let ask = Msg::GetHashes {
+        id: 7,
+        chain: ChainId::Param as u8,
+        from: 0,
+        max: 10_000,
+    };
+    let (_, reply, _) = rpc(node, ask.encode()).await;
+    let Some(Msg::Hashes { id: 7, hashes }) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(hashes.len() as u64, param.height + 1);
+    assert_eq!(hashes.last(), Some(&param.hash));
+    // A header hashes to what was asked; a chunk is the payload's bytes.
+    let (_, reply, _) = rpc(
+        node,
+        Msg::GetHeader {
+            id: 8,
+            hash: hashes[0],
+        }
+        .encode(),
+    )
+    .await;
+    let Some(Msg::Header { id: 8, header, .. }) = reply else {
+        panic!("{reply:?}")
+    };
+    let header = blyan_chain::BlockHeader::decode(&header).expect("header");
+    assert_eq!(header.hash(), hashes[0]);
+    let ask = Msg::GetChunk {
+        id: 9,
+        hash: hashes[0],
+        offset: 0,
+        len: 100,
+    };
+    let (_, reply, _) = rpc(node, ask.encode()).await;
+    let payload = node.store().payload(&hashes[0]).expect("payload");
+    assert_eq!(
+        reply,
+        Some(Msg::Chunk {
+            id: 9,
+            bytes: payload[..100].to_vec()
+        })
+    );
+    // Unknown blocks are not found; announcements ask for nothing.
+    let unknown = blyan_primitives::Hash([9; 32]);
+    let (_, reply, _) = rpc(
+        node,
+        Msg::GetHeader {
+            id: 10,
+            hash: unknown,
+        }
+        .encode(),
+    )
+    .await;
+    assert_eq!(reply, Some(Msg::NotFound { id: 10 }));
+    let (code, _, _) = rpc(node, Msg::Announce { hash: unknown }.encode()).await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    // Hostile bodies: garbage, trailing bytes, out-of-bounds asks, oversized bodies.
+    let mut trailing = Msg::NotFound { id: 1 }.encode();
+    trailing.push(0);
+    let too_big_ask = Msg::GetChunk {
+        id: 1,
+        hash: unknown,
+        offset: 0,
+        len: u32::MAX,
+    };
+    for body in [vec![0xFF, 1, 2], trailing, too_big_ask.encode()] {
+        let (code, _, bytes) = rpc(node, body).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        let v: Value = serde_json::from_slice(&bytes).expect("json error");
+        assert_eq!(v["error"]["code"], "malformed_message");
+    }
+    let (code, _, _) = rpc(node, vec![0; 64 << 10]).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+}
