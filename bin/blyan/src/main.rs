@@ -92,6 +92,8 @@ enum Command {
     /// This node's identity on the peer network.
     #[command(subcommand)]
     Net(net_cmd::NetCommand),
+    /// Create a node from its peers: sync the named network's chain into the data directory.
+    Join(net_cmd::JoinArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,6 +197,7 @@ fn run(cli: Cli, started: std::time::Instant) -> anyhow::Result<ExitCode> {
         Command::Corpus(cmd) => pol_cmd::corpus(&data_dir, cmd),
         Command::Expert(cmd) => pol_cmd::expert(&data_dir, url, cmd),
         Command::Net(cmd) => net_cmd::run(&data_dir, cmd).map(|_| ExitCode::SUCCESS),
+        Command::Join(args) => net_cmd::join(&data_dir, args).map(|_| ExitCode::SUCCESS),
     }
 }
 

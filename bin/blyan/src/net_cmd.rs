@@ -45,3 +45,68 @@ pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Settings of `blyan join`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JoinArgs {
+    /// The network to join: the hash of its spec block (`network` in a node's `GET /node`).
+    #[arg(long, value_name = "GENESIS_HASH")]
+    network: blyan_primitives::Hash,
+    /// A peer to sync from, `KEY@HOST:PORT`: its network key (`blyan net id`) and the
+    /// address of its API, whose read path anyone may use. Repeat it to fetch from several
+    /// peers at once.
+    #[arg(long = "bootstrap", required = true, value_name = "KEY@HOST:PORT")]
+    bootstrap: Vec<blyan_net::Bootstrap>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout_s: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `blyan join`: fills the data directory's block store from peers, checking every block,
+/// and returns once it holds what they hold. `blyan up` then serves it.
+pub(crate) fn join(data_dir: &Path, args: JoinArgs) -> anyhow::Result<()> {
+    let store = std::sync::Arc::new(crate::open_store(data_dir)?);
+    let json = args.json;
+    let mut last = std::time::Instant::now();
+    let report = blyan_net::join(
+        store,
+        args.network,
+        &args.bootstrap,
+        std::time::Duration::from_secs(args.timeout_s),
+        move |snap| {
+            if !json && last.elapsed() >= std::time::Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                eprintln!(
+                    "syncing: {} blocks stored, {} in flight, {:.1} MB received",
+                    snap.stats.imported,
+                    snap.wanted,
+                    snap.stats.bytes_in as f64 / 1e6
+                );
+            }
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "joined network {}: {} blocks, {:.1} MB in {:.1} s ({:.1} MB/s) from {} peers",
+            report.network,
+            report.blocks,
+            report.bytes as f64 / 1e6,
+            report.seconds,
+            report.mb_per_s,
+            report.snapshot.peers.len()
+        );
+        for p in &report.snapshot.peers {
+            println!(
+                "  peer {}: {} blocks served, {} bans",
+                p.key, p.blocks_from, p.bans
+            );
+        }
+        println!("run it with: blyan up --data-dir {}", data_dir.display());
+    }
+    Ok(())
+}

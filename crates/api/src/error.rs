@@ -88,6 +88,7 @@ impl From<NodeError> for ApiError {
             NodeError::NotFound { .. } => StatusCode::NOT_FOUND,
             NodeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::NotAdmitted { .. } => StatusCode::FORBIDDEN,
             e if e.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

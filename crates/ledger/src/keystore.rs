@@ -208,6 +208,33 @@ impl Keystore {
         Ok(self.node.get_or_init(|| key).clone())
     }
 
+    /// Makes `key` the node's key (stored encrypted, and named by the `node` file), for a
+    /// data directory whose network that key created. Refused when the keystore already
+    /// names another node key.
+    pub fn set_node_key(&self, key: &SigningKey) -> Result<Address, LedgerError> {
+        let address = blyan_primitives::address_of(key);
+        let marker = self.dir.join(NODE_KEY_FILE);
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            return match text.trim().parse::<Address>() {
+                Ok(existing) if existing == address => Ok(address),
+                _ => Err(LedgerError::Store(format!(
+                    "{} already names node key {}",
+                    marker.display(),
+                    text.trim()
+                ))),
+            };
+        }
+        if !self.path(&address).exists() {
+            self.store(key)?;
+        }
+        let tmp = marker.with_extension("tmp");
+        std::fs::write(&tmp, format!("{address}\n"))
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &marker))
+            .map_err(io(format!("writing {}", marker.display())))?;
+        Ok(address)
+    }
+
     /// The key file of `address`.
     pub fn path(&self, address: &Address) -> PathBuf {
         self.dir.join(format!("{}.json", address.to_hex_lower()))

@@ -158,6 +158,8 @@ pub struct PeerInfo {
     pub banned_for_ms: Option<u64>,
     /// Whether its status named another network.
     pub foreign: bool,
+    /// Milliseconds since its last message, if it ever sent one.
+    pub silent_for_ms: Option<u64>,
 }
 
 /// A snapshot of the engine for `net peers`, metrics and tests.
@@ -224,6 +226,7 @@ struct Peer {
     bans: u32,
     banned_until: Option<SystemTime>,
     foreign: bool,
+    last_heard: Option<SystemTime>,
 }
 
 enum Slot {
@@ -403,6 +406,9 @@ where
                         .and_then(|u| u.duration_since(now).ok())
                         .map(|d| d.as_millis() as u64),
                     foreign: p.foreign,
+                    silent_for_ms: p
+                        .last_heard
+                        .map(|t| now.duration_since(t).unwrap_or_default().as_millis() as u64),
                 })
                 .collect(),
             wanted: self.wants.len() + self.ready.len(),
@@ -533,7 +539,7 @@ where
             self.stats.dropped += 1;
             return;
         }
-        self.peers.entry(peer.clone()).or_default();
+        self.peers.entry(peer.clone()).or_default().last_heard = Some(now);
         let msg = match Msg::decode(bytes) {
             Ok(m) => m,
             Err(e) => {

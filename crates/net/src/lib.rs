@@ -13,12 +13,14 @@
 
 mod engine;
 mod identity;
+mod launch;
 mod store;
 mod transport;
 pub mod wire;
 
 pub use engine::{Config, Engine, Handle, PeerInfo, PeerKey, Snapshot, Stats, answer};
 pub use identity::{Bootstrap, Identity, check_binding, parse_key};
+pub use launch::{JoinError, JoinReport, join};
 pub use store::{BlockStore, ChainStore, ImportError, SignedHeader};
 pub use transport::{Http, P2p, RPC_PATH, Transport};
 pub use wire::Head;

@@ -269,7 +269,11 @@ impl Node {
     }
 
     /// Anchors the postings not yet on the chain; returns the blocks written.
+    /// A node that follows its network anchors nothing: chain L is the operator's.
     pub fn anchor_ledger(&self) -> Result<Vec<Anchored>, NodeError> {
+        if !self.writer {
+            return Ok(Vec::new());
+        }
         let _one = self.anchoring.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::unix_ms();
         Ok(self.ledger.anchor(
@@ -330,7 +334,7 @@ impl Node {
             supply.accounts,
             supply.circulating
         );
-        if unanchored > UNANCHORED_COMFORT && self.config.anchor_interval_s > 0 {
+        if unanchored > UNANCHORED_COMFORT && self.config.anchor_interval_s > 0 && self.writer {
             return report(0.8, format!("{detail}; anchoring is behind"));
         }
         report(1.0, detail)

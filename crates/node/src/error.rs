@@ -55,6 +55,19 @@ pub enum NodeError {
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node may not write blocks on its network: it joined from peers and is not the
+    /// network's operator (admission through the chain comes with the registry).
+    #[error(
+        "this node follows network {network} and may not write blocks on it (its key {key} is not admitted); {what} needs the network's operator node"
+    )]
+    NotAdmitted {
+        /// The network.
+        network: String,
+        /// This node's address.
+        key: String,
+        /// What was asked.
+        what: &'static str,
+    },
     /// Encoding the node's own state or metrics failed (a bug, not bad input).
     #[error("internal: {0}")]
     Internal(String),
@@ -103,6 +116,7 @@ impl NodeError {
             NodeError::ContextLengthExceeded { .. } => "context_length_exceeded",
             NodeError::Overloaded { .. } => "overloaded",
             NodeError::ShuttingDown => "shutting_down",
+            NodeError::NotAdmitted { .. } => "not_admitted",
             NodeError::Internal(_) => "internal",
             NodeError::Io { .. } => "io",
             NodeError::Ledger(e) => e.code(),

@@ -79,6 +79,9 @@ pub struct Node {
     pub(crate) operator: Address,
     /// The node's key: it signs every block this node makes.
     pub(crate) signer: SigningKey,
+    /// Whether `signer` is the network's operator, who alone writes blocks until admission
+    /// through the chain exists.
+    pub(crate) writer: bool,
     /// The account billed for keyless loopback requests, if any.
     pub(crate) loopback_payer: Option<Address>,
     /// Serialises anchoring rounds.
@@ -190,6 +193,10 @@ impl Node {
             config.key_passphrase.expose(),
         );
         let signer = keystore.node_key()?;
+        // The network's operator (the spec block's author) writes its blocks; a node that
+        // joined from peers follows them.
+        let writer = store.header(&network)?.map(|h| h.author)
+            == Some(blyan_primitives::address_of(&signer));
         let setup = blyan_ledger::setup(data_dir, config.ledger_url.as_deref(), &keystore, now_ms)?;
         let loopback_payer = match config.loopback_account.as_str() {
             "" => None,
@@ -218,6 +225,7 @@ impl Node {
             ledger: setup.ledger,
             operator: setup.operator,
             signer,
+            writer,
             loopback_payer,
             anchoring: Mutex::new(()),
             data_dir: data_dir.to_owned(),
@@ -251,6 +259,24 @@ impl Node {
     /// The network's name: the hash of its genesis spec block.
     pub fn network(&self) -> Hash {
         self.network
+    }
+
+    /// Whether this node writes blocks on its network (it is the network's operator) rather
+    /// than following blocks from peers.
+    pub fn is_writer(&self) -> bool {
+        self.writer
+    }
+
+    /// Refuses `what` with `not_admitted` on a node that follows its network.
+    pub(crate) fn require_writer(&self, what: &'static str) -> Result<(), NodeError> {
+        if self.writer {
+            return Ok(());
+        }
+        Err(NodeError::NotAdmitted {
+            network: self.network.to_string(),
+            key: blyan_primitives::address_of(&self.signer).to_string(),
+            what,
+        })
     }
 
     /// The block store.

@@ -82,6 +82,10 @@ fn open(mode: PolMode) -> (tempfile::TempDir, Node) {
         pow_bits: 8,
         ..config.pol
     };
+    // The node's key is the one that made the network: this node operates it.
+    blyan_ledger::Keystore::new(dir.path().join(blyan_ledger::KEYSTORE_DIR), "")
+        .set_node_key(&blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"))
+        .expect("node key");
     let node = Node::open(dir.path(), config, NOW).expect("node");
     (dir, node)
 }

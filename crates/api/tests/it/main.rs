@@ -33,6 +33,10 @@ pub(crate) fn net_with(config: NodeConfig) -> Net {
         )
         .expect("init");
     }
+    // The node's key is the one that made the network: this node operates it.
+    blyan_ledger::Keystore::new(dir.path().join(blyan_ledger::KEYSTORE_DIR), "")
+        .set_node_key(&test_key())
+        .expect("node key");
     let node = Node::open(dir.path(), config, 1_700_000_000_000).expect("node");
     Net {
         dir,

@@ -1016,3 +1016,47 @@ async fn the_sync_read_path_answers_like_a_peer_and_refuses_malformed_messages()
     let (code, _, _) = rpc(node, vec![0; 64 << 10]).await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn a_node_whose_key_did_not_make_the_network_follows_it_and_writes_no_block() {
+    // The network is test_key()'s; this node's keystore makes a key of its own.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = blyan_chain::Store::open(dir.path().join("chain")).expect("store");
+        blyan_chain::genesis::init(
+            &store,
+            blyan_chain::genesis::random_genesis(7, &crate::test_key()).expect("genesis"),
+        )
+        .expect("init");
+    }
+    let node = std::sync::Arc::new(
+        blyan_node::Node::open(dir.path(), NodeConfig::default(), 1_700_000_000_000).expect("node"),
+    );
+    assert!(!node.is_writer());
+    let blocks_before = node.store().len().expect("len");
+    // Postings exist (the ledger's genesis), yet nothing is anchored on the operator's chain L.
+    assert!(node.anchor_ledger().expect("anchor").is_empty());
+    // Operator actions that write blocks are refused with a stable code.
+    let head = node
+        .store()
+        .expert_head(blyan_primitives::ExpertId::new(0, 0))
+        .expect("read")
+        .expect("head");
+    let e = node
+        .rollback_expert(
+            blyan_primitives::ExpertId::new(0, 0),
+            head,
+            "test",
+            1_700_000_000_000,
+        )
+        .expect_err("a follower writes no block");
+    assert_eq!(e.code(), "not_admitted");
+    let (status, body) =
+        post_json(&node, "/pol/replicate", json!({"proof": head.to_string()})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "not_admitted");
+    assert_eq!(node.store().len().expect("len"), blocks_before);
+    // Serving goes on.
+    let (status, _) = get(&node, "/v1/models").await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -323,6 +323,7 @@ impl Node {
         block: Block,
         pol: Option<&mut PolState>,
     ) -> Result<Hash, NodeError> {
+        self.require_writer("writing a block")?;
         let header = block.header.clone();
         let hash = self.store.append(block)?;
         self.after_append(hash, &header, pol)?;
@@ -400,6 +401,7 @@ impl Node {
     /// Judges a candidate and, if accepted, makes it the expert's head and pays for it.
     /// A refusal before evaluation spends no pool item and writes nothing.
     pub fn pol_submit(&self, sub: Submission, now_ms: u64) -> Result<VerdictReport, NodeError> {
+        self.require_writer("judging a submission")?;
         let settings = self.config.pol;
         let (_, meta) = self
             .store
@@ -561,6 +563,7 @@ impl Node {
     /// Replicates accepted verdict `proof` on a fresh sample; a pass vests the second half
     /// of the learning reward, a failure withdraws it.
     pub fn pol_replicate(&self, proof: Hash, now_ms: u64) -> Result<VerdictReport, NodeError> {
+        self.require_writer("replicating a verdict")?;
         let mut state = self.pol_state();
         self.replicate_locked(&mut state, proof, now_ms)
     }
@@ -856,6 +859,7 @@ impl Node {
         reason: &str,
         now_ms: u64,
     ) -> Result<Hash, NodeError> {
+        self.require_writer("rolling an expert back")?;
         let mut guard = self.pol_state();
         let group = expert_group_name(id);
         let from = self

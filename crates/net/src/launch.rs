@@ -1,0 +1,173 @@
+//! Running the engine on tokio for the command line: `blyan join` syncs a new data directory
+//! from peers over their HTTP read path and returns once it holds everything they hold.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blyan_chain::{ChainId, Store};
+use blyan_primitives::Hash;
+use commonware_runtime::{Clock, Runner, Supervisor};
+
+use crate::engine::{Config, Engine, Snapshot};
+use crate::identity::Bootstrap;
+use crate::store::ChainStore;
+use crate::transport::Http;
+
+/// Why a join did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The store already holds another network.
+    #[error("[wrong_network] the data directory holds network {held}, not {named}")]
+    StoreOfAnotherNetwork {
+        /// The network in the store.
+        held: Hash,
+        /// The network named.
+        named: Hash,
+    },
+    /// Every peer that answered serves another network.
+    #[error("[wrong_network] no peer serves network {named}: {peers}")]
+    PeersOfAnotherNetwork {
+        /// The network named.
+        named: Hash,
+        /// The peers, by key.
+        peers: String,
+    },
+    /// The deadline passed first.
+    #[error("[join_timeout] not in sync after {seconds} s: {detail}")]
+    Timeout {
+        /// Seconds waited.
+        seconds: u64,
+        /// What was still missing.
+        detail: String,
+    },
+    /// The local store failed.
+    #[error("[store] {0}")]
+    Store(String),
+}
+
+/// What a completed join did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct JoinReport {
+    /// The network joined.
+    pub network: Hash,
+    /// Blocks stored by this join.
+    pub blocks: u64,
+    /// Bytes received (protocol messages, payloads included).
+    pub bytes: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Received megabytes (10^6 bytes) per second.
+    pub mb_per_s: f64,
+    /// The engine's final state: heads, and per peer what it served and whether it was banned.
+    pub snapshot: Snapshot,
+}
+
+/// A peer counts as present while it answered within this long.
+const PRESENT: Duration = Duration::from_secs(5);
+
+/// Syncs `store` with `peers` until it holds at least every head that the peers present
+/// report and nothing is left to fetch, or `deadline` passes. Blocks are fetched by hash
+/// from all peers at once and checked before they are stored (see [`ChainStore`]); a peer
+/// that serves an invalid block is banned and the others finish the job.
+pub fn join(
+    store: Arc<Store>,
+    network: Hash,
+    peers: &[Bootstrap],
+    deadline: Duration,
+    mut progress: impl FnMut(&Snapshot) + Send + 'static,
+) -> Result<JoinReport, JoinError> {
+    if let Some(held) = store
+        .at_height(ChainId::Meta, 0)
+        .map_err(|e| JoinError::Store(e.to_string()))?
+        && held != network
+    {
+        return Err(JoinError::StoreOfAnotherNetwork {
+            held,
+            named: network,
+        });
+    }
+    let chain = Arc::new(ChainStore::new(store, network));
+    let keys: Vec<_> = peers.iter().map(|b| b.key.clone()).collect();
+    let transport = Http::new(
+        peers.iter().map(|b| (b.key.clone(), b.addr.clone())),
+        Duration::from_secs(30),
+    );
+    let cfg = Config {
+        push: false,
+        status_every: Duration::from_millis(500),
+        status_fanout: peers.len(),
+        request_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let runner = commonware_runtime::tokio::Runner::new(
+        commonware_runtime::tokio::Config::new().with_worker_threads(2),
+    );
+    runner.start(move |context| async move {
+        let started = Instant::now();
+        let (engine, handle) = Engine::new(context.child("join"), cfg, transport, chain, keys);
+        let task = engine.start();
+        let result = loop {
+            context.sleep(Duration::from_millis(200)).await;
+            let Some(snap) = handle.snapshot().await else {
+                break Err(JoinError::Store("the sync engine stopped".into()));
+            };
+            progress(&snap);
+            let present: Vec<_> = snap
+                .peers
+                .iter()
+                .filter(|p| {
+                    p.banned_for_ms.is_none()
+                        && p.silent_for_ms
+                            .is_some_and(|s| s <= PRESENT.as_millis() as u64)
+                })
+                .collect();
+            if !present.is_empty() && present.iter().all(|p| p.foreign) {
+                break Err(JoinError::PeersOfAnotherNetwork {
+                    named: network,
+                    peers: present
+                        .iter()
+                        .map(|p| p.key.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            let ours = |chain: u8| {
+                snap.heads
+                    .iter()
+                    .find(|h| h.chain == chain)
+                    .map(|h| h.height)
+            };
+            let caught_up = present.iter().filter(|p| !p.foreign).all(|p| {
+                p.heads
+                    .iter()
+                    .all(|h| ours(h.chain).is_some_and(|mine| mine >= h.height))
+            });
+            let reported = present.iter().any(|p| !p.foreign && !p.heads.is_empty());
+            if reported && caught_up && snap.wanted == 0 && ours(ChainId::Meta as u8).is_some() {
+                let seconds = started.elapsed().as_secs_f64();
+                break Ok(JoinReport {
+                    network,
+                    blocks: snap.stats.imported,
+                    bytes: snap.stats.bytes_in,
+                    seconds,
+                    mb_per_s: snap.stats.bytes_in as f64 / 1e6 / seconds.max(1e-9),
+                    snapshot: snap,
+                });
+            }
+            if started.elapsed() >= deadline {
+                break Err(JoinError::Timeout {
+                    seconds: deadline.as_secs(),
+                    detail: format!(
+                        "{} blocks stored, {} wanted, {} of {} peers present",
+                        snap.stats.imported,
+                        snap.wanted,
+                        present.len(),
+                        snap.peers.len()
+                    ),
+                });
+            }
+        };
+        task.abort();
+        result
+    })
+}
