@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+
 use blyan_net::Identity;
 
 #[derive(Debug, clap::Subcommand)]
@@ -60,6 +62,10 @@ pub(crate) struct JoinArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600)]
     timeout_s: u64,
+    /// Payload bytes asked for per request, in KiB: smaller chunks spread one large block
+    /// over more requests (and peers answer each sooner).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(4..=1024))]
+    chunk_kib: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -76,14 +82,21 @@ pub(crate) fn join(data_dir: &Path, args: JoinArgs) -> anyhow::Result<()> {
         args.network,
         &args.bootstrap,
         std::time::Duration::from_secs(args.timeout_s),
+        args.chunk_kib * 1024,
         move |snap| {
-            if !json && last.elapsed() >= std::time::Duration::from_secs(1) {
+            if last.elapsed() >= std::time::Duration::from_millis(500) {
                 last = std::time::Instant::now();
+                let from: Vec<String> = snap
+                    .peers
+                    .iter()
+                    .map(|p| format!("{}={}", &p.key[..8], p.blocks_from))
+                    .collect();
                 eprintln!(
-                    "syncing: {} blocks stored, {} in flight, {:.1} MB received",
+                    "syncing: {} blocks stored, {} in flight, {:.1} MB received; from {}",
                     snap.stats.imported,
                     snap.wanted,
-                    snap.stats.bytes_in as f64 / 1e6
+                    snap.stats.bytes_in as f64 / 1e6,
+                    from.join(" ")
                 );
             }
         },
@@ -109,4 +122,101 @@ pub(crate) fn join(data_dir: &Path, args: JoinArgs) -> anyhow::Result<()> {
         println!("run it with: blyan up --data-dir {}", data_dir.display());
     }
     Ok(())
+}
+
+/// The node's blocks as the sync engine sees them: the chain store, plus the node's
+/// follow-up for every block a peer delivers (the same as for its own: verdicts recorded,
+/// new expert heads served).
+#[derive(Debug)]
+struct NodeBlocks {
+    chain: blyan_net::ChainStore,
+    node: std::sync::Arc<blyan_node::Node>,
+}
+
+impl blyan_net::BlockStore for NodeBlocks {
+    fn genesis(&self) -> blyan_primitives::Hash {
+        self.chain.genesis()
+    }
+    fn heads(&self) -> Result<Vec<blyan_net::Head>, blyan_net::ImportError> {
+        self.chain.heads()
+    }
+    fn has(&self, hash: &blyan_primitives::Hash) -> Result<bool, blyan_net::ImportError> {
+        self.chain.has(hash)
+    }
+    fn header(
+        &self,
+        hash: &blyan_primitives::Hash,
+    ) -> Result<Option<blyan_net::SignedHeader>, blyan_net::ImportError> {
+        self.chain.header(hash)
+    }
+    fn hashes(
+        &self,
+        chain: u8,
+        from: u64,
+        max: u32,
+    ) -> Result<Vec<blyan_primitives::Hash>, blyan_net::ImportError> {
+        self.chain.hashes(chain, from, max)
+    }
+    fn chunk(
+        &self,
+        hash: &blyan_primitives::Hash,
+        offset: u64,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, blyan_net::ImportError> {
+        self.chain.chunk(hash, offset, len)
+    }
+    fn check_header(
+        &self,
+        hash: &blyan_primitives::Hash,
+        header: &[u8],
+        signature: &[u8],
+    ) -> Result<blyan_chain::BlockHeader, blyan_net::ImportError> {
+        self.chain.check_header(hash, header, signature)
+    }
+    fn import(&self, block: blyan_chain::Block) -> Result<(), blyan_net::ImportError> {
+        let (hash, header) = (block.hash(), block.header.clone());
+        self.chain.import(block)?;
+        if let Err(e) = self.node.on_appended(hash, &header) {
+            tracing::warn!(%hash, error = %e, "follow-up of a block from a peer failed");
+        }
+        Ok(())
+    }
+}
+
+/// Starts following `peers` on a thread of its own until `stop` is set; the node hears the
+/// engine's state once a second (the `network` component and metrics).
+pub(crate) fn follow_peers(
+    node: std::sync::Arc<blyan_node::Node>,
+    peers: Vec<blyan_net::Bootstrap>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let blocks = std::sync::Arc::new(NodeBlocks {
+        chain: blyan_net::ChainStore::new(node.store().clone(), node.network()),
+        node: node.clone(),
+    });
+    let expected = peers.len();
+    println!(
+        "following    {} peers: {}",
+        expected,
+        peers
+            .iter()
+            .map(|p| p.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    std::thread::Builder::new()
+        .name("blyan-sync".into())
+        .spawn(move || {
+            blyan_net::follow(blocks, &peers, stop, move |snap| {
+                let s = blyan_net::SyncStatus::of(snap, expected);
+                node.set_network_view(blyan_node::NetworkView {
+                    expected: s.expected,
+                    present: s.present,
+                    lag_blocks: s.lag_blocks,
+                    bans: s.bans,
+                    imported: s.imported,
+                });
+            });
+        })
+        .context("starting the sync thread")
 }

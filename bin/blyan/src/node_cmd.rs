@@ -37,6 +37,15 @@ pub(crate) struct NodeArgs {
     /// Proof-of-Learning mode: pol, hybrid or pow [default: pol].
     #[arg(long, env = "BLYAN_POL_MODE", value_parser = ["pol", "hybrid", "pow"])]
     pol_mode: Option<String>,
+    /// A peer to follow, `KEY@HOST:PORT` (its network key and API address); repeat it, or
+    /// give a comma-separated list in the environment [default: none].
+    #[arg(
+        long = "peer",
+        env = "BLYAN_PEERS",
+        value_delimiter = ',',
+        value_name = "KEY@HOST:PORT"
+    )]
+    peers: Vec<String>,
 }
 
 impl NodeArgs {
@@ -51,6 +60,7 @@ impl NodeArgs {
             max_batch: self.max_batch,
             max_active: self.max_active,
             pol_mode: self.pol_mode.clone(),
+            peers: (!self.peers.is_empty()).then(|| self.peers.clone()),
             ..ConfigLayer::default()
         }
     }
@@ -88,6 +98,12 @@ pub(crate) fn run(
     started: Instant,
 ) -> anyhow::Result<()> {
     let config = node_config(data_dir, ledger_url, args)?;
+    let peers = config
+        .peers
+        .iter()
+        .map(|p| p.parse::<blyan_net::Bootstrap>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("[invalid_config] peers: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("blyan-api")
@@ -139,9 +155,17 @@ pub(crate) fn run(
             precision = %info.precision,
             "serving"
         );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let follower = (!peers.is_empty())
+            .then(|| crate::net_cmd::follow_peers(node.clone(), peers, stop.clone()))
+            .transpose()?;
         blyan_api::serve(node.clone(), listener, shutdown_signal())
             .await
             .context("serving the API")?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(f) = follower {
+            let _ = tokio::task::spawn_blocking(move || f.join()).await;
+        }
         println!(
             "stopped cleanly ({} generations were in flight)",
             node.active_generations()

@@ -318,7 +318,7 @@ fn submit_http(
     };
     // The signature names the network, which the node says.
     let info = get("/node")?;
-    let network: Hash = info["network"]
+    let network: Hash = info["node"]["network"]
         .as_str()
         .unwrap_or_default()
         .parse()

@@ -21,8 +21,11 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::store::{BlockStore, ImportError};
-use crate::transport::Transport;
+use crate::transport::{Incoming, Transport};
 use crate::wire::{CHUNK_LEN_MAX, HASHES_MAX, Head, Msg};
+
+/// How long a peer that could not be reached is left alone.
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(2);
 
 /// A peer's network identity.
 pub type PeerKey = ed25519::PublicKey;
@@ -137,6 +140,8 @@ pub struct Stats {
     pub conflicts: u64,
     /// Requests that timed out.
     pub timeouts: u64,
+    /// Times a peer could not be reached.
+    pub unreachable: u64,
 }
 
 /// What the engine knows of one peer.
@@ -227,6 +232,7 @@ struct Peer {
     banned_until: Option<SystemTime>,
     foreign: bool,
     last_heard: Option<SystemTime>,
+    down_until: Option<SystemTime>,
 }
 
 enum Slot {
@@ -257,6 +263,8 @@ struct Want {
     /// Peers that said they do not, or failed to serve it.
     refused: BTreeSet<PeerKey>,
     state: WantState,
+    /// Not asked again before this, after a header that could not be judged yet.
+    retry_at: Option<SystemTime>,
 }
 
 enum Asked {
@@ -349,7 +357,8 @@ where
             commonware_macros::select! {
                 msg = self.transport.recv() => {
                     match msg {
-                        Some((peer, bytes)) => self.on_message(peer, &bytes),
+                        Some(Incoming::Message(peer, bytes)) => self.on_message(peer, &bytes),
+                        Some(Incoming::Unreachable(peer)) => self.on_unreachable(&peer),
                         None => return,
                     }
                 },
@@ -424,9 +433,11 @@ where
     }
 
     fn usable(&self, peer: &PeerKey, now: SystemTime) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| !p.foreign && p.banned_until.is_none_or(|u| u <= now))
+        self.peers.get(peer).is_some_and(|p| {
+            !p.foreign
+                && p.banned_until.is_none_or(|u| u <= now)
+                && p.down_until.is_none_or(|u| u <= now)
+        })
     }
 
     /// Bans `peer` for a time that doubles with each ban, forgets what it claimed to hold and
@@ -464,6 +475,27 @@ where
             }
         }
         self.ready.retain(|_, (_, from)| from != peer);
+    }
+
+    /// A peer the transport could not reach: its outstanding requests go elsewhere at once,
+    /// and it is not asked again for a moment (it is not banned: it did nothing wrong).
+    fn on_unreachable(&mut self, peer: &PeerKey) {
+        let until = self.context.current() + UNREACHABLE_PAUSE;
+        self.stats.unreachable += 1;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.down_until = Some(until);
+        }
+        let ids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, q)| &q.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(q) = self.pending.remove(&id) {
+                self.release(q, true);
+            }
+        }
     }
 
     fn send(&mut self, to: &PeerKey, msg: &Msg) {
@@ -683,6 +715,7 @@ where
                 sources: source.into_iter().cloned().collect(),
                 refused: BTreeSet::new(),
                 state: WantState::Idle,
+                retry_at: None,
             },
         );
     }
@@ -764,8 +797,10 @@ where
             }
             Err(e) => {
                 tracing::debug!(%hash, error = %e, "header not judged");
+                let later = self.context.current() + Duration::from_secs(1);
                 if let Some(w) = self.wants.get_mut(&hash) {
                     w.state = WantState::Idle;
+                    w.retry_at = Some(later);
                 }
                 return;
             }
@@ -877,6 +912,7 @@ where
                 sources: w.sources,
                 refused: w.refused,
                 state: WantState::Idle,
+                retry_at: None,
             };
             w.sources.remove(&peer);
             w.refused.insert(peer.clone());
@@ -1002,11 +1038,28 @@ where
     fn schedule(&mut self, now: SystemTime) {
         let cap = self.cfg.inflight_per_peer;
         let chunk = u64::from(self.cfg.chunk_len);
-        let hashes: Vec<Hash> = self.wants.keys().copied().collect();
+        // Nothing can be judged before the spec block, whose author is the network's writer:
+        // until it is stored, it is the only block asked for.
+        let genesis = self.store.genesis();
+        let hashes: Vec<Hash> = if self.store.has(&genesis).unwrap_or(false) {
+            self.wants.keys().copied().collect()
+        } else {
+            if !self.wants.contains_key(&genesis)
+                && self.peers.values().any(|p| !p.heads.is_empty())
+            {
+                self.want(genesis, Some((0, 0)), None);
+            }
+            self.wants
+                .contains_key(&genesis)
+                .then_some(genesis)
+                .into_iter()
+                .collect()
+        };
         let mut dead = Vec::new();
         for hash in hashes {
             let w = &self.wants[&hash];
             match &w.state {
+                WantState::Idle if w.retry_at.is_some_and(|t| t > now) => {}
                 WantState::Idle => {
                     let mut candidates: Vec<PeerKey> = w
                         .sources

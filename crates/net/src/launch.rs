@@ -2,6 +2,7 @@
 //! from peers over their HTTP read path and returns once it holds everything they hold.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blyan_chain::{ChainId, Store};
@@ -10,7 +11,7 @@ use commonware_runtime::{Clock, Runner, Supervisor};
 
 use crate::engine::{Config, Engine, Snapshot};
 use crate::identity::Bootstrap;
-use crate::store::ChainStore;
+use crate::store::{BlockStore, ChainStore};
 use crate::transport::Http;
 
 /// Why a join did not complete.
@@ -65,6 +66,101 @@ pub struct JoinReport {
 /// A peer counts as present while it answered within this long.
 const PRESENT: Duration = Duration::from_secs(5);
 
+/// How far behind its peers a node is, and how many of them it hears: what the Agent
+/// Checker and `/metrics` report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncStatus {
+    /// Peers configured.
+    pub expected: u32,
+    /// Peers that answered within the last few seconds, serve this network and are not banned.
+    pub present: u32,
+    /// Blocks the present peers hold beyond this node's heads, summed over the chains.
+    pub lag_blocks: u64,
+    /// Bans handed out since start.
+    pub bans: u64,
+    /// Blocks stored from peers since start.
+    pub imported: u64,
+}
+
+impl SyncStatus {
+    /// The status in `snap`, of a node configured with `expected` peers.
+    pub fn of(snap: &Snapshot, expected: usize) -> SyncStatus {
+        let present: Vec<_> = snap
+            .peers
+            .iter()
+            .filter(|p| {
+                !p.foreign
+                    && p.banned_for_ms.is_none()
+                    && p.silent_for_ms
+                        .is_some_and(|s| s <= PRESENT.as_millis() as u64)
+            })
+            .collect();
+        let ours = |chain: u8| {
+            snap.heads
+                .iter()
+                .find(|h| h.chain == chain)
+                .map(|h| h.height)
+        };
+        let mut lag = std::collections::BTreeMap::<u8, u64>::new();
+        for p in &present {
+            for h in &p.heads {
+                let behind = match ours(h.chain) {
+                    Some(mine) => h.height.saturating_sub(mine),
+                    None => h.height + 1,
+                };
+                let e = lag.entry(h.chain).or_default();
+                *e = (*e).max(behind);
+            }
+        }
+        SyncStatus {
+            expected: expected as u32,
+            present: present.len() as u32,
+            lag_blocks: lag.values().sum(),
+            bans: snap.stats.bans,
+            imported: snap.stats.imported,
+        }
+    }
+}
+
+/// Follows `peers` over their read path until `stop` is set: each block they hold that
+/// `store` lacks is fetched, checked and imported (through `store`, whose `import` runs the
+/// node's follow-up), and `report` hears the engine's state about once a second. Blocks on
+/// the calling thread, which it gives a tokio runtime of its own.
+pub fn follow<B: BlockStore>(
+    store: Arc<B>,
+    peers: &[Bootstrap],
+    stop: Arc<AtomicBool>,
+    mut report: impl FnMut(&Snapshot) + Send + 'static,
+) {
+    let keys: Vec<_> = peers.iter().map(|b| b.key.clone()).collect();
+    let transport = Http::new(
+        peers.iter().map(|b| (b.key.clone(), b.addr.clone())),
+        Duration::from_secs(30),
+    );
+    let cfg = Config {
+        push: false,
+        status_every: Duration::from_millis(250),
+        status_fanout: peers.len(),
+        request_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let runner = commonware_runtime::tokio::Runner::new(
+        commonware_runtime::tokio::Config::new().with_worker_threads(1),
+    );
+    runner.start(move |context| async move {
+        let (engine, handle) = Engine::new(context.child("follow"), cfg, transport, store, keys);
+        let task = engine.start();
+        while !stop.load(Ordering::Relaxed) {
+            context.sleep(Duration::from_secs(1)).await;
+            match handle.snapshot().await {
+                Some(snap) => report(&snap),
+                None => break,
+            }
+        }
+        task.abort();
+    });
+}
+
 /// Syncs `store` with `peers` until it holds at least every head that the peers present
 /// report and nothing is left to fetch, or `deadline` passes. Blocks are fetched by hash
 /// from all peers at once and checked before they are stored (see [`ChainStore`]); a peer
@@ -74,6 +170,7 @@ pub fn join(
     network: Hash,
     peers: &[Bootstrap],
     deadline: Duration,
+    chunk_len: u32,
     mut progress: impl FnMut(&Snapshot) + Send + 'static,
 ) -> Result<JoinReport, JoinError> {
     if let Some(held) = store
@@ -97,6 +194,7 @@ pub fn join(
         status_every: Duration::from_millis(500),
         status_fanout: peers.len(),
         request_timeout: Duration::from_secs(30),
+        chunk_len: chunk_len.clamp(1, crate::wire::CHUNK_LEN_MAX),
         ..Config::default()
     };
     let runner = commonware_runtime::tokio::Runner::new(

@@ -20,7 +20,7 @@ pub mod wire;
 
 pub use engine::{Config, Engine, Handle, PeerInfo, PeerKey, Snapshot, Stats, answer};
 pub use identity::{Bootstrap, Identity, check_binding, parse_key};
-pub use launch::{JoinError, JoinReport, join};
+pub use launch::{JoinError, JoinReport, SyncStatus, follow, join};
 pub use store::{BlockStore, ChainStore, ImportError, SignedHeader};
-pub use transport::{Http, P2p, RPC_PATH, Transport};
+pub use transport::{Http, Incoming, P2p, RPC_PATH, Transport};
 pub use wire::Head;

@@ -14,12 +14,21 @@ use futures::channel::mpsc;
 use crate::engine::PeerKey;
 use crate::wire::MSG_LEN_MAX;
 
+/// What a transport delivers.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A message from a peer.
+    Message(PeerKey, Vec<u8>),
+    /// A peer could not be reached: what was sent to it will not be answered.
+    Unreachable(PeerKey),
+}
+
 /// A message-passing link to peers.
 pub trait Transport: Send + 'static {
     /// Queues `bytes` for `to`; false when it could not even be queued.
     fn send(&mut self, to: &PeerKey, bytes: Vec<u8>) -> bool;
-    /// The next message from any peer; `None` once the transport closed.
-    fn recv(&mut self) -> impl Future<Output = Option<(PeerKey, Vec<u8>)>> + Send;
+    /// The next delivery; `None` once the transport closed.
+    fn recv(&mut self) -> impl Future<Output = Option<Incoming>> + Send;
 }
 
 /// One channel of a commonware p2p network.
@@ -48,9 +57,9 @@ where
             .is_empty()
     }
 
-    async fn recv(&mut self) -> Option<(PeerKey, Vec<u8>)> {
+    async fn recv(&mut self) -> Option<Incoming> {
         let (peer, buf) = self.receiver.recv().await.ok()?;
-        Some((peer, buf.as_ref().to_vec()))
+        Some(Incoming::Message(peer, buf.as_ref().to_vec()))
     }
 }
 
@@ -65,8 +74,8 @@ pub const RPC_PATH: &str = "/net/v1/rpc";
 pub struct Http {
     urls: BTreeMap<PeerKey, String>,
     agent: ureq::Agent,
-    tx: mpsc::UnboundedSender<(PeerKey, Vec<u8>)>,
-    rx: mpsc::UnboundedReceiver<(PeerKey, Vec<u8>)>,
+    tx: mpsc::UnboundedSender<Incoming>,
+    rx: mpsc::UnboundedReceiver<Incoming>,
 }
 
 impl Http {
@@ -104,9 +113,12 @@ impl Transport for Http {
                 .header("content-type", "application/octet-stream")
                 .send(&bytes[..])
             else {
+                let _ = tx.unbounded_send(Incoming::Unreachable(peer));
                 return;
             };
             if response.status().as_u16() != 200 {
+                // 204 answers what asks for nothing; a refusal (rate limit, 5xx) is left to
+                // the engine's timeout, which asks elsewhere.
                 return;
             }
             let mut body = Vec::new();
@@ -116,13 +128,13 @@ impl Transport for Http {
                 .take(MSG_LEN_MAX as u64 + 1)
                 .read_to_end(&mut body);
             if read.is_ok() {
-                let _ = tx.unbounded_send((peer, body));
+                let _ = tx.unbounded_send(Incoming::Message(peer, body));
             }
         });
         true
     }
 
-    async fn recv(&mut self) -> Option<(PeerKey, Vec<u8>)> {
+    async fn recv(&mut self) -> Option<Incoming> {
         self.rx.next().await
     }
 }

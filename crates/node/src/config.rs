@@ -123,6 +123,10 @@ pub struct NodeConfig {
     pub rate_limit_sync_per_min: u32,
     /// Sync requests one client network may make at once.
     pub rate_limit_sync_burst: u32,
+    /// Peers this node follows, each `KEY@HOST:PORT` (a peer's network key and its API
+    /// address): their blocks are pulled, checked and stored as they appear. Empty: the
+    /// node runs alone.
+    pub peers: Vec<String>,
     /// Proof of Learning (the `pol_*` keys).
     pub pol: crate::pol::PolSettings,
 }
@@ -156,6 +160,7 @@ impl Default for NodeConfig {
             rate_limit_verify_burst: 2,
             rate_limit_sync_per_min: 6000,
             rate_limit_sync_burst: 600,
+            peers: Vec::new(),
             pol: crate::pol::PolSettings::default(),
         }
     }
@@ -211,6 +216,8 @@ pub struct ConfigLayer {
     pub rate_limit_sync_per_min: Option<u32>,
     /// See [`NodeConfig::rate_limit_sync_burst`].
     pub rate_limit_sync_burst: Option<u32>,
+    /// See [`NodeConfig::peers`].
+    pub peers: Option<Vec<String>>,
     /// `pol`, `hybrid` or `pow`.
     pub pol_mode: Option<String>,
     /// Significance level, percent: 1 or 5.
@@ -323,6 +330,9 @@ impl NodeConfig {
         }
         if let Some(v) = layer.rate_limit_sync_burst {
             self.rate_limit_sync_burst = v;
+        }
+        if let Some(v) = &layer.peers {
+            self.peers = v.clone();
         }
         if let Some(v) = &layer.pol_mode {
             self.pol.mode = v.parse().map_err(NodeError::Config)?;

@@ -22,7 +22,8 @@ pub use config::{ConfigLayer, KeyPassphrase, LISTEN_DEFAULT, NodeConfig};
 pub use error::NodeError;
 pub use metrics::Metrics;
 pub use node::{
-    BlockPage, CompletionRequest, ExpertInfo, Generation, Node, NodeInfo, PAGE_LIMIT_MAX,
+    BlockPage, CompletionRequest, ExpertInfo, Generation, NetworkView, Node, NodeInfo,
+    PAGE_LIMIT_MAX,
 };
 
 /// Milliseconds since the Unix epoch.

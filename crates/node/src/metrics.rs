@@ -58,6 +58,10 @@ pub struct Metrics {
     ledger_unanchored: IntGauge,
     lane_restarts: IntCounter,
     lanes_alive: IntGauge,
+    net_peers: IntGaugeVec,
+    net_lag: IntGauge,
+    net_bans: IntGauge,
+    net_imported: IntGauge,
     /// The served engine (its epoch) and its restart count already added to
     /// `lane_restarts`.
     lane_restarts_seen: Mutex<(u64, u64)>,
@@ -235,6 +239,29 @@ impl Metrics {
                 "Postings not yet anchored on the ledger chain.",
             )
             .map_err(metric_error)?,
+            net_peers: IntGaugeVec::new(
+                Opts::new(
+                    "blyan_net_peers",
+                    "Peers followed: configured (expected) and answering (present).",
+                ),
+                &["state"],
+            )
+            .map_err(metric_error)?,
+            net_lag: IntGauge::new(
+                "blyan_net_sync_lag_blocks",
+                "Blocks the present peers hold beyond this node's heads, summed over chains.",
+            )
+            .map_err(metric_error)?,
+            net_bans: IntGauge::new(
+                "blyan_net_bans",
+                "Peers banned for serving invalid data since start.",
+            )
+            .map_err(metric_error)?,
+            net_imported: IntGauge::new(
+                "blyan_net_blocks_imported",
+                "Blocks stored from peers since start.",
+            )
+            .map_err(metric_error)?,
             registry,
         };
         let r = &m.registry;
@@ -253,6 +280,11 @@ impl Metrics {
         r.register(Box::new(m.lane_restarts.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.lanes_alive.clone()))
+            .map_err(metric_error)?;
+        for g in [&m.net_lag, &m.net_bans, &m.net_imported] {
+            r.register(Box::new(g.clone())).map_err(metric_error)?;
+        }
+        r.register(Box::new(m.net_peers.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.ledger_unanchored.clone()))
             .map_err(metric_error)?;
@@ -322,6 +354,18 @@ impl Metrics {
     }
 
     /// Records the ledger's size and supply.
+    pub(crate) fn observe_network(&self, v: &crate::NetworkView) {
+        self.net_peers
+            .with_label_values(&["expected"])
+            .set(i64::from(v.expected));
+        self.net_peers
+            .with_label_values(&["present"])
+            .set(i64::from(v.present));
+        self.net_lag.set(v.lag_blocks as i64);
+        self.net_bans.set(v.bans as i64);
+        self.net_imported.set(v.imported as i64);
+    }
+
     pub(crate) fn observe_ledger(&self, supply: &blyan_ledger::Supply, unanchored: u64) {
         self.ledger_total_postings.set(clamp_i64(supply.postings));
         for (part, v) in [

@@ -72,6 +72,8 @@ pub struct Node {
     pub(crate) expert_tokens: Mutex<BTreeMap<ExpertId, u64>>,
     pub(crate) recent_status: Mutex<VecDeque<u16>>,
     pub(crate) listening: Mutex<Option<SocketAddr>>,
+    /// What the sync engine last reported, when the node follows peers.
+    network_view: Mutex<Option<NetworkView>>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) probe_round: AtomicU64,
     pub(crate) started_ms: u64,
@@ -109,6 +111,21 @@ pub struct CompletionRequest {
     pub payer: Address,
     /// The request's idempotency key, stored with the reply when the request is captured.
     pub idempotency: Option<IdempotencyKey>,
+}
+
+/// The peer network as the launcher's sync engine last reported it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetworkView {
+    /// Peers configured.
+    pub expected: u32,
+    /// Peers that answered lately, serve this network and are not banned.
+    pub present: u32,
+    /// Blocks the present peers hold beyond this node's heads, summed over the chains.
+    pub lag_blocks: u64,
+    /// Peers banned since start.
+    pub bans: u64,
+    /// Blocks stored from peers since start.
+    pub imported: u64,
 }
 
 /// The node's identity and what it serves.
@@ -244,6 +261,7 @@ impl Node {
             expert_tokens: Mutex::new(BTreeMap::new()),
             recent_status: Mutex::new(VecDeque::new()),
             listening: Mutex::new(None),
+            network_view: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             probe_round: AtomicU64::new(0),
             started_ms: now_ms,
@@ -573,6 +591,7 @@ impl Node {
             self.probe_api(),
             self.probe_disk(),
             self.probe_ledger(),
+            self.probe_network(),
         ];
         let health = self.checker.update(&reports, now_ms)?;
         self.metrics.observe_health(&health);
@@ -758,6 +777,45 @@ impl Node {
             } else {
                 present as f64 / blocks.len() as f64
             },
+            detail,
+            weight: 1.0,
+            critical: false,
+        }
+    }
+
+    /// Records what the sync engine reports (the launcher calls it about once a second).
+    pub fn set_network_view(&self, view: NetworkView) {
+        self.metrics.observe_network(&view);
+        *self.network_view.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+    }
+
+    /// The peer network: the share of configured peers that answer, lowered while this node
+    /// is behind them. A node with no peers configured is a network of one.
+    fn probe_network(&self) -> ComponentReport {
+        let view = *self.network_view.lock().unwrap_or_else(|p| p.into_inner());
+        let (readiness, detail) = match view {
+            None | Some(NetworkView { expected: 0, .. }) => {
+                (1.0, "standalone: no peers configured".to_owned())
+            }
+            Some(v) => {
+                let share = f64::from(v.present) / f64::from(v.expected);
+                let readiness = if v.lag_blocks > 0 {
+                    share * 0.75
+                } else {
+                    share
+                };
+                (
+                    readiness,
+                    format!(
+                        "{} of {} peers present; {} blocks behind; {} blocks synced, {} bans",
+                        v.present, v.expected, v.lag_blocks, v.imported, v.bans
+                    ),
+                )
+            }
+        };
+        ComponentReport {
+            name: "network",
+            readiness,
             detail,
             weight: 1.0,
             critical: false,

@@ -1,0 +1,283 @@
+//! Three `blyan` processes on loopback: node 2 joins from node 1 and follows it; node 3 joins
+//! from both while node 2 is killed with SIGKILL mid-sync; a verdict made on node 1 then
+//! reaches node 3 and the restarted node 2.
+
+// Tests fail loudly: unwrapping is the point.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+mod common;
+
+use common::{RunningNode, init_random};
+
+fn blyan(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `KEY@HOST:PORT` of a running node: its network key and its API address.
+fn bootstrap(dir: &Path, node: &RunningNode) -> String {
+    let id = ok_json(&blyan(dir, &["net", "id", "--json"]));
+    let addr = node.url.strip_prefix("http://").unwrap();
+    format!("{}@{addr}", id["key"].as_str().unwrap())
+}
+
+/// Polls `path` on `node` until it answers 200, for at most `limit`.
+fn eventually_found(node: &RunningNode, path: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let found = ureq::get(format!("{}{path}", node.url))
+            .call()
+            .is_ok_and(|r| r.status() == 200);
+        if found {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn three_nodes_join_through_a_sigkill_and_follow_a_verdict() {
+    let (d1, d2, d3) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    init_random(d1.path());
+    let n1 = RunningNode::start(d1.path(), &["up"], &[]);
+    let network = n1.get("/node")["node"]["network"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b1 = bootstrap(d1.path(), &n1);
+
+    // A data directory of another network is refused before anything is fetched.
+    let other = tempfile::tempdir().unwrap();
+    init_random(other.path());
+    let wrong = blyan(
+        other.path(),
+        &["join", "--network", &network, "--bootstrap", &b1],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("[wrong_network]"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+
+    // Node 2 joins from node 1, then follows it.
+    let j2 = ok_json(&blyan(
+        d2.path(),
+        &["join", "--network", &network, "--bootstrap", &b1, "--json"],
+    ));
+    // Everything node 1 holds now (its first ledger anchor may have come after the start).
+    let total = n1.get("/chain/blocks")["total"].as_u64().unwrap();
+    assert_eq!(j2["blocks"], total, "{j2}");
+    let n2 = RunningNode::start(d2.path(), &["up", "--peer", &b1], &[]);
+    let b2 = bootstrap(d2.path(), &n2);
+    let k2 = &b2[..8];
+
+    // Node 3 joins from both; node 2 is killed with SIGKILL once it has served some blocks.
+    let mut join = Command::new(env!("CARGO_BIN_EXE_blyan"))
+        .arg("--data-dir")
+        .arg(d3.path())
+        .args([
+            "join",
+            "--network",
+            &network,
+            "--bootstrap",
+            &b1,
+            "--bootstrap",
+            &b2,
+            "--chunk-kib",
+            "4",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut n2 = Some(n2);
+    let mut killed_at = None;
+    for line in BufReader::new(join.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let Some(rest) = line.strip_prefix("syncing: ") else {
+            continue;
+        };
+        let stored: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+        let from_2: u64 = rest
+            .split(' ')
+            .find_map(|w| w.strip_prefix(&format!("{k2}=")))
+            .map_or(0, |n| n.parse().unwrap());
+        if n2.is_some() && from_2 > 0 && stored < total {
+            let mut node = n2.take().unwrap();
+            node.child.kill().unwrap();
+            node.child.wait().unwrap();
+            killed_at = Some(stored);
+        }
+    }
+    let out = join.wait_with_output().unwrap();
+    let report = ok_json(&out);
+    assert!(
+        killed_at.is_some(),
+        "node 2 was never killed mid-sync: {report}"
+    );
+    assert_eq!(report["blocks"], total, "{report}");
+    let served: Vec<u64> = report["snapshot"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["blocks_from"].as_u64().unwrap())
+        .collect();
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "both sources served: {report}"
+    );
+    assert_eq!(served.iter().sum::<u64>(), total);
+    let verify = blyan(d3.path(), &["chain", "verify", "--full"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    // A candidate trained on node 3's copy of the chain, judged by node 1: the verdict reaches
+    // node 3 and node 2, restarted after its SIGKILL, by following node 1.
+    let data = d3.path().join("data.txt");
+    let text: String = (0..40)
+        .map(|i| format!("And the {i}th day the waters rose over the land of the east.\n"))
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let cand = d3.path().join("cand.safetensors");
+    ok_json(&blyan(
+        d3.path(),
+        &[
+            "train",
+            "expert",
+            "--expert",
+            "1.3",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--seq-len",
+            "32",
+            "--out",
+            cand.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let n3 = RunningNode::start(d3.path(), &["up", "--peer", &b1], &[]);
+    let n2 = RunningNode::start(d2.path(), &["up", "--peer", &b1], &[]);
+    let submitted = blyan(
+        d3.path(),
+        &[
+            "submit",
+            "--node",
+            &n1.url,
+            "--candidate",
+            cand.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let verdict: Value = serde_json::from_slice(&submitted.stdout).unwrap_or_else(|e| {
+        panic!(
+            "submit printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&submitted.stderr)
+        )
+    });
+    let proof = verdict["proof"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no verdict: {verdict}"))
+        .to_owned();
+    for (name, node) in [("node 3", &n3), ("node 2", &n2)] {
+        assert!(
+            eventually_found(
+                node,
+                &format!("/chain/blocks/{proof}"),
+                Duration::from_secs(60)
+            ),
+            "the verdict never reached {name}"
+        );
+    }
+    // Each follower reports its peer and holds node 1's heads.
+    for node in [&n2, &n3] {
+        // The Agent Checker probes on its own timer: wait for a round after the first report.
+        let start = Instant::now();
+        let net = loop {
+            let health = node.get("/health");
+            let net = health["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "network")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let present = net["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("1 of 1 peers present"));
+            if present || start.elapsed() > Duration::from_secs(90) {
+                break net;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert!(
+            net["detail"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("1 of 1 peers present"),
+            "{net}"
+        );
+        let metrics = ureq::get(format!("{}/metrics", node.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        assert!(
+            metrics.contains("blyan_net_peers{state=\"present\"} 1"),
+            "{metrics}"
+        );
+    }
+    // Followers write no block of their own: submissions to them are refused.
+    let refused = blyan(
+        d3.path(),
+        &[
+            "submit",
+            "--node",
+            &n3.url,
+            "--candidate",
+            cand.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let refusal: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(refusal["reason"], "not_admitted", "{refusal}");
+}
