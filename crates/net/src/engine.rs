@@ -165,6 +165,8 @@ pub struct PeerInfo {
     pub foreign: bool,
     /// Milliseconds since its last message, if it ever sent one.
     pub silent_for_ms: Option<u64>,
+    /// Why it was last banned.
+    pub last_ban: Option<String>,
 }
 
 /// A snapshot of the engine for `net peers`, metrics and tests.
@@ -233,6 +235,7 @@ struct Peer {
     foreign: bool,
     last_heard: Option<SystemTime>,
     down_until: Option<SystemTime>,
+    last_ban: Option<String>,
 }
 
 enum Slot {
@@ -418,6 +421,7 @@ where
                     silent_for_ms: p
                         .last_heard
                         .map(|t| now.duration_since(t).unwrap_or_default().as_millis() as u64),
+                    last_ban: p.last_ban.clone(),
                 })
                 .collect(),
             wanted: self.wants.len() + self.ready.len(),
@@ -450,6 +454,7 @@ where
         let factor = 1u32 << (p.bans - 1).min(20);
         let length = base.saturating_mul(factor).min(max);
         p.banned_until = Some(now + length);
+        p.last_ban = Some(why.to_owned());
         p.heads.clear();
         self.stats.bans += 1;
         tracing::warn!(peer = %peer, why, ban_s = length.as_secs(), "peer banned");
@@ -791,8 +796,18 @@ where
         let checked = self.store.check_header(&hash, header, signature);
         let header = match checked {
             Ok(h) => h,
-            Err(e) if e.blames_peer() => {
+            Err(e) if e.condemns_block() => {
                 self.bad_block(hash, &peer, &e);
+                return;
+            }
+            Err(e) if e.blames_peer() => {
+                // Another block's header: the peer lied, the block asked for is still wanted.
+                if let Some(w) = self.wants.get_mut(&hash) {
+                    w.state = WantState::Idle;
+                    w.sources.remove(&peer);
+                    w.refused.insert(peer.clone());
+                }
+                self.ban(&peer, &e.to_string());
                 return;
             }
             Err(e) => {
@@ -965,7 +980,7 @@ where
                         }
                         self.gossip(hash, Some(&peer));
                     }
-                    Err(e) if e.blames_peer() => self.bad_block(hash, &peer, &e),
+                    Err(e) if e.condemns_block() => self.bad_block(hash, &peer, &e),
                     Err(ImportError::Conflict(reason)) => {
                         tracing::info!(%hash, reason, "conflicting block kept out");
                         self.stats.conflicts += 1;

@@ -32,11 +32,31 @@ pub enum ImportError {
     /// The local store failed; the block was not judged.
     #[error("local store: {0}")]
     Local(String),
+    /// A peer answered a request for one block with another's header: the peer is at fault,
+    /// the block asked for is not judged.
+    #[error("asked for block {asked}, got the header of {got}")]
+    WrongBlock {
+        /// The hash asked for.
+        asked: Hash,
+        /// The hash of what came.
+        got: Hash,
+    },
 }
 
 impl ImportError {
     /// Whether the peer that served the block is to blame.
     pub fn blames_peer(&self) -> bool {
+        matches!(
+            self,
+            ImportError::Invalid(_)
+                | ImportError::Unauthorized { .. }
+                | ImportError::WrongBlock { .. }
+        )
+    }
+
+    /// Whether the block itself is invalid, whoever serves it (its hash commits to what was
+    /// judged), so that it is never asked for again.
+    pub fn condemns_block(&self) -> bool {
         matches!(
             self,
             ImportError::Invalid(_) | ImportError::Unauthorized { .. }
@@ -196,9 +216,10 @@ impl BlockStore for ChainStore {
         let decoded = BlockHeader::decode(header).map_err(invalid)?;
         let actual = decoded.hash();
         if actual != *hash {
-            return Err(ImportError::Invalid(format!(
-                "asked for block {hash}, got the header of {actual}"
-            )));
+            return Err(ImportError::WrongBlock {
+                asked: *hash,
+                got: actual,
+            });
         }
         let signature = blyan_primitives::Signature::from_slice(signature)
             .map_err(|e| invalid(BlockError::BadSignature(e)))?;

@@ -105,6 +105,8 @@ struct Outcome {
     operator_heads: Vec<Head>,
     /// Per honest node: how many Byzantine keys it had banned.
     bans_of_byzantine: usize,
+    /// Honest peers banned by honest nodes (there must be none).
+    bans_of_honest: Vec<String>,
     /// Forged blocks found in any honest store.
     forged_stored: usize,
     converged_at_s: Option<u64>,
@@ -408,19 +410,39 @@ fn simulate(plan: &Plan) -> Outcome {
             }
         }
 
-        let byz: BTreeSet<String> = pks[honest..].iter().map(|k| k.to_string()).collect();
         let mut bans_of_byzantine = 0;
+        let mut bans_of_honest = Vec::new();
         let (mut msgs, mut bytes) = (0, 0);
         let mut stuck = Vec::new();
+        let byz: BTreeSet<String> = pks[honest..].iter().map(|k| k.to_string()).collect();
         let want = nodes[0].store.heads().unwrap();
         for (i, n) in nodes.iter().enumerate() {
             let snap = n.handle.as_ref().unwrap().0.snapshot().await.unwrap();
             if snap.heads != want {
+                let peers: Vec<String> = snap
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let byz = if byz.contains(&p.key) { "byz " } else { "" };
+                        let heads: Vec<(u8, u64)> =
+                            p.heads.iter().map(|h| (h.chain, h.height)).collect();
+                        format!(
+                            "{byz}{}: bans {} banned {:?} silent {:?} heads {heads:?} why {:?}",
+                            &p.key[..6],
+                            p.bans,
+                            p.banned_for_ms,
+                            p.silent_for_ms,
+                            p.last_ban
+                        )
+                    })
+                    .collect();
+                let mine: Vec<(u8, u64)> = snap.heads.iter().map(|h| (h.chain, h.height)).collect();
                 stuck.push(format!(
-                    "node {i} (crashed: {}): wanted {}, stats {:?}",
+                    "node {i} (crashed: {}): heads {mine:?} wanted {}, stats {:?}\n    {}",
                     victims.contains(&i),
                     snap.wanted,
-                    snap.stats
+                    snap.stats,
+                    peers.join("\n    ")
                 ));
             }
             msgs += snap.stats.msgs_out;
@@ -430,6 +452,12 @@ fn simulate(plan: &Plan) -> Outcome {
                 .iter()
                 .filter(|p| byz.contains(&p.key) && p.bans > 0)
                 .count();
+            bans_of_honest.extend(
+                snap.peers
+                    .iter()
+                    .filter(|p| !byz.contains(&p.key) && p.bans > 0)
+                    .map(|p| format!("node {i} banned {}: {:?}", &p.key[..8], p.last_ban)),
+            );
         }
         let forged_stored = nodes
             .iter()
@@ -451,6 +479,7 @@ fn simulate(plan: &Plan) -> Outcome {
             heads: nodes.iter().map(|n| n.store.heads().unwrap()).collect(),
             operator_heads: nodes[0].store.heads().unwrap(),
             bans_of_byzantine,
+            bans_of_honest,
             forged_stored,
             converged_at_s,
             stuck,
@@ -501,6 +530,7 @@ fn a_hundred_nodes_converge_through_loss_a_partition_crashes_and_byzantine_peers
     assert_eq!(ledger.height, plan.blocks - 1);
     assert!(a.heads.iter().all(|h| *h == a.operator_heads));
     assert_eq!(a.forged_stored, 0);
+    assert!(a.bans_of_honest.is_empty(), "{:?}", a.bans_of_honest);
     assert!(
         a.bans_of_byzantine >= plan.byzantine,
         "{} bans",
@@ -523,6 +553,7 @@ fn the_same_seed_gives_the_same_trace() {
     let a = simulate(&plan);
     let b = simulate(&plan);
     assert!(a.converged_at_s.is_some(), "{}", summary(&a));
+    assert!(a.bans_of_honest.is_empty(), "{:?}", a.bans_of_honest);
     assert_eq!(a.auditor, b.auditor);
     assert_eq!(a.heads, b.heads);
     assert_eq!((a.msgs, a.bytes), (b.msgs, b.bytes));
@@ -531,4 +562,68 @@ fn the_same_seed_gives_the_same_trace() {
         a.auditor, c.auditor,
         "a different seed gives a different trace"
     );
+}
+
+/// Resident memory of this process in bytes (Linux), to size simulated nodes.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The figures of docs/SCALING.md: for each network size in `SIM_NODES` (default 10,30,100),
+/// `SIM_MINUTES` simulated minutes (default 10) of one block every 5 s with loss, a partition,
+/// crashes and Byzantine peers; per node: messages and bytes sent, CPU (the single-threaded
+/// executor's wall time) and memory.
+#[test]
+#[ignore = "calibration: run with --ignored --nocapture and record the figures"]
+fn scaling() {
+    let sizes: Vec<usize> = std::env::var("SIM_NODES")
+        .unwrap_or_else(|_| "10,30,100".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let minutes: u64 = std::env::var("SIM_MINUTES")
+        .ok()
+        .map_or(10, |m| m.parse().unwrap());
+    for n in sizes {
+        let seconds = minutes * 60;
+        let plan = Plan {
+            seed: 1,
+            nodes: n,
+            byzantine: (n / 20).max(1),
+            neighbours: 6,
+            block_every: 5,
+            blocks: (seconds - 60) / 5,
+            partition: (seconds / 5, seconds * 2 / 5),
+            crash: (seconds * 3 / 10, seconds / 2),
+            crashed: (n / 10).max(1),
+            settle: 60,
+        };
+        let before = rss_bytes();
+        let wall = Instant::now();
+        let o = simulate(&plan);
+        let wall = wall.elapsed().as_secs_f64();
+        let rss = rss_bytes().saturating_sub(before);
+        assert!(o.converged_at_s.is_some(), "{}", summary(&o));
+        assert!(o.bans_of_honest.is_empty(), "{:?}", o.bans_of_honest);
+        let honest = (n - plan.byzantine) as f64;
+        println!(
+            "nodes {n}: {minutes} simulated min in {wall:.1} s wall ({:.3} s CPU per node per simulated min); \
+             per honest node {:.0} messages and {:.1} KB sent ({:.1} msgs/s); converged at {} s; \
+             memory +{:.1} MiB ({:.0} KiB per node)",
+            wall / honest / minutes as f64,
+            o.msgs as f64 / honest,
+            o.bytes as f64 / honest / 1e3,
+            o.msgs as f64 / honest / seconds as f64,
+            o.converged_at_s.unwrap(),
+            rss as f64 / f64::from(1u32 << 20),
+            rss as f64 / honest / 1024.0,
+        );
+    }
 }
