@@ -84,7 +84,10 @@ try {
   await page.click('[data-tab=activity]');
   await page.waitForFunction(() => document.querySelector('#pol-status').textContent.length > 0);
   await page.click('[data-tab=health]');
-  await page.waitForFunction(() => document.querySelectorAll('#health-table tbody tr').length === 6);
+  await page.waitForFunction(() => document.querySelectorAll('#health-table tbody tr').length === 7);
+  // A node that follows no peer says so, and its peer table is empty.
+  assert.equal(await page.isVisible('#peers-none'), true);
+  assert.equal(await page.locator('#peers-table tbody tr').count(), 0);
   assert.match(await page.textContent('#health-stage'), /release|production|development|unavailable/);
   await page.screenshot({ path: `${outDir}/web-ui-health.png` });
 

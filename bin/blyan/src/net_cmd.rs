@@ -14,6 +14,15 @@ pub(crate) enum NetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The peers a running node follows: key, API address, round trip, blocks, bans.
+    Peers {
+        /// The node's API.
+        #[arg(long, env = "BLYAN_URL", default_value = "http://127.0.0.1:8420")]
+        url: String,
+        /// Print the node's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The node's network identity: the network key from the keystore (made on first use),
@@ -27,6 +36,40 @@ pub(crate) fn identity(data_dir: &Path) -> anyhow::Result<Identity> {
 
 pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
     match cmd {
+        NetCommand::Peers { url, json } => {
+            let target = format!("{}/net/peers", url.trim_end_matches('/'));
+            let report: serde_json::Value = ureq::get(&target)
+                .call()
+                .with_context(|| format!("asking {target}"))?
+                .body_mut()
+                .read_json()
+                .with_context(|| format!("reading the reply of {target}"))?;
+            if json {
+                println!("{report}");
+                return Ok(());
+            }
+            let peers = report["peers"].as_array().cloned().unwrap_or_default();
+            if peers.is_empty() {
+                println!("this node follows no peer");
+            }
+            for p in peers {
+                let rtt = p["rtt_ms"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |r| format!("{r:.1} ms"));
+                let banned = p["banned_for_ms"]
+                    .as_u64()
+                    .map_or(String::new(), |ms| format!(", banned {} s more", ms / 1000));
+                println!(
+                    "{}  {}  rtt {rtt}  blocks from {} / to {}  bans {}{banned}",
+                    p["key"].as_str().unwrap_or("?"),
+                    p["api"].as_str().unwrap_or("?"),
+                    p["blocks_from"],
+                    p["blocks_to"],
+                    p["bans"]
+                );
+            }
+            Ok(())
+        }
         NetCommand::Id { json } => {
             let id = identity(data_dir)?;
             let key = id.public_key().to_string();
@@ -207,15 +250,31 @@ pub(crate) fn follow_peers(
     std::thread::Builder::new()
         .name("blyan-sync".into())
         .spawn(move || {
+            let addrs: std::collections::BTreeMap<String, String> = peers
+                .iter()
+                .map(|p| (p.key.to_string(), p.addr.clone()))
+                .collect();
             blyan_net::follow(blocks, &peers, stop, move |snap| {
                 let s = blyan_net::SyncStatus::of(snap, expected);
-                node.set_network_view(blyan_node::NetworkView {
-                    expected: s.expected,
-                    present: s.present,
-                    lag_blocks: s.lag_blocks,
-                    bans: s.bans,
-                    imported: s.imported,
-                });
+                let report: Vec<serde_json::Value> = snap
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let mut v = serde_json::to_value(p).unwrap_or_default();
+                        v["api"] = serde_json::json!(addrs.get(&p.key));
+                        v
+                    })
+                    .collect();
+                node.set_network_view(
+                    blyan_node::NetworkView {
+                        expected: s.expected,
+                        present: s.present,
+                        lag_blocks: s.lag_blocks,
+                        bans: s.bans,
+                        imported: s.imported,
+                    },
+                    serde_json::Value::Array(report),
+                );
             });
         })
         .context("starting the sync thread")

@@ -255,6 +255,14 @@ fn three_nodes_join_through_a_sigkill_and_follow_a_verdict() {
                 .starts_with("1 of 1 peers present"),
             "{net}"
         );
+        // The peer table: node 1, by key and API address, which served the verdict at least.
+        let peers = node.get("/net/peers");
+        let (k1, a1) = b1.split_once('@').unwrap();
+        let p1 = &peers["peers"][0];
+        assert_eq!(p1["key"], k1, "{peers}");
+        assert_eq!(p1["api"], a1, "{peers}");
+        assert!(p1["blocks_from"].as_u64().unwrap() >= 1, "{peers}");
+        assert_eq!(peers["summary"]["expected"], 1, "{peers}");
         let metrics = ureq::get(format!("{}/metrics", node.url))
             .call()
             .unwrap()
@@ -266,6 +274,12 @@ fn three_nodes_join_through_a_sigkill_and_follow_a_verdict() {
             "{metrics}"
         );
     }
+    // `blyan net peers` reads the same table.
+    let cli = ok_json(&blyan(
+        d3.path(),
+        &["net", "peers", "--url", &n3.url, "--json"],
+    ));
+    assert_eq!(cli["peers"][0]["key"], b1.split_once('@').unwrap().0);
     // Followers write no block of their own: submissions to them are refused.
     let refused = blyan(
         d3.path(),

@@ -286,6 +286,17 @@ async function refreshHealth() {
     $('#stage-badge').textContent = 'unreachable';
     $('#stage-badge').className = 'badge unavailable';
   }
+  try {
+    const n = await getJson('/net/peers');
+    $('#peers-none').hidden = n.peers.length > 0;
+    $('#peers-table tbody').replaceChildren(...n.peers.map((p) => el('tr', {},
+      el('td', {}, short(p.key)), el('td', {}, p.api || ''),
+      el('td', {}, p.rtt_ms == null ? '–' : `${p.rtt_ms.toFixed(1)} ms`),
+      el('td', {}, `${p.blocks_from} / ${p.blocks_to}`),
+      el('td', {}, p.banned_for_ms == null ? `${p.bans}` : `${p.bans} (banned: ${p.last_ban || ''})`))));
+  } catch (e) {
+    $('#peers-none').hidden = false;
+  }
 }
 loaders.health = refreshHealth;
 

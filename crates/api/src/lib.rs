@@ -90,6 +90,7 @@ pub fn router(node: Arc<Node>) -> Router {
                 .layer(DefaultBodyLimit::max(net_routes::RPC_BODY_MAX))
                 .layer(middleware::from_fn_with_state(sync_limits, limit::limit)),
         )
+        .route("/net/peers", get(net_routes::peers))
         .route("/health", get(node_routes::health))
         .route("/health/live", get(node_routes::live))
         .route("/health/ready", get(node_routes::ready))

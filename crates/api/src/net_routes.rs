@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::{
+    Json,
     body::Bytes,
     extract::State,
     http::{StatusCode, header},
@@ -44,4 +45,12 @@ pub(crate) async fn rpc(State(node): State<Arc<Node>>, body: Bytes) -> Response 
         )
         .into_response(),
     }
+}
+
+/// `GET /net/peers`: the peers this node follows, as its sync engine last reported them (key,
+/// API address, heads, round trip, blocks received and served, bans and the last ban's
+/// reason), and the summary the `network` health component is made of.
+pub(crate) async fn peers(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    let (view, peers) = node.network_report();
+    Json(serde_json::json!({ "summary": view, "peers": peers }))
 }

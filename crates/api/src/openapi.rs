@@ -128,6 +128,12 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         "The sync protocol's read path: one Borsh-encoded request (octet-stream: a status, a page of hashes, a header, a payload chunk) answered with one Borsh message, or 204; `malformed_message` otherwise. Rate-limited per client network.",
         false,
     ),
+    (
+        "get",
+        "/net/peers",
+        "The peers this node follows (key, API address, heads, round trip, blocks received and served, bans, last ban reason) and the summary of the `network` health component; empty on a node that follows none.",
+        false,
+    ),
     ("get", "/openapi.json", "This document.", false),
 ];
 

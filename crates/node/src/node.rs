@@ -74,6 +74,8 @@ pub struct Node {
     pub(crate) listening: Mutex<Option<SocketAddr>>,
     /// What the sync engine last reported, when the node follows peers.
     network_view: Mutex<Option<NetworkView>>,
+    /// The sync engine's last per-peer report (`GET /net/peers`), as it gave it.
+    network_peers: Mutex<serde_json::Value>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) probe_round: AtomicU64,
     pub(crate) started_ms: u64,
@@ -262,6 +264,7 @@ impl Node {
             recent_status: Mutex::new(VecDeque::new()),
             listening: Mutex::new(None),
             network_view: Mutex::new(None),
+            network_peers: Mutex::new(serde_json::Value::Array(Vec::new())),
             shutting_down: AtomicBool::new(false),
             probe_round: AtomicU64::new(0),
             started_ms: now_ms,
@@ -783,10 +786,24 @@ impl Node {
         }
     }
 
-    /// Records what the sync engine reports (the launcher calls it about once a second).
-    pub fn set_network_view(&self, view: NetworkView) {
+    /// Records what the sync engine reports (the launcher calls it about once a second):
+    /// the summary, and `peers`, one JSON object per peer.
+    pub fn set_network_view(&self, view: NetworkView, peers: serde_json::Value) {
         self.metrics.observe_network(&view);
         *self.network_view.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+        *self.network_peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// The peer network as last reported: the summary (none on a node that follows no peer)
+    /// and one object per peer.
+    pub fn network_report(&self) -> (Option<NetworkView>, serde_json::Value) {
+        let view = *self.network_view.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = self
+            .network_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (view, peers)
     }
 
     /// The peer network: the share of configured peers that answer, lowered while this node

@@ -606,7 +606,8 @@ async fn health_reports_stage_components_and_readiness() {
             "expert_cache",
             "api",
             "disk",
-            "ledger"
+            "ledger",
+            "network"
         ]
     );
     assert!(
@@ -1059,4 +1060,38 @@ async fn a_node_whose_key_did_not_make_the_network_follows_it_and_writes_no_bloc
     // Serving goes on.
     let (status, _) = get(&node, "/v1/models").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_node_that_follows_no_peer_reports_an_empty_peer_table() {
+    let net = net();
+    let (status, body) = get(&net.node, "/net/peers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"summary": null, "peers": []}));
+    // Once the launcher reports, the table is what it gave.
+    net.node.set_network_view(
+        blyan_node::NetworkView {
+            expected: 2,
+            present: 1,
+            lag_blocks: 3,
+            bans: 1,
+            imported: 7,
+        },
+        json!([{"key": "ab", "blocks_from": 7}]),
+    );
+    let (_, body) = get(&net.node, "/net/peers").await;
+    assert_eq!(body["summary"]["lag_blocks"], 3);
+    assert_eq!(body["peers"][0]["blocks_from"], 7);
+    let health = probe(&net.node).await;
+    let network = health
+        .components
+        .iter()
+        .find(|c| c.name == "network")
+        .expect("network component");
+    assert!((network.readiness - 0.375).abs() < 1e-9, "{network:?}");
+    assert!(
+        network
+            .detail
+            .starts_with("1 of 2 peers present; 3 blocks behind")
+    );
 }
