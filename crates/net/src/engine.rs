@@ -458,17 +458,7 @@ where
         p.heads.clear();
         self.stats.bans += 1;
         tracing::warn!(peer = %peer, why, ban_s = length.as_secs(), "peer banned");
-        let ids: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, q)| &q.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if let Some(q) = self.pending.remove(&id) {
-                self.release(q, true);
-            }
-        }
+        self.fail_pending(peer);
         if let Some(p) = self.peers.get_mut(peer) {
             p.inflight = 0;
         }
@@ -482,14 +472,8 @@ where
         self.ready.retain(|_, (_, from)| from != peer);
     }
 
-    /// A peer the transport could not reach: its outstanding requests go elsewhere at once,
-    /// and it is not asked again for a moment (it is not banned: it did nothing wrong).
-    fn on_unreachable(&mut self, peer: &PeerKey) {
-        let until = self.context.current() + UNREACHABLE_PAUSE;
-        self.stats.unreachable += 1;
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.down_until = Some(until);
-        }
+    /// Gives up every request outstanding at `peer`, as failed by it.
+    fn fail_pending(&mut self, peer: &PeerKey) {
         let ids: Vec<u64> = self
             .pending
             .iter()
@@ -501,6 +485,17 @@ where
                 self.release(q, true);
             }
         }
+    }
+
+    /// A peer the transport could not reach: its outstanding requests go elsewhere at once,
+    /// and it is not asked again for a moment (it is not banned: it did nothing wrong).
+    fn on_unreachable(&mut self, peer: &PeerKey) {
+        let until = self.context.current() + UNREACHABLE_PAUSE;
+        self.stats.unreachable += 1;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.down_until = Some(until);
+        }
+        self.fail_pending(peer);
     }
 
     fn send(&mut self, to: &PeerKey, msg: &Msg) {

@@ -66,6 +66,34 @@ pub struct JoinReport {
 /// A peer counts as present while it answered within this long.
 const PRESENT: Duration = Duration::from_secs(5);
 
+/// Whether `p` is present: heard lately and not banned (it may still serve another network).
+fn is_present(p: &crate::engine::PeerInfo) -> bool {
+    p.banned_for_ms.is_none()
+        && p.silent_for_ms
+            .is_some_and(|s| s <= PRESENT.as_millis() as u64)
+}
+
+/// The peers' keys, the HTTP transport to them and the pull-only engine settings, with a
+/// status to every peer each `status_every`.
+fn over_http(
+    peers: &[Bootstrap],
+    status_every: Duration,
+) -> (Vec<crate::engine::PeerKey>, Http, Config) {
+    let keys = peers.iter().map(|b| b.key.clone()).collect();
+    let transport = Http::new(
+        peers.iter().map(|b| (b.key.clone(), b.addr.clone())),
+        Duration::from_secs(30),
+    );
+    let cfg = Config {
+        push: false,
+        status_every,
+        status_fanout: peers.len(),
+        request_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    (keys, transport, cfg)
+}
+
 /// How far behind its peers a node is, and how many of them it hears: what the Agent
 /// Checker and `/metrics` report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -88,12 +116,7 @@ impl SyncStatus {
         let present: Vec<_> = snap
             .peers
             .iter()
-            .filter(|p| {
-                !p.foreign
-                    && p.banned_for_ms.is_none()
-                    && p.silent_for_ms
-                        .is_some_and(|s| s <= PRESENT.as_millis() as u64)
-            })
+            .filter(|p| !p.foreign && is_present(p))
             .collect();
         let ours = |chain: u8| {
             snap.heads
@@ -132,18 +155,7 @@ pub fn follow<B: BlockStore>(
     stop: Arc<AtomicBool>,
     mut report: impl FnMut(&Snapshot) + Send + 'static,
 ) {
-    let keys: Vec<_> = peers.iter().map(|b| b.key.clone()).collect();
-    let transport = Http::new(
-        peers.iter().map(|b| (b.key.clone(), b.addr.clone())),
-        Duration::from_secs(30),
-    );
-    let cfg = Config {
-        push: false,
-        status_every: Duration::from_millis(250),
-        status_fanout: peers.len(),
-        request_timeout: Duration::from_secs(30),
-        ..Config::default()
-    };
+    let (keys, transport, cfg) = over_http(peers, Duration::from_millis(250));
     let runner = commonware_runtime::tokio::Runner::new(
         commonware_runtime::tokio::Config::new().with_worker_threads(1),
     );
@@ -184,19 +196,8 @@ pub fn join(
         });
     }
     let chain = Arc::new(ChainStore::new(store, network));
-    let keys: Vec<_> = peers.iter().map(|b| b.key.clone()).collect();
-    let transport = Http::new(
-        peers.iter().map(|b| (b.key.clone(), b.addr.clone())),
-        Duration::from_secs(30),
-    );
-    let cfg = Config {
-        push: false,
-        status_every: Duration::from_millis(500),
-        status_fanout: peers.len(),
-        request_timeout: Duration::from_secs(30),
-        chunk_len: chunk_len.clamp(1, crate::wire::CHUNK_LEN_MAX),
-        ..Config::default()
-    };
+    let (keys, transport, mut cfg) = over_http(peers, Duration::from_millis(500));
+    cfg.chunk_len = chunk_len.clamp(1, crate::wire::CHUNK_LEN_MAX);
     let runner = commonware_runtime::tokio::Runner::new(
         commonware_runtime::tokio::Config::new().with_worker_threads(2),
     );
@@ -210,15 +211,7 @@ pub fn join(
                 break Err(JoinError::Store("the sync engine stopped".into()));
             };
             progress(&snap);
-            let present: Vec<_> = snap
-                .peers
-                .iter()
-                .filter(|p| {
-                    p.banned_for_ms.is_none()
-                        && p.silent_for_ms
-                            .is_some_and(|s| s <= PRESENT.as_millis() as u64)
-                })
-                .collect();
+            let present: Vec<_> = snap.peers.iter().filter(|p| is_present(p)).collect();
             if !present.is_empty() && present.iter().all(|p| p.foreign) {
                 break Err(JoinError::PeersOfAnotherNetwork {
                     named: network,
