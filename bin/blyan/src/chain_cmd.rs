@@ -98,6 +98,7 @@ fn show(store: &Store, hash: Hash, json: bool) -> anyhow::Result<()> {
         BlockKind::PoolCommit => serde_json::to_value(blyan_chain::PoolCommit::decode(&payload)?)?,
         BlockKind::Verdict => serde_json::to_value(blyan_chain::Verdict::decode(&payload)?)?,
         BlockKind::Migration => serde_json::to_value(blyan_chain::Migration::decode(&payload)?)?,
+        BlockKind::Admission => serde_json::to_value(blyan_chain::Admission::decode(&payload)?)?,
         BlockKind::Reveal => {
             let r = blyan_chain::Reveal::decode(&payload)?;
             let opened = |items: &[blyan_chain::RevealedItem]| -> Vec<serde_json::Value> {

@@ -8,8 +8,43 @@ use blyan_net::Identity;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum NetCommand {
-    /// This node's network key and the account address it is bound to.
+    /// This node's network key, the account address it is bound to and its p2p address:
+    /// what others pass to `--peer` / `--bootstrap`, and what the operator admits.
     Id {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The p2p address to report [default: `p2p_dialable`, else `p2p_listen`, of the
+        /// config file or the environment].
+        #[arg(long, env = "BLYAN_P2P_LISTEN", value_name = "ADDR")]
+        p2p_listen: Option<std::net::SocketAddr>,
+    },
+    /// Give a network key a role (or take it away) with an admission block on the meta
+    /// chain: offline on this data directory, or through a running node's operator-only API
+    /// with --url. Only the network's operator may.
+    Admit {
+        /// The network key (`blyan net id` of the node admitted), 64 hex digits.
+        key: String,
+        /// host (serves experts) or validator (evaluates candidates).
+        #[arg(long, value_parser = ["host", "validator"])]
+        role: String,
+        /// Take the role away instead.
+        #[arg(long)]
+        remove: bool,
+        /// The operator node's API (else the data directory is written directly; stop its
+        /// node first).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The admitted keys and their roles, from this data directory's meta chain (or a running
+    /// node's, with --url).
+    Registry {
+        /// A node's API.
+        #[arg(long)]
+        url: Option<String>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -34,16 +69,74 @@ pub(crate) fn identity(data_dir: &Path) -> anyhow::Result<Identity> {
     Ok(Identity::new(&seed, &account))
 }
 
+/// The p2p address a node configured for `data_dir` tells others to dial, if any.
+fn p2p_address(
+    data_dir: &Path,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let config = crate::node_cmd::node_config(data_dir, None, &Default::default())?;
+    Ok(config.p2p_dialable.or(listen).or(config.p2p_listen))
+}
+
+/// What `blyan net id --json` and `GET /net/id` show.
+pub(crate) fn identity_json(id: &Identity, p2p: Option<std::net::SocketAddr>) -> serde_json::Value {
+    serde_json::json!({
+        "key": id.public_key().to_string(),
+        "address": id.address().to_string(),
+        "binding": format!("0x{}", hex::encode(id.binding().0)),
+        "p2p_listen": p2p.map(|a| a.to_string()),
+    })
+}
+
+fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    ureq::get(url)
+        .call()
+        .with_context(|| format!("asking {url}"))?
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("reading the reply of {url}"))
+}
+
 pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
     match cmd {
+        NetCommand::Admit {
+            key,
+            role,
+            remove,
+            url,
+            json,
+        } => admit(data_dir, &key, &role, !remove, url.as_deref(), json),
+        NetCommand::Registry { url, json } => {
+            let members = match url {
+                Some(url) => {
+                    get_json(&format!("{}/net/registry", url.trim_end_matches('/')))?["members"]
+                        .clone()
+                }
+                None => {
+                    let store = crate::open_store(data_dir)?;
+                    let registry = blyan_chain::Registry::of(&store)?;
+                    serde_json::to_value(registry.members.into_values().collect::<Vec<_>>())?
+                }
+            };
+            if json {
+                println!("{}", serde_json::json!({ "members": members }));
+                return Ok(());
+            }
+            let list = members.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no key is admitted");
+            }
+            for m in list {
+                let roles: Vec<&str> = m["roles"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(|x| x.as_str()).collect())
+                    .unwrap_or_default();
+                println!("{}  {}", m["key"].as_str().unwrap_or("?"), roles.join(","));
+            }
+            Ok(())
+        }
         NetCommand::Peers { url, json } => {
-            let target = format!("{}/net/peers", url.trim_end_matches('/'));
-            let report: serde_json::Value = ureq::get(&target)
-                .call()
-                .with_context(|| format!("asking {target}"))?
-                .body_mut()
-                .read_json()
-                .with_context(|| format!("reading the reply of {target}"))?;
+            let report = get_json(&format!("{}/net/peers", url.trim_end_matches('/')))?;
             if json {
                 println!("{report}");
                 return Ok(());
@@ -60,9 +153,11 @@ pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
                     .as_u64()
                     .map_or(String::new(), |ms| format!(", banned {} s more", ms / 1000));
                 println!(
-                    "{}  {}  rtt {rtt}  blocks from {} / to {}  bans {}{banned}",
+                    "{}  {}  {}  {}  rtt {rtt}  blocks from {} / to {}  bans {}{banned}",
                     p["key"].as_str().unwrap_or("?"),
-                    p["api"].as_str().unwrap_or("?"),
+                    p["address"].as_str().unwrap_or("-"),
+                    p["transport"].as_str().unwrap_or("?"),
+                    p["api"].as_str().unwrap_or("-"),
                     p["blocks_from"],
                     p["blocks_to"],
                     p["bans"]
@@ -70,25 +165,96 @@ pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        NetCommand::Id { json } => {
+        NetCommand::Id { json, p2p_listen } => {
             let id = identity(data_dir)?;
-            let key = id.public_key().to_string();
-            let binding = format!("0x{}", hex::encode(id.binding().0));
+            let out = identity_json(&id, p2p_address(data_dir, p2p_listen)?);
             if json {
-                let out = serde_json::json!({
-                    "key": key,
-                    "address": id.address().to_string(),
-                    "binding": binding,
-                });
                 println!("{out}");
             } else {
-                println!("key      {key}");
-                println!("address  {}", id.address());
-                println!("binding  {binding}");
+                println!("key         {}", out["key"].as_str().unwrap_or(""));
+                println!("address     {}", out["address"].as_str().unwrap_or(""));
+                println!("binding     {}", out["binding"].as_str().unwrap_or(""));
+                println!(
+                    "p2p_listen  {}",
+                    out["p2p_listen"].as_str().unwrap_or("(none)")
+                );
             }
             Ok(())
         }
     }
+}
+
+/// `blyan net admit`.
+fn admit(
+    data_dir: &Path,
+    key: &str,
+    role: &str,
+    admitted: bool,
+    url: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let parsed = blyan_net::parse_key(key).map_err(|e| anyhow::anyhow!("[invalid_key] {e}"))?;
+    let role: blyan_chain::Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let out = match url {
+        Some(url) => {
+            let target = format!("{}/net/admit", url.trim_end_matches('/'));
+            let mut response = ureq::post(&target)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .send_json(serde_json::json!({
+                    "key": key,
+                    "role": role,
+                    "admitted": admitted,
+                }))
+                .with_context(|| format!("asking {target}"))?;
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response
+                .body_mut()
+                .read_json()
+                .with_context(|| format!("reading the reply of {target}"))?;
+            if status != 200 {
+                anyhow::bail!(
+                    "[{}] {}",
+                    body["error"]["code"].as_str().unwrap_or("refused"),
+                    body["error"]["message"].as_str().unwrap_or("")
+                );
+            }
+            body
+        }
+        None => {
+            let store = crate::open_store(data_dir)?;
+            let signer = crate::keystore(data_dir)?.node_key()?;
+            let bytes = blyan_net::key_bytes(&parsed);
+            let block = blyan_node::admission_block(
+                &store,
+                &signer,
+                bytes,
+                role,
+                admitted,
+                blyan_node::unix_ms(),
+            )
+            .map_err(|e| anyhow::anyhow!("[{}] {e}", e.code()))?;
+            let hash = store.append(block)?;
+            serde_json::json!({
+                "block": hash,
+                "key": hex::encode(bytes),
+                "role": role,
+                "admitted": admitted,
+            })
+        }
+    };
+    if json {
+        println!("{out}");
+    } else {
+        println!(
+            "{} {} as {role} in block {}",
+            if admitted { "admitted" } else { "removed" },
+            out["key"].as_str().unwrap_or(key),
+            out["block"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
 }
 
 /// Settings of `blyan join`.
@@ -226,54 +392,208 @@ impl blyan_net::BlockStore for NodeBlocks {
     }
 }
 
+/// What a node of the p2p network needs at start.
+pub(crate) struct P2pStart {
+    /// Where to listen.
+    pub listen: std::net::SocketAddr,
+    /// Where others reach it.
+    pub dialable: std::net::SocketAddr,
+}
+
+/// The p2p addresses of `peers`, from their `GET /net/id`, for those that listen on one and
+/// whose answer names the key we know them by. Each is asked a few times over about five
+/// seconds (a peer may be starting too); the others are left to the HTTP read path.
+fn p2p_bootstrappers(
+    peers: &[blyan_net::Bootstrap],
+) -> Vec<(blyan_net::PeerKey, std::net::SocketAddr)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut found = Vec::new();
+    for p in peers {
+        let url = format!("http://{}/net/id", p.addr);
+        for attempt in 0..5 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            let Ok(mut r) = agent.get(&url).call() else {
+                continue;
+            };
+            let Ok(id) = r.body_mut().read_json::<serde_json::Value>() else {
+                continue;
+            };
+            if id["key"].as_str() != Some(p.key.to_string().as_str()) {
+                tracing::warn!(peer = %p.addr, "its /net/id names another key; not dialled over p2p");
+                break;
+            }
+            if let Some(addr) = id["p2p_listen"].as_str().and_then(|a| a.parse().ok()) {
+                found.push((p.key.clone(), addr));
+            }
+            break;
+        }
+    }
+    found
+}
+
+/// The account address each peer's binding proves, by key, from its `GET /net/id`.
+fn peer_addresses(peers: &[blyan_net::Bootstrap]) -> std::collections::BTreeMap<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut out = std::collections::BTreeMap::new();
+    for p in peers {
+        let Ok(mut r) = agent.get(&format!("http://{}/net/id", p.addr)).call() else {
+            continue;
+        };
+        let Ok(id) = r.body_mut().read_json::<serde_json::Value>() else {
+            continue;
+        };
+        let (Some(address), Some(binding)) = (id["address"].as_str(), id["binding"].as_str())
+        else {
+            continue;
+        };
+        let (Ok(address), Ok(binding)) = (
+            address.parse::<blyan_primitives::Address>(),
+            hex::decode(binding.trim_start_matches("0x"))
+                .ok()
+                .and_then(|b| blyan_primitives::Signature::from_slice(&b).ok())
+                .ok_or(()),
+        ) else {
+            continue;
+        };
+        if blyan_net::check_binding(&p.key, &address, &binding) {
+            out.insert(p.key.to_string(), address.to_string());
+        }
+    }
+    out
+}
+
+/// The admitted keys of `node`'s network and the meta chain's height they were read at.
+fn members(node: &blyan_node::Node) -> (u64, Vec<blyan_net::PeerKey>) {
+    let version = node
+        .store()
+        .head(blyan_chain::ChainId::Meta)
+        .ok()
+        .flatten()
+        .map_or(0, |(h, _)| h);
+    let keys = node
+        .registry()
+        .map(|r| {
+            r.members
+                .keys()
+                .filter_map(blyan_net::key_of_bytes)
+                .collect()
+        })
+        .unwrap_or_default();
+    (version, keys)
+}
+
 /// Starts following `peers` on a thread of its own until `stop` is set; the node hears the
-/// engine's state once a second (the `network` component and metrics).
+/// engines' state once a second (the `network` component and metrics). With `p2p`, the node
+/// also joins the authenticated network of admitted keys: the operator's node admits its own
+/// key as a validator first, and every block the node stores is announced there at once.
 pub(crate) fn follow_peers(
+    data_dir: &Path,
     node: std::sync::Arc<blyan_node::Node>,
     peers: Vec<blyan_net::Bootstrap>,
+    p2p: Option<P2pStart>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let id = identity(data_dir)?;
+    node.set_net_identity(identity_json(&id, p2p.as_ref().map(|p| p.dialable)));
+    if p2p.is_some() && node.is_writer() {
+        let me = blyan_net::key_bytes(&id.public_key());
+        let registry = node.registry()?;
+        if !registry.has(&me, blyan_chain::Role::Validator) {
+            let block = node.admit(
+                me,
+                blyan_chain::Role::Validator,
+                true,
+                blyan_node::unix_ms(),
+            )?;
+            println!("admitted     this node's key as a validator (block {block})");
+        }
+    }
     let blocks = std::sync::Arc::new(NodeBlocks {
         chain: blyan_net::ChainStore::new(node.store().clone(), node.network()),
         node: node.clone(),
     });
     let expected = peers.len();
-    println!(
-        "following    {} peers: {}",
-        expected,
-        peers
-            .iter()
-            .map(|p| p.addr.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    if expected > 0 {
+        println!(
+            "following    {} peers: {}",
+            expected,
+            peers
+                .iter()
+                .map(|p| p.addr.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(p) = &p2p {
+        println!("p2p          {} (key {})", p.dialable, id.public_key());
+    }
     std::thread::Builder::new()
         .name("blyan-sync".into())
         .spawn(move || {
-            let addrs: std::collections::BTreeMap<String, String> = peers
+            let apis: std::collections::BTreeMap<String, String> = peers
                 .iter()
                 .map(|p| (p.key.to_string(), p.addr.clone()))
                 .collect();
-            blyan_net::follow(blocks, &peers, stop, move |snap| {
-                let s = blyan_net::SyncStatus::of(snap, expected);
-                let report: Vec<serde_json::Value> = snap
-                    .peers
-                    .iter()
-                    .map(|p| {
+            let mut addresses = peer_addresses(&peers);
+            let settings = p2p.map(|p| {
+                let n = node.clone();
+                blyan_net::P2pSettings {
+                    identity: id,
+                    network: node.network(),
+                    listen: p.listen,
+                    dialable: p.dialable,
+                    bootstrappers: p2p_bootstrappers(&peers),
+                    members: Box::new(move || members(&n)),
+                }
+            });
+            let gossip_node = node.clone();
+            let on_gossip = move |handle: blyan_net::Handle| {
+                gossip_node.on_block(move |hash| handle.announce(hash));
+            };
+            let mut asked = std::time::Instant::now();
+            let known = peers.clone();
+            blyan_net::follow(blocks, &peers, settings, stop, on_gossip, move |report| {
+                if addresses.len() < known.len()
+                    && asked.elapsed() >= std::time::Duration::from_secs(30)
+                {
+                    asked = std::time::Instant::now();
+                    addresses = peer_addresses(&known);
+                }
+                let http = blyan_net::SyncStatus::of(&report.http, expected);
+                let gossip = report
+                    .p2p
+                    .as_ref()
+                    .map(|s| blyan_net::SyncStatus::of(s, s.peers.len()));
+                let mut rows: Vec<serde_json::Value> = Vec::new();
+                for (transport, snap) in std::iter::once(("http", &report.http))
+                    .chain(report.p2p.iter().map(|s| ("p2p", s)))
+                {
+                    for p in &snap.peers {
                         let mut v = serde_json::to_value(p).unwrap_or_default();
-                        v["api"] = serde_json::json!(addrs.get(&p.key));
-                        v
-                    })
-                    .collect();
+                        v["transport"] = serde_json::json!(transport);
+                        v["api"] = serde_json::json!(apis.get(&p.key));
+                        v["address"] = serde_json::json!(addresses.get(&p.key));
+                        rows.push(v);
+                    }
+                }
+                // A peer may be reached both ways: the better view of the two counts.
                 node.set_network_view(
                     blyan_node::NetworkView {
-                        expected: s.expected,
-                        present: s.present,
-                        lag_blocks: s.lag_blocks,
-                        bans: s.bans,
-                        imported: s.imported,
+                        expected: http.expected.max(gossip.map_or(0, |g| g.expected)),
+                        present: http.present.max(gossip.map_or(0, |g| g.present)),
+                        lag_blocks: http.lag_blocks.max(gossip.map_or(0, |g| g.lag_blocks)),
+                        bans: http.bans + gossip.map_or(0, |g| g.bans),
+                        imported: http.imported + gossip.map_or(0, |g| g.imported),
                     },
-                    serde_json::Value::Array(report),
+                    serde_json::Value::Array(rows),
                 );
             });
         })

@@ -46,6 +46,13 @@ pub(crate) struct NodeArgs {
         value_name = "KEY@HOST:PORT"
     )]
     peers: Vec<String>,
+    /// Listen for the authenticated p2p network of admitted nodes on ADDR, where blocks are
+    /// pushed as soon as they are stored [default: none, pull over HTTP only].
+    #[arg(long, env = "BLYAN_P2P_LISTEN", value_name = "ADDR")]
+    p2p_listen: Option<std::net::SocketAddr>,
+    /// The address other nodes dial to reach the p2p listener [default: --p2p-listen].
+    #[arg(long, env = "BLYAN_P2P_DIALABLE", value_name = "ADDR")]
+    p2p_dialable: Option<std::net::SocketAddr>,
 }
 
 impl NodeArgs {
@@ -61,6 +68,8 @@ impl NodeArgs {
             max_active: self.max_active,
             pol_mode: self.pol_mode.clone(),
             peers: (!self.peers.is_empty()).then(|| self.peers.clone()),
+            p2p_listen: self.p2p_listen,
+            p2p_dialable: self.p2p_dialable,
             ..ConfigLayer::default()
         }
     }
@@ -104,6 +113,21 @@ pub(crate) fn run(
         .map(|p| p.parse::<blyan_net::Bootstrap>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("[invalid_config] peers: {e}"))?;
+    let p2p = match (config.p2p_listen, config.p2p_dialable) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            anyhow::bail!("[invalid_config] p2p_dialable is set but p2p_listen is not")
+        }
+        (Some(listen), dialable) => {
+            let dialable = dialable.unwrap_or(listen);
+            if dialable.ip().is_unspecified() || dialable.port() == 0 {
+                anyhow::bail!(
+                    "[invalid_config] p2p: others cannot dial {dialable}; set p2p_dialable"
+                );
+            }
+            Some(crate::net_cmd::P2pStart { listen, dialable })
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("blyan-api")
@@ -156,9 +180,22 @@ pub(crate) fn run(
             "serving"
         );
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let follower = (!peers.is_empty())
-            .then(|| crate::net_cmd::follow_peers(node.clone(), peers, stop.clone()))
-            .transpose()?;
+        let follower = if peers.is_empty() && p2p.is_none() {
+            // A node on its own still says who it is.
+            node.set_net_identity(crate::net_cmd::identity_json(
+                &crate::net_cmd::identity(data_dir)?,
+                None,
+            ));
+            None
+        } else {
+            Some(crate::net_cmd::follow_peers(
+                data_dir,
+                node.clone(),
+                peers,
+                p2p,
+                stop.clone(),
+            )?)
+        };
         blyan_api::serve(node.clone(), listener, shutdown_signal())
             .await
             .context("serving the API")?;

@@ -255,9 +255,18 @@ fn three_nodes_join_through_a_sigkill_and_follow_a_verdict() {
                 .starts_with("1 of 1 peers present"),
             "{net}"
         );
-        // The peer table: node 1, by key and API address, which served the verdict at least.
-        let peers = node.get("/net/peers");
+        // The peer table: node 1, by key and API address, which served the verdict at least
+        // (the engine reports once a second: wait for a report after the import).
         let (k1, a1) = b1.split_once('@').unwrap();
+        let start = Instant::now();
+        let peers = loop {
+            let peers = node.get("/net/peers");
+            let served = peers["peers"][0]["blocks_from"].as_u64().unwrap_or(0);
+            if served >= 1 || start.elapsed() > Duration::from_secs(10) {
+                break peers;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         let p1 = &peers["peers"][0];
         assert_eq!(p1["key"], k1, "{peers}");
         assert_eq!(p1["api"], a1, "{peers}");
@@ -294,4 +303,176 @@ fn three_nodes_join_through_a_sigkill_and_follow_a_verdict() {
     );
     let refusal: Value = serde_json::from_slice(&refused.stdout).unwrap();
     assert_eq!(refusal["reason"], "not_admitted", "{refusal}");
+}
+
+/// A free loopback port (bound and released; the node binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The rows of `node`'s peer table over transport `transport`.
+fn peer_rows(node: &RunningNode, transport: &str) -> Vec<Value> {
+    node.get("/net/peers")["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["transport"] == transport)
+        .cloned()
+        .collect()
+}
+
+fn admit_via(dir: &Path, url: &str, key: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "net", "admit", key, "--role", "host", "--url", url, "--json",
+    ];
+    args.extend_from_slice(extra);
+    blyan(dir, &args)
+}
+
+#[test]
+fn admitted_nodes_push_blocks_to_each_other_over_p2p() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    init_random(d1.path());
+    let p1 = format!("127.0.0.1:{}", free_port());
+    let n1 = RunningNode::start(d1.path(), &["up", "--p2p-listen", &p1], &[]);
+    let network = n1.get("/node")["node"]["network"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Node 1 is the operator: it admitted its own key as a validator, and says where it
+    // listens.
+    let id1 = n1.get("/net/id");
+    assert_eq!(id1["p2p_listen"], p1.as_str(), "{id1}");
+    let k1 = id1["key"].as_str().unwrap().to_owned();
+    let registry = n1.get("/net/registry");
+    assert_eq!(registry["members"][0]["key"], k1.as_str(), "{registry}");
+    assert_eq!(
+        registry["members"][0]["roles"][0], "validator",
+        "{registry}"
+    );
+    let b1 = format!("{k1}@{}", n1.url.strip_prefix("http://").unwrap());
+
+    // Node 2 joins (anyone may), is refused as an admitter, and is admitted by node 1.
+    ok_json(&blyan(
+        d2.path(),
+        &["join", "--network", &network, "--bootstrap", &b1, "--json"],
+    ));
+    let p2 = format!("127.0.0.1:{}", free_port());
+    let id2 = ok_json(&blyan(
+        d2.path(),
+        &["net", "id", "--json", "--p2p-listen", &p2],
+    ));
+    assert_eq!(id2["p2p_listen"], p2.as_str(), "{id2}");
+    let k2 = id2["key"].as_str().unwrap().to_owned();
+    let offline = blyan(d2.path(), &["net", "admit", &k2, "--role", "host"]);
+    assert!(!offline.status.success());
+    assert!(
+        String::from_utf8_lossy(&offline.stderr).contains("[not_admitted]"),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    let bad_key = admit_via(d2.path(), &n1.url, "abcd", &[]);
+    assert!(!bad_key.status.success());
+    let admitted = ok_json(&admit_via(d2.path(), &n1.url, &k2, &[]));
+    assert_eq!(admitted["key"], k2.as_str(), "{admitted}");
+    let admission = admitted["block"].as_str().unwrap().to_owned();
+
+    // Node 2 follows node 1 and joins the p2p network once it holds its admission.
+    let n2 = RunningNode::start(d2.path(), &["up", "--peer", &b1, "--p2p-listen", &p2], &[]);
+    assert!(eventually_found(
+        &n2,
+        &format!("/chain/blocks/{admission}"),
+        Duration::from_secs(30)
+    ));
+    // A follower's API refuses admissions: only the operator writes blocks.
+    let refused = admit_via(d1.path(), &n2.url, &k2, &["--remove"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not_admitted"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let start = Instant::now();
+    let connected = loop {
+        let rows = peer_rows(&n2, "p2p");
+        let up = rows
+            .iter()
+            .any(|p| p["key"] == k1.as_str() && p["silent_for_ms"].as_u64().is_some());
+        if up || start.elapsed() > Duration::from_secs(60) {
+            break up;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        connected,
+        "node 2 never heard node 1 over p2p: {}",
+        n2.get("/net/peers")
+    );
+
+    // Blocks node 1 writes now reach node 2 pushed over p2p (HTTP polls only every 2 s).
+    for i in 0..5u8 {
+        let account = blyan_primitives::SigningKey::from_slice(&[9; 32]).unwrap();
+        let other = blyan_net::Identity::new(&[i + 1; 32], &account)
+            .public_key()
+            .to_string();
+        let a = ok_json(&admit_via(d1.path(), &n1.url, &other, &[]));
+        let block = a["block"].as_str().unwrap();
+        assert!(eventually_found(
+            &n2,
+            &format!("/chain/blocks/{block}"),
+            Duration::from_secs(30)
+        ));
+    }
+    // The engines report once a second: wait for the report after those imports.
+    let start = Instant::now();
+    loop {
+        let from_p2p: u64 = peer_rows(&n2, "p2p")
+            .iter()
+            .map(|p| p["blocks_from"].as_u64().unwrap_or(0))
+            .sum();
+        if from_p2p >= 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no block came over p2p: node 2 {}\nnode 1 {}",
+            n2.get("/net/peers"),
+            n1.get("/net/peers")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The peer table names node 1's account, proven by its key's binding.
+    let http = peer_rows(&n2, "http");
+    assert_eq!(http[0]["address"], id1["address"], "{http:?}");
+    // The registry as node 2 sees it: node 1, node 2 and the five keys.
+    let start = Instant::now();
+    loop {
+        let members = n2.get("/net/registry")["members"].as_array().unwrap().len();
+        if members == 7 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{members} members"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A removal is a block like any other; `net registry` reads it from node 1.
+    ok_json(&admit_via(d2.path(), &n1.url, &k2, &["--remove"]));
+    let reg = ok_json(&blyan(
+        d1.path(),
+        &["net", "registry", "--url", &n1.url, "--json"],
+    ));
+    assert!(
+        reg["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["key"] != k2.as_str()),
+        "{reg}"
+    );
 }

@@ -91,6 +91,9 @@ pub fn router(node: Arc<Node>) -> Router {
                 .layer(middleware::from_fn_with_state(sync_limits, limit::limit)),
         )
         .route("/net/peers", get(net_routes::peers))
+        .route("/net/id", get(net_routes::id))
+        .route("/net/registry", get(net_routes::registry))
+        .route("/net/admit", post(net_routes::admit).layer(operator()))
         .route("/health", get(node_routes::health))
         .route("/health/live", get(node_routes::live))
         .route("/health/ready", get(node_routes::ready))

@@ -54,3 +54,65 @@ pub(crate) async fn peers(State(node): State<Arc<Node>>) -> Json<serde_json::Val
     let (view, peers) = node.network_report();
     Json(serde_json::json!({ "summary": view, "peers": peers }))
 }
+
+/// `GET /net/id`: this node's network key, the account address it is bound to, the binding
+/// signature (anyone can check it) and its p2p address, if it listens on one: what another
+/// node needs to follow it (`--peer KEY@HOST:PORT`) or an operator to admit it.
+pub(crate) async fn id(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
+    node.net_identity().map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_identity",
+            "this node has no network identity yet",
+        )
+    })
+}
+
+/// `GET /net/registry`: every admitted network key and its roles, from the meta chain.
+pub(crate) async fn registry(
+    State(node): State<Arc<Node>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let registry = crate::blocking(move || node.registry()).await?;
+    let members: Vec<_> = registry.members.into_values().collect();
+    Ok(Json(serde_json::json!({ "members": members })))
+}
+
+/// Body of `POST /net/admit`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdmitRequest {
+    /// The network key, 64 hex digits.
+    key: String,
+    /// `host` or `validator`.
+    role: String,
+    /// False removes the role [default: true].
+    #[serde(default = "yes")]
+    admitted: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /net/admit` (operator only): appends an admission block giving (or, with
+/// `"admitted": false`, taking) a role to a network key; peers receive it like any block.
+pub(crate) async fn admit(
+    State(node): State<Arc<Node>>,
+    crate::ApiJson(req): crate::ApiJson<AdmitRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = blyan_net::parse_key(&req.key).map_err(|e| ApiError::invalid("key", e))?;
+    let role: blyan_chain::Role = req
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::invalid("role", e))?;
+    let bytes = blyan_net::key_bytes(&key);
+    let admitted = req.admitted;
+    let block =
+        crate::blocking(move || node.admit(bytes, role, admitted, blyan_node::unix_ms())).await?;
+    Ok(Json(serde_json::json!({
+        "block": block,
+        "key": hex::encode(bytes),
+        "role": role,
+        "admitted": admitted,
+    })))
+}

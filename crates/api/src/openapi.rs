@@ -134,6 +134,24 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         "The peers this node follows (key, API address, heads, round trip, blocks received and served, bans, last ban reason) and the summary of the `network` health component; empty on a node that follows none.",
         false,
     ),
+    (
+        "get",
+        "/net/id",
+        "This node's network key, the account address it is bound to, the binding signature (EIP-191 of `blyan-net-key-v1` and the key) and its p2p address, if any.",
+        false,
+    ),
+    (
+        "get",
+        "/net/registry",
+        "The admission registry: every admitted network key and its roles (`host`, `validator`), from the meta chain.",
+        false,
+    ),
+    (
+        "post",
+        "/net/admit",
+        "Append an admission block giving a network key a role (`{\"key\", \"role\", \"admitted\"}`; `admitted: false` removes it). Operator only, and only on the network's operator node (else `403 not_admitted`).",
+        true,
+    ),
     ("get", "/openapi.json", "This document.", false),
 ];
 
@@ -148,6 +166,7 @@ pub(crate) const RESTRICTED: &[(&str, &str, &str)] = &[
     ("put", "/experts/serving", "operator"),
     ("post", "/pol/replicate", "operator"),
     ("get", "/ledger/audit", "operator"),
+    ("post", "/net/admit", "operator"),
 ];
 
 /// The role an operation needs: `anyone`, `account` or `operator`.

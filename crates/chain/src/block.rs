@@ -151,13 +151,16 @@ pub enum BlockKind {
     Migration = 8,
     /// Proof chain: the items a verdict used, opened ([`crate::Reveal`]).
     Reveal = 9,
+    /// Meta chain: a network key admitted to or removed from a role, signed by the network's
+    /// operator ([`crate::Admission`]).
+    Admission = 10,
 }
 
 impl BlockKind {
     /// Whether blocks of this kind may appear on `chain`.
     pub fn allowed_on(self, chain: ChainId) -> bool {
         match self {
-            BlockKind::Spec => chain == ChainId::Meta,
+            BlockKind::Spec | BlockKind::Admission => chain == ChainId::Meta,
             BlockKind::Expert | BlockKind::Router | BlockKind::Dense => chain == ChainId::Param,
             BlockKind::ChainGenesis => matches!(chain, ChainId::Dataset | ChainId::Proof),
             BlockKind::LedgerBatch => chain == ChainId::Ledger,
@@ -189,6 +192,7 @@ impl BlockKind {
             BlockKind::Verdict => "verdict",
             BlockKind::Migration => "migration",
             BlockKind::Reveal => "reveal",
+            BlockKind::Admission => "admission",
         }
     }
 }

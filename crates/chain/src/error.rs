@@ -120,6 +120,14 @@ pub enum BlockError {
     /// A parameter block depends on more than one spec block.
     #[error("block depends on more than one spec block")]
     AmbiguousSpec,
+    /// A block only the network's operator may sign (an admission) by someone else.
+    #[error("only the network's operator {operator} may sign this block, not {author}")]
+    NotOperator {
+        /// The block's author.
+        author: Address,
+        /// The author of the spec block it depends on.
+        operator: Address,
+    },
     /// A new version of a tensor group that does not depend on an existing version.
     #[error("{name} already has versions; a new one must depend on one of them")]
     MissingParentVersion {
@@ -213,6 +221,7 @@ impl BlockError {
             BlockError::TimestampBeforePrev { .. } => "timestamp_before_prev",
             BlockError::MissingSpec => "missing_spec",
             BlockError::AmbiguousSpec => "ambiguous_spec",
+            BlockError::NotOperator { .. } => "not_operator",
             BlockError::MissingParentVersion { .. } => "missing_parent_version",
             BlockError::UnknownGroup { .. } => "unknown_group",
             BlockError::SpecMismatch { .. } => "spec_mismatch",

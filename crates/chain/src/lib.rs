@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 mod block;
 pub mod dag;
 mod error;
@@ -18,6 +19,7 @@ mod store;
 mod validate;
 mod verify;
 
+pub use admission::{Admission, Registry, Role};
 pub use block::{
     Block, BlockHeader, BlockKind, BlockMeta, ChainId, DEPENDS_ON_MAX, FORMAT_VERSION,
     HEADER_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX, check_signature, sign_hash,

@@ -357,11 +357,23 @@ impl Store {
         self.group_versions(&expert_group_name(id))
     }
 
-    /// The spec and tokenizer of the meta chain's latest spec block.
+    /// The spec and tokenizer of the meta chain's latest spec block (admission blocks follow
+    /// it on the same chain).
     pub fn meta(&self) -> Result<Option<(Hash, MetaPayload)>, ChainError> {
-        let Some((_, head)) = self.head(ChainId::Meta)? else {
+        let Some((mut height, mut head)) = self.head(ChainId::Meta)? else {
             return Ok(None);
         };
+        loop {
+            let header = self.header(&head)?.ok_or(ChainError::NotFound(head))?;
+            if header.kind == BlockKind::Spec {
+                break;
+            }
+            let Some(h) = height.checked_sub(1) else {
+                return Ok(None);
+            };
+            height = h;
+            head = header.prev;
+        }
         let payload = self.payload_verified(&head)?;
         let meta = MetaPayload::decode(&payload).map_err(|e| ChainError::Corrupt {
             block: head,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use blyan_primitives::Hash;
 use blyan_tensor::{TensorDesc, TensorSet};
 
+use crate::admission::Admission;
 use crate::block::NAME_LEN_MAX;
 use crate::genesis::ChainGenesis;
 use crate::ledger::LedgerBatch;
@@ -141,6 +142,7 @@ fn check_payload(h: &BlockHeader, payload: &[u8]) -> Result<(), BlockError> {
         BlockKind::Verdict => Verdict::decode(payload).map(drop),
         BlockKind::Reveal => Reveal::decode(payload).map(drop),
         BlockKind::Migration => Migration::decode(payload).map(drop),
+        BlockKind::Admission => Admission::decode(payload).map(drop),
         BlockKind::Expert | BlockKind::Router | BlockKind::Dense => Ok(()),
     }
 }
@@ -241,7 +243,11 @@ pub(crate) fn validate(
         .filter(|(_, p)| p.kind == BlockKind::Spec)
         .map(|(hash, _)| *hash)
         .collect();
-    if matches!(h.kind, BlockKind::ChainGenesis | BlockKind::LedgerBatch) || h.kind.has_tensors() {
+    if matches!(
+        h.kind,
+        BlockKind::ChainGenesis | BlockKind::LedgerBatch | BlockKind::Admission
+    ) || h.kind.has_tensors()
+    {
         match specs.len() {
             0 => return Err(invalid(BlockError::MissingSpec)),
             1 => {}
@@ -258,6 +264,18 @@ pub(crate) fn validate(
         {
             return Err(invalid(BlockError::MissingParentVersion {
                 name: h.meta.name.clone(),
+            }));
+        }
+    }
+    if h.kind == BlockKind::Admission {
+        let spec = parents
+            .iter()
+            .find(|p| p.kind == BlockKind::Spec)
+            .ok_or(ChainError::NotFound(specs[0]))?;
+        if spec.author != h.author {
+            return Err(invalid(BlockError::NotOperator {
+                author: h.author,
+                operator: spec.author,
             }));
         }
     }

@@ -13,13 +13,16 @@ use commonware_cryptography::{Signer, ed25519};
 
 use crate::engine::PeerKey;
 
-const BINDING_DOMAIN: &[u8] = b"blyan-net-key-v1";
+/// The 32 bytes of network key `key`, as the admission registry names it.
+pub fn key_bytes(key: &PeerKey) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(key.encode().as_ref());
+    out
+}
 
 /// The message an account key signs to bind network key `key` to its address.
 fn binding_message(key: &PeerKey) -> Vec<u8> {
-    let mut m = BINDING_DOMAIN.to_vec();
-    m.extend_from_slice(key.encode().as_ref());
-    m
+    blyan_chain::admission::key_binding_message(&key_bytes(key))
 }
 
 /// A node's network key and its binding to the node's account address.
@@ -83,6 +86,11 @@ pub fn parse_key(hex_key: &str) -> Result<PeerKey, String> {
     let bytes = hex::decode(hex_key.trim_start_matches("0x"))
         .map_err(|e| format!("network key {hex_key:?} is not hex: {e}"))?;
     PeerKey::decode(bytes).map_err(|e| format!("{hex_key:?} is not an ed25519 key: {e}"))
+}
+
+/// The network key of the 32 bytes `key`, if they are one.
+pub fn key_of_bytes(key: &[u8; 32]) -> Option<PeerKey> {
+    PeerKey::decode(key.to_vec()).ok()
 }
 
 /// A peer to sync from, as given to `--bootstrap`: `KEY@HOST:PORT`.

@@ -9,10 +9,14 @@ use blyan_chain::{ChainId, Store};
 use blyan_primitives::Hash;
 use commonware_runtime::{Clock, Runner, Supervisor};
 
-use crate::engine::{Config, Engine, Snapshot};
-use crate::identity::Bootstrap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+
+use crate::engine::{Config, Engine, Handle, PeerKey, Snapshot};
+use crate::identity::{Bootstrap, Identity};
 use crate::store::{BlockStore, ChainStore};
 use crate::transport::Http;
+use crate::transport::P2p;
 
 /// Why a join did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -145,32 +149,201 @@ impl SyncStatus {
     }
 }
 
+/// The authenticated p2p network between admitted nodes (commonware's `discovery` network:
+/// peers are known by key, addresses are learnt from bootstrappers and gossip).
+pub struct P2pSettings {
+    /// This node's network identity.
+    pub identity: Identity,
+    /// The network's name, which keys the handshake namespace.
+    pub network: Hash,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where others reach it.
+    pub dialable: SocketAddr,
+    /// Peers dialed first, by key and p2p address.
+    pub bootstrappers: Vec<(PeerKey, SocketAddr)>,
+    /// The admitted keys and the version of the registry they were read at (the meta
+    /// chain's height); asked about once a second.
+    pub members: Box<dyn FnMut() -> (u64, Vec<PeerKey>) + Send>,
+}
+
+impl std::fmt::Debug for P2pSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2pSettings")
+            .field("identity", &self.identity)
+            .field("listen", &self.listen)
+            .field("dialable", &self.dialable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages a second one peer may send on the sync channel (a status a second, requests
+/// and chunks of a sync in flight, announcements). The channel's inbound mailbox holds a
+/// second's worth from every key the network may know, so this and [`P2P_SET_MAX`] size it.
+const P2P_RATE_PER_PEER: u32 = 100;
+
+/// Most keys in one admitted set (see docs/SCALING.md for larger networks).
+const P2P_SET_MAX: usize = 256;
+
+/// The handshake namespace of network `network`, so that a handshake of one network is never
+/// accepted by another.
+fn p2p_namespace(network: &Hash) -> Vec<u8> {
+    let mut ns = b"blyan-net-v1:".to_vec();
+    ns.extend_from_slice(&network.0);
+    ns
+}
+
+/// What [`follow`] reports once a second: the pull engine over peers' HTTP read path, and
+/// the gossip engine over the p2p network when there is one.
+#[derive(Clone, Debug)]
+pub struct FollowReport {
+    /// The HTTP engine's state.
+    pub http: Snapshot,
+    /// The p2p engine's state.
+    pub p2p: Option<Snapshot>,
+}
+
 /// Follows `peers` over their read path until `stop` is set: each block they hold that
 /// `store` lacks is fetched, checked and imported (through `store`, whose `import` runs the
-/// node's follow-up), and `report` hears the engine's state about once a second. Blocks on
-/// the calling thread, which it gives a tokio runtime of its own.
+/// node's follow-up), and `report` hears the engines' state about once a second. With `p2p`,
+/// the node also joins the authenticated network of admitted keys, where blocks are pushed
+/// (announced as soon as stored) rather than polled; the returned [`Handle`] setter hears
+/// the gossip engine's handle so that the node can announce what it writes. Blocks on the
+/// calling thread, which it gives a tokio runtime of its own.
 pub fn follow<B: BlockStore>(
     store: Arc<B>,
     peers: &[Bootstrap],
+    p2p: Option<P2pSettings>,
     stop: Arc<AtomicBool>,
-    mut report: impl FnMut(&Snapshot) + Send + 'static,
+    on_gossip: impl FnOnce(Handle) + Send + 'static,
+    mut report: impl FnMut(&FollowReport) + Send + 'static,
 ) {
-    let (keys, transport, cfg) = over_http(peers, Duration::from_millis(250));
+    // With the p2p network carrying pushes, HTTP polling is only the fallback.
+    let poll = if p2p.is_some() {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(250)
+    };
+    let (keys, transport, cfg) = over_http(peers, poll);
     let runner = commonware_runtime::tokio::Runner::new(
-        commonware_runtime::tokio::Config::new().with_worker_threads(1),
+        commonware_runtime::tokio::Config::new().with_worker_threads(2),
     );
     runner.start(move |context| async move {
-        let (engine, handle) = Engine::new(context.child("follow"), cfg, transport, store, keys);
+        let (engine, handle) =
+            Engine::new(context.child("follow"), cfg, transport, store.clone(), keys);
         let task = engine.start();
+        let mut gossip = p2p.map(|settings| start_p2p(&context, settings, store));
+        if let Some((_, h, _, _, _)) = &gossip {
+            on_gossip(h.clone());
+        }
         while !stop.load(Ordering::Relaxed) {
             context.sleep(Duration::from_secs(1)).await;
-            match handle.snapshot().await {
-                Some(snap) => report(&snap),
-                None => break,
+            let Some(http) = handle.snapshot().await else {
+                break;
+            };
+            let mut p2p_snap = None;
+            if let Some((oracle, h, members, version, me)) = &mut gossip {
+                let (v, keys) = members();
+                if v != *version {
+                    *version = v;
+                    track(oracle, v, &keys);
+                    h.add_peers(keys.into_iter().filter(|k| k != me).collect());
+                }
+                p2p_snap = h.snapshot().await;
             }
+            report(&FollowReport {
+                http,
+                p2p: p2p_snap,
+            });
         }
         task.abort();
     });
+}
+
+type Members = Box<dyn FnMut() -> (u64, Vec<PeerKey>) + Send>;
+
+/// Starts the discovery network and a pushing engine over it.
+fn start_p2p<B: BlockStore>(
+    context: &commonware_runtime::tokio::Context,
+    settings: P2pSettings,
+    store: Arc<B>,
+) -> (
+    commonware_p2p::authenticated::discovery::Oracle<PeerKey>,
+    Handle,
+    Members,
+    u64,
+    PeerKey,
+) {
+    use commonware_p2p::authenticated::discovery;
+    use commonware_stream::{cups, sake};
+    let P2pSettings {
+        identity,
+        network,
+        listen,
+        dialable,
+        bootstrappers,
+        mut members,
+    } = settings;
+    let me = identity.public_key();
+    let handshake = cups::Cups::<_, commonware_cryptography::ChaCha20Poly1305>::new(
+        sake::Sake {
+            signer: identity.private_key().clone(),
+            synchrony_bound: Duration::from_secs(5),
+            max_handshake_age: Duration::from_secs(10),
+            version: sake::Version::V1,
+        },
+        cups::Version::V1,
+    );
+    let mut cfg = discovery::Config::recommended(
+        handshake,
+        &p2p_namespace(&network),
+        listen,
+        dialable,
+        bootstrappers
+            .into_iter()
+            .map(|(k, a)| (k, commonware_p2p::Ingress::Socket(a)))
+            .collect(),
+        NonZeroUsize::new(P2P_SET_MAX).expect("nonzero"),
+        crate::wire::MSG_LEN_MAX as u32,
+        NonZeroUsize::new(1024).expect("nonzero"),
+    );
+    // Admitted nodes may share a LAN or a machine.
+    cfg.allow_private_ips = true;
+    let (mut net, mut oracle) = discovery::Network::new(context.child("p2p"), cfg);
+    let channel = net.register(
+        0,
+        commonware_runtime::Quota::per_second(NonZeroU32::new(P2P_RATE_PER_PEER).expect("nonzero")),
+    );
+    net.start();
+    let (version, keys) = members();
+    track(&mut oracle, version, &keys);
+    let others: Vec<PeerKey> = keys.into_iter().filter(|k| *k != me).collect();
+    let (engine, handle) = Engine::new(
+        context.child("gossip"),
+        Config::default(),
+        P2p::new(channel),
+        store,
+        others,
+    );
+    engine.start();
+    (oracle, handle, members, version, me)
+}
+
+/// Tells the network which keys it may talk to: the registry at `version`.
+fn track(
+    oracle: &mut commonware_p2p::authenticated::discovery::Oracle<PeerKey>,
+    version: u64,
+    keys: &[PeerKey],
+) {
+    use commonware_p2p::Manager;
+    let unique: std::collections::BTreeSet<PeerKey> = keys.iter().cloned().collect();
+    let set: Vec<PeerKey> = unique.into_iter().take(P2P_SET_MAX - 1).collect();
+    match commonware_utils::ordered::Set::try_from(set) {
+        Ok(set) => {
+            let _ = oracle.track(version, set);
+        }
+        Err(e) => tracing::warn!(error = ?e, "the admitted keys do not form a set"),
+    }
 }
 
 /// Syncs `store` with `peers` until it holds at least every head that the peers present

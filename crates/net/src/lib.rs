@@ -19,8 +19,8 @@ mod transport;
 pub mod wire;
 
 pub use engine::{Config, Engine, Handle, PeerInfo, PeerKey, Snapshot, Stats, answer};
-pub use identity::{Bootstrap, Identity, check_binding, parse_key};
-pub use launch::{JoinError, JoinReport, SyncStatus, follow, join};
+pub use identity::{Bootstrap, Identity, check_binding, key_bytes, key_of_bytes, parse_key};
+pub use launch::{FollowReport, JoinError, JoinReport, P2pSettings, SyncStatus, follow, join};
 pub use store::{BlockStore, ChainStore, ImportError, SignedHeader};
 pub use transport::{Http, Incoming, P2p, RPC_PATH, Transport};
 pub use wire::Head;

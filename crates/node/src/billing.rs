@@ -276,12 +276,16 @@ impl Node {
         }
         let _one = self.anchoring.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::unix_ms();
-        Ok(self.ledger.anchor(
+        let anchored = self.ledger.anchor(
             &self.store,
             &self.signer,
             blyan_ledger::ANCHOR_BATCH_DEFAULT,
             now,
-        )?)
+        )?;
+        for a in &anchored {
+            self.notify_block(a.block);
+        }
+        Ok(anchored)
     }
 
     /// The ledger: its database answers, the books sum to the supply cap, and anchoring

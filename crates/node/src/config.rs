@@ -127,6 +127,11 @@ pub struct NodeConfig {
     /// address): their blocks are pulled, checked and stored as they appear. Empty: the
     /// node runs alone.
     pub peers: Vec<String>,
+    /// Where the authenticated p2p network listens (admitted nodes push blocks to each other
+    /// over it); none: the node only pulls from its peers' HTTP read path.
+    pub p2p_listen: Option<SocketAddr>,
+    /// Where other nodes reach the p2p listener [default: `p2p_listen`].
+    pub p2p_dialable: Option<SocketAddr>,
     /// Proof of Learning (the `pol_*` keys).
     pub pol: crate::pol::PolSettings,
 }
@@ -161,6 +166,8 @@ impl Default for NodeConfig {
             rate_limit_sync_per_min: 6000,
             rate_limit_sync_burst: 600,
             peers: Vec::new(),
+            p2p_listen: None,
+            p2p_dialable: None,
             pol: crate::pol::PolSettings::default(),
         }
     }
@@ -218,6 +225,10 @@ pub struct ConfigLayer {
     pub rate_limit_sync_burst: Option<u32>,
     /// See [`NodeConfig::peers`].
     pub peers: Option<Vec<String>>,
+    /// See [`NodeConfig::p2p_listen`].
+    pub p2p_listen: Option<SocketAddr>,
+    /// See [`NodeConfig::p2p_dialable`].
+    pub p2p_dialable: Option<SocketAddr>,
     /// `pol`, `hybrid` or `pow`.
     pub pol_mode: Option<String>,
     /// Significance level, percent: 1 or 5.
@@ -333,6 +344,12 @@ impl NodeConfig {
         }
         if let Some(v) = &layer.peers {
             self.peers = v.clone();
+        }
+        if let Some(v) = layer.p2p_listen {
+            self.p2p_listen = Some(v);
+        }
+        if let Some(v) = layer.p2p_dialable {
+            self.p2p_dialable = Some(v);
         }
         if let Some(v) = &layer.pol_mode {
             self.pol.mode = v.parse().map_err(NodeError::Config)?;

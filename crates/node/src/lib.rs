@@ -14,6 +14,7 @@ mod error;
 mod metrics;
 mod node;
 pub mod pol;
+mod registry;
 
 pub use checker::{
     AgentChecker, ComponentHealth, ComponentReport, Health, SAVE_EVERY, Stage, StageChange,
@@ -25,6 +26,7 @@ pub use node::{
     BlockPage, CompletionRequest, ExpertInfo, Generation, NetworkView, Node, NodeInfo,
     PAGE_LIMIT_MAX,
 };
+pub use registry::admission_block;
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {

@@ -76,6 +76,12 @@ pub struct Node {
     network_view: Mutex<Option<NetworkView>>,
     /// The sync engine's last per-peer report (`GET /net/peers`), as it gave it.
     network_peers: Mutex<serde_json::Value>,
+    /// This node's network identity as `GET /net/id` shows it (the launcher sets it).
+    net_identity: Mutex<Option<serde_json::Value>>,
+    /// Called with the hash of every block stored (the gossip engine announces them).
+    block_listeners: Mutex<Listeners>,
+    /// Serialises appends to the meta chain (admissions).
+    pub(crate) meta_writer: Mutex<()>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) probe_round: AtomicU64,
     pub(crate) started_ms: u64,
@@ -265,6 +271,9 @@ impl Node {
             listening: Mutex::new(None),
             network_view: Mutex::new(None),
             network_peers: Mutex::new(serde_json::Value::Array(Vec::new())),
+            net_identity: Mutex::new(None),
+            block_listeners: Mutex::new(Listeners(Vec::new())),
+            meta_writer: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             probe_round: AtomicU64::new(0),
             started_ms: now_ms,
@@ -794,6 +803,41 @@ impl Node {
         *self.network_peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
     }
 
+    /// Sets what `GET /net/id` answers: the network key, the account address it is bound to,
+    /// the binding signature and the p2p address, if any.
+    pub fn set_net_identity(&self, id: serde_json::Value) {
+        *self.net_identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    }
+
+    /// This node's network identity, once the launcher set it.
+    pub fn net_identity(&self) -> Option<serde_json::Value> {
+        self.net_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Calls `f` with the hash of every block stored from now on, local or from a peer.
+    pub fn on_block(&self, f: impl Fn(Hash) + Send + Sync + 'static) {
+        self.block_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .push(Arc::new(f));
+    }
+
+    pub(crate) fn notify_block(&self, hash: Hash) {
+        let listeners = self
+            .block_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        for f in listeners {
+            f(hash);
+        }
+    }
+
     /// The peer network as last reported: the summary (none on a node that follows no peer)
     /// and one object per peer.
     pub fn network_report(&self) -> (Option<NetworkView>, serde_json::Value) {
@@ -1046,5 +1090,14 @@ impl Drop for Generation {
         if !self.done {
             self.node.finish(self.id, None);
         }
+    }
+}
+
+/// The hooks [`Node::on_block`] registered.
+struct Listeners(Vec<Arc<dyn Fn(Hash) + Send + Sync>>);
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} block listeners", self.0.len())
     }
 }

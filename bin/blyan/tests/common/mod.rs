@@ -23,7 +23,15 @@ pub struct RunningNode {
 
 impl RunningNode {
     /// Starts `blyan --data-dir DIR <args> --listen 127.0.0.1:0` and waits until it listens.
+    /// Its stderr goes to `DIR.stderr.log` beside the data directory (a pipe nobody reads
+    /// would fill and stall the node).
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunningNode {
+        let log = dir.with_extension("stderr.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_blyan"))
             .arg("--data-dir")
             .arg(dir)
@@ -31,7 +39,7 @@ impl RunningNode {
             .args(["--listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let (tx, lines) = mpsc::channel();
@@ -45,10 +53,11 @@ impl RunningNode {
         });
         loop {
             let Ok(line) = lines.recv_timeout(Duration::from_secs(120)) else {
-                let out = child.wait_with_output().unwrap();
+                let _ = child.kill();
+                let _ = child.wait();
                 panic!(
                     "the node never listened: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 );
             };
             if let Some(url) = line.strip_prefix("web UI") {

@@ -1056,6 +1056,15 @@ async fn a_node_whose_key_did_not_make_the_network_follows_it_and_writes_no_bloc
         post_json(&node, "/pol/replicate", json!({"proof": head.to_string()})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "not_admitted");
+    let key = blyan_net::Identity::new(&[5; 32], &crate::test_key()).public_key();
+    let (status, body) = post_json(
+        &node,
+        "/net/admit",
+        json!({"key": key.to_string(), "role": "host"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "not_admitted");
     assert_eq!(node.store().len().expect("len"), blocks_before);
     // Serving goes on.
     let (status, _) = get(&node, "/v1/models").await;
@@ -1094,4 +1103,72 @@ async fn a_node_that_follows_no_peer_reports_an_empty_peer_table() {
             .detail
             .starts_with("1 of 2 peers present; 3 blocks behind")
     );
+}
+
+#[tokio::test]
+async fn the_operator_admits_keys_and_the_registry_lists_them() {
+    let net = net();
+    let node = &net.node;
+    // Before the launcher sets it, the node has no network identity to show.
+    let (status, body) = get(node, "/net/id").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "no_identity");
+    node.set_net_identity(json!({"key": "k", "p2p_listen": null}));
+    let (status, body) = get(node, "/net/id").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["key"], "k");
+
+    let (_, body) = get(node, "/net/registry").await;
+    assert_eq!(body, json!({"members": []}));
+    let key = blyan_net::Identity::new(&[5; 32], &crate::test_key())
+        .public_key()
+        .to_string();
+    let meta_before = node.store().head(blyan_chain::ChainId::Meta).expect("head");
+    // Hostile bodies change nothing.
+    for (bad, code) in [
+        (json!({"key": "zz", "role": "host"}), "invalid_parameter"),
+        (
+            json!({"key": "ab".repeat(31), "role": "host"}),
+            "invalid_parameter",
+        ),
+        (json!({"key": key, "role": "king"}), "invalid_parameter"),
+        (
+            json!({"key": key, "role": "host", "extra": 1}),
+            "invalid_request",
+        ),
+        (json!({"role": "host"}), "invalid_request"),
+        (
+            json!({"key": key, "role": "host", "admitted": "yes"}),
+            "invalid_request",
+        ),
+    ] {
+        let (status, body) = post_json(node, "/net/admit", bad.clone()).await;
+        assert!(status.is_client_error(), "{bad}: {body}");
+        assert_eq!(body["error"]["code"], code, "{bad}: {body}");
+    }
+    assert_eq!(
+        node.store().head(blyan_chain::ChainId::Meta).expect("head"),
+        meta_before
+    );
+    let (status, body) = post_json(node, "/net/admit", json!({"key": key, "role": "host"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let block = body["block"].as_str().expect("block").to_owned();
+    let (status, _) = get(node, &format!("/chain/blocks/{block}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post_json(node, "/net/admit", json!({"key": key, "role": "validator"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = get(node, "/net/registry").await;
+    assert_eq!(body["members"][0]["key"], key.as_str(), "{body}");
+    assert_eq!(body["members"][0]["roles"], json!(["host", "validator"]));
+    let (status, _) = post_json(
+        node,
+        "/net/admit",
+        json!({"key": key, "role": "host", "admitted": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = get(node, "/net/registry").await;
+    assert_eq!(body["members"][0]["roles"], json!(["validator"]), "{body}");
+    // The spec is still what the node serves.
+    assert!(node.store().meta().expect("meta").is_some());
 }

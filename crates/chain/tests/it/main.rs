@@ -3,6 +3,7 @@
 // Tests fail loudly: unwrapping is the point.
 #![allow(clippy::unwrap_used)]
 
+mod admission;
 mod catalog;
 mod crash;
 mod fixture;

@@ -345,6 +345,7 @@ impl Node {
         header: &BlockHeader,
         pol: Option<&mut PolState>,
     ) -> Result<(), NodeError> {
+        self.notify_block(hash);
         match (header.chain, header.kind) {
             (ChainId::Proof, BlockKind::Verdict | BlockKind::PoolCommit | BlockKind::Reveal) => {
                 match pol {
