@@ -9,6 +9,9 @@
 2. Follow latency: node 1 anchors its ledger every second while chats make postings; nodes
    2 and 3 follow it (`blyan up --peer`); for each new ledger block, the delay between node 1
    showing it and each follower showing it (polled every 5 ms).
+3. Push latency over the p2p network: on a second network, node 2 is admitted and both nodes
+   listen on p2p (`--p2p-listen`); node 1 writes admission blocks (`POST /net/admit`, which
+   answers once the block is stored) and node 2 is polled every millisecond for each one.
 """
 
 import json
@@ -18,11 +21,14 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "blyan")
-TCP = os.path.join(ROOT, "target", "release", "examples", "tcp_copy")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+PROFILE = os.environ.get("BLYAN_BENCH_PROFILE", "release")  # "debug" for a quick look only
+BIN = os.path.join(TARGET, PROFILE, "blyan")
+TCP = os.path.join(TARGET, PROFILE, "examples", "tcp_copy")
 ENV = dict(os.environ, BLYAN_KEY_PASSPHRASE="bench", RUST_LOG="warn")
 
 
@@ -46,6 +52,60 @@ def start(data_dir, port, *args):
 def get(port, path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
         return json.load(r)
+
+
+def post(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def found(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def percentiles(ds):
+    ds = sorted(ds)
+    p99 = ds[min(len(ds) - 1, int(round(0.99 * (len(ds) - 1))))]
+    return f"n={len(ds)} p50 {statistics.median(ds):.1f} ms, p99 {p99:.1f} ms, max {ds[-1]:.1f} ms"
+
+
+def push_latency(tmp, procs):
+    q1, q2 = os.path.join(tmp, "p2p-1"), os.path.join(tmp, "p2p-2")
+    blyan(q1, "init", "--random-weights")
+    procs.append(start(q1, 8621, "--p2p-listen", "127.0.0.1:8631"))
+    network = get(8621, "/node")["node"]["network"]
+    k1 = key_of(q1)
+    c1 = f"{k1}@127.0.0.1:8621"
+    blyan(q2, "join", "--network", network, "--bootstrap", c1)
+    k2 = key_of(q2)
+    post(8621, "/net/admit", {"key": k2, "role": "validator"})
+    procs.append(start(q2, 8622, "--peer", c1, "--p2p-listen", "127.0.0.1:8632"))
+    deadline = time.time() + 60
+    while not any(p["transport"] == "p2p" and p["key"] == k1 and p["silent_for_ms"] is not None
+                  for p in get(8622, "/net/peers")["peers"]):
+        if time.time() > deadline:
+            raise SystemExit("node 2 never connected to node 1 over p2p")
+        time.sleep(0.1)
+    delays = []
+    for i in range(40):
+        block = post(8621, "/net/admit", {"key": k2, "role": "host", "admitted": i % 2 == 0})["block"]
+        t0 = time.perf_counter()
+        while not found(8622, f"/chain/blocks/{block}"):
+            if time.perf_counter() - t0 > 10:
+                raise SystemExit("a block never reached node 2")
+            time.sleep(0.001)
+        delays.append((time.perf_counter() - t0) * 1e3)
+        time.sleep(0.05)
+    print(f"p2p push latency to node 2: {percentiles(delays)}")
+    time.sleep(1.5)
+    by = {p["transport"]: p["blocks_from"] for p in get(8622, "/net/peers")["peers"] if p["key"] == k1}
+    print(f"blocks node 2 stored from node 1: {by}")
 
 
 def key_of(data_dir):
@@ -114,10 +174,8 @@ def main():
                         pending.discard(port)
                 time.sleep(0.005)
         for port, ds in delays.items():
-            ds.sort()
-            p99 = ds[min(len(ds) - 1, int(round(0.99 * (len(ds) - 1))))]
-            print(f"follow latency to node {port - 8610}: n={len(ds)} p50 {statistics.median(ds):.0f} ms, "
-                  f"p99 {p99:.0f} ms, max {ds[-1]:.0f} ms")
+            print(f"follow latency to node {port - 8610}: {percentiles(ds)}")
+        push_latency(tmp, procs)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

@@ -400,27 +400,39 @@ pub(crate) struct P2pStart {
     pub dialable: std::net::SocketAddr,
 }
 
+/// An HTTP client for a peer's small answers: two seconds at most.
+fn short_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(2)))
+        .build()
+        .into()
+}
+
+/// The `GET /net/id` answer of the node whose API is at `addr`, if it gives one.
+fn net_id_of(agent: &ureq::Agent, addr: &str) -> Option<serde_json::Value> {
+    agent
+        .get(&format!("http://{addr}/net/id"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_json()
+        .ok()
+}
+
 /// The p2p addresses of `peers`, from their `GET /net/id`, for those that listen on one and
 /// whose answer names the key we know them by. Each is asked a few times over about five
 /// seconds (a peer may be starting too); the others are left to the HTTP read path.
 fn p2p_bootstrappers(
     peers: &[blyan_net::Bootstrap],
 ) -> Vec<(blyan_net::PeerKey, std::net::SocketAddr)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(2)))
-        .build()
-        .into();
+    let agent = short_agent();
     let mut found = Vec::new();
     for p in peers {
-        let url = format!("http://{}/net/id", p.addr);
         for attempt in 0..5 {
             if attempt > 0 {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
-            let Ok(mut r) = agent.get(&url).call() else {
-                continue;
-            };
-            let Ok(id) = r.body_mut().read_json::<serde_json::Value>() else {
+            let Some(id) = net_id_of(&agent, &p.addr) else {
                 continue;
             };
             if id["key"].as_str() != Some(p.key.to_string().as_str()) {
@@ -438,16 +450,10 @@ fn p2p_bootstrappers(
 
 /// The account address each peer's binding proves, by key, from its `GET /net/id`.
 fn peer_addresses(peers: &[blyan_net::Bootstrap]) -> std::collections::BTreeMap<String, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(2)))
-        .build()
-        .into();
+    let agent = short_agent();
     let mut out = std::collections::BTreeMap::new();
     for p in peers {
-        let Ok(mut r) = agent.get(&format!("http://{}/net/id", p.addr)).call() else {
-            continue;
-        };
-        let Ok(id) = r.body_mut().read_json::<serde_json::Value>() else {
+        let Some(id) = net_id_of(&agent, &p.addr) else {
             continue;
         };
         let (Some(address), Some(binding)) = (id["address"].as_str(), id["binding"].as_str())

@@ -233,7 +233,7 @@ fn holds_of_a_killed_node_are_released_when_it_starts_again() {
 fn json_logs_carry_each_requests_id() {
     let dir = tempfile::tempdir().unwrap();
     init_random(dir.path());
-    let mut node = RunningNode::start(
+    let node = RunningNode::start(
         dir.path(),
         &["--log-format", "json", "node"],
         &[("RUST_LOG", "info,blyan_api=debug")],
@@ -258,11 +258,9 @@ fn json_logs_carry_each_requests_id() {
         .unwrap()
         .to_owned();
     assert_eq!(made.len(), 16, "{made}");
-    let mut stderr = node.child.stderr.take().unwrap();
     let (success, _) = node.terminate();
     assert!(success);
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+    let text = std::fs::read_to_string(RunningNode::stderr_log(dir.path())).unwrap();
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -915,21 +915,8 @@ where
                 payload.extend_from_slice(&b);
             }
         }
-        if Hash::of(&payload) != header.payload_hash {
-            // The header is the block's; the bytes were the peer's doing. Ask someone else.
-            let mut w = Want {
-                place: w.place,
-                sources: w.sources,
-                refused: w.refused,
-                state: WantState::Idle,
-                retry_at: None,
-            };
-            w.sources.remove(&peer);
-            w.refused.insert(peer.clone());
-            self.wants.insert(hash, w);
-            self.ban(&peer, "payload does not match its header's hash");
-            return;
-        }
+        // The payload's hash is checked once, by the store's import (`WrongPayload`: the
+        // peer that sent it is banned and the block asked for elsewhere).
         let block = Block {
             header,
             payload,
@@ -976,6 +963,14 @@ where
                         self.gossip(hash, Some(&peer));
                     }
                     Err(e) if e.condemns_block() => self.bad_block(hash, &peer, &e),
+                    Err(ImportError::WrongPayload(reason)) => {
+                        // The header is the block's; the bytes were the peer's doing.
+                        self.ban(
+                            &peer,
+                            &format!("payload does not match its header: {reason}"),
+                        );
+                        self.want(hash, None, None);
+                    }
                     Err(ImportError::Conflict(reason)) => {
                         tracing::info!(%hash, reason, "conflicting block kept out");
                         self.stats.conflicts += 1;

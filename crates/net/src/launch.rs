@@ -376,14 +376,19 @@ pub fn join(
     );
     runner.start(move |context| async move {
         let started = Instant::now();
+        let mut last_progress = started;
         let (engine, handle) = Engine::new(context.child("join"), cfg, transport, chain, keys);
         let task = engine.start();
         let result = loop {
-            context.sleep(Duration::from_millis(200)).await;
+            // A short poll: the join ends within 20 ms of holding everything.
+            context.sleep(Duration::from_millis(20)).await;
             let Some(snap) = handle.snapshot().await else {
                 break Err(JoinError::Store("the sync engine stopped".into()));
             };
-            progress(&snap);
+            if last_progress.elapsed() >= Duration::from_millis(200) {
+                last_progress = Instant::now();
+                progress(&snap);
+            }
             let present: Vec<_> = snap.peers.iter().filter(|p| is_present(p)).collect();
             if !present.is_empty() && present.iter().all(|p| p.foreign) {
                 break Err(JoinError::PeersOfAnotherNetwork {

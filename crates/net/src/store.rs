@@ -32,6 +32,10 @@ pub enum ImportError {
     /// The local store failed; the block was not judged.
     #[error("local store: {0}")]
     Local(String),
+    /// The payload a peer sent does not match the header's length or hash: the peer is at
+    /// fault, the block (whose hash commits to the right payload) is not judged.
+    #[error("payload does not match its header: {0}")]
+    WrongPayload(String),
     /// A peer answered a request for one block with another's header: the peer is at fault,
     /// the block asked for is not judged.
     #[error("asked for block {asked}, got the header of {got}")]
@@ -51,6 +55,7 @@ impl ImportError {
             ImportError::Invalid(_)
                 | ImportError::Unauthorized { .. }
                 | ImportError::WrongBlock { .. }
+                | ImportError::WrongPayload(_)
         )
     }
 
@@ -241,6 +246,10 @@ impl BlockStore for ChainStore {
             Ok(_) => Ok(()),
             Err(ChainError::Invalid { error, .. }) => match error {
                 BlockError::Duplicate { .. } => Ok(()),
+                e @ (BlockError::PayloadHashMismatch { .. }
+                | BlockError::PayloadLenMismatch { .. }) => {
+                    Err(ImportError::WrongPayload(e.to_string()))
+                }
                 e @ (BlockError::WrongHeight { .. } | BlockError::WrongPrev { .. }) => {
                     Err(ImportError::Conflict(e.to_string()))
                 }

@@ -23,10 +23,10 @@ pub struct RunningNode {
 
 impl RunningNode {
     /// Starts `blyan --data-dir DIR <args> --listen 127.0.0.1:0` and waits until it listens.
-    /// Its stderr goes to `DIR.stderr.log` beside the data directory (a pipe nobody reads
+    /// Its stderr goes to `DIR/node-stderr.log` (a pipe nobody reads
     /// would fill and stall the node).
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunningNode {
-        let log = dir.with_extension("stderr.log");
+        let log = Self::stderr_log(dir);
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -65,6 +65,11 @@ impl RunningNode {
                 return RunningNode { child, url, lines };
             }
         }
+    }
+
+    /// Where the node started on `dir` writes its stderr.
+    pub fn stderr_log(dir: &Path) -> std::path::PathBuf {
+        dir.join("node-stderr.log")
     }
 
     pub fn get(&self, path: &str) -> Value {

@@ -178,7 +178,7 @@ async fn every_route_enforces_its_role_for_every_caller() {
             }
         }
     }
-    assert_eq!(seen.get("operator"), Some(&3), "{seen:?}");
+    assert_eq!(seen.get("operator"), Some(&4), "{seen:?}");
     assert_eq!(seen.get("account"), Some(&4), "{seen:?}");
     assert!(seen.get("anyone").is_some_and(|n| *n > 10), "{seen:?}");
 }
