@@ -476,15 +476,25 @@ fn peer_addresses(peers: &[blyan_net::Bootstrap]) -> std::collections::BTreeMap<
     out
 }
 
-/// The admitted keys of `node`'s network and the meta chain's height they were read at.
-fn members(node: &blyan_node::Node) -> (u64, Vec<blyan_net::PeerKey>) {
+/// The admitted keys of `node`'s network and the meta chain's height they were read at;
+/// `last` is the previous answer, reused while that height is the same.
+fn members(
+    node: &blyan_node::Node,
+    last: &mut Option<(u64, Vec<blyan_net::PeerKey>)>,
+) -> (u64, Vec<blyan_net::PeerKey>) {
     let version = node
         .store()
         .head(blyan_chain::ChainId::Meta)
         .ok()
         .flatten()
         .map_or(0, |(h, _)| h);
-    let keys = node
+    // The registry changes only with the meta chain: read it again only when that grew.
+    if let Some((v, keys)) = last.as_ref()
+        && *v == version
+    {
+        return (version, keys.clone());
+    }
+    let keys: Vec<blyan_net::PeerKey> = node
         .registry()
         .map(|r| {
             r.members
@@ -493,6 +503,7 @@ fn members(node: &blyan_node::Node) -> (u64, Vec<blyan_net::PeerKey>) {
                 .collect()
         })
         .unwrap_or_default();
+    *last = Some((version, keys.clone()));
     (version, keys)
 }
 
@@ -557,7 +568,10 @@ pub(crate) fn follow_peers(
                     listen: p.listen,
                     dialable: p.dialable,
                     bootstrappers: p2p_bootstrappers(&peers),
-                    members: Box::new(move || members(&n)),
+                    members: {
+                        let mut last = None;
+                        Box::new(move || members(&n, &mut last))
+                    },
                 }
             });
             let gossip_node = node.clone();
