@@ -14,8 +14,8 @@ use blyan_chain::{Block, BlockHeader};
 use blyan_primitives::{Hash, Signature};
 use commonware_cryptography::ed25519;
 use commonware_runtime::{Clock, Handle as TaskHandle, Spawner};
-use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -23,6 +23,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::store::{BlockStore, ImportError};
 use crate::transport::{Incoming, Transport};
 use crate::wire::{CHUNK_LEN_MAX, HASHES_MAX, Head, Msg};
+
+/// Most messages handled in a row before the blocks they completed are imported.
+const DRAIN_MAX: usize = 256;
 
 /// How long a peer that could not be reached is left alone.
 const UNREACHABLE_PAUSE: Duration = Duration::from_secs(2);
@@ -359,10 +362,19 @@ where
             let sleep = self.context.sleep_until(deadline);
             commonware_macros::select! {
                 msg = self.transport.recv() => {
-                    match msg {
-                        Some(Incoming::Message(peer, bytes)) => self.on_message(peer, &bytes),
-                        Some(Incoming::Unreachable(peer)) => self.on_unreachable(&peer),
-                        None => return,
+                    let Some(first) = msg else {
+                        return;
+                    };
+                    self.on_incoming(first);
+                    // What else has already arrived is handled before the blocks it
+                    // completed are imported, so that they share one store transaction
+                    // (a group commit: the longer an import takes, the larger the next).
+                    for _ in 1..DRAIN_MAX {
+                        match self.transport.recv().now_or_never() {
+                            Some(Some(next)) => self.on_incoming(next),
+                            Some(None) => return,
+                            None => break,
+                        }
                     }
                 },
                 cmd = self.mailbox.next() => {
@@ -374,6 +386,13 @@ where
                 _ = sleep => {},
             }
             self.on_tick();
+        }
+    }
+
+    fn on_incoming(&mut self, incoming: Incoming) {
+        match incoming {
+            Incoming::Message(peer, bytes) => self.on_message(peer, &bytes),
+            Incoming::Unreachable(peer) => self.on_unreachable(&peer),
         }
     }
 
@@ -922,8 +941,8 @@ where
             payload,
             signature: Some(signature),
         };
+        // Imported once the messages that already arrived are handled (see `run`).
         self.ready.insert(hash, (block, peer));
-        self.import_ready();
     }
 
     fn bad_block(&mut self, hash: Hash, peer: &PeerKey, e: &ImportError) {
@@ -936,24 +955,60 @@ where
         self.ban(peer, &e.to_string());
     }
 
-    /// Imports every ready block whose parents are stored, until none is left that can be.
+    /// Imports every ready block whose parents are stored or ready, in one store
+    /// transaction per round, until none is left that can be.
     fn import_ready(&mut self) {
         loop {
-            let mut progress = false;
-            let hashes: Vec<Hash> = self.ready.keys().copied().collect();
-            for hash in hashes {
-                let (block, _) = &self.ready[&hash];
+            // Parents first: each round adds the blocks whose parents are stored or already
+            // in the batch.
+            let mut batch: Vec<Hash> = Vec::new();
+            let mut inside: HashSet<Hash> = HashSet::new();
+            loop {
+                let before = batch.len();
+                for (hash, (block, _)) in &self.ready {
+                    if inside.contains(hash) {
+                        continue;
+                    }
+                    let h = &block.header;
+                    let parents_there = h
+                        .depends_on
+                        .iter()
+                        .chain(std::iter::once(&h.prev).filter(|p| !p.is_zero()))
+                        .all(|p| inside.contains(p) || self.store.has(p).unwrap_or(false));
+                    if parents_there {
+                        batch.push(*hash);
+                        inside.insert(*hash);
+                    }
+                }
+                if batch.len() == before {
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            let mut blocks = Vec::with_capacity(batch.len());
+            let mut meta = Vec::with_capacity(batch.len());
+            for hash in batch {
+                let (block, peer) = self.ready.remove(&hash).expect("listed");
                 let h = &block.header;
-                let parents_stored = h
-                    .depends_on
-                    .iter()
-                    .chain(std::iter::once(&h.prev).filter(|p| !p.is_zero()))
-                    .all(|p| self.store.has(p).unwrap_or(false));
-                if !parents_stored {
+                let mut parents = h.depends_on.clone();
+                parents.push(h.prev);
+                meta.push((hash, peer, parents, (h.chain as u8, h.height)));
+                blocks.push(block);
+            }
+            let verdicts = self.store.import_all(blocks);
+            let mut failed: HashSet<Hash> = HashSet::new();
+            let mut progress = false;
+            for ((hash, peer, parents, place), verdict) in meta.into_iter().zip(verdicts) {
+                if parents.iter().any(|p| failed.contains(p)) {
+                    // Its parent in this batch was refused: its own verdict says nothing
+                    // about it. It is fetched again once the parent is stored.
+                    failed.insert(hash);
+                    self.want(hash, Some(place), None);
                     continue;
                 }
-                let (block, peer) = self.ready.remove(&hash).expect("listed");
-                match self.store.import(block) {
+                match verdict {
                     Ok(()) => {
                         progress = true;
                         self.stats.imported += 1;
@@ -961,6 +1016,7 @@ where
                             p.blocks_from += 1;
                         }
                         self.gossip(hash, Some(&peer));
+                        continue;
                     }
                     Err(e) if e.condemns_block() => self.bad_block(hash, &peer, &e),
                     Err(ImportError::WrongPayload(reason)) => {
@@ -969,7 +1025,7 @@ where
                             &peer,
                             &format!("payload does not match its header: {reason}"),
                         );
-                        self.want(hash, None, None);
+                        self.want(hash, Some(place), None);
                     }
                     Err(ImportError::Conflict(reason)) => {
                         tracing::info!(%hash, reason, "conflicting block kept out");
@@ -977,6 +1033,7 @@ where
                     }
                     Err(e) => tracing::warn!(%hash, error = %e, "import failed locally"),
                 }
+                failed.insert(hash);
             }
             if !progress {
                 return;
@@ -1004,6 +1061,9 @@ where
     }
 
     fn on_tick(&mut self) {
+        if !self.ready.is_empty() {
+            self.import_ready();
+        }
         let now = self.context.current();
         // Timeouts.
         let expired: Vec<u64> = self

@@ -97,6 +97,13 @@ pub trait BlockStore: Send + Sync + 'static {
     ) -> Result<BlockHeader, ImportError>;
     /// Checks and stores a complete block whose parents are all stored.
     fn import(&self, block: Block) -> Result<(), ImportError>;
+    /// Checks and stores complete blocks whose parents are each stored or among them; one
+    /// result per block, in the order given. A store may commit them together, but each
+    /// block's outcome is what [`BlockStore::import`] of them one by one, parents first,
+    /// would give.
+    fn import_all(&self, blocks: Vec<Block>) -> Vec<Result<(), ImportError>> {
+        blocks.into_iter().map(|b| self.import(b)).collect()
+    }
 }
 
 /// [`BlockStore`] over the chain store. Only the network's operator (the author of the spec
@@ -240,22 +247,63 @@ impl BlockStore for ChainStore {
     }
 
     fn import(&self, block: Block) -> Result<(), ImportError> {
-        let hash = block.hash();
-        self.authorize(&hash, &block.header)?;
-        match self.store.append(block) {
-            Ok(_) => Ok(()),
-            Err(ChainError::Invalid { error, .. }) => match error {
-                BlockError::Duplicate { .. } => Ok(()),
-                e @ (BlockError::PayloadHashMismatch { .. }
-                | BlockError::PayloadLenMismatch { .. }) => {
-                    Err(ImportError::WrongPayload(e.to_string()))
+        self.import_all(vec![block])
+            .pop()
+            .expect("one verdict per block")
+    }
+
+    /// One transaction for all the blocks that pass ([`Store::append_each`]).
+    fn import_all(&self, blocks: Vec<Block>) -> Vec<Result<(), ImportError>> {
+        let mut verdicts: Vec<Option<Result<(), ImportError>>> = Vec::with_capacity(blocks.len());
+        let mut passed = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            match self.authorize(&block.hash(), &block.header) {
+                Ok(()) => {
+                    verdicts.push(None);
+                    passed.push(block);
                 }
-                e @ (BlockError::WrongHeight { .. } | BlockError::WrongPrev { .. }) => {
-                    Err(ImportError::Conflict(e.to_string()))
-                }
-                e => Err(ImportError::Invalid(e.to_string())),
-            },
-            Err(e) => Err(local(e)),
+                Err(e) => verdicts.push(Some(Err(e))),
+            }
         }
+        let mut stored = match self.store.append_each(passed) {
+            Ok(v) => v.into_iter(),
+            Err(e) => {
+                let e = local(e);
+                return verdicts
+                    .into_iter()
+                    .map(|v| v.unwrap_or_else(|| Err(e.clone())))
+                    .collect();
+            }
+        };
+        verdicts
+            .into_iter()
+            .map(|v| {
+                v.unwrap_or_else(|| match stored.next().expect("one verdict per block") {
+                    Ok(_) => Ok(()),
+                    Err(ChainError::Invalid {
+                        error: BlockError::Duplicate { .. },
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(import_error(e)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a refused append means for a block from a peer.
+fn import_error(e: ChainError) -> ImportError {
+    match e {
+        ChainError::Invalid { error, .. } => match error {
+            e
+            @ (BlockError::PayloadHashMismatch { .. } | BlockError::PayloadLenMismatch { .. }) => {
+                ImportError::WrongPayload(e.to_string())
+            }
+            e @ (BlockError::WrongHeight { .. } | BlockError::WrongPrev { .. }) => {
+                ImportError::Conflict(e.to_string())
+            }
+            e => ImportError::Invalid(e.to_string()),
+        },
+        e => local(e),
     }
 }

@@ -338,3 +338,63 @@ fn pages_and_totals_come_from_the_index_and_match_a_full_scan() {
     check(&store);
     let _ = spec_hash;
 }
+
+/// `append_each` stores, in one transaction, every block of a batch that passes and gives
+/// each block the verdict `append` one by one would: the good blocks land, a block with a
+/// wrong payload and the child built on it are refused, a stored block is a duplicate.
+#[test]
+fn append_each_keeps_the_good_blocks_of_a_batch_and_refuses_each_bad_one() {
+    let net = tiny_net();
+    let stored = ledger_blocks(&net, 1);
+    net.store.append(stored[0].clone()).unwrap();
+    let mut ledger = ledger_blocks(&net, 4);
+    // Block 2 arrives with one payload byte changed (its header still names the true bytes).
+    ledger[2].payload[0] ^= 1;
+    let expert = expert_version(
+        &net,
+        ExpertId::new(0, 1),
+        expert_tensors(ExpertId::new(0, 1), 3.0),
+    );
+    let before = net.store.len().unwrap();
+    let mut batch = vec![ledger[3].clone(), expert.clone(), stored[0].clone()];
+    batch.extend(ledger[..3].iter().cloned());
+    let verdicts = net.store.append_each(batch).unwrap();
+    let codes: Vec<String> = verdicts
+        .iter()
+        .map(|v| match v {
+            Ok(_) => "ok".to_string(),
+            Err(blyan_chain::ChainError::Invalid { error, .. }) => error.code().to_string(),
+            Err(e) => panic!("store failure: {e}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "wrong_height",
+            "ok",
+            "duplicate",
+            "ok",
+            "ok",
+            "payload_hash_mismatch"
+        ]
+    );
+    assert_eq!(net.store.len().unwrap(), before + 3);
+    assert_eq!(
+        net.store.head(ChainId::Ledger).unwrap().unwrap(),
+        (2, ledger[1].hash())
+    );
+    assert_eq!(
+        net.store.expert_head(ExpertId::new(0, 1)).unwrap(),
+        Some(expert.hash())
+    );
+    // The stored blocks are complete: payloads on disk, the whole store verifies.
+    let report = net.store.verify(VerifyMode::Full, |_| {}).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    // The refused block with its true bytes, and its child, append afterwards.
+    let mut fixed = ledger[2].clone();
+    fixed.payload[0] ^= 1;
+    net.store
+        .append_batch(vec![ledger[3].clone(), fixed])
+        .unwrap();
+    assert_eq!(net.store.head(ChainId::Ledger).unwrap().unwrap().0, 4);
+}
