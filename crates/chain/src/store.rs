@@ -585,9 +585,12 @@ const WRITERS: usize = 8;
 /// Payload bytes below which a batch is checked on the calling thread alone.
 const PARALLEL_CHECK_BYTES: u64 = 4 << 20;
 
+/// One block's stateless verdict: the checked block, or its hash and why it was refused.
+type Checked = Result<CheckedBlock, (Hash, BlockError)>;
+
 /// The stateless checks of `blocks`, one verdict each in the order given; on up to as many
 /// threads as the machine has cores when the payloads are large.
-fn check_all(blocks: Vec<Block>) -> Vec<Result<CheckedBlock, (Hash, BlockError)>> {
+fn check_all(blocks: Vec<Block>) -> Vec<Checked> {
     let bytes: u64 = blocks.iter().map(|b| b.payload.len() as u64).sum();
     let threads = if bytes < PARALLEL_CHECK_BYTES {
         1
@@ -618,24 +621,23 @@ fn check_on(blocks: Vec<Block>, threads: usize) -> Vec<Result<CheckedBlock, (Has
         share.0 += block.payload.len() as u64;
         share.1.push((i, block));
     }
-    let mut results: Vec<(usize, Result<CheckedBlock, (Hash, BlockError)>)> =
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = shares
-                .into_iter()
-                .map(|(_, share)| {
-                    scope.spawn(move || {
-                        share
-                            .into_iter()
-                            .map(|(i, b)| (i, CheckedBlock::check_hashed(b)))
-                            .collect::<Vec<_>>()
-                    })
+    let mut results: Vec<(usize, Checked)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|(_, share)| {
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|(i, b)| (i, CheckedBlock::check_hashed(b)))
+                        .collect::<Vec<_>>()
                 })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("a block checker panicked"))
-                .collect()
-        });
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a block checker panicked"))
+            .collect()
+    });
     results.sort_by_key(|(i, _)| *i);
     results.into_iter().map(|(_, r)| r).collect()
 }
@@ -847,7 +849,7 @@ mod tests {
         // Two bad blocks: a changed payload byte and a changed header field.
         blocks[3].payload[0] ^= 1;
         blocks[5].header.timestamp_ms += 1;
-        let summary = |r: &Result<CheckedBlock, (Hash, BlockError)>| match r {
+        let summary = |r: &Checked| match r {
             Ok(c) => format!("ok {}", c.hash()),
             Err((h, e)) => format!("{h}: {e}"),
         };

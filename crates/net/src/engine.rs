@@ -279,6 +279,17 @@ enum Asked {
     Chunk { hash: Hash, index: usize },
 }
 
+/// A block being imported, and what judging its verdict needs.
+struct Importing {
+    hash: Hash,
+    peer: PeerKey,
+    parents: Vec<Hash>,
+    place: (u8, u64),
+}
+
+/// A finished import: its blocks and their verdicts, in the same order.
+type Imported = (Vec<Importing>, Vec<Result<(), ImportError>>);
+
 struct Pending {
     peer: PeerKey,
     asked: Asked,
@@ -296,6 +307,10 @@ pub struct Engine<E, T, B> {
     peers: BTreeMap<PeerKey, Peer>,
     wants: BTreeMap<Hash, Want>,
     ready: BTreeMap<Hash, (Block, PeerKey)>,
+    /// The blocks of the import running now, if one is.
+    importing: Option<HashSet<Hash>>,
+    imported_tx: mpsc::UnboundedSender<Imported>,
+    imported_rx: mpsc::UnboundedReceiver<Imported>,
     bad: HashSet<Hash>,
     pending: BTreeMap<u64, Pending>,
     syncing: BTreeSet<u8>,
@@ -329,6 +344,7 @@ where
     ) -> (Self, Handle) {
         assert!(cfg.chunk_len > 0 && cfg.chunk_len <= CHUNK_LEN_MAX);
         let (tx, mailbox) = mpsc::unbounded();
+        let (imported_tx, imported_rx) = mpsc::unbounded();
         let rng = ChaCha8Rng::seed_from_u64(context.next_u64());
         let now = context.current();
         let engine = Engine {
@@ -341,6 +357,9 @@ where
             peers: peers.into_iter().map(|p| (p, Peer::default())).collect(),
             wants: BTreeMap::new(),
             ready: BTreeMap::new(),
+            importing: None,
+            imported_tx,
+            imported_rx,
             bad: HashSet::new(),
             pending: BTreeMap::new(),
             syncing: BTreeSet::new(),
@@ -357,6 +376,8 @@ where
     }
 
     async fn run(mut self) {
+        // The first status goes out at once, not after the first tick.
+        self.on_tick();
         loop {
             let deadline = self.context.current() + self.cfg.tick;
             let sleep = self.context.sleep_until(deadline);
@@ -375,6 +396,11 @@ where
                             Some(None) => return,
                             None => break,
                         }
+                    }
+                },
+                done = self.imported_rx.next() => {
+                    if let Some((entries, verdicts)) = done {
+                        self.on_imported(entries, verdicts);
                     }
                 },
                 cmd = self.mailbox.next() => {
@@ -443,7 +469,9 @@ where
                     last_ban: p.last_ban.clone(),
                 })
                 .collect(),
-            wanted: self.wants.len() + self.ready.len(),
+            wanted: self.wants.len()
+                + self.ready.len()
+                + self.importing.as_ref().map_or(0, HashSet::len),
             stats: self.stats.clone(),
         }
     }
@@ -721,7 +749,10 @@ where
             }
             return;
         }
-        if self.ready.contains_key(&hash) || self.store.has(&hash).unwrap_or(true) {
+        if self.ready.contains_key(&hash)
+            || self.importing.as_ref().is_some_and(|i| i.contains(&hash))
+            || self.store.has(&hash).unwrap_or(true)
+        {
             return;
         }
         if self.wants.len() >= self.cfg.wants_max {
@@ -941,8 +972,8 @@ where
             payload,
             signature: Some(signature),
         };
-        // Imported once the messages that already arrived are handled (see `run`).
         self.ready.insert(hash, (block, peer));
+        self.start_import();
     }
 
     fn bad_block(&mut self, hash: Hash, peer: &PeerKey, e: &ImportError) {
@@ -955,90 +986,113 @@ where
         self.ban(peer, &e.to_string());
     }
 
-    /// Imports every ready block whose parents are stored or ready, in one store
-    /// transaction per round, until none is left that can be.
-    fn import_ready(&mut self) {
+    /// Starts importing, on a task of its own, every ready block whose parents are stored
+    /// or in the same batch, unless an import is running: the engine goes on asking and
+    /// answering meanwhile, and what completes in the meantime makes the next batch (a
+    /// group commit: the longer an import takes, the larger the next).
+    fn start_import(&mut self) {
+        if self.importing.is_some() || self.ready.is_empty() {
+            return;
+        }
+        // Parents first: each round adds the blocks whose parents are stored or already in
+        // the batch.
+        let mut batch: Vec<Hash> = Vec::new();
+        let mut inside: HashSet<Hash> = HashSet::new();
         loop {
-            // Parents first: each round adds the blocks whose parents are stored or already
-            // in the batch.
-            let mut batch: Vec<Hash> = Vec::new();
-            let mut inside: HashSet<Hash> = HashSet::new();
-            loop {
-                let before = batch.len();
-                for (hash, (block, _)) in &self.ready {
-                    if inside.contains(hash) {
-                        continue;
-                    }
-                    let h = &block.header;
-                    let parents_there = h
-                        .depends_on
-                        .iter()
-                        .chain(std::iter::once(&h.prev).filter(|p| !p.is_zero()))
-                        .all(|p| inside.contains(p) || self.store.has(p).unwrap_or(false));
-                    if parents_there {
-                        batch.push(*hash);
-                        inside.insert(*hash);
-                    }
-                }
-                if batch.len() == before {
-                    break;
-                }
-            }
-            if batch.is_empty() {
-                return;
-            }
-            let mut blocks = Vec::with_capacity(batch.len());
-            let mut meta = Vec::with_capacity(batch.len());
-            for hash in batch {
-                let (block, peer) = self.ready.remove(&hash).expect("listed");
-                let h = &block.header;
-                let mut parents = h.depends_on.clone();
-                parents.push(h.prev);
-                meta.push((hash, peer, parents, (h.chain as u8, h.height)));
-                blocks.push(block);
-            }
-            let verdicts = self.store.import_all(blocks);
-            let mut failed: HashSet<Hash> = HashSet::new();
-            let mut progress = false;
-            for ((hash, peer, parents, place), verdict) in meta.into_iter().zip(verdicts) {
-                if parents.iter().any(|p| failed.contains(p)) {
-                    // Its parent in this batch was refused: its own verdict says nothing
-                    // about it. It is fetched again once the parent is stored.
-                    failed.insert(hash);
-                    self.want(hash, Some(place), None);
+            let before = batch.len();
+            for (hash, (block, _)) in &self.ready {
+                if inside.contains(hash) {
                     continue;
                 }
-                match verdict {
-                    Ok(()) => {
-                        progress = true;
-                        self.stats.imported += 1;
-                        if let Some(p) = self.peers.get_mut(&peer) {
-                            p.blocks_from += 1;
-                        }
-                        self.gossip(hash, Some(&peer));
-                        continue;
-                    }
-                    Err(e) if e.condemns_block() => self.bad_block(hash, &peer, &e),
-                    Err(ImportError::WrongPayload(reason)) => {
-                        // The header is the block's; the bytes were the peer's doing.
-                        self.ban(
-                            &peer,
-                            &format!("payload does not match its header: {reason}"),
-                        );
-                        self.want(hash, Some(place), None);
-                    }
-                    Err(ImportError::Conflict(reason)) => {
-                        tracing::info!(%hash, reason, "conflicting block kept out");
-                        self.stats.conflicts += 1;
-                    }
-                    Err(e) => tracing::warn!(%hash, error = %e, "import failed locally"),
+                let h = &block.header;
+                let parents_there = h
+                    .depends_on
+                    .iter()
+                    .chain(std::iter::once(&h.prev).filter(|p| !p.is_zero()))
+                    .all(|p| inside.contains(p) || self.store.has(p).unwrap_or(false));
+                if parents_there {
+                    batch.push(*hash);
+                    inside.insert(*hash);
                 }
-                failed.insert(hash);
             }
-            if !progress {
-                return;
+            if batch.len() == before {
+                break;
             }
         }
+        if batch.is_empty() {
+            return;
+        }
+        let mut blocks = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
+        for hash in batch {
+            let (block, peer) = self.ready.remove(&hash).expect("listed");
+            let h = &block.header;
+            let mut parents = h.depends_on.clone();
+            parents.push(h.prev);
+            entries.push(Importing {
+                hash,
+                peer,
+                parents,
+                place: (h.chain as u8, h.height),
+            });
+            blocks.push(block);
+        }
+        self.importing = Some(inside);
+        let (store, done) = (self.store.clone(), self.imported_tx.clone());
+        self.context
+            .child("import")
+            .shared(true)
+            .spawn(move |_| async move {
+                let verdicts = store.import_all(blocks);
+                let _ = done.unbounded_send((entries, verdicts));
+            });
+    }
+
+    /// Judges the blocks of a finished import by their verdicts and starts the next one.
+    fn on_imported(&mut self, entries: Vec<Importing>, verdicts: Vec<Result<(), ImportError>>) {
+        self.importing = None;
+        let mut failed: HashSet<Hash> = HashSet::new();
+        for (entry, verdict) in entries.into_iter().zip(verdicts) {
+            let Importing {
+                hash,
+                peer,
+                parents,
+                place,
+            } = entry;
+            if parents.iter().any(|p| failed.contains(p)) {
+                // Its parent in this batch was refused: its own verdict says nothing about
+                // it. It is fetched again once the parent is stored.
+                failed.insert(hash);
+                self.want(hash, Some(place), None);
+                continue;
+            }
+            match verdict {
+                Ok(()) => {
+                    self.stats.imported += 1;
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.blocks_from += 1;
+                    }
+                    self.gossip(hash, Some(&peer));
+                    continue;
+                }
+                Err(e) if e.condemns_block() => self.bad_block(hash, &peer, &e),
+                Err(ImportError::WrongPayload(reason)) => {
+                    // The header is the block's; the bytes were the peer's doing.
+                    self.ban(
+                        &peer,
+                        &format!("payload does not match its header: {reason}"),
+                    );
+                    self.want(hash, Some(place), None);
+                }
+                Err(ImportError::Conflict(reason)) => {
+                    tracing::info!(%hash, reason, "conflicting block kept out");
+                    self.stats.conflicts += 1;
+                }
+                Err(e) => tracing::warn!(%hash, error = %e, "import failed locally"),
+            }
+            failed.insert(hash);
+        }
+        self.start_import();
     }
 
     /// Announces `hash` to a few random peers other than `except`.
@@ -1061,9 +1115,8 @@ where
     }
 
     fn on_tick(&mut self) {
-        if !self.ready.is_empty() {
-            self.import_ready();
-        }
+        // Ready blocks whose parents were stored by someone else (a local append).
+        self.start_import();
         let now = self.context.current();
         // Timeouts.
         let expired: Vec<u64> = self
@@ -1107,7 +1160,15 @@ where
         // until it is stored, it is the only block asked for.
         let genesis = self.store.genesis();
         let hashes: Vec<Hash> = if self.store.has(&genesis).unwrap_or(false) {
-            self.wants.keys().copied().collect()
+            // Lowest heights first: a chain is imported in order, so the block that lets the
+            // most others be imported is the one to have soonest; blocks of unknown place
+            // (announced only) last.
+            let mut order: Vec<(Option<(u8, u64)>, Hash)> =
+                self.wants.iter().map(|(h, w)| (w.place, *h)).collect();
+            order.sort_by_key(|(place, hash)| {
+                (place.is_none(), place.map(|(_, height)| height), *hash)
+            });
+            order.into_iter().map(|(_, h)| h).collect()
         } else {
             if !self.wants.contains_key(&genesis)
                 && self.peers.values().any(|p| !p.heads.is_empty())

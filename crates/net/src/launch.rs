@@ -380,8 +380,8 @@ pub fn join(
         let (engine, handle) = Engine::new(context.child("join"), cfg, transport, chain, keys);
         let task = engine.start();
         let result = loop {
-            // A short poll: the join ends within 20 ms of holding everything.
-            context.sleep(Duration::from_millis(20)).await;
+            // A short poll: the join ends within 5 ms of holding everything.
+            context.sleep(Duration::from_millis(5)).await;
             let Some(snap) = handle.snapshot().await else {
                 break Err(JoinError::Store("the sync engine stopped".into()));
             };
