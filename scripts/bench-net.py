@@ -5,7 +5,8 @@
   python3 scripts/bench-net.py
 
 1. Join: a fresh data directory syncs the 61.5 MB genesis from 1 peer and from 2 peers
-   (`blyan join --json`), three runs each, beside a raw TCP copy of the same payload bytes.
+   (`blyan join --json`), three runs each, beside a raw TCP copy of the same payload bytes,
+   into memory and into one fsynced file per payload.
 2. Follow latency: node 1 anchors its ledger every second while chats make postings; nodes
    2 and 3 follow it (`blyan up --peer`); for each new ledger block, the delay between node 1
    showing it and each follower showing it (polled every 5 ms).
