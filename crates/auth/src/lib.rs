@@ -7,12 +7,17 @@
 //! that was signed, requires it to be the address the message names, and only then spends the
 //! nonce, which can never be spent again. Every refusal is an [`AuthError`] with a stable code.
 //!
+//! A login becomes a [`Session`]: a JWT (EdDSA, signed by the node's Ed25519 key, the
+//! wallet's address as subject) that expires, can be refreshed and can be revoked.
+//!
 //! The message format is parsed by the `siwe` crate; the signature is recovered by Blyan's own
 //! account signatures ([`blyan_primitives::Signature`], k256), which refuse the malleable
 //! high-`s` form.
 
 mod login;
 mod nonce;
+mod session;
 
 pub use login::{AuthError, Login, MESSAGE_LEN_MAX, Policy, verify};
 pub use nonce::{NONCE_LEN, Nonces};
+pub use session::{Claims, Session, SessionError, Sessions};
