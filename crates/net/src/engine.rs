@@ -417,7 +417,7 @@ where
 
     fn on_incoming(&mut self, incoming: Incoming) {
         match incoming {
-            Incoming::Message(peer, bytes) => self.on_message(peer, &bytes),
+            Incoming::Message(peer, bytes) => self.on_message(peer, bytes),
             Incoming::Unreachable(peer) => self.on_unreachable(&peer),
         }
     }
@@ -610,7 +610,7 @@ where
         }
     }
 
-    fn on_message(&mut self, peer: PeerKey, bytes: &[u8]) {
+    fn on_message(&mut self, peer: PeerKey, bytes: Vec<u8>) {
         self.stats.msgs_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
         let now = self.context.current();
@@ -619,7 +619,7 @@ where
             return;
         }
         self.peers.entry(peer.clone()).or_default().last_heard = Some(now);
-        let msg = match Msg::decode(bytes) {
+        let msg = match Msg::decode_owned(bytes) {
             Ok(m) => m,
             Err(e) => {
                 self.stats.dropped += 1;
@@ -959,11 +959,15 @@ where
         else {
             unreachable!("matched above")
         };
-        let mut payload = Vec::with_capacity(header.payload_len as usize);
-        for s in slots {
-            if let Slot::Have(b) = s {
-                payload.extend_from_slice(&b);
-            }
+        // The first chunk's buffer becomes the payload; the others are appended to it.
+        let mut chunks = slots.into_iter().filter_map(|s| match s {
+            Slot::Have(b) => Some(b),
+            _ => None,
+        });
+        let mut payload = chunks.next().unwrap_or_default();
+        payload.reserve_exact((header.payload_len as usize).saturating_sub(payload.len()));
+        for b in chunks {
+            payload.extend_from_slice(&b);
         }
         // The payload's hash is checked once, by the store's import (`WrongPayload`: the
         // peer that sent it is banned and the block asked for elsewhere).

@@ -104,10 +104,42 @@ pub enum Msg {
     },
 }
 
+/// The Borsh variant index of [`Msg::Chunk`].
+const CHUNK_TAG: u8 = 7;
+/// Bytes of a [`Msg::Chunk`] before its payload bytes: tag, id, length.
+const CHUNK_HEAD: usize = 1 + 8 + 4;
+
 impl Msg {
-    /// The canonical bytes.
+    /// The canonical bytes, written into a buffer of the right size at once (a chunk is
+    /// copied once, not grown into).
     pub fn encode(&self) -> Vec<u8> {
-        codec::encode(self)
+        let hint = match self {
+            Msg::Chunk { bytes, .. } => CHUNK_HEAD + bytes.len(),
+            Msg::Header {
+                header, signature, ..
+            } => 1 + 8 + 4 + header.len() + 4 + signature.len(),
+            _ => 64,
+        };
+        let mut out = Vec::with_capacity(hint);
+        borsh::to_writer(&mut out, self).expect("encoding into memory is infallible");
+        out
+    }
+
+    /// [`Msg::decode`] of a buffer the caller gives up: a chunk keeps the buffer for its
+    /// bytes instead of copying them out of it. Same result as [`Msg::decode`] for any input.
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Msg, WireError> {
+        if bytes.len() >= CHUNK_HEAD && bytes.len() <= MSG_LEN_MAX && bytes[0] == CHUNK_TAG {
+            let id = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+            let len = u32::from_le_bytes(bytes[9..CHUNK_HEAD].try_into().expect("4 bytes"));
+            if len as usize == bytes.len() - CHUNK_HEAD {
+                if len > CHUNK_LEN_MAX {
+                    return Err(WireError::OutOfBounds);
+                }
+                bytes.drain(..CHUNK_HEAD);
+                return Ok(Msg::Chunk { id, bytes });
+            }
+        }
+        Msg::decode(&bytes)
     }
 
     /// Decodes one message, refusing oversized input, trailing bytes and over-long lists.
@@ -156,6 +188,65 @@ pub enum WireError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owned_decode_gives_what_a_borrowed_one_does() {
+        let chunk = Msg::Chunk {
+            id: 0x0102_0304_0506_0708,
+            bytes: (0..5000u32).map(|i| (i * 7) as u8).collect(),
+        };
+        let encoded = chunk.encode();
+        assert_eq!(encoded, codec::encode(&chunk), "encode is canonical Borsh");
+        assert_eq!(Msg::decode_owned(encoded.clone()), Ok(chunk.clone()));
+        let empty = Msg::Chunk {
+            id: 1,
+            bytes: Vec::new(),
+        };
+        assert_eq!(Msg::decode_owned(empty.encode()), Ok(empty));
+        // Damaged chunks: a length that disagrees with the bytes, a byte short, one extra.
+        let mut cases = vec![encoded[..encoded.len() - 1].to_vec(), {
+            let mut e = encoded.clone();
+            e.push(0);
+            e
+        }];
+        let mut wrong_len = encoded.clone();
+        wrong_len[9] ^= 1;
+        cases.push(wrong_len);
+        cases.push(vec![CHUNK_TAG]);
+        cases.push(vec![CHUNK_TAG; CHUNK_HEAD]);
+        // Every other message, and bytes at random.
+        cases.push(Msg::NotFound { id: 5 }.encode());
+        cases.push(
+            Msg::Header {
+                id: 2,
+                header: vec![1; 40],
+                signature: vec![2; 65],
+            }
+            .encode(),
+        );
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 0..300 {
+            let mut b = Vec::with_capacity(n);
+            for _ in 0..n {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                b.push(seed as u8);
+            }
+            if n % 3 == 0 && !b.is_empty() {
+                b[0] = CHUNK_TAG;
+            }
+            cases.push(b);
+        }
+        for c in cases {
+            assert_eq!(
+                Msg::decode_owned(c.clone()),
+                Msg::decode(&c),
+                "{:?}",
+                &c[..c.len().min(16)]
+            );
+        }
+    }
 
     #[test]
     fn messages_round_trip_and_bounds_are_enforced() {
@@ -210,6 +301,15 @@ mod tests {
             Err(WireError::Malformed(_))
         ));
         assert!(matches!(Msg::decode(&[200]), Err(WireError::Malformed(_))));
+        let too_big = Msg::Chunk {
+            id: 3,
+            bytes: vec![7; CHUNK_LEN_MAX as usize + 1],
+        };
+        assert_eq!(Msg::decode(&too_big.encode()), Err(WireError::OutOfBounds));
+        assert_eq!(
+            Msg::decode_owned(too_big.encode()),
+            Err(WireError::OutOfBounds)
+        );
         assert!(matches!(
             Msg::decode(&vec![0; MSG_LEN_MAX + 1]),
             Err(WireError::Malformed(_))
