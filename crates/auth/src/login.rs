@@ -208,10 +208,8 @@ pub fn verify(
 
 /// `0x` and 130 hex characters as a signature.
 fn parse_signature(text: &str) -> Result<Signature, AuthError> {
-    let malformed = |e| AuthError::Signature(e);
-    let hex_part = text
-        .strip_prefix("0x")
-        .ok_or(malformed(SignatureError::NotHex))?;
-    let bytes = hex::decode(hex_part).map_err(|_| malformed(SignatureError::NotHex))?;
-    Signature::from_slice(&bytes).map_err(malformed)
+    let not_hex = AuthError::Signature(SignatureError::NotHex);
+    let hex_part = text.strip_prefix("0x").ok_or(not_hex.clone())?;
+    let bytes = hex::decode(hex_part).map_err(|_| not_hex)?;
+    Signature::from_slice(&bytes).map_err(AuthError::Signature)
 }

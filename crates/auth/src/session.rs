@@ -172,12 +172,17 @@ impl Sessions {
     /// [`Sessions::check`].
     pub fn revoke(&self, token: &str, now: OffsetDateTime) -> Result<(), SessionError> {
         let claims = self.check(token, now)?;
+        self.revoke_claims(claims, now);
+        Ok(())
+    }
+
+    /// Revokes the token whose checked claims are `claims`.
+    fn revoke_claims(&self, claims: Claims, now: OffsetDateTime) {
         let mut revoked = self.revoked.lock().expect("revocation lock");
         // Expired tokens are refused anyway: their ids need not be kept.
         let t = now.unix_timestamp();
         revoked.retain(|_, exp| *exp > t);
         revoked.insert(claims.jti, claims.exp);
-        Ok(())
     }
 
     /// A new token for the holder of `token`, which is revoked: a session lasts as long as
@@ -185,7 +190,7 @@ impl Sessions {
     pub fn refresh(&self, token: &str, now: OffsetDateTime) -> Result<Session, SessionError> {
         let claims = self.check(token, now)?;
         let address: Address = claims.sub.parse().map_err(|_| SessionError::Invalid)?;
-        self.revoke(token, now)?;
+        self.revoke_claims(claims, now);
         Ok(self.issue(address, now, None))
     }
 }

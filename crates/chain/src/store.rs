@@ -601,7 +601,7 @@ fn check_all(blocks: Vec<Block>) -> Vec<Checked> {
 }
 
 /// [`check_all`] on `threads` threads.
-fn check_on(blocks: Vec<Block>, threads: usize) -> Vec<Result<CheckedBlock, (Hash, BlockError)>> {
+fn check_on(blocks: Vec<Block>, threads: usize) -> Vec<Checked> {
     let threads = threads.min(blocks.len());
     if threads <= 1 {
         return blocks.into_iter().map(CheckedBlock::check_hashed).collect();

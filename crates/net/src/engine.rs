@@ -24,7 +24,8 @@ use crate::store::{BlockStore, ImportError};
 use crate::transport::{Incoming, Transport};
 use crate::wire::{CHUNK_LEN_MAX, HASHES_MAX, Head, Msg};
 
-/// Most messages handled in a row before the blocks they completed are imported.
+/// Most messages that already arrived handled in a row before the next tick (timeouts and
+/// scheduling, which walks every want).
 const DRAIN_MAX: usize = 256;
 
 /// How long a peer that could not be reached is left alone.
@@ -387,9 +388,8 @@ where
                         return;
                     };
                     self.on_incoming(first);
-                    // What else has already arrived is handled before the blocks it
-                    // completed are imported, so that they share one store transaction
-                    // (a group commit: the longer an import takes, the larger the next).
+                    // What else has already arrived is handled before the next tick, which
+                    // walks every want: one scheduling pass per burst, not per message.
                     for _ in 1..DRAIN_MAX {
                         match self.transport.recv().now_or_never() {
                             Some(Some(next)) => self.on_incoming(next),
