@@ -53,11 +53,15 @@ pub enum Refusal {
     TokenomicsMismatch = 20,
     /// The ledger has not been initialized (`blyan init`).
     NotInitialized = 21,
+    /// No top-up was made for this payment.
+    UnknownPayment = 22,
+    /// The account holds as many API keys as one account may.
+    ApiKeyLimit = 23,
 }
 
 impl Refusal {
     /// Every refusal, for metrics and documentation.
-    pub const ALL: [Refusal; 21] = [
+    pub const ALL: [Refusal; 23] = [
         Refusal::InsufficientFunds,
         Refusal::UnknownAccount,
         Refusal::ZeroAmount,
@@ -79,6 +83,8 @@ impl Refusal {
         Refusal::InvalidReference,
         Refusal::TokenomicsMismatch,
         Refusal::NotInitialized,
+        Refusal::UnknownPayment,
+        Refusal::ApiKeyLimit,
     ];
 
     /// The stable snake-case code.
@@ -105,6 +111,8 @@ impl Refusal {
             Refusal::InvalidReference => "invalid_reference",
             Refusal::TokenomicsMismatch => "tokenomics_mismatch",
             Refusal::NotInitialized => "ledger_not_initialized",
+            Refusal::UnknownPayment => "unknown_payment",
+            Refusal::ApiKeyLimit => "api_key_limit",
         }
     }
 
@@ -117,9 +125,15 @@ impl Refusal {
     pub const fn http_status(self) -> u16 {
         match self {
             Refusal::InsufficientFunds => 402,
-            Refusal::UnknownAccount | Refusal::UnknownQuote | Refusal::UnknownHold => 404,
+            Refusal::UnknownAccount
+            | Refusal::UnknownQuote
+            | Refusal::UnknownHold
+            | Refusal::UnknownPayment => 404,
             Refusal::IdempotencyKeyReused => 422,
-            Refusal::HoldNotActive | Refusal::QuoteExpired | Refusal::AccountExists => 409,
+            Refusal::HoldNotActive
+            | Refusal::QuoteExpired
+            | Refusal::AccountExists
+            | Refusal::ApiKeyLimit => 409,
             Refusal::UnknownApiKey => 401,
             Refusal::SystemAccount => 403,
             Refusal::InflationCapReached

@@ -293,7 +293,14 @@ fn set_mode(_: &Path, _: u32) -> Result<(), LedgerError> {
     Ok(())
 }
 
-fn key_hash(api_key: &str) -> String {
+/// A fresh API key: the prefix and 32 random bytes, hex.
+pub(crate) fn new_api_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{API_KEY_PREFIX}{}", hex::encode(bytes))
+}
+
+pub(crate) fn key_hash(api_key: &str) -> String {
     Hash::of(api_key.as_bytes()).to_string()
 }
 
@@ -313,9 +320,7 @@ impl Ledger {
 
     /// Issues a new API key for `address`'s account.
     pub fn issue_api_key(&self, address: Address, now_ms: u64) -> Result<String, LedgerError> {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let api_key = format!("{API_KEY_PREFIX}{}", hex::encode(bytes));
+        let api_key = new_api_key();
         let hash = key_hash(&api_key);
         sql::write(&*self.store, |tx| {
             if !account_exists(tx, &address)? {

@@ -24,6 +24,7 @@ mod posting;
 mod sql;
 mod sqlite;
 mod tokenomics;
+mod wallet;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub use posting::{Book, PostingKind, PostingRecord, REFERENCE_LEN_MAX};
 pub use sql::{Row, Store, Tx, Value};
 pub use sqlite::{Durability, SqliteStore};
 pub use tokenomics::{BPS, Economics, Tokenomics, YEAR_MS};
+pub use wallet::{
+    API_KEYS_PER_ACCOUNT_MAX, ApiKeyInfo, Credited, PAYMENT_ID_LEN_MAX, Reversal, TopUp,
+    TopUpRecord,
+};
 
 /// File name of the SQLite ledger inside a data directory.
 pub const SQLITE_FILE: &str = "ledger.sqlite";

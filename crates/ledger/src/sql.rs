@@ -223,6 +223,24 @@ pub(crate) const SCHEMA: &[&str] = &[
         created_ms BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS owed_by_state ON owed (state, id)",
     "CREATE INDEX IF NOT EXISTS owed_by_address ON owed (address, state)",
+    "CREATE TABLE IF NOT EXISTS revoked_sessions (
+        jti TEXT PRIMARY KEY,
+        expires_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS topups (
+        payment TEXT PRIMARY KEY,
+        event TEXT NOT NULL UNIQUE,
+        address TEXT NOT NULL REFERENCES accounts(address),
+        amount BIGINT NOT NULL CHECK (amount > 0),
+        paid_minor BIGINT NOT NULL CHECK (paid_minor > 0),
+        currency TEXT NOT NULL,
+        reversed BIGINT NOT NULL CHECK (reversed >= 0),
+        flagged BIGINT NOT NULL CHECK (flagged >= 0),
+        created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS payment_events (
+        event TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        created_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS emission_epochs (
         epoch BIGINT PRIMARY KEY,
         base BIGINT NOT NULL,

@@ -118,4 +118,6 @@ both!(
     killed_writer_leaves_no_partial_transfer,
     batches_are_all_or_nothing,
     rewards_beyond_the_caps_are_owed_and_never_lost,
+    wallets_manage_their_keys_and_revoked_sessions_persist,
+    topups_credit_once_and_refunds_take_back_what_is_unspent,
 );

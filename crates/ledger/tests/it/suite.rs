@@ -1018,3 +1018,136 @@ pub(crate) fn rewards_beyond_the_caps_are_owed_and_never_lost(backend: &str) {
         })
         .unwrap();
 }
+
+pub(crate) fn wallets_manage_their_keys_and_revoked_sessions_persist(backend: &str) {
+    let place = Place::new(backend);
+    let l = setup(&place);
+    let w = addr(0x33);
+    assert!(l.open_wallet(w, T0).unwrap(), "opened at the first login");
+    assert!(!l.open_wallet(w, T0 + 1).unwrap(), "found at the second");
+    assert_eq!(
+        refusal(l.open_wallet(SystemAccount::Treasury.address(), T0)),
+        Refusal::SystemAccount
+    );
+    let (key, info) = l.issue_own_api_key(w, T0).unwrap();
+    assert_eq!(l.account_for_api_key(&key).unwrap(), w);
+    assert_eq!(l.api_keys(w).unwrap(), vec![info.clone()]);
+    // Another account cannot revoke it, nor can a malformed id.
+    assert_eq!(
+        refusal(l.revoke_api_key(addr(0x11), &info.id)),
+        Refusal::UnknownApiKey
+    );
+    assert_eq!(refusal(l.revoke_api_key(w, "zz")), Refusal::UnknownApiKey);
+    assert_eq!(l.account_for_api_key(&key).unwrap(), w);
+    l.revoke_api_key(w, &info.id.to_uppercase()).unwrap();
+    assert_eq!(refusal(l.account_for_api_key(&key)), Refusal::UnknownApiKey);
+    assert!(l.api_keys(w).unwrap().is_empty());
+    assert_eq!(
+        refusal(l.revoke_api_key(w, &info.id)),
+        Refusal::UnknownApiKey
+    );
+    for _ in 0..blyan_ledger::API_KEYS_PER_ACCOUNT_MAX {
+        l.issue_own_api_key(w, T0).unwrap();
+    }
+    assert_eq!(refusal(l.issue_own_api_key(w, T0)), Refusal::ApiKeyLimit);
+    assert_eq!(
+        refusal(l.issue_own_api_key(addr(0x44), T0)),
+        Refusal::UnknownAccount
+    );
+
+    l.revoke_session("a1", T0 + 1_000, T0).unwrap();
+    l.revoke_session("a1", T0 + 1_000, T0).unwrap();
+    l.revoke_session("b2", T0 + 5_000, T0).unwrap();
+    // A second connection sees them: they are stored, not held in memory.
+    let again = place.ledger(econ());
+    let mut live = again.revoked_sessions(T0 + 2_000).unwrap();
+    live.sort();
+    assert_eq!(live, vec![("b2".to_owned(), T0 + 5_000)]);
+    l.revoke_session("c3", T0 + 9_000, T0 + 6_000).unwrap();
+    assert_eq!(
+        again.revoked_sessions(T0).unwrap(),
+        vec![("c3".to_owned(), T0 + 9_000)],
+        "revocations that ran out are forgotten"
+    );
+    assert_balanced(&l);
+}
+
+pub(crate) fn topups_credit_once_and_refunds_take_back_what_is_unspent(backend: &str) {
+    let place = Place::new(backend);
+    let l = setup(&place);
+    let w = addr(0x55);
+    let treasury = SystemAccount::Treasury.address();
+    let before = l.balance(treasury).unwrap().available;
+    let topup = |event: &str, payment: &str| blyan_ledger::TopUp {
+        event: event.to_owned(),
+        payment: payment.to_owned(),
+        address: w,
+        amount: bly(5_000),
+        paid_minor: 500,
+        currency: "usd".to_owned(),
+    };
+    let first = l.credit_topup(&topup("evt_1", "pi_1"), T0).unwrap();
+    assert!(matches!(first, blyan_ledger::Credited::Credited { .. }));
+    assert_eq!(
+        l.balance(w).unwrap().available,
+        bly(5_000),
+        "account opened"
+    );
+    // The same event retried, or another event of the same payment: nothing more.
+    for (e, p) in [("evt_1", "pi_1"), ("evt_2", "pi_1"), ("evt_1", "pi_2")] {
+        assert_eq!(
+            l.credit_topup(&topup(e, p), T0).unwrap(),
+            blyan_ledger::Credited::AlreadyCredited
+        );
+    }
+    assert_eq!(l.balance(w).unwrap().available, bly(5_000));
+    assert_eq!(
+        l.balance(treasury).unwrap().available,
+        before.checked_sub(bly(5_000)).unwrap()
+    );
+    assert_eq!(
+        refusal(l.credit_topup(&topup("evt 3", "pi_3"), T0)),
+        Refusal::InvalidReference
+    );
+
+    // The wallet spends 4,000; a refund of 40% takes back 2,000 (it is there).
+    l.transfer(w, addr(0x22), bly(4_000), "spent", None, T0)
+        .unwrap();
+    let r = l.reverse_topup("evt_r1", "pi_1", 200, T0).unwrap();
+    assert_eq!(
+        (r.reversed, r.flagged, r.replayed),
+        (bly(1_000), bly(1_000), false)
+    );
+    assert_eq!(l.balance(w).unwrap().available, Amount::ZERO);
+    // Retried: nothing more.
+    let again = l.reverse_topup("evt_r1", "pi_1", 200, T0).unwrap();
+    assert!(again.replayed);
+    assert_eq!(
+        (again.reversed, again.flagged),
+        (Amount::ZERO, Amount::ZERO)
+    );
+    // The wallet is paid 1,500 more; the refund grows to the whole payment: the 3,000
+    // still due is taken as far as 1,500 goes and the rest flagged.
+    l.transfer(treasury, w, bly(1_500), "more", None, T0)
+        .unwrap();
+    let full = l.reverse_topup("evt_r2", "pi_1", 500, T0).unwrap();
+    assert_eq!((full.reversed, full.flagged), (bly(1_500), bly(1_500)));
+    let rec = &l.topups(w).unwrap()[0];
+    assert_eq!((rec.reversed, rec.flagged), (bly(2_500), bly(2_500)));
+    // Nothing is ever taken beyond what was credited, however large the reported refund.
+    let over = l.reverse_topup("evt_r3", "pi_1", 9_999, T0).unwrap();
+    assert_eq!((over.reversed, over.flagged), (Amount::ZERO, Amount::ZERO));
+    assert_eq!(
+        refusal(l.reverse_topup("evt_r4", "pi_unknown", 500, T0)),
+        Refusal::UnknownPayment
+    );
+    assert!(
+        l.note_payment_event("evt_x", "customer.created", T0)
+            .unwrap()
+    );
+    assert!(
+        !l.note_payment_event("evt_x", "customer.created", T0)
+            .unwrap()
+    );
+    assert_balanced(&l);
+}
