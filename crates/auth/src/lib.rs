@@ -20,4 +20,4 @@ mod session;
 
 pub use login::{AuthError, Login, MESSAGE_LEN_MAX, Policy, verify};
 pub use nonce::{NONCE_LEN, Nonces};
-pub use session::{Claims, Session, SessionError, Sessions};
+pub use session::{Claims, Session, SessionError, Sessions, looks_like_session_token};

@@ -81,6 +81,23 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// Whether a bearer credential has the shape of a session token (three base64url parts,
+/// the first a JSON header) rather than an API key: which of the two checks it.
+pub fn looks_like_session_token(token: &str) -> bool {
+    let mut parts = 0;
+    for part in token.split('.') {
+        parts += 1;
+        if part.is_empty()
+            || !part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+    }
+    parts == 3 && token.starts_with("eyJ") && token.len() <= 4096
+}
+
 /// The PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410): the DER header before the
 /// 32-byte seed.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
@@ -168,29 +185,37 @@ impl Sessions {
         Ok(claims)
     }
 
-    /// Revokes `token` (a logout); a token that does not check is refused as it would be by
-    /// [`Sessions::check`].
-    pub fn revoke(&self, token: &str, now: OffsetDateTime) -> Result<(), SessionError> {
+    /// Revokes `token` (a logout) and returns its claims, for the caller to keep the
+    /// revocation where it outlives this process; a token that does not check is refused as
+    /// it would be by [`Sessions::check`].
+    pub fn revoke(&self, token: &str, now: OffsetDateTime) -> Result<Claims, SessionError> {
         let claims = self.check(token, now)?;
-        self.revoke_claims(claims, now);
-        Ok(())
+        self.mark_revoked(claims.jti.clone(), claims.exp, now);
+        Ok(claims)
     }
 
-    /// Revokes the token whose checked claims are `claims`.
-    fn revoke_claims(&self, claims: Claims, now: OffsetDateTime) {
+    /// Refuses the token `jti` from now until `exp` (Unix seconds, when it expires anyway):
+    /// how a node restores the revocations it stored before a restart.
+    pub fn mark_revoked(&self, jti: String, exp: i64, now: OffsetDateTime) {
         let mut revoked = self.revoked.lock().expect("revocation lock");
         // Expired tokens are refused anyway: their ids need not be kept.
         let t = now.unix_timestamp();
-        revoked.retain(|_, exp| *exp > t);
-        revoked.insert(claims.jti, claims.exp);
+        revoked.retain(|_, e| *e > t);
+        if exp > t {
+            revoked.insert(jti, exp);
+        }
     }
 
-    /// A new token for the holder of `token`, which is revoked: a session lasts as long as
-    /// it keeps being refreshed in time.
-    pub fn refresh(&self, token: &str, now: OffsetDateTime) -> Result<Session, SessionError> {
+    /// A new token for the holder of `token`, which is revoked (its claims are returned with
+    /// the new session): a session lasts as long as it keeps being refreshed in time.
+    pub fn refresh(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Session, Claims), SessionError> {
         let claims = self.check(token, now)?;
         let address: Address = claims.sub.parse().map_err(|_| SessionError::Invalid)?;
-        self.revoke_claims(claims, now);
-        Ok(self.issue(address, now, None))
+        self.mark_revoked(claims.jti.clone(), claims.exp, now);
+        Ok((self.issue(address, now, None), claims))
     }
 }

@@ -89,7 +89,11 @@ fn logout_revokes_and_refresh_replaces() {
     // Other sessions of the same wallet are untouched.
     assert_eq!(code(sessions.check(&second, now())), "ok");
     let later = now() + Duration::from_secs(600);
-    let renewed = sessions.refresh(&second, later).expect("refresh");
+    let (renewed, old) = sessions.refresh(&second, later).expect("refresh");
+    assert_eq!(
+        sessions.check(&renewed.token, later).map(|c| c.sub),
+        Ok(old.sub)
+    );
     assert_eq!(renewed.expires_at, later + Duration::from_secs(900));
     assert_eq!(code(sessions.check(&second, later)), "revoked_token");
     assert_eq!(code(sessions.check(&renewed.token, later)), "ok");
@@ -101,5 +105,15 @@ fn logout_revokes_and_refresh_replaces() {
             .map(|_| ())
             .map_err(|e| e.code()),
         Err("expired_token")
+    );
+    // A revocation restored from storage (a restart: a fresh `Sessions` with the same key)
+    // refuses the token again; one whose token already expired is not kept.
+    let restarted = Sessions::new(&[3; 32], Duration::from_secs(900));
+    assert_eq!(code(restarted.check(&renewed.token, later)), "ok");
+    let claims = restarted.check(&renewed.token, later).expect("claims");
+    restarted.mark_revoked(claims.jti, claims.exp, later);
+    assert_eq!(
+        code(restarted.check(&renewed.token, later)),
+        "revoked_token"
     );
 }

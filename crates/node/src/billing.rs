@@ -71,7 +71,15 @@ impl Node {
     /// `ollama` that OpenAI clients need to start) counts as no key. Anything with the prefix
     /// is a Blyan key, and an unknown one is refused, so a mistyped key never silently bills
     /// the loopback account.
+    ///
+    /// A wallet's session token ([`blyan_auth::looks_like_session_token`]) bills the wallet,
+    /// from anywhere, and a bad one is refused with its code.
     pub fn payer(&self, api_key: Option<&str>, loopback: bool) -> Result<Address, NodeError> {
+        if let Some(token) = api_key
+            && blyan_auth::looks_like_session_token(token)
+        {
+            return self.session_wallet(token, crate::unix_ms());
+        }
         let api_key = api_key.filter(|k| !loopback || blyan_ledger::is_api_key_like(k));
         match api_key {
             Some(key) => self

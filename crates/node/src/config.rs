@@ -134,6 +134,9 @@ pub struct NodeConfig {
     pub p2p_dialable: Option<SocketAddr>,
     /// Proof of Learning (the `pol_*` keys).
     pub pol: crate::pol::PolSettings,
+    /// Wallet login and card top-ups (`public_url`, `siwe_*`, `session_ttl_s`, `stripe_*`,
+    /// `price_tiers`).
+    pub wallet: crate::wallet::WalletSettings,
 }
 
 impl Default for NodeConfig {
@@ -169,6 +172,7 @@ impl Default for NodeConfig {
             p2p_listen: None,
             p2p_dialable: None,
             pol: crate::pol::PolSettings::default(),
+            wallet: crate::wallet::WalletSettings::default(),
         }
     }
 }
@@ -255,6 +259,22 @@ pub struct ConfigLayer {
     pub pol_auto_replicate: Option<bool>,
     /// The fee an account pays per evaluated submission, decimal BLY (`"0"`: none).
     pub pol_submission_fee: Option<String>,
+    /// See [`crate::wallet::WalletSettings::public_url`].
+    pub public_url: Option<String>,
+    /// See [`crate::wallet::WalletSettings::siwe_chain_id`].
+    pub siwe_chain_id: Option<u64>,
+    /// See [`crate::wallet::WalletSettings::session_ttl_s`].
+    pub session_ttl_s: Option<u64>,
+    /// Stripe's secret API key (`BLYAN_STRIPE_API_KEY`).
+    pub stripe_api_key: Option<String>,
+    /// The signing secret of Stripe's webhook endpoint (`BLYAN_STRIPE_WEBHOOK_SECRET`).
+    pub stripe_webhook_secret: Option<String>,
+    /// See [`crate::wallet::WalletSettings::stripe_api_base`].
+    pub stripe_api_base: Option<String>,
+    /// See [`crate::wallet::WalletSettings::stripe_tolerance_s`].
+    pub stripe_tolerance_s: Option<u64>,
+    /// See [`crate::wallet::WalletSettings::price_tiers`].
+    pub price_tiers: Option<Vec<crate::wallet::PriceTier>>,
 }
 
 impl ConfigLayer {
@@ -393,6 +413,7 @@ impl NodeConfig {
                 .parse()
                 .map_err(|e| NodeError::Config(format!("pol_submission_fee {v:?}: {e}")))?;
         }
+        self.wallet.apply(layer);
         self.check()
     }
 
@@ -484,6 +505,7 @@ impl NodeConfig {
                 "loopback_account is an account name or address".into(),
             ));
         }
+        self.wallet.check()?;
         if let Some(url) = &self.ledger_url
             && !(url.starts_with("postgres://")
                 || url.starts_with("postgresql://")

@@ -85,6 +85,22 @@ pub enum NodeError {
         /// What happened, for people.
         message: String,
     },
+    /// A wallet login was refused.
+    #[error("{0}")]
+    Login(blyan_auth::AuthError),
+    /// A session token was refused.
+    #[error("{0}")]
+    Session(blyan_auth::SessionError),
+    /// A card payment or its webhook was refused or failed.
+    #[error("{message}")]
+    Payment {
+        /// The stable code.
+        code: &'static str,
+        /// The HTTP status it maps to.
+        status: u16,
+        /// What happened, for people (never a secret).
+        message: String,
+    },
     /// File-system work failed.
     #[error("{context}: {source}")]
     Io {
@@ -122,6 +138,9 @@ impl NodeError {
             NodeError::Ledger(e) => e.code(),
             NodeError::Unauthorized(_) => "missing_api_key",
             NodeError::Pol { refusal, .. } => refusal.code(),
+            NodeError::Login(e) => e.code(),
+            NodeError::Session(e) => e.code(),
+            NodeError::Payment { code, .. } => code,
         }
     }
 
@@ -134,6 +153,8 @@ impl NodeError {
             | NodeError::ContextLengthExceeded { .. } => true,
             NodeError::Ledger(e) => e.refusal().is_some_and(|r| r.http_status() < 500),
             NodeError::Pol { refusal, .. } => refusal.http_status() < 500,
+            NodeError::Login(_) | NodeError::Session(_) => true,
+            NodeError::Payment { status, .. } => *status < 500,
             _ => false,
         }
     }

@@ -13,8 +13,10 @@ mod config;
 mod error;
 mod metrics;
 mod node;
+mod payments;
 pub mod pol;
 mod registry;
+mod wallet;
 
 pub use checker::{
     AgentChecker, ComponentHealth, ComponentReport, Health, SAVE_EVERY, Stage, StageChange,
@@ -26,7 +28,9 @@ pub use node::{
     BlockPage, CompletionRequest, ExpertInfo, Generation, NetworkView, Node, NodeInfo,
     PAGE_LIMIT_MAX,
 };
+pub use payments::{Checkout, WebhookReply, verify_stripe_signature};
 pub use registry::admission_block;
+pub use wallet::{LoginNonce, PriceTier, SecretText, WalletSession, WalletSettings};
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {

@@ -51,6 +51,8 @@ pub struct Metrics {
     component_readiness: GaugeVec,
     ledger_postings: IntCounterVec,
     ledger_refusals: IntCounterVec,
+    logins: IntCounterVec,
+    payment_events: IntCounterVec,
     pol_verdicts: IntCounterVec,
     billing_duration: HistogramVec,
     ledger_total_postings: IntGauge,
@@ -193,6 +195,22 @@ impl Metrics {
                 &["code"],
             )
             .map_err(metric_error)?,
+            logins: IntCounterVec::new(
+                Opts::new(
+                    "blyan_wallet_logins_total",
+                    "Wallet logins, by outcome: `ok` or the refusal's stable code.",
+                ),
+                &["outcome"],
+            )
+            .map_err(metric_error)?,
+            payment_events: IntCounterVec::new(
+                Opts::new(
+                    "blyan_payment_events_total",
+                    "Payment webhook deliveries, by outcome.",
+                ),
+                &["outcome"],
+            )
+            .map_err(metric_error)?,
             pol_verdicts: IntCounterVec::new(
                 Opts::new(
                     "blyan_pol_verdicts_total",
@@ -269,6 +287,10 @@ impl Metrics {
             .map_err(metric_error)?;
         r.register(Box::new(m.ledger_refusals.clone()))
             .map_err(metric_error)?;
+        r.register(Box::new(m.logins.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.payment_events.clone()))
+            .map_err(metric_error)?;
         r.register(Box::new(m.pol_verdicts.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.billing_duration.clone()))
@@ -339,6 +361,16 @@ impl Metrics {
     /// Counts a refusal by its stable code.
     pub(crate) fn ledger_refused(&self, code: &str) {
         self.ledger_refusals.with_label_values(&[code]).inc();
+    }
+
+    /// Counts a wallet login by its outcome.
+    pub(crate) fn login(&self, outcome: &str) {
+        self.logins.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a payment webhook delivery by its outcome.
+    pub(crate) fn payment_event(&self, outcome: &str) {
+        self.payment_events.with_label_values(&[outcome]).inc();
     }
 
     /// Counts a Proof-of-Learning verdict by its reason code.

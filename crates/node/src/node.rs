@@ -86,6 +86,8 @@ pub struct Node {
     pub(crate) probe_round: AtomicU64,
     pub(crate) started_ms: u64,
     pub(crate) ledger: Ledger,
+    /// Wallet login: the login policy, nonces and session tokens.
+    pub(crate) wallet: crate::wallet::WalletAuth,
     pub(crate) operator: Address,
     /// The node's key: it signs every block this node makes.
     pub(crate) signer: SigningKey,
@@ -242,12 +244,14 @@ impl Node {
                 "released holds left by the previous run"
             );
         }
+        let wallet = crate::wallet::WalletAuth::new(&config, keystore);
         let pol = crate::pol::load_state(&store, data_dir)?;
         let pol_view = RwLock::new(Arc::new(crate::pol::status_of(config.pol, &pol, None)));
         Ok(Node {
             pol: Mutex::new(pol),
             pol_view,
             ledger: setup.ledger,
+            wallet,
             operator: setup.operator,
             signer,
             writer,
