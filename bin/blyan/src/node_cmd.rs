@@ -53,6 +53,13 @@ pub(crate) struct NodeArgs {
     /// The address other nodes dial to reach the p2p listener [default: --p2p-listen].
     #[arg(long, env = "BLYAN_P2P_DIALABLE", value_name = "ADDR")]
     p2p_dialable: Option<std::net::SocketAddr>,
+    /// The URL people open the web UI at, `http(s)://host[:port]`: wallet logins must name
+    /// it [default: http:// and --listen].
+    #[arg(long, env = "BLYAN_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// The EIP-155 chain id wallet logins must name [default: 1].
+    #[arg(long, env = "BLYAN_SIWE_CHAIN_ID", value_name = "ID")]
+    siwe_chain_id: Option<u64>,
 }
 
 impl NodeArgs {
@@ -70,6 +77,11 @@ impl NodeArgs {
             peers: (!self.peers.is_empty()).then(|| self.peers.clone()),
             p2p_listen: self.p2p_listen,
             p2p_dialable: self.p2p_dialable,
+            public_url: self.public_url.clone(),
+            siwe_chain_id: self.siwe_chain_id,
+            // Secrets come from the environment only, never from a flag (flags show in `ps`).
+            stripe_api_key: std::env::var("BLYAN_STRIPE_API_KEY").ok(),
+            stripe_webhook_secret: std::env::var("BLYAN_STRIPE_WEBHOOK_SECRET").ok(),
             ..ConfigLayer::default()
         }
     }

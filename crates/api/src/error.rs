@@ -89,6 +89,17 @@ impl From<NodeError> for ApiError {
             NodeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::NotAdmitted { .. } => StatusCode::FORBIDDEN,
+            NodeError::Login(l) => match l.code() {
+                "invalid_message"
+                | "malformed_signature"
+                | "bad_recovery_byte"
+                | "high_s_signature" => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNAUTHORIZED,
+            },
+            NodeError::Session(_) => StatusCode::UNAUTHORIZED,
+            NodeError::Payment { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             e if e.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

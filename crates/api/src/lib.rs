@@ -17,6 +17,7 @@ mod node_routes;
 mod openai;
 mod openapi;
 mod ui;
+mod wallet_routes;
 
 use std::{
     future::Future,
@@ -30,7 +31,7 @@ use axum::{
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
 use blyan_node::Node;
 use tokio::net::TcpListener;
@@ -106,6 +107,25 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/ledger/transfers", post(ledger_routes::transfer))
         .route("/ledger/audit", get(ledger_routes::audit).layer(operator()))
+        .route("/auth/nonce", get(wallet_routes::nonce).layer(limited()))
+        .route("/auth/siwe", post(wallet_routes::siwe).layer(limited()))
+        .route("/auth/refresh", post(wallet_routes::refresh))
+        .route("/auth/logout", post(wallet_routes::logout))
+        .route("/auth/me", get(wallet_routes::me))
+        .route(
+            "/auth/api-keys",
+            get(wallet_routes::api_keys).post(wallet_routes::new_api_key),
+        )
+        .route("/auth/api-keys/{id}", delete(wallet_routes::revoke_api_key))
+        .route("/payments/tiers", get(wallet_routes::tiers))
+        .route(
+            "/payments/checkout",
+            post(wallet_routes::checkout).layer(limited()),
+        )
+        .route(
+            "/payments/stripe/webhook",
+            post(wallet_routes::stripe_webhook),
+        )
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(node.clone(), timeout))
         .route_layer(middleware::from_fn_with_state(node.clone(), track))

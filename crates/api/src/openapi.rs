@@ -152,24 +152,98 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         "Append an admission block giving a network key a role (`{\"key\", \"role\", \"admitted\"}`; `admitted: false` removes it). Operator only, and only on the network's operator node (else `403 not_admitted`).",
         true,
     ),
+    (
+        "get",
+        "/auth/nonce",
+        "A single-use nonce for a wallet login, with the domain, URI and chain id the EIP-4361 message must name: `{nonce, expires_at, domain, uri, chain_id}`.",
+        false,
+    ),
+    (
+        "post",
+        "/auth/siwe",
+        "Sign in with Ethereum: `{message, signature}` (the EIP-4361 text and its EIP-191 `personal_sign`, `0x` hex) → `{token, address, expires_at}`. Refusals: `invalid_message`, `malformed_signature`, `high_s_signature`, `invalid_signature`, `wrong_signer`, `wrong_domain`, `wrong_uri`, `wrong_chain`, `expired_message`, `not_yet_valid`, `unknown_nonce`, `used_nonce`, `expired_nonce`. The token works as `Authorization: Bearer` wherever an API key does and bills the wallet's account (opened at its first login).",
+        true,
+    ),
+    (
+        "post",
+        "/auth/refresh",
+        "A new session token for the bearer's; the old one is revoked.",
+        false,
+    ),
+    (
+        "post",
+        "/auth/logout",
+        "Revoke the bearer's session token (kept across restarts).",
+        false,
+    ),
+    (
+        "get",
+        "/auth/me",
+        "The logged-in wallet and its balances (nano-BLY).",
+        false,
+    ),
+    (
+        "get",
+        "/auth/api-keys",
+        "The logged-in wallet's API keys (ids and creation times; keys are stored hashed).",
+        false,
+    ),
+    (
+        "post",
+        "/auth/api-keys",
+        "A new API key for the logged-in wallet's account, shown once: `{key, id, created_ms}` (at most 32 per account).",
+        false,
+    ),
+    (
+        "delete",
+        "/auth/api-keys/{id}",
+        "Revoke one of the logged-in wallet's API keys.",
+        false,
+    ),
+    (
+        "get",
+        "/payments/tiers",
+        "What a card top-up buys here (`{name, amount_minor, currency, bly}` per tier) and whether checkout is on.",
+        false,
+    ),
+    (
+        "post",
+        "/payments/checkout",
+        "A Stripe Checkout Session crediting the caller's account: `{tier?}` → `{id, url, tier, bly, amount_minor, currency}`.",
+        true,
+    ),
+    (
+        "post",
+        "/payments/stripe/webhook",
+        "Stripe's webhook: `Stripe-Signature` must hold a `v1` HMAC-SHA256 of `t.body` within the tolerance. `checkout.session.completed` credits the tier's BLY from the treasury once per event and payment; `charge.refunded` takes back what is unspent and flags the rest; other types are acknowledged.",
+        false,
+    ),
     ("get", "/openapi.json", "This document.", false),
 ];
 
 /// Who may call each operation that is not open to anyone (`x-blyan-role` in the document):
-/// `account` needs an API key from other machines (local requests bill the loopback
-/// account), `operator` only the node's own machine or the operator account's key.
+/// `account` needs an API key or a wallet's session token from other machines (local
+/// requests bill the loopback account), `wallet` a wallet's session token, `operator` only
+/// the node's own machine or the operator account's key.
 pub(crate) const RESTRICTED: &[(&str, &str, &str)] = &[
     ("post", "/v1/chat/completions", "account"),
     ("post", "/v1/completions", "account"),
     ("post", "/ledger/transfers", "account"),
     ("post", "/pol/validate", "account"),
+    ("post", "/payments/checkout", "account"),
+    ("post", "/auth/refresh", "wallet"),
+    ("post", "/auth/logout", "wallet"),
+    ("get", "/auth/me", "wallet"),
+    ("get", "/auth/api-keys", "wallet"),
+    ("post", "/auth/api-keys", "wallet"),
+    ("delete", "/auth/api-keys/{id}", "wallet"),
     ("put", "/experts/serving", "operator"),
     ("post", "/pol/replicate", "operator"),
     ("get", "/ledger/audit", "operator"),
     ("post", "/net/admit", "operator"),
 ];
 
-/// The role an operation needs: `anyone`, `account` or `operator`.
+/// The role an operation needs: `anyone`, `account`, `wallet` or `operator`.
 pub(crate) fn role_of(method: &str, path: &str) -> &'static str {
     RESTRICTED
         .iter()
@@ -222,7 +296,7 @@ pub(crate) async fn document() -> Json<Value> {
             "securitySchemes": {"bearer": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "An API key from `blyan account new`; keyless requests from loopback bill the node's loopback account.",
+                "description": "An API key (`blyan account new`, or `POST /auth/api-keys`) or a wallet's session token (`POST /auth/siwe`); keyless requests from loopback bill the node's loopback account.",
             }},
             "schemas": {"Error": {
             "type": "object",

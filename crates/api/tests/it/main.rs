@@ -7,6 +7,7 @@ mod pol;
 mod roles;
 mod router;
 mod socket;
+mod wallet;
 
 use std::sync::Arc;
 

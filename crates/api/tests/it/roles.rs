@@ -2,7 +2,8 @@
 //! says is what the node enforces. Operator routes refuse everyone but the node's own machine
 //! and the operator account's key (`403 operator_only`), including a loopback request whose
 //! `Host` or `Origin` is foreign (DNS rebinding); account routes refuse anonymous callers from
-//! elsewhere (`401`); the rest refuse no one for who they are.
+//! elsewhere (`401`); wallet routes refuse everyone without a wallet's session token (`401
+//! session_required`), an API key included; the rest refuse no one for who they are.
 
 use std::net::SocketAddr;
 
@@ -39,6 +40,7 @@ fn body_for(method: &str, path: &str) -> (Option<&'static str>, Vec<u8>, String)
         }
         ("post", "/v1/completions") => json_body(json!({"prompt": "hi", "max_tokens": 1})),
         ("post", "/ledger/transfers") => json_body(json!({"to": "operator", "amount": "0.001"})),
+        ("post", "/payments/checkout") => json_body(json!({})),
         ("put", "/experts/serving") => json_body(json!({"pins": {}})),
         ("post", "/pol/replicate") => {
             json_body(json!({"proof": blyan_primitives::Hash::ZERO.to_string()}))
@@ -101,7 +103,8 @@ async fn every_route_enforces_its_role_for_every_caller() {
         .expect("operator key");
     let app = blyan_api::router(net.node.clone());
     let remote = "192.0.2.7:40000";
-    let callers = [
+    let wallet_key = blyan_primitives::SigningKey::from_slice(&[0x42; 32]).expect("key");
+    let mut callers = [
         Caller {
             name: "anonymous, remote",
             peer: remote,
@@ -144,6 +147,13 @@ async fn every_route_enforces_its_role_for_every_caller() {
             origin: None,
             key: Some(operator_key),
         },
+        Caller {
+            name: "wallet, remote",
+            peer: remote,
+            host: "node.example:8420",
+            origin: None,
+            key: Some(crate::wallet::login(&net.node, &wallet_key).await),
+        },
     ];
     let (status, doc) = call(&app, "get", "/openapi.json", &callers[4]).await;
     assert_eq!(status, StatusCode::OK);
@@ -154,10 +164,15 @@ async fn every_route_enforces_its_role_for_every_caller() {
                 .as_str()
                 .expect("every operation names its role");
             *seen.entry(role.to_owned()).or_insert(0) += 1;
-            for caller in &callers {
+            for caller in &mut callers {
                 let (status, body) = call(&app, method, path, caller).await;
                 let local = caller.name.starts_with("operator");
+                let wallet = caller.name.starts_with("wallet");
                 let has_account = caller.key.is_some() || local;
+                if wallet && matches!(path.as_str(), "/auth/logout" | "/auth/refresh") {
+                    // That call ended the session: log in again for the next route.
+                    caller.key = Some(crate::wallet::login(&net.node, &wallet_key).await);
+                }
                 let what = format!("{method} {path} as {}: {status} {body}", caller.name);
                 match role {
                     "operator" if !local => {
@@ -167,7 +182,11 @@ async fn every_route_enforces_its_role_for_every_caller() {
                     "account" if !has_account => {
                         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
                     }
-                    "operator" | "account" | "anyone" => {
+                    "wallet" if !wallet => {
+                        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+                        assert_eq!(body["error"]["code"], "session_required", "{what}");
+                    }
+                    "operator" | "account" | "wallet" | "anyone" => {
                         assert!(
                             status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
                             "{what}"
@@ -179,6 +198,7 @@ async fn every_route_enforces_its_role_for_every_caller() {
         }
     }
     assert_eq!(seen.get("operator"), Some(&4), "{seen:?}");
-    assert_eq!(seen.get("account"), Some(&4), "{seen:?}");
+    assert_eq!(seen.get("account"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("wallet"), Some(&6), "{seen:?}");
     assert!(seen.get("anyone").is_some_and(|n| *n > 10), "{seen:?}");
 }
