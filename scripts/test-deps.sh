@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: Debian's Chromium and Node.js for the web UI
-# browser test, playwright-core (pinned in e2e/package-lock.json) to drive it, and qemu-user
+# browser tests, playwright-core and ethers (pinned in e2e/package-lock.json: the one drives
+# Chromium, the other signs as the test wallet), and qemu-user
 # for the test that runs the binary on a CPU without AVX.
 # Idempotent: does nothing when everything is already in place.
 set -euo pipefail
@@ -20,6 +21,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 
-if [ ! -d e2e/node_modules/playwright-core ]; then
+if [ ! -d e2e/node_modules/playwright-core ] || [ ! -d e2e/node_modules/ethers ]; then
   npm ci --prefix e2e --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -82,6 +82,7 @@ impl NodeArgs {
             // Secrets come from the environment only, never from a flag (flags show in `ps`).
             stripe_api_key: std::env::var("BLYAN_STRIPE_API_KEY").ok(),
             stripe_webhook_secret: std::env::var("BLYAN_STRIPE_WEBHOOK_SECRET").ok(),
+            stripe_api_base: std::env::var("BLYAN_STRIPE_API_BASE").ok(),
             ..ConfigLayer::default()
         }
     }

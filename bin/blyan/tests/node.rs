@@ -157,6 +157,174 @@ fn web_ui_in_chromium() {
     assert!(shots.join("web-ui-chat.png").exists());
 }
 
+/// A stand-in for Stripe's API on a loopback port, for `wallet_in_chromium`: `POST
+/// /v1/checkout/sessions` answers with a session whose URL is a page of this server, which
+/// `GET` serves. Keeps each request's first line, Authorization header and body. Runs until
+/// `stop` is set or two minutes pass.
+struct MockStripe {
+    base: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl MockStripe {
+    fn start() -> MockStripe {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kept, stopped, page_base) = (seen.clone(), stop.clone(), base.clone());
+        let thread = thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !stopped.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then as much body as Content-Length says.
+                let (head, body) = loop {
+                    let Ok(n) = conn.read(&mut chunk) else {
+                        break (String::new(), String::new());
+                    };
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[end + 4..]).into_owned();
+                    break (head, body);
+                };
+                let first = head.lines().next().unwrap_or("").to_owned();
+                let auth = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("authorization: ")
+                            .or_else(|| l.strip_prefix("Authorization: "))
+                    })
+                    .unwrap_or("")
+                    .to_owned();
+                let (kind, reply) = if first.starts_with("POST /v1/checkout/sessions") {
+                    (
+                        "application/json",
+                        serde_json::json!({"id": "cs_e2e_1", "object": "checkout.session",
+                                           "url": format!("{page_base}/pay/cs_e2e_1")})
+                        .to_string(),
+                    )
+                } else {
+                    (
+                        "text/html",
+                        "<!doctype html><title>Checkout</title><p>Stripe Checkout stand-in"
+                            .to_owned(),
+                    )
+                };
+                kept.lock().unwrap().push((first, auth, body));
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        });
+        MockStripe {
+            base,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for MockStripe {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The wallet in the web UI, in Chromium (`e2e/wallet.mjs`): without a wallet the page works
+/// as before; with an injected EIP-1193 provider (ethers, a fixed test key) it logs in with
+/// Sign-In with Ethereum, buys BLY through Checkout against a local stand-in for Stripe, is
+/// credited by a signed webhook, chats on the wallet, sends BLY, makes and revokes an API
+/// key and logs out.
+#[test]
+fn wallet_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        root.join("e2e/node_modules/ethers").exists(),
+        "ethers is not installed; run scripts/test-deps.sh"
+    );
+    let stripe = MockStripe::start();
+    let secret = "whsec_e2e_not_a_real_secret";
+    let dir = tempfile::tempdir().unwrap();
+    init_random(dir.path());
+    let node = RunningNode::start(
+        dir.path(),
+        &["node"],
+        &[
+            ("BLYAN_STRIPE_API_KEY", "sk_test_e2e"),
+            ("BLYAN_STRIPE_WEBHOOK_SECRET", secret),
+            ("BLYAN_STRIPE_API_BASE", &stripe.base),
+        ],
+    );
+    let shots = root.join("target/e2e");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(root.join("e2e/wallet.mjs"))
+        .arg(&node.url)
+        .arg(&shots)
+        .arg(format!("{}/pay/", stripe.base))
+        .env("BLYAN_TEST_WEBHOOK_SECRET", secret)
+        .output()
+        .expect("running node (Node.js); run scripts/test-deps.sh");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = stripe.seen.lock().unwrap().clone();
+    let (_, auth, form) = seen
+        .iter()
+        .find(|(first, _, _)| first.starts_with("POST /v1/checkout/sessions"))
+        .expect("the node asked Stripe for a Checkout Session");
+    assert_eq!(auth, "Bearer sk_test_e2e");
+    assert!(form.contains("metadata%5Btier%5D=starter"), "{form}");
+    assert!(form.contains("metadata%5Baddress%5D=0x"), "{form}");
+    // The secrets never reach the node's log.
+    let log = std::fs::read_to_string(RunningNode::stderr_log(dir.path())).unwrap_or_default();
+    assert!(
+        !log.contains(secret) && !log.contains("sk_test_e2e"),
+        "{log}"
+    );
+}
+
 /// `blyan ledger balance operator --json` on a data directory no node holds.
 fn operator_pending(dir: &Path) -> u64 {
     let out = Command::new(env!("CARGO_BIN_EXE_blyan"))

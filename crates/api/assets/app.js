@@ -1,5 +1,8 @@
 // Blyan web UI: chat (streamed over the OpenAI-compatible API), expert dashboard, chain
-// explorer, activity and health. Plain browser JavaScript; no build step.
+// explorer, activity, health, and a wallet (Sign-In with Ethereum through an EIP-1193
+// provider such as MetaMask: balance, transfers, API keys, card top-ups). Plain browser
+// JavaScript; no build step. Without a wallet everything works as before: the node bills
+// local chats to its loopback account.
 'use strict';
 
 const $ = (sel) => document.querySelector(sel);
@@ -84,7 +87,7 @@ async function sendChat(event) {
   try {
     const res = await fetch('/v1/chat/completions', {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...authHeaders() },
       body: JSON.stringify(body),
       signal: controller.signal,
     });
@@ -141,6 +144,7 @@ async function sendChat(event) {
     reply.dataset.done = finish || 'stopped';
     controller = null;
     setStreaming(false);
+    if (session) refreshWallet();
     $('#prompt').focus();
   }
 }
@@ -299,6 +303,216 @@ async function refreshHealth() {
   }
 }
 loaders.health = refreshHealth;
+
+// ---- wallet ----
+const SESSION_KEY = 'blyan.session';
+let session = null;
+let refreshTimer = null;
+
+function authHeaders() {
+  return session ? { authorization: `Bearer ${session.token}` } : {};
+}
+
+const bly = (nano) => `${(Number(nano) / 1e9).toLocaleString('en-US', { maximumFractionDigits: 4 })} BLY`;
+const shortAddress = (a) => `${a.slice(0, 6)}…${a.slice(-4)}`;
+
+function hexOf(text) {
+  return `0x${[...new TextEncoder().encode(text)].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+// The EIP-4361 message the wallet signs: this page's host and origin (the node refuses a
+// login for another domain), the chain and nonce the node asked for.
+function siweMessage(address, n) {
+  return `${window.location.host} wants you to sign in with your Ethereum account:\n${address}\n\n` +
+    'Sign in to this Blyan node.\n\n' +
+    `URI: ${window.location.origin}\nVersion: 1\nChain ID: ${n.chain_id}\nNonce: ${n.nonce}\n` +
+    `Issued At: ${new Date().toISOString()}`;
+}
+
+function setSession(s) {
+  session = s;
+  clearTimeout(refreshTimer);
+  if (s) {
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(s));
+    // Refresh a minute before the token expires.
+    const wait = Math.max(5000, Date.parse(s.expires_at) - Date.now() - 60000);
+    refreshTimer = setTimeout(refreshSession, wait);
+  } else {
+    sessionStorage.removeItem(SESSION_KEY);
+  }
+  showWallet();
+}
+
+function showWallet() {
+  const on = session !== null;
+  $('#connect-wallet').hidden = on;
+  $('#wallet-info').hidden = !on;
+  $('#wallet-tab').hidden = !on;
+  $('#billed-to').textContent = on
+    ? `chats are billed to your wallet ${shortAddress(session.address)}`
+    : 'chats from this machine are billed to the node\'s own account; connect a wallet to pay with yours';
+  if (on) {
+    $('#wallet-address').textContent = shortAddress(session.address);
+    $('#wallet-address').title = session.address;
+    $('#wallet-summary').textContent = `${session.address}`;
+  } else if ($('#wallet-tab').classList.contains('active')) {
+    $('[data-tab=chat]').click();
+  }
+}
+
+async function connectWallet() {
+  $('#wallet-error').textContent = '';
+  const provider = window.ethereum;
+  if (!provider) {
+    $('#wallet-error').textContent = 'no wallet found: install MetaMask or another Ethereum wallet';
+    return;
+  }
+  try {
+    const accounts = await provider.request({ method: 'eth_requestAccounts' });
+    if (!accounts || !accounts.length) throw new Error('the wallet shared no account');
+    const n = await getJson(`/auth/nonce?address=${encodeURIComponent(accounts[0])}`);
+    const message = siweMessage(n.address, n);
+    const signature = await provider.request({ method: 'personal_sign', params: [hexOf(message), accounts[0]] });
+    const s = await getJson('/auth/siwe', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ message, signature }),
+    });
+    setSession({ token: s.token, address: s.address, expires_at: s.expires_at });
+    await refreshWallet();
+  } catch (e) {
+    $('#wallet-error').textContent = `login failed: ${e.message || e}`;
+  }
+}
+
+async function refreshSession() {
+  if (!session) return;
+  try {
+    const s = await getJson('/auth/refresh', { method: 'POST', headers: authHeaders() });
+    setSession({ token: s.token, address: s.address, expires_at: s.expires_at });
+  } catch (e) {
+    setSession(null);
+    $('#wallet-error').textContent = `signed out: ${e.message}`;
+  }
+}
+
+async function refreshWallet() {
+  if (!session) return;
+  try {
+    const me = await getJson('/auth/me', { headers: authHeaders() });
+    $('#wallet-balance').textContent = bly(me.balance.available);
+    $('#wallet-status').textContent = `available ${bly(me.balance.available)}; held for requests in flight ${bly(me.balance.pending)}`;
+  } catch (e) {
+    if (/\[(expired_token|revoked_token|invalid_token)\]/.test(e.message)) setSession(null);
+    $('#wallet-error').textContent = e.message;
+  }
+}
+
+async function logout() {
+  try {
+    await getJson('/auth/logout', { method: 'POST', headers: authHeaders() });
+  } catch (e) {
+    // The token is forgotten here either way.
+  }
+  setSession(null);
+}
+
+async function loadKeys() {
+  const data = await getJson('/auth/api-keys', { headers: authHeaders() });
+  $('#keys-table tbody').replaceChildren(...data.keys.map((k) => el('tr', {},
+    el('td', { class: 'hash' }, k.id),
+    el('td', {}, new Date(k.created_ms).toLocaleString()),
+    el('td', {}, el('button', { class: 'secondary revoke', 'data-id': k.id, onclick: () => revokeKey(k.id) }, 'Revoke')))));
+}
+
+async function revokeKey(id) {
+  try {
+    await getJson(`/auth/api-keys/${id}`, { method: 'DELETE', headers: authHeaders() });
+    $('#new-key-value').textContent = `revoked ${id}`;
+    await loadKeys();
+  } catch (e) {
+    $('#new-key-value').textContent = e.message;
+  }
+}
+
+async function loadTiers() {
+  try {
+    const t = await getJson('/payments/tiers');
+    $('#tier').replaceChildren(...t.tiers.map((x) => el('option', { value: x.name },
+      `${x.name}: ${(x.amount_minor / 100).toFixed(2)} ${x.currency.toUpperCase()} for ${Number(x.bly).toLocaleString('en-US')} BLY`)));
+    $('#checkout').disabled = !t.checkout;
+    $('#buy-bly').disabled = !t.checkout;
+    $('#checkout-status').textContent = t.checkout ? '' : 'this node does not sell BLY by card';
+  } catch (e) {
+    $('#checkout-status').textContent = e.message;
+  }
+}
+
+async function checkout() {
+  $('#checkout-status').textContent = 'opening checkout…';
+  try {
+    const tier = $('#tier').value || undefined;
+    const c = await getJson('/payments/checkout', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...authHeaders() },
+      body: JSON.stringify(tier ? { tier } : {}),
+    });
+    window.location.assign(c.url);
+  } catch (e) {
+    $('#checkout-status').textContent = `checkout failed: ${e.message}`;
+  }
+}
+
+$('#connect-wallet').addEventListener('click', connectWallet);
+$('#logout').addEventListener('click', logout);
+$('#checkout').addEventListener('click', checkout);
+$('#buy-bly').addEventListener('click', checkout);
+$('#new-key').addEventListener('click', async () => {
+  try {
+    const k = await getJson('/auth/api-keys', { method: 'POST', headers: authHeaders() });
+    $('#new-key-value').textContent = `${k.key} (shown once: copy it now)`;
+    await loadKeys();
+  } catch (e) {
+    $('#new-key-value').textContent = e.message;
+  }
+});
+$('#transfer-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  $('#transfer-status').textContent = 'sending…';
+  try {
+    const r = await getJson('/ledger/transfers', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...authHeaders() },
+      body: JSON.stringify({ to: $('#transfer-to').value.trim(), amount: $('#transfer-amount').value.trim() }),
+    });
+    $('#transfer-status').textContent = `sent ${bly(r.amount)} to ${shortAddress(r.to)} (posting ${r.seq})`;
+    await refreshWallet();
+  } catch (e) {
+    $('#transfer-status').textContent = `not sent: ${e.message}`;
+  }
+});
+loaders.wallet = async () => {
+  await refreshWallet();
+  try {
+    await loadKeys();
+  } catch (e) {
+    $('#new-key-value').textContent = e.message;
+  }
+};
+
+(async () => {
+  try {
+    session = JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null');
+  } catch (e) {
+    session = null;
+  }
+  setSession(session);
+  loadTiers();
+  if (session) refreshWallet();
+  const topup = new URLSearchParams(window.location.search).get('topup');
+  if (topup === 'done') $('#wallet-error').textContent = 'payment received: the BLY arrive once Stripe confirms it';
+  if (topup === 'cancelled') $('#wallet-error').textContent = 'checkout cancelled';
+})();
 
 (async () => {
   try {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode},
 };
 use blyan_node::{Node, NodeError, unix_ms};
@@ -45,9 +45,27 @@ async fn wallet_of(node: &Arc<Node>, headers: &HeaderMap) -> Result<(String, Add
     Ok((token, wallet))
 }
 
-/// `GET /auth/nonce`.
-pub(crate) async fn nonce(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!(node.login_nonce(unix_ms())))
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NonceQuery {
+    address: Option<String>,
+}
+
+/// `GET /auth/nonce[?address=0x…]`.
+pub(crate) async fn nonce(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<NonceQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let wallet = q
+        .address
+        .map(|a| {
+            a.to_ascii_lowercase()
+                .parse::<Address>()
+                .map_err(|e| ApiError::invalid("address", e.to_string()))
+        })
+        .transpose()?;
+    Ok(Json(json!(node.login_nonce(unix_ms(), wallet))))
 }
 
 #[derive(Debug, Deserialize)]

@@ -190,7 +190,7 @@ impl Node {
                 .ok_or_else(|| payment_error("unknown_tier", 400, "no price tiers are set"))?,
         };
         let bly = tier.amount()?;
-        let origin = self.login_policy().uri.clone();
+        let origin = self.login_policy().uri;
         let address = wallet.to_string();
         let amount = tier.amount_minor.to_string();
         let product = format!("{} BLY", tier.bly);

@@ -246,7 +246,9 @@ fn origin_parts(url: &str) -> Option<(&str, &str)> {
 
 /// The wallet-login state of a node.
 pub(crate) struct WalletAuth {
-    policy: Policy,
+    /// The configured public URL, if any; else the address the API listens on names the node.
+    public_url: Option<String>,
+    chain_id: u64,
     nonces: Nonces,
     ttl: Duration,
     keystore: Keystore,
@@ -257,7 +259,8 @@ pub(crate) struct WalletAuth {
 impl std::fmt::Debug for WalletAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WalletAuth")
-            .field("policy", &self.policy)
+            .field("public_url", &self.public_url)
+            .field("chain_id", &self.chain_id)
             .finish_non_exhaustive()
     }
 }
@@ -265,15 +268,9 @@ impl std::fmt::Debug for WalletAuth {
 impl WalletAuth {
     pub(crate) fn new(config: &crate::NodeConfig, keystore: Keystore) -> WalletAuth {
         let w = &config.wallet;
-        let origin = w
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", config.listen));
-        let domain = origin_parts(&origin)
-            .map(|(_, host)| host.to_owned())
-            .unwrap_or_else(|| config.listen.to_string());
         WalletAuth {
-            policy: Policy::new(domain, origin, w.siwe_chain_id),
+            public_url: w.public_url.clone(),
+            chain_id: w.siwe_chain_id,
             nonces: Nonces::new(NONCE_TTL, NONCES_MAX),
             ttl: Duration::from_secs(w.session_ttl_s),
             keystore,
@@ -296,6 +293,9 @@ pub struct LoginNonce {
     pub uri: String,
     /// The chain id the message must name.
     pub chain_id: u64,
+    /// The wallet asked about, EIP-55.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
 }
 
 /// A session handed to a wallet.
@@ -323,21 +323,36 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 impl Node {
-    /// What a login message must name: this node's domain, URI and chain.
-    pub fn login_policy(&self) -> &Policy {
-        &self.wallet.policy
+    /// What a login message must name: this node's domain, URI and chain. The domain and
+    /// URI are the configured public URL's; without one, the address the API listens on
+    /// (as bound, so a node told to listen on port 0 names the port it got).
+    pub fn login_policy(&self) -> Policy {
+        let origin = match &self.wallet.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let bound = *self.listening.lock().unwrap_or_else(|p| p.into_inner());
+                format!("http://{}", bound.unwrap_or(self.config.listen))
+            }
+        };
+        let domain = origin_parts(&origin)
+            .map(|(_, host)| host.to_owned())
+            .unwrap_or_else(|| self.config.listen.to_string());
+        Policy::new(domain, origin, self.wallet.chain_id)
     }
 
-    /// A fresh single-use nonce for a login.
-    pub fn login_nonce(&self, now_ms: u64) -> LoginNonce {
+    /// A fresh single-use nonce for a login, with what the message must say. With `wallet`,
+    /// the answer also spells it as the message must (EIP-55): wallets hand out addresses
+    /// in lower case.
+    pub fn login_nonce(&self, now_ms: u64, wallet: Option<Address>) -> LoginNonce {
         let (nonce, expires) = self.wallet.nonces.issue(at(now_ms));
-        let p = &self.wallet.policy;
+        let p = self.login_policy();
         LoginNonce {
             nonce,
             expires_at: rfc3339(expires),
-            domain: p.domain.clone(),
-            uri: p.uri.clone(),
+            domain: p.domain,
+            uri: p.uri,
             chain_id: p.chain_id,
+            address: wallet,
         }
     }
 
@@ -373,7 +388,7 @@ impl Node {
     ) -> Result<WalletSession, NodeError> {
         let now = at(now_ms);
         let login = blyan_auth::verify(
-            &self.wallet.policy,
+            &self.login_policy(),
             &self.wallet.nonces,
             message,
             signature,
