@@ -130,6 +130,10 @@ impl Ledger {
                 "a system account cannot log in",
             ));
         }
+        // Most logins are of wallets that have an account: a read answers them.
+        if sql::read(&*self.store, |tx| account_exists(tx, &address))? {
+            return Ok(false);
+        }
         sql::write(&*self.store, |tx| {
             require_init(tx)?;
             if account_exists(tx, &address)? {

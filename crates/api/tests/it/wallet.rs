@@ -478,6 +478,24 @@ async fn checkout_asks_stripe_for_a_session_crediting_the_caller() {
         (StatusCode::BAD_GATEWAY, "stripe_refused")
     );
     assert!(!body.to_string().contains(API_KEY), "{body}");
+    // Stripe unreachable (nothing listens there): a 502, nothing half-made.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let unreachable = net_with(payments_config(Some(&dead)));
+    let token = login(&unreachable.node, &wallet_key()).await;
+    let (status, body) = post_json(
+        &unreachable.node,
+        "/payments/checkout",
+        Some(&token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_GATEWAY, "stripe_unavailable")
+    );
+    assert!(!body.to_string().contains(API_KEY), "{body}");
     // No key configured: checkout is off.
     let off = net_with(payments_config(None));
     let token = login(&off.node, &wallet_key()).await;
@@ -698,4 +716,42 @@ async fn the_webhook_credits_each_paid_session_once_and_refuses_what_stripe_did_
     );
     let audit = node.audit_ledger().expect("audit");
     assert!(audit.ok, "{:?}", audit.discrepancies);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deliveries_of_one_event_credit_once() {
+    let net = net_with(payments_config(None));
+    let node = net.node.clone();
+    let wallet = address_of(&wallet_key());
+    let now = i64::try_from(blyan_node::unix_ms() / 1000).expect("now");
+    let body = completed("evt_race", "pi_race", &wallet, Some("starter"), 500);
+    let header_value = format!(
+        "t={now},v1={}",
+        stripe_signature(WEBHOOK_SECRET, now, &body)
+    );
+    let deliveries: Vec<_> = (0..8)
+        .map(|_| {
+            let (node, header_value, body) = (node.clone(), header_value.clone(), body.clone());
+            tokio::spawn(async move { deliver(&node, &header_value, &body).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for d in deliveries {
+        let (status, reply) = d.await.expect("task");
+        // A delivery that lost a race may fail (Stripe retries it); none may credit twice.
+        if status == StatusCode::OK {
+            outcomes.push(reply["outcome"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "credited").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(available(&node, wallet), 5_000 * 1_000_000_000);
+    let (status, reply) = deliver(&node, &header_value, &body).await;
+    assert_eq!(
+        (status, reply["outcome"].as_str()),
+        (StatusCode::OK, Some("already_credited"))
+    );
 }
