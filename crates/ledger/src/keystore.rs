@@ -300,6 +300,26 @@ pub(crate) fn new_api_key() -> String {
     format!("{API_KEY_PREFIX}{}", hex::encode(bytes))
 }
 
+/// Stores an API key's hash for `address`'s account, which must exist.
+pub(crate) fn insert_api_key(
+    tx: &mut dyn crate::Tx,
+    address: Address,
+    hash: &str,
+    now_ms: u64,
+) -> Result<(), LedgerError> {
+    if !account_exists(tx, &address)? {
+        return Err(LedgerError::refused(
+            Refusal::UnknownAccount,
+            format!("no account {address}"),
+        ));
+    }
+    tx.exec(
+        "INSERT INTO api_keys (key_hash, address, created_ms) VALUES ($1, $2, $3)",
+        &[Value::Text(hash.to_owned()), hex(&address), now_i64(now_ms)],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn key_hash(api_key: &str) -> String {
     Hash::of(api_key.as_bytes()).to_string()
 }
@@ -323,17 +343,7 @@ impl Ledger {
         let api_key = new_api_key();
         let hash = key_hash(&api_key);
         sql::write(&*self.store, |tx| {
-            if !account_exists(tx, &address)? {
-                return Err(LedgerError::refused(
-                    Refusal::UnknownAccount,
-                    format!("no account {address}"),
-                ));
-            }
-            tx.exec(
-                "INSERT INTO api_keys (key_hash, address, created_ms) VALUES ($1, $2, $3)",
-                &[Value::Text(hash.clone()), hex(&address), now_i64(now_ms)],
-            )?;
-            Ok(())
+            insert_api_key(tx, address, &hash, now_ms)
         })?;
         Ok(api_key)
     }

@@ -159,12 +159,6 @@ impl Ledger {
         let key = crate::keystore::new_api_key();
         let hash = crate::keystore::key_hash(&key);
         sql::write(&*self.store, |tx| {
-            if !account_exists(tx, &address)? {
-                return Err(LedgerError::refused(
-                    Refusal::UnknownAccount,
-                    format!("no account {address}"),
-                ));
-            }
             if keys_of(tx, address)?.len() >= API_KEYS_PER_ACCOUNT_MAX {
                 return Err(LedgerError::refused(
                     Refusal::ApiKeyLimit,
@@ -173,11 +167,7 @@ impl Ledger {
                     ),
                 ));
             }
-            tx.exec(
-                "INSERT INTO api_keys (key_hash, address, created_ms) VALUES ($1, $2, $3)",
-                &[Value::Text(hash.clone()), hex(&address), now_i64(now_ms)],
-            )?;
-            Ok(())
+            crate::keystore::insert_api_key(tx, address, &hash, now_ms)
         })?;
         let id = hash[..API_KEY_ID_LEN].to_owned();
         Ok((

@@ -458,44 +458,24 @@ async fn checkout_asks_stripe_for_a_session_crediting_the_caller() {
         "anonymous callers buy for no one"
     );
 
-    // Stripe refusing is a 502 naming Stripe's reason, never the key.
-    let (base, _) = mock_stripe(
+    // Stripe refusing, or unreachable (nothing listens there): a 502 naming what happened,
+    // never the key.
+    let (refusing, _) = mock_stripe(
         StatusCode::UNAUTHORIZED,
         json!({"error": {"message": "Invalid API Key provided", "type": "invalid_request_error"}}),
     )
     .await;
-    let refusing = net_with(payments_config(Some(&base)));
-    let token = login(&refusing.node, &wallet_key()).await;
-    let (status, body) = post_json(
-        &refusing.node,
-        "/payments/checkout",
-        Some(&token),
-        json!({}),
-    )
-    .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_GATEWAY, "stripe_refused")
-    );
-    assert!(!body.to_string().contains(API_KEY), "{body}");
-    // Stripe unreachable (nothing listens there): a 502, nothing half-made.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
-    let unreachable = net_with(payments_config(Some(&dead)));
-    let token = login(&unreachable.node, &wallet_key()).await;
-    let (status, body) = post_json(
-        &unreachable.node,
-        "/payments/checkout",
-        Some(&token),
-        json!({}),
-    )
-    .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_GATEWAY, "stripe_unavailable")
-    );
-    assert!(!body.to_string().contains(API_KEY), "{body}");
+    for (base, want) in [(refusing, "stripe_refused"), (dead, "stripe_unavailable")] {
+        let other = net_with(payments_config(Some(&base)));
+        let token = login(&other.node, &wallet_key()).await;
+        let (status, body) =
+            post_json(&other.node, "/payments/checkout", Some(&token), json!({})).await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_GATEWAY, want));
+        assert!(!body.to_string().contains(API_KEY), "{body}");
+    }
     // No key configured: checkout is off.
     let off = net_with(payments_config(None));
     let token = login(&off.node, &wallet_key()).await;
