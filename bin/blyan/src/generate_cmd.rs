@@ -83,6 +83,7 @@ pub(crate) fn run(data_dir: &Path, args: GenerateArgs) -> anyhow::Result<()> {
             precision,
             expert_cache_bytes: args.expert_cache_mib << 20,
             expert_versions: args.expert_version.iter().copied().collect(),
+            hosts: None,
         },
     )
     .context("loading the model from the chain")?;

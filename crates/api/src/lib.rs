@@ -67,6 +67,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/chain/blocks", get(node_routes::blocks))
         .route("/chain/blocks/{hash}", get(node_routes::block))
         .route("/experts", get(node_routes::experts))
+        .route("/experts/hosted", get(node_routes::hosted))
+        .route(
+            "/experts/{id}/compute",
+            post(node_routes::compute).layer(middleware::from_fn_with_state(
+                Arc::new(limit::Limits::sync(&node)),
+                limit::limit,
+            )),
+        )
         .route(
             "/experts/serving",
             put(node_routes::serve_versions).layer(operator()),

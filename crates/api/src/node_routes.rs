@@ -299,3 +299,56 @@ pub(crate) async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, A
     )
         .into_response())
 }
+
+/// `GET /experts/hosted`: what this node computes for other nodes, and the hosts it knows.
+pub(crate) async fn hosted(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!(node.hosted_report()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ComputeQuery {
+    block: String,
+    request: String,
+}
+
+/// `POST /experts/{id}/compute?block=&request=`: one expert's rows computed for another node
+/// (body and answer in the binary forms of `blyan_model::ExpertRows` and f32 LE rows),
+/// signed (`x-blyan-signature`, EIP-191 of the answer digest by `x-blyan-signer`).
+pub(crate) async fn compute(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    query: Result<Query<ComputeQuery>, QueryRejection>,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Query(q) = query?;
+    let id: ExpertId = id
+        .parse()
+        .map_err(|e| ApiError::invalid("id", format!("{e}")))?;
+    let block: Hash = q
+        .block
+        .parse()
+        .map_err(|_| ApiError::invalid("block", "a block hash is 64 hex digits"))?;
+    let signer = node.hosted_account().to_string();
+    let (output, signature) =
+        blocking(move || node.compute_for_peer(id, block, &q.request, &body)).await?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-blyan-signature"),
+                signature.to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-blyan-signer"),
+                signer,
+            ),
+        ],
+        output,
+    )
+        .into_response())
+}

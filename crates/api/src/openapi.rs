@@ -44,6 +44,18 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     (
+        "get",
+        "/experts/hosted",
+        "What this node computes for other nodes (`experts` setting; each expert by its exact block), its queue, calls computed for peers, and the hosts it knows (what each hosts, latency, calls answered and failed, last heartbeat).",
+        false,
+    ),
+    (
+        "post",
+        "/experts/{id}/compute",
+        "Compute expert `id` (`L.E`) at exactly `?block=HASH` for another node: the body is its tokens' inputs (Q8_0 rows: rows and width as u32 LE, then per 32 values an f32 scale and 32 int8), the answer their outputs (f32 LE rows), with `x-blyan-signature`: the host's EIP-191 signature of SHA-256(`blyan-expert-answer-v1` ‖ request id ‖ block ‖ input hash ‖ output hash) and `x-blyan-signer`. `?request=` names the call. Rate-limited per client network.",
+        false,
+    ),
+    (
         "put",
         "/experts/serving",
         "Choose the expert versions to serve: `{\"pins\": {\"L.E\": \"HASH\"}}`; `{}` pins serve the heads.",

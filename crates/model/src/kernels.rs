@@ -153,7 +153,7 @@ impl Q8Matrix {
 }
 
 /// Rows of activations quantized to Q8_0 for [`Q8Matrix::matmul`]; reused between calls.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct QuantRows {
     rows: usize,
     cols: usize,
@@ -208,6 +208,46 @@ fn quantize_blocks(
 }
 
 impl QuantRows {
+    /// How many rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Their width.
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Blocks held (rows times blocks per row).
+    pub(crate) fn block_count(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Block `b`'s scale and quants.
+    pub(crate) fn block(&self, b: usize) -> (f32, [i8; QK]) {
+        (self.scales[b], bytemuck::cast(self.blocks[b]))
+    }
+
+    /// Appends one block (its offset computed as quantizing computes it); rows are counted
+    /// by [`QuantRows::finish_rows`].
+    pub(crate) fn push_block(&mut self, scale: f32, quants: [i8; QK]) {
+        let mut sums = [0i32; 8];
+        for row in quants.chunks_exact(8) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += i32::from(v);
+            }
+        }
+        self.offsets.push(-128 * sums.iter().sum::<i32>());
+        self.scales.push(scale);
+        self.blocks.push(bytemuck::cast(quants));
+    }
+
+    /// Sets the row count after blocks were pushed one by one.
+    pub(crate) fn finish_rows(&mut self, rows: usize) {
+        debug_assert_eq!(rows * (self.cols / QK), self.blocks.len());
+        self.rows = rows;
+    }
+
     /// Empties the rows and sets their width.
     pub(crate) fn clear(&mut self, cols: usize) {
         self.rows = 0;

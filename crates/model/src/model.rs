@@ -29,6 +29,7 @@ use crate::{
     kernels::matmul_f32,
     linear::Linear,
     load::{read_group, with_group},
+    remote::{ExpertHosts, ExpertRows},
     team::Team,
 };
 
@@ -46,6 +47,8 @@ pub struct LoadOptions {
     pub expert_cache_bytes: usize,
     /// Expert versions to serve instead of the heads.
     pub expert_versions: BTreeMap<ExpertId, Hash>,
+    /// Who computes the experts this process does not (int8 only); none: every expert here.
+    pub hosts: Option<Arc<dyn ExpertHosts>>,
 }
 
 impl Default for LoadOptions {
@@ -54,6 +57,7 @@ impl Default for LoadOptions {
             precision: Precision::default(),
             expert_cache_bytes: EXPERT_CACHE_BYTES_DEFAULT,
             expert_versions: BTreeMap::new(),
+            hosts: None,
         }
     }
 }
@@ -127,6 +131,7 @@ pub struct Model {
     layout: BTreeMap<String, TensorGroup>,
     experts: Vec<Vec<ExpertSource>>,
     cache: ExpertCache<Expert>,
+    hosts: Option<Arc<dyn ExpertHosts>>,
 }
 
 /// A sequence being decoded: its KV cache, position and routing counts.
@@ -299,6 +304,7 @@ impl Model {
             layout,
             experts,
             cache: ExpertCache::new(options.expert_cache_bytes),
+            hosts: options.hosts.clone(),
             config,
         })
     }
@@ -598,6 +604,45 @@ impl Model {
             Some(out) => Ok(out),
             None => Ok(h.zeros_like()?),
         }
+    }
+
+    /// Computes expert `id` at exactly `block` (any of its versions in the store) on `rows`,
+    /// as a host does for another machine: `[rows, d]` outputs, the bits that machine's own
+    /// int8 pass would have computed.
+    pub fn compute_expert(
+        &self,
+        id: ExpertId,
+        block: Hash,
+        rows: &ExpertRows,
+    ) -> Result<Vec<f32>, ModelError> {
+        if !self.flat {
+            return Err(ModelError::Unsupported {
+                reason: "experts are computed for other machines in int8 only".into(),
+            });
+        }
+        if usize::from(id.layer) >= self.config.layers
+            || usize::from(id.expert) >= self.config.experts
+        {
+            return Err(ModelError::InvalidParameter {
+                name: "expert",
+                reason: format!("this model has no expert {id}"),
+            });
+        }
+        if rows.cols() != self.config.hidden_size {
+            return Err(ModelError::InvalidParameter {
+                name: "rows",
+                reason: format!(
+                    "rows are {} wide, this model's are {}",
+                    rows.cols(),
+                    self.config.hidden_size
+                ),
+            });
+        }
+        let source = ExpertSource { id, block };
+        let expert = self
+            .cache
+            .get_or_load(block, || self.decode_expert(&source))?;
+        expert.compute_rows(&rows.q, self.config.hidden_size)
     }
 
     fn expert(&self, l: usize, e: usize) -> Result<Arc<Expert>, ModelError> {

@@ -137,6 +137,9 @@ pub struct NodeConfig {
     /// Wallet login and card top-ups (`public_url`, `siwe_*`, `session_ttl_s`, `stripe_*`,
     /// `price_tiers`).
     pub wallet: crate::wallet::WalletSettings,
+    /// The experts this node computes itself (`0.*,1.0-1.3`); the others are asked of the
+    /// peers that host them. None: every expert, here.
+    pub experts: Option<crate::hosting::ExpertSet>,
 }
 
 impl Default for NodeConfig {
@@ -173,6 +176,7 @@ impl Default for NodeConfig {
             p2p_dialable: None,
             pol: crate::pol::PolSettings::default(),
             wallet: crate::wallet::WalletSettings::default(),
+            experts: None,
         }
     }
 }
@@ -275,6 +279,8 @@ pub struct ConfigLayer {
     pub stripe_tolerance_s: Option<u64>,
     /// See [`crate::wallet::WalletSettings::price_tiers`].
     pub price_tiers: Option<Vec<crate::wallet::PriceTier>>,
+    /// See [`NodeConfig::experts`].
+    pub experts: Option<String>,
 }
 
 impl ConfigLayer {
@@ -414,6 +420,12 @@ impl NodeConfig {
                 .map_err(|e| NodeError::Config(format!("pol_submission_fee {v:?}: {e}")))?;
         }
         self.wallet.apply(layer);
+        if let Some(v) = &layer.experts {
+            self.experts = match v.trim() {
+                "*" | "" => None,
+                v => Some(v.parse()?),
+            };
+        }
         self.check()
     }
 

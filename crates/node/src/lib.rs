@@ -11,6 +11,7 @@ mod billing;
 mod checker;
 mod config;
 mod error;
+pub mod hosting;
 mod metrics;
 mod node;
 mod payments;

@@ -42,8 +42,8 @@ const DISK_FREE_COMFORT_BYTES: u64 = 1 << 30;
 
 /// The model being served and the engine decoding for it.
 #[derive(Debug)]
-struct Serving {
-    engine: Engine,
+pub(crate) struct Serving {
+    pub(crate) engine: Engine,
     pins: BTreeMap<ExpertId, Hash>,
     /// Who is paid royalties for each served expert version ([`contributor_of`]).
     payees: Arc<BTreeMap<ExpertId, Address>>,
@@ -86,6 +86,10 @@ pub struct Node {
     pub(crate) probe_round: AtomicU64,
     pub(crate) started_ms: u64,
     pub(crate) ledger: Ledger,
+    /// Experts computed elsewhere, when this node computes only some (`experts`).
+    pub(crate) hosting: Option<Arc<crate::hosting::Hosting>>,
+    /// Expert calls computed for other nodes.
+    pub(crate) computed_for_peers: AtomicU64,
     /// Wallet login: the login policy, nonces and session tokens.
     pub(crate) wallet: crate::wallet::WalletAuth,
     pub(crate) operator: Address,
@@ -213,7 +217,24 @@ impl Node {
         let network = store.at_height(ChainId::Meta, 0)?.unwrap_or(spec_block);
         let tokenizer = Arc::new(Tokenizer::from_json(&meta.tokenizer).map_err(ModelError::from)?);
         let model_config = ModelConfig::from_spec(&meta.spec);
-        let serving = start_serving(&store, &tokenizer, &config, BTreeMap::new(), 0)?;
+        let hosting = config.experts.clone().map(|set| {
+            let peers = config
+                .peers
+                .iter()
+                .map(|p| p.rsplit_once('@').map_or(p.as_str(), |(_, a)| a).to_owned())
+                .collect();
+            let h = Arc::new(crate::hosting::Hosting::new(set, peers));
+            crate::hosting::Hosting::start_heartbeat(&h);
+            h
+        });
+        let serving = start_serving(
+            &store,
+            &tokenizer,
+            &config,
+            BTreeMap::new(),
+            0,
+            hosting.clone(),
+        )?;
         let checker = AgentChecker::open(Some(data_dir.join("node").join("checker.json")));
         let keystore = blyan_ledger::Keystore::new(
             data_dir.join(blyan_ledger::KEYSTORE_DIR),
@@ -251,6 +272,8 @@ impl Node {
             pol: Mutex::new(pol),
             pol_view,
             ledger: setup.ledger,
+            hosting,
+            computed_for_peers: AtomicU64::new(0),
             wallet,
             operator: setup.operator,
             signer,
@@ -352,7 +375,7 @@ impl Node {
         self.serving().pins.clone()
     }
 
-    fn serving(&self) -> Arc<Serving> {
+    pub(crate) fn serving(&self) -> Arc<Serving> {
         self.serving
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -540,7 +563,14 @@ impl Node {
     pub fn serve_versions(&self, pins: BTreeMap<ExpertId, Hash>) -> Result<(), NodeError> {
         let _guard = self.switching.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.serving().epoch + 1;
-        let next = start_serving(&self.store, &self.tokenizer, &self.config, pins, epoch)?;
+        let next = start_serving(
+            &self.store,
+            &self.tokenizer,
+            &self.config,
+            pins,
+            epoch,
+            self.hosting.clone(),
+        )?;
         let old = std::mem::replace(
             &mut *self.serving.write().unwrap_or_else(|p| p.into_inner()),
             Arc::new(next),
@@ -958,6 +988,7 @@ fn start_serving(
     config: &NodeConfig,
     pins: BTreeMap<ExpertId, Hash>,
     epoch: u64,
+    hosting: Option<Arc<crate::hosting::Hosting>>,
 ) -> Result<Serving, NodeError> {
     let model = Model::load(
         store.clone(),
@@ -965,6 +996,7 @@ fn start_serving(
             precision: config.precision,
             expert_cache_bytes: config.expert_cache_mib << 20,
             expert_versions: pins.clone(),
+            hosts: hosting.map(|h| h as Arc<dyn blyan_model::ExpertHosts>),
         },
     )?;
     let mut payees = BTreeMap::new();

@@ -4,6 +4,7 @@
 mod billing;
 mod limits;
 mod pol;
+mod remote;
 mod roles;
 mod router;
 mod socket;

@@ -22,7 +22,7 @@ use std::{
 
 use super::{Expert, Model, Sequence, route};
 use crate::{
-    ModelError,
+    ExpertRows, ModelError, RemoteCall,
     attention::Dims,
     kernels::{QK, QuantRows, TILE, exp, matmul_f32},
     team::Team,
@@ -103,6 +103,43 @@ fn each<T: Send, R: Send>(
                 .collect()
         }
         _ => items.iter_mut().map(f).collect(),
+    }
+}
+
+/// The quantized inputs of the tokens in `slots` (`token · top_k + choice`), in order.
+fn expert_rows(parts: &[Part<'_, '_, '_>], slots: &[u32], k: usize, d: usize) -> QuantRows {
+    let mut rows = QuantRows::default();
+    rows.clear(d);
+    for &slot in slots {
+        let token = slot as usize / k;
+        let part = &parts[parts
+            .partition_point(|p| p.first <= token)
+            .saturating_sub(1)];
+        rows.push_row(&part.moe_in, token - part.first);
+    }
+    rows
+}
+
+impl Expert {
+    /// The expert's outputs `[rows, d]` for quantized input rows, on one thread: the same
+    /// operations as the threads of [`Model::forward_in`] split between them (gate and up
+    /// rows, SwiGLU, activations quantized in whole blocks, down rows), so the same bits.
+    pub(crate) fn compute_rows(&self, rows: &QuantRows, d: usize) -> Result<Vec<f32>, ModelError> {
+        let (Some(w13), Some(w2)) = (self.w13.tiled(), self.w2.tiled()) else {
+            return Err(not_tiled());
+        };
+        let (m, ffn) = (rows.rows(), self.ffn);
+        let mut gate = vec![0f32; m * ffn];
+        let mut up = vec![0f32; m * ffn];
+        w13.matmul_rows(rows, 0..ffn, &mut gate);
+        w13.matmul_rows(rows, ffn..2 * ffn, &mut up);
+        let mut act = Vec::new();
+        swiglu(&gate, &up, &mut act);
+        let mut q = QuantRows::default();
+        q.quantize(&act, ffn);
+        let mut y = vec![0f32; m * d];
+        w2.matmul_rows(&q, 0..d, &mut y);
+        Ok(y)
     }
 }
 
@@ -223,18 +260,58 @@ impl Model {
                 self.attention_and_routing(l, part)
             })?;
             let routing = self.routing(&parts, total);
+            // Experts other machines compute for this one: their rows go out in one call per
+            // expert, all of the layer's at once, while the local experts are computed here.
+            let remote: Vec<bool> = routing
+                .experts
+                .iter()
+                .map(|(e, _)| {
+                    self.hosts
+                        .as_ref()
+                        .is_some_and(|h| !h.computes_locally(ExpertId::new(l as u16, *e as u16)))
+                })
+                .collect();
+            let calls: Vec<RemoteCall> = routing
+                .experts
+                .iter()
+                .zip(&remote)
+                .filter(|(_, r)| **r)
+                .map(|((e, slots), _)| RemoteCall {
+                    expert: ExpertId::new(l as u16, *e as u16),
+                    block: self.experts[l][*e].block,
+                    rows: ExpertRows {
+                        q: expert_rows(&parts, slots, self.config.top_k, self.config.hidden_size),
+                    },
+                })
+                .collect();
             // Cold experts load here, one at a time, before the threads share them.
             let experts = routing
                 .experts
                 .iter()
-                .map(|(e, _)| self.expert(l, *e))
+                .zip(&remote)
+                .map(|((e, _), r)| (!r).then(|| self.expert(l, *e)).transpose())
                 .collect::<Result<Vec<_>, _>>()?;
-            let acts = each(team, &mut threads_list, |&mut t| {
-                self.expert_activations(&experts, &routing, &parts, t, threads)
-            })?;
-            let cols = each(team, &mut threads_list, |&mut t| {
-                self.expert_outputs(&experts, &routing, &acts, t, threads)
-            })?;
+            let (answers, local) = std::thread::scope(|s| {
+                let asked = (!calls.is_empty()).then(|| {
+                    let hosts = self.hosts.as_ref();
+                    let calls = &calls;
+                    s.spawn(move || hosts.map_or_else(Vec::new, |h| h.compute(calls)))
+                });
+                let local = each(team, &mut threads_list, |&mut t| {
+                    self.expert_activations(&experts, &routing, &parts, t, threads)
+                })
+                .and_then(|acts| {
+                    each(team, &mut threads_list, |&mut t| {
+                        self.expert_outputs(&experts, &routing, &acts, t, threads)
+                    })
+                });
+                let answers = asked
+                    .map(|h| h.join().unwrap_or_default())
+                    .unwrap_or_default();
+                (answers, local)
+            });
+            let mut cols = local?;
+            self.place_remote(&routing, &remote, &calls, answers, &mut cols)?;
             previous = Some((routing, cols));
         }
         let prev = previous.as_ref();
@@ -344,7 +421,7 @@ impl Model {
     /// quantized: `[rows of the expert, share]`.
     fn expert_activations(
         &self,
-        experts: &[Arc<Expert>],
+        experts: &[Option<Arc<Expert>>],
         routing: &Routing,
         parts: &[Part<'_, '_, '_>],
         thread: usize,
@@ -363,6 +440,12 @@ impl Model {
         let (mut gate, mut up, mut act) = (Vec::new(), Vec::new(), Vec::new());
         for (expert, (_, slots)) in experts.iter().zip(&routing.experts) {
             let mut q = QuantRows::default();
+            let Some(expert) = expert else {
+                // Computed elsewhere.
+                q.clear(0);
+                out.push(q);
+                continue;
+            };
             if width == 0 {
                 q.clear(0);
                 out.push(q);
@@ -396,7 +479,7 @@ impl Model {
     /// columns of the thread's share of the down rows.
     fn expert_outputs(
         &self,
-        experts: &[Arc<Expert>],
+        experts: &[Option<Arc<Expert>>],
         routing: &Routing,
         acts: &[Vec<QuantRows>],
         thread: usize,
@@ -412,10 +495,15 @@ impl Model {
         let mut act = QuantRows::default();
         let mut row = 0;
         for (i, (expert, (_, slots))) in experts.iter().zip(&routing.experts).enumerate() {
+            let m = slots.len();
+            let Some(expert) = expert else {
+                // Computed elsewhere: its rows are filled in afterwards.
+                row += m;
+                continue;
+            };
             let Some(w2) = expert.w2.tiled() else {
                 return Err(not_tiled());
             };
-            let m = slots.len();
             act.clear(ffn);
             for r in 0..m {
                 act.push_joined_row(acts.iter().map(|t| &t[i]), r);
@@ -424,6 +512,54 @@ impl Model {
             row += m;
         }
         Ok(ExpertCols { cols, y })
+    }
+
+    /// Writes the remote experts' output rows into the threads' column pieces: each answer
+    /// that has the right size and only finite values, else the expert computed here from
+    /// its block (no host answered, or the answer was malformed).
+    fn place_remote(
+        &self,
+        routing: &Routing,
+        remote: &[bool],
+        calls: &[RemoteCall],
+        answers: Vec<Option<Vec<f32>>>,
+        cols: &mut [ExpertCols],
+    ) -> Result<(), ModelError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let d = self.config.hidden_size;
+        let mut answers = answers.into_iter();
+        let mut calls = calls.iter();
+        let mut row = 0;
+        for ((e, slots), &is_remote) in routing.experts.iter().zip(remote) {
+            let m = slots.len();
+            if is_remote {
+                let call = calls.next().ok_or_else(|| ModelError::Unsupported {
+                    reason: "a remote expert without its call".into(),
+                })?;
+                let answer = answers
+                    .next()
+                    .flatten()
+                    .filter(|y| y.len() == m * d && y.iter().all(|v| v.is_finite()));
+                let y = match answer {
+                    Some(y) => y,
+                    None => {
+                        let expert = self.expert(call.expert.layer.into(), *e)?;
+                        expert.compute_rows(&call.rows.q, d)?
+                    }
+                };
+                for piece in cols.iter_mut() {
+                    let width = piece.cols.len();
+                    for r in 0..m {
+                        let from = &y[r * d..(r + 1) * d][piece.cols.clone()];
+                        piece.y[(row + r) * width..(row + r + 1) * width].copy_from_slice(from);
+                    }
+                }
+            }
+            row += m;
+        }
+        Ok(())
     }
 
     /// The final norm and LM head over each of the part's sequences' last token.

@@ -1,0 +1,161 @@
+//! Experts served across machines, in one process over real loopback HTTP: a node that
+//! computes only layers 0 and 1 sends its other experts' rows to a host that computes them,
+//! and its greedy text equals a single node's, bit for bit; when the host is gone, the node
+//! computes those experts itself and the text is still the same.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use blyan_chain::{Store, genesis};
+use blyan_node::{ConfigLayer, Node, NodeConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::test_key;
+
+/// A data directory with the test network's chain and key, no ledger yet.
+fn network_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("chain")).expect("store");
+    genesis::init(
+        &store,
+        genesis::random_genesis(7, &test_key()).expect("genesis"),
+    )
+    .expect("init");
+    blyan_ledger::Keystore::new(dir.path().join(blyan_ledger::KEYSTORE_DIR), "")
+        .set_node_key(&test_key())
+        .expect("node key");
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn open(dir: &Path, layer: ConfigLayer) -> Arc<Node> {
+    let mut config = NodeConfig {
+        max_batch: 8,
+        ..NodeConfig::default()
+    };
+    config.apply(&layer).expect("config");
+    Arc::new(Node::open(dir, config, blyan_node::unix_ms()).expect("node"))
+}
+
+async fn complete(node: &Arc<Node>, prompt: &str) -> String {
+    let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0.0, "ignore_eos": true});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let response = blyan_api::router(node.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let reply: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    reply["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_owned()
+}
+
+const PROMPTS: [&str; 4] = [
+    "In the beginning",
+    "And God said",
+    "The LORD is my shepherd",
+    "Blessed are",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies() {
+    let base = network_dir();
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| {
+            let d = tempfile::tempdir().expect("tempdir");
+            copy_dir(base.path(), d.path());
+            d
+        })
+        .collect();
+
+    // The host computes every expert; it serves the API on a loopback port.
+    let host = open(dirs[0].path(), ConfigLayer::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let host_addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(blyan_api::serve(host.clone(), listener, async move {
+        let _ = stopped.await;
+    }));
+
+    // The node computes layers 0 and 1 and asks its peer for the rest.
+    let node = open(
+        dirs[1].path(),
+        ConfigLayer {
+            experts: Some("0.*,1.*".into()),
+            peers: Some(vec![format!("anykey@{host_addr}")]),
+            ..ConfigLayer::default()
+        },
+    );
+    let single = open(dirs[2].path(), ConfigLayer::default());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node
+        .hosted_report()
+        .hosts
+        .iter()
+        .all(|h| h.blocks.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node never heard from the host"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = node.hosted_report();
+    assert_eq!(report.hosted, "0.*,1.*");
+    assert!(report.experts.iter().all(|e| e.id.layer < 2), "{report:?}");
+    assert_eq!(report.hosts[0].account, host.hosted_account());
+
+    // Greedy texts, one at a time and four at once (batched): the same as one node's.
+    let mut expected = Vec::new();
+    for p in PROMPTS {
+        expected.push(complete(&single, p).await);
+    }
+    let alone = complete(&node, PROMPTS[0]).await;
+    assert_eq!(alone, expected[0]);
+    let together = futures_util::future::join_all(PROMPTS.iter().map(|p| complete(&node, p))).await;
+    assert_eq!(together, expected);
+    let report = node.hosted_report();
+    assert!(report.remote_calls > 0, "{report:?}");
+    assert_eq!(report.fallbacks, 0, "{report:?}");
+    assert!(host.hosted_report().computed_for_peers >= report.remote_calls);
+
+    // The host stops: the node computes those experts from their blocks; same text.
+    let _ = stop.send(());
+    served.await.expect("join").expect("served");
+    drop(host);
+    let after = complete(&node, PROMPTS[1]).await;
+    assert_eq!(after, expected[1]);
+    assert!(node.hosted_report().fallbacks > 0);
+}
