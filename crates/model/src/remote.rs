@@ -118,13 +118,31 @@ pub struct RemoteCall {
     pub rows: ExpertRows,
 }
 
+/// A host's answer to one call.
+#[derive(Clone, Debug)]
+pub struct RemoteAnswer {
+    /// The outputs, `[rows, d]` row-major.
+    pub output: Vec<f32>,
+    /// Who answered (for reports and bans).
+    pub host: String,
+    /// Whether the model should recompute this call itself and compare (a spot check).
+    pub check: bool,
+    /// What makes the answer attributable: the host's signed statement of it, kept as
+    /// evidence if the spot check finds it wrong.
+    pub evidence: String,
+}
+
 /// Who computes the experts this process does not.
 pub trait ExpertHosts: Send + Sync + std::fmt::Debug {
     /// Whether this process computes `expert` itself.
     fn computes_locally(&self, expert: ExpertId) -> bool;
 
-    /// The outputs of `calls`, computed elsewhere, in order: each `[rows, d]` row-major, or
-    /// `None` where no host answered in time (the model then computes it itself). Called
-    /// once per layer with all of the layer's remote experts, so that they run in parallel.
-    fn compute(&self, calls: &[RemoteCall]) -> Vec<Option<Vec<f32>>>;
+    /// The answers to `calls`, computed elsewhere, in order; `None` where no host answered
+    /// in time (the model then computes it itself). Called once per layer with all of the
+    /// layer's remote experts, so that they run in parallel.
+    fn compute(&self, calls: &[RemoteCall]) -> Vec<Option<RemoteAnswer>>;
+
+    /// A spot check found `answer` to `call` different from this process's own `local`
+    /// outputs: the host lied or is broken.
+    fn mismatch(&self, call: &RemoteCall, answer: &RemoteAnswer, local: &[f32]);
 }

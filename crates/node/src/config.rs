@@ -140,6 +140,9 @@ pub struct NodeConfig {
     /// The experts this node computes itself (`0.*,1.0-1.3`); the others are asked of the
     /// peers that host them. None: every expert, here.
     pub experts: Option<crate::hosting::ExpertSet>,
+    /// Share of remote expert answers recomputed here to check them, parts per million
+    /// [default: 20000, 2%]; a wrong one bans its host and is kept as evidence.
+    pub expert_check_ppm: u32,
 }
 
 impl Default for NodeConfig {
@@ -177,6 +180,7 @@ impl Default for NodeConfig {
             pol: crate::pol::PolSettings::default(),
             wallet: crate::wallet::WalletSettings::default(),
             experts: None,
+            expert_check_ppm: crate::hosting::CHECK_PPM_DEFAULT,
         }
     }
 }
@@ -281,6 +285,8 @@ pub struct ConfigLayer {
     pub price_tiers: Option<Vec<crate::wallet::PriceTier>>,
     /// See [`NodeConfig::experts`].
     pub experts: Option<String>,
+    /// See [`NodeConfig::expert_check_ppm`].
+    pub expert_check_ppm: Option<u32>,
 }
 
 impl ConfigLayer {
@@ -425,6 +431,14 @@ impl NodeConfig {
                 "*" | "" => None,
                 v => Some(v.parse()?),
             };
+        }
+        if let Some(v) = layer.expert_check_ppm {
+            if v > 1_000_000 {
+                return Err(NodeError::Config(format!(
+                    "expert_check_ppm = {v} is outside 0..=1000000"
+                )));
+            }
+            self.expert_check_ppm = v;
         }
         self.check()
     }

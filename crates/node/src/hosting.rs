@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use blyan_model::{ExpertHosts, RemoteCall};
+use blyan_model::{ExpertHosts, RemoteAnswer, RemoteCall};
 use blyan_primitives::{Address, ExpertId, Hash, Signature};
 use serde::Serialize;
 
@@ -24,6 +24,13 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const HOST_TTL: Duration = Duration::from_secs(10);
 /// How long one remote expert call may take before the next host, or this node, computes it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// When a call is hedged before its host has a latency history.
+const HEDGE_DEFAULT: Duration = Duration::from_millis(50);
+/// Round trips kept per host for its p95.
+const RECENT_CALLS: usize = 32;
+/// Spot-checked share of remote calls by default, parts per million (2%).
+pub const CHECK_PPM_DEFAULT: u32 = 20_000;
+
 /// Most rows one call carries (a step's tokens routed to one expert).
 pub const CALL_ROWS_MAX: usize = 4096;
 
@@ -113,8 +120,27 @@ pub struct HostInfo {
     pub failed: u64,
     /// Milliseconds since its last heartbeat answer.
     pub seen_ms_ago: u64,
+    /// Why it is banned, if it is (a spot check found its answer wrong).
+    pub banned: Option<String>,
     #[serde(skip)]
     seen: Option<Instant>,
+    /// Round trips of its last calls, ms, newest last.
+    #[serde(skip)]
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl HostInfo {
+    /// After how long a call to it is hedged to a second host: its recent p95 (at least
+    /// 1 ms), or [`HEDGE_DEFAULT`] before it has answered enough calls.
+    fn hedge_after(&self) -> Duration {
+        if self.recent.len() < 8 {
+            return HEDGE_DEFAULT;
+        }
+        let mut r: Vec<f64> = self.recent.iter().copied().collect();
+        r.sort_by(f64::total_cmp);
+        let p95 = r[(r.len() - 1) * 95 / 100];
+        Duration::from_secs_f64((p95 / 1e3).max(0.001))
+    }
 }
 
 /// The digest a host signs for one answer: SHA-256 of the domain tag, the request id, the
@@ -132,22 +158,40 @@ pub fn answer_digest(request: &str, block: &Hash, input: &Hash, output: &Hash) -
 /// The remote-expert side of a node.
 #[derive(Debug)]
 pub struct Hosting {
+    /// Itself, for the threads of hedged calls that outlive the call that started them.
+    me: Weak<Hosting>,
     hosted: ExpertSet,
     peers: Vec<String>,
+    /// Spot-checked share of answers, parts per million.
+    check_ppm: u32,
+    /// Where evidence of wrong answers is written.
+    evidence_dir: std::path::PathBuf,
     table: Mutex<BTreeMap<String, HostInfo>>,
     agent: ureq::Agent,
     next_request: std::sync::atomic::AtomicU64,
     /// Calls answered by hosts, and calls computed here because none did.
     pub(crate) remote_calls: std::sync::atomic::AtomicU64,
     pub(crate) fallbacks: std::sync::atomic::AtomicU64,
+    /// Answers spot-checked.
+    pub(crate) checked: std::sync::atomic::AtomicU64,
 }
 
 impl Hosting {
-    /// A node computing `hosted` itself and asking `peers` (API addresses) for the rest.
-    pub fn new(hosted: ExpertSet, peers: Vec<String>) -> Hosting {
-        Hosting {
+    /// A node computing `hosted` itself and asking `peers` (API addresses) for the rest,
+    /// spot-checking `check_ppm` parts per million of the answers and keeping evidence of
+    /// wrong ones in `evidence_dir`.
+    pub fn new(
+        hosted: ExpertSet,
+        peers: Vec<String>,
+        check_ppm: u32,
+        evidence_dir: std::path::PathBuf,
+    ) -> Arc<Hosting> {
+        Arc::new_cyclic(|me| Hosting {
+            me: me.clone(),
             hosted,
             peers,
+            check_ppm,
+            evidence_dir,
             table: Mutex::new(BTreeMap::new()),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -157,7 +201,8 @@ impl Hosting {
             next_request: std::sync::atomic::AtomicU64::new(0),
             remote_calls: std::sync::atomic::AtomicU64::new(0),
             fallbacks: std::sync::atomic::AtomicU64::new(0),
-        }
+            checked: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// The experts this node computes.
@@ -198,7 +243,9 @@ impl Hosting {
                 answered: 0,
                 failed: 0,
                 seen_ms_ago: 0,
+                banned: None,
                 seen: None,
+                recent: std::collections::VecDeque::new(),
             });
             entry.account = account;
             entry.blocks = blocks;
@@ -235,19 +282,41 @@ impl Hosting {
             .collect()
     }
 
-    /// Live hosts of `block`, best first: lower queue, then lower latency.
-    fn hosts_of(&self, block: &Hash) -> Vec<(String, Address)> {
+    /// Two live, unbanned hosts of `block`, the better first: of two picked at random, the
+    /// one with the shorter queue, then the lower latency ("the power of two choices"); and
+    /// after how long a call to the first is hedged to the second.
+    fn pick(&self, block: &Hash) -> (Vec<(String, Address)>, Duration) {
+        use rand::seq::SliceRandom;
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let mut live: Vec<&HostInfo> = table
             .values()
-            .filter(|h| h.seen.is_some_and(|s| s.elapsed() < HOST_TTL) && h.blocks.contains(block))
+            .filter(|h| {
+                h.banned.is_none()
+                    && h.seen.is_some_and(|s| s.elapsed() < HOST_TTL)
+                    && h.blocks.contains(block)
+            })
             .collect();
+        live.shuffle(&mut rand::rng());
+        live.truncate(2);
         live.sort_by(|a, b| {
             a.queue
                 .cmp(&b.queue)
                 .then(a.latency_ms.total_cmp(&b.latency_ms))
         });
-        live.iter().map(|h| (h.api.clone(), h.account)).collect()
+        let hedge = live.first().map_or(HEDGE_DEFAULT, |h| h.hedge_after());
+        (
+            live.iter().map(|h| (h.api.clone(), h.account)).collect(),
+            hedge,
+        )
+    }
+
+    /// Bans the host at `api` for `reason`.
+    fn ban(&self, api: &str, reason: String) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = table.get_mut(api) {
+            tracing::warn!(host = %api, account = %h.account, %reason, "expert host banned");
+            h.banned = Some(reason);
+        }
     }
 
     fn record(&self, api: &str, ok: bool, ms: f64) {
@@ -256,6 +325,10 @@ impl Hosting {
             if ok {
                 h.answered += 1;
                 h.latency_ms = 0.8 * h.latency_ms + 0.2 * ms;
+                if h.recent.len() == RECENT_CALLS {
+                    h.recent.pop_front();
+                }
+                h.recent.push_back(ms);
             } else {
                 h.failed += 1;
                 // A host that failed is not asked again until its next heartbeat.
@@ -266,7 +339,7 @@ impl Hosting {
 
     /// One call to one host: the output rows if the answer is complete and signed by the
     /// host's account over this request, block, input and output.
-    fn call(&self, api: &str, account: Address, call: &RemoteCall) -> Option<Vec<f32>> {
+    fn call(&self, api: &str, account: Address, call: &RemoteCall) -> Option<RemoteAnswer> {
         let request = format!(
             "{:x}",
             self.next_request
@@ -300,16 +373,33 @@ impl Hosting {
                 Some((signature, body))
             });
         let checked = answer.and_then(|(signature, body)| {
-            let digest = answer_digest(&request, &call.block, &Hash::of(&input), &Hash::of(&body));
+            let (input_hash, output_hash) = (Hash::of(&input), Hash::of(&body));
+            let digest = answer_digest(&request, &call.block, &input_hash, &output_hash);
             signature.verify(digest.as_bytes(), &account).ok()?;
             if !body.len().is_multiple_of(4) {
                 return None;
             }
-            Some(
-                body.chunks_exact(4)
+            let check = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000u32) < self.check_ppm;
+            Some(RemoteAnswer {
+                output: body
+                    .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect::<Vec<f32>>(),
-            )
+                    .collect(),
+                host: api.to_owned(),
+                check,
+                evidence: serde_json::json!({
+                    "host": api,
+                    "signer": account,
+                    "request": request,
+                    "expert": call.expert,
+                    "block": call.block,
+                    "input_hash": input_hash,
+                    "output_hash": output_hash,
+                    "digest": digest,
+                    "signature": signature.to_string(),
+                })
+                .to_string(),
+            })
         });
         self.record(
             api,
@@ -320,39 +410,126 @@ impl Hosting {
     }
 }
 
+impl Hosting {
+    /// One call, hedged: to the better of two hosts and, if it has not answered within its
+    /// recent p95 (or failed), to the other too; the first good answer wins. A slow call
+    /// left behind finishes on its own thread within the call timeout.
+    fn ask(&self, call: &RemoteCall) -> Option<RemoteAnswer> {
+        let (hosts, hedge) = self.pick(&call.block);
+        let me = self.me.upgrade()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let start = |(api, account): (String, Address)| {
+            let (me, tx, call) = (me.clone(), tx.clone(), call.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(me.call(&api, account, &call));
+            });
+        };
+        let mut hosts = hosts.into_iter();
+        let mut outstanding = 0;
+        if let Some(first) = hosts.next() {
+            start(first);
+            outstanding += 1;
+        }
+        let mut hedged = false;
+        while outstanding > 0 {
+            let got = if hedged {
+                rx.recv().ok()
+            } else {
+                match rx.recv_timeout(hedge) {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        // Slower than usual: ask the second host as well.
+                        hedged = true;
+                        if let Some(second) = hosts.next() {
+                            start(second);
+                            outstanding += 1;
+                        }
+                        continue;
+                    }
+                }
+            };
+            outstanding -= 1;
+            match got {
+                Some(Some(answer)) => return Some(answer),
+                _ if !hedged => {
+                    // The first failed at once: the second now.
+                    hedged = true;
+                    if let Some(second) = hosts.next() {
+                        start(second);
+                        outstanding += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
 impl ExpertHosts for Hosting {
     fn computes_locally(&self, expert: ExpertId) -> bool {
         self.hosted.contains(expert)
     }
 
-    fn compute(&self, calls: &[RemoteCall]) -> Vec<Option<Vec<f32>>> {
+    fn compute(&self, calls: &[RemoteCall]) -> Vec<Option<RemoteAnswer>> {
+        use std::sync::atomic::Ordering::Relaxed;
         std::thread::scope(|s| {
             let asked: Vec<_> = calls
                 .iter()
-                .map(|call| {
-                    s.spawn(move || {
-                        // The best host, then the next: a dead or slow one costs one timeout.
-                        self.hosts_of(&call.block)
-                            .into_iter()
-                            .take(2)
-                            .find_map(|(api, account)| self.call(&api, account, call))
-                    })
-                })
+                .map(|call| s.spawn(move || self.ask(call)))
                 .collect();
             asked
                 .into_iter()
                 .map(|h| {
                     let answer = h.join().ok().flatten();
-                    let counter = if answer.is_some() {
-                        &self.remote_calls
-                    } else {
-                        &self.fallbacks
-                    };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match &answer {
+                        Some(a) => {
+                            self.remote_calls.fetch_add(1, Relaxed);
+                            if a.check {
+                                self.checked.fetch_add(1, Relaxed);
+                            }
+                        }
+                        None => {
+                            self.fallbacks.fetch_add(1, Relaxed);
+                        }
+                    }
                     answer
                 })
                 .collect()
         })
+    }
+
+    fn mismatch(&self, call: &RemoteCall, answer: &RemoteAnswer, local: &[f32]) {
+        let mut own = Vec::with_capacity(local.len() * 4);
+        for v in local {
+            own.extend_from_slice(&v.to_le_bytes());
+        }
+        let now = crate::unix_ms();
+        let answered: serde_json::Value =
+            serde_json::from_str(&answer.evidence).unwrap_or(serde_json::Value::Null);
+        let evidence = serde_json::json!({
+            "answer": answered,
+            "expected_output_hash": Hash::of(&own),
+            "expert": call.expert,
+            "at_ms": now,
+        });
+        let file = self.evidence_dir.join(format!(
+            "{now}-{}.json",
+            Hash::of(answer.evidence.as_bytes()).short(12)
+        ));
+        let written = std::fs::create_dir_all(&self.evidence_dir)
+            .and_then(|()| std::fs::write(&file, evidence.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, file = %file.display(), "keeping evidence of a wrong expert answer failed");
+        }
+        self.ban(
+            &answer.host,
+            format!(
+                "wrong output for expert {} (evidence {})",
+                call.expert,
+                file.display()
+            ),
+        );
     }
 }
 
@@ -384,6 +561,8 @@ pub struct HostedReport {
     pub remote_calls: u64,
     /// See `remote_calls`.
     pub fallbacks: u64,
+    /// Answers spot-checked by computing them here too.
+    pub checked: u64,
     /// What its peers host.
     pub hosts: Vec<HostInfo>,
 }
@@ -412,6 +591,7 @@ impl crate::Node {
             computed_for_peers: load(&self.computed_for_peers),
             remote_calls: self.hosting.as_ref().map_or(0, |h| load(&h.remote_calls)),
             fallbacks: self.hosting.as_ref().map_or(0, |h| load(&h.fallbacks)),
+            checked: self.hosting.as_ref().map_or(0, |h| load(&h.checked)),
             hosts: self.hosting.as_ref().map_or_else(Vec::new, |h| h.hosts()),
         }
     }
@@ -450,7 +630,12 @@ impl crate::Node {
         let model = self.serving().engine.model().clone();
         let rows =
             blyan_model::ExpertRows::from_bytes(input, model.config().hidden_size, CALL_ROWS_MAX)?;
-        let y = model.compute_expert(id, block, &rows)?;
+        let mut y = model.compute_expert(id, block, &rows)?;
+        if self.lying.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(v) = y.first_mut()
+        {
+            *v += 0.25;
+        }
         let mut output = Vec::with_capacity(y.len() * 4);
         for v in &y {
             output.extend_from_slice(&v.to_le_bytes());

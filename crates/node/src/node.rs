@@ -90,6 +90,8 @@ pub struct Node {
     pub(crate) hosting: Option<Arc<crate::hosting::Hosting>>,
     /// Expert calls computed for other nodes.
     pub(crate) computed_for_peers: AtomicU64,
+    /// Whether this node answers expert calls with wrong (signed) outputs: a fault for tests.
+    pub(crate) lying: AtomicBool,
     /// Wallet login: the login policy, nonces and session tokens.
     pub(crate) wallet: crate::wallet::WalletAuth,
     pub(crate) operator: Address,
@@ -223,7 +225,12 @@ impl Node {
                 .iter()
                 .map(|p| p.rsplit_once('@').map_or(p.as_str(), |(_, a)| a).to_owned())
                 .collect();
-            let h = Arc::new(crate::hosting::Hosting::new(set, peers));
+            let h = crate::hosting::Hosting::new(
+                set,
+                peers,
+                config.expert_check_ppm,
+                data_dir.join("node").join("evidence"),
+            );
             crate::hosting::Hosting::start_heartbeat(&h);
             h
         });
@@ -274,6 +281,7 @@ impl Node {
             ledger: setup.ledger,
             hosting,
             computed_for_peers: AtomicU64::new(0),
+            lying: AtomicBool::new(false),
             wallet,
             operator: setup.operator,
             signer,
@@ -478,6 +486,13 @@ impl Node {
     #[cfg(feature = "fault-injection")]
     pub fn inject_lane_panic(&self) {
         self.serving().engine.inject_lane_panic();
+    }
+
+    /// Makes this node answer other nodes' expert calls with perturbed outputs, signed as
+    /// if they were right (tests of spot checks and bans).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_lying_expert_answers(&self) {
+        self.lying.store(true, Ordering::SeqCst);
     }
 
     /// Lane threads of the served engine that ended in a panic.

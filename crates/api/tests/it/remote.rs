@@ -159,3 +159,107 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
     assert_eq!(after, expected[1]);
     assert!(node.hosted_report().fallbacks > 0);
 }
+
+/// Serves `node`'s API on a loopback port until the returned sender is used or dropped.
+async fn serve(node: &Arc<Node>) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(blyan_api::serve(node.clone(), listener, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_lies_is_caught_banned_and_kept_as_evidence() {
+    let base = network_dir();
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| {
+            let d = tempfile::tempdir().expect("tempdir");
+            copy_dir(base.path(), d.path());
+            d
+        })
+        .collect();
+    let liar = open(dirs[0].path(), ConfigLayer::default());
+    liar.inject_lying_expert_answers();
+    let (liar_addr, _stop_liar) = serve(&liar).await;
+    // Every answer is checked here, so the first lie is caught.
+    let node = open(
+        dirs[1].path(),
+        ConfigLayer {
+            experts: Some("0.*".into()),
+            peers: Some(vec![format!("k@{liar_addr}")]),
+            expert_check_ppm: Some(1_000_000),
+            ..ConfigLayer::default()
+        },
+    );
+    let single = open(dirs[2].path(), ConfigLayer::default());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node
+        .hosted_report()
+        .hosts
+        .iter()
+        .all(|h| h.blocks.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node never heard from the host"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The lie never reaches the text: the checked call is computed here.
+    assert_eq!(
+        complete(&node, PROMPTS[2]).await,
+        complete(&single, PROMPTS[2]).await
+    );
+    let report = node.hosted_report();
+    let host = &report.hosts[0];
+    assert!(
+        host.banned
+            .as_deref()
+            .is_some_and(|r| r.contains("wrong output")),
+        "{report:?}"
+    );
+    // The evidence: the liar's signed statement of its answer, and the right output's hash.
+    let evidence_dir = dirs[1].path().join("node").join("evidence");
+    let files: Vec<_> = std::fs::read_dir(&evidence_dir)
+        .expect("evidence kept")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(!files.is_empty());
+    let evidence: Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).expect("read")).expect("json");
+    assert_eq!(
+        evidence["answer"]["signer"],
+        liar.hosted_account().to_string()
+    );
+    assert_ne!(
+        evidence["answer"]["output_hash"],
+        evidence["expected_output_hash"]
+    );
+    let signature: blyan_primitives::Signature = evidence["answer"]["signature"]
+        .as_str()
+        .expect("signature")
+        .parse()
+        .expect("parses");
+    let digest: blyan_primitives::Hash = evidence["answer"]["digest"]
+        .as_str()
+        .expect("digest")
+        .parse()
+        .expect("hash");
+    assert_eq!(
+        signature.recover(digest.as_bytes()).expect("recovers"),
+        liar.hosted_account(),
+        "the liar signed what it answered"
+    );
+    // Banned: no more calls go to it; the node computes those experts itself.
+    let fallbacks = report.fallbacks;
+    assert_eq!(
+        complete(&node, PROMPTS[3]).await,
+        complete(&single, PROMPTS[3]).await
+    );
+    assert!(node.hosted_report().fallbacks > fallbacks);
+}

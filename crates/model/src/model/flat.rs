@@ -22,7 +22,7 @@ use std::{
 
 use super::{Expert, Model, Sequence, route};
 use crate::{
-    ExpertRows, ModelError, RemoteCall,
+    ExpertRows, ModelError, RemoteAnswer, RemoteCall,
     attention::Dims,
     kernels::{QK, QuantRows, TILE, exp, matmul_f32},
     team::Team,
@@ -522,7 +522,7 @@ impl Model {
         routing: &Routing,
         remote: &[bool],
         calls: &[RemoteCall],
-        answers: Vec<Option<Vec<f32>>>,
+        answers: Vec<Option<RemoteAnswer>>,
         cols: &mut [ExpertCols],
     ) -> Result<(), ModelError> {
         if calls.is_empty() {
@@ -541,13 +541,29 @@ impl Model {
                 let answer = answers
                     .next()
                     .flatten()
-                    .filter(|y| y.len() == m * d && y.iter().all(|v| v.is_finite()));
+                    .filter(|a| a.output.len() == m * d && a.output.iter().all(|v| v.is_finite()));
+                let local = |model: &Model| -> Result<Vec<f32>, ModelError> {
+                    model
+                        .expert(call.expert.layer.into(), *e)?
+                        .compute_rows(&call.rows.q, d)
+                };
                 let y = match answer {
-                    Some(y) => y,
-                    None => {
-                        let expert = self.expert(call.expert.layer.into(), *e)?;
-                        expert.compute_rows(&call.rows.q, d)?
+                    Some(a) if a.check => {
+                        // A spot check: the same bits, or the host is reported and this
+                        // process's own outputs are used.
+                        let own = local(self)?;
+                        let same = own.len() == a.output.len()
+                            && own
+                                .iter()
+                                .zip(&a.output)
+                                .all(|(x, y)| x.to_bits() == y.to_bits());
+                        if !same && let Some(hosts) = &self.hosts {
+                            hosts.mismatch(call, &a, &own);
+                        }
+                        own
                     }
+                    Some(a) => a.output,
+                    None => local(self)?,
                 };
                 for piece in cols.iter_mut() {
                     let width = piece.cols.len();
