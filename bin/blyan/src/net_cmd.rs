@@ -58,6 +58,17 @@ pub(crate) enum NetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Who hosts what: the experts a running node computes for others, and, per expert
+    /// host it knows, the expert blocks it serves, its queue, latency, calls answered and
+    /// failed, and whether it is banned.
+    Experts {
+        /// The node's API.
+        #[arg(long, env = "BLYAN_URL", default_value = "http://127.0.0.1:8420")]
+        url: String,
+        /// Print the node's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The node's network identity: the network key from the keystore (made on first use),
@@ -132,6 +143,45 @@ pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
                     .map(|r| r.iter().filter_map(|x| x.as_str()).collect())
                     .unwrap_or_default();
                 println!("{}  {}", m["key"].as_str().unwrap_or("?"), roles.join(","));
+            }
+            Ok(())
+        }
+        NetCommand::Experts { url, json } => {
+            let report = get_json(&format!("{}/experts/hosted", url.trim_end_matches('/')))?;
+            if json {
+                println!("{report}");
+                return Ok(());
+            }
+            let experts = report["experts"].as_array().cloned().unwrap_or_default();
+            println!(
+                "this node ({}) computes {} ({} expert versions); {} calls for peers; {} of its calls answered remotely, {} computed here when no host answered, {} spot-checked",
+                report["account"].as_str().unwrap_or("?"),
+                report["hosted"].as_str().unwrap_or("*"),
+                experts.len(),
+                report["computed_for_peers"],
+                report["remote_calls"],
+                report["fallbacks"],
+                report["checked"],
+            );
+            let hosts = report["hosts"].as_array().cloned().unwrap_or_default();
+            if hosts.is_empty() {
+                println!("it knows no expert host");
+            }
+            for h in hosts {
+                let banned = h["banned"]
+                    .as_str()
+                    .map_or(String::new(), |r| format!("  BANNED: {r}"));
+                println!(
+                    "{}  {}  {} expert blocks  queue {}  latency {:.2} ms  answered {} failed {}  seen {} ms ago{banned}",
+                    h["api"].as_str().unwrap_or("?"),
+                    h["account"].as_str().unwrap_or("?"),
+                    h["blocks"].as_array().map_or(0, Vec::len),
+                    h["queue"],
+                    h["latency_ms"].as_f64().unwrap_or(0.0),
+                    h["answered"],
+                    h["failed"],
+                    h["seen_ms_ago"],
+                );
             }
             Ok(())
         }

@@ -57,6 +57,19 @@ pub(crate) struct NodeArgs {
     /// it [default: http:// and --listen].
     #[arg(long, env = "BLYAN_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
+    /// The experts this node computes itself, e.g. `0.*,1.0-1.3`; the others are asked of
+    /// expert hosts (`--expert-host`, and the peers) [default: `*`, all].
+    #[arg(long, env = "BLYAN_EXPERTS", value_name = "SET")]
+    experts: Option<String>,
+    /// The API address of a node that computes experts for this one; repeat it, or give a
+    /// comma-separated list in the environment [default: the peers].
+    #[arg(
+        long = "expert-host",
+        env = "BLYAN_EXPERT_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    expert_hosts: Vec<String>,
     /// The EIP-155 chain id wallet logins must name [default: 1].
     #[arg(long, env = "BLYAN_SIWE_CHAIN_ID", value_name = "ID")]
     siwe_chain_id: Option<u64>,
@@ -78,6 +91,8 @@ impl NodeArgs {
             p2p_listen: self.p2p_listen,
             p2p_dialable: self.p2p_dialable,
             public_url: self.public_url.clone(),
+            experts: self.experts.clone(),
+            expert_hosts: (!self.expert_hosts.is_empty()).then(|| self.expert_hosts.clone()),
             siwe_chain_id: self.siwe_chain_id,
             // Secrets come from the environment only, never from a flag (flags show in `ps`).
             stripe_api_key: std::env::var("BLYAN_STRIPE_API_KEY").ok(),

@@ -143,6 +143,9 @@ pub struct NodeConfig {
     /// Share of remote expert answers recomputed here to check them, parts per million
     /// [default: 20000, 2%]; a wrong one bans its host and is kept as evidence.
     pub expert_check_ppm: u32,
+    /// API addresses (`HOST:PORT`) of nodes asked to compute the experts this one does not,
+    /// besides its peers.
+    pub expert_hosts: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -181,6 +184,7 @@ impl Default for NodeConfig {
             wallet: crate::wallet::WalletSettings::default(),
             experts: None,
             expert_check_ppm: crate::hosting::CHECK_PPM_DEFAULT,
+            expert_hosts: Vec::new(),
         }
     }
 }
@@ -287,6 +291,8 @@ pub struct ConfigLayer {
     pub experts: Option<String>,
     /// See [`NodeConfig::expert_check_ppm`].
     pub expert_check_ppm: Option<u32>,
+    /// See [`NodeConfig::expert_hosts`].
+    pub expert_hosts: Option<Vec<String>>,
 }
 
 impl ConfigLayer {
@@ -439,6 +445,9 @@ impl NodeConfig {
                 )));
             }
             self.expert_check_ppm = v;
+        }
+        if let Some(v) = &layer.expert_hosts {
+            self.expert_hosts = v.clone();
         }
         self.check()
     }

@@ -224,6 +224,9 @@ impl Node {
                 .peers
                 .iter()
                 .map(|p| p.rsplit_once('@').map_or(p.as_str(), |(_, a)| a).to_owned())
+                .chain(config.expert_hosts.iter().cloned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect();
             let h = crate::hosting::Hosting::new(
                 set,
