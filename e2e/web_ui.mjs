@@ -65,6 +65,9 @@ try {
   // Expert dashboard: every expert, usage from the chats, and choosing versions.
   await page.click('[data-tab=experts]');
   await page.waitForFunction(() => document.querySelectorAll('#experts-table tbody tr').length === 32);
+  // Where each expert is computed: a node alone computes every expert itself.
+  assert.match(await page.textContent('#hosting-summary'), /computes every expert/);
+  assert.equal(await page.textContent('#experts-table tbody tr td.served-by'), 'this node');
   assert.match(await page.textContent('#cache-summary'), /hit rate \d/);
   await page.click('#apply-versions');
   await page.waitForFunction(() => document.querySelector('#serving-status').textContent.includes('serving every expert'));

@@ -166,6 +166,28 @@ $('#reset').addEventListener('click', () => {
 
 // ---- experts ----
 loaders.experts = async () => {
+  let hosting = null;
+  try {
+    hosting = await getJson('/experts/hosted');
+    $('#hosting-summary').textContent = `this node computes ${hosting.hosted === '*' ? 'every expert' : hosting.hosted}; ` +
+      `${hosting.computed_for_peers} calls computed for other nodes; of its own, ${hosting.remote_calls} answered by hosts, ` +
+      `${hosting.fallbacks} computed here for want of a host, ${hosting.checked} spot-checked`;
+    $('#hosts-table tbody').replaceChildren(...hosting.hosts.map((h) => el('tr', {},
+      el('td', {}, h.api), el('td', { class: 'hash' }, short(h.account)), el('td', {}, h.blocks.length),
+      el('td', {}, h.queue), el('td', {}, `${h.latency_ms.toFixed(2)} ms`), el('td', {}, `${h.answered} / ${h.failed}`),
+      el('td', {}, h.banned ? `banned: ${h.banned}` : `seen ${(h.seen_ms_ago / 1000).toFixed(1)} s ago`))));
+  } catch (e) {
+    $('#hosting-summary').textContent = `could not load expert hosts: ${e.message}`;
+  }
+  const here = new Set(hosting ? hosting.experts.map((x) => x.id) : []);
+  const servedBy = (x) => {
+    const where = [];
+    if (!hosting || here.has(x.id)) where.push('this node');
+    for (const h of (hosting ? hosting.hosts : [])) {
+      if (!h.banned && h.blocks.includes(x.served)) where.push(`${h.api} (${h.latency_ms.toFixed(1)} ms)`);
+    }
+    return where.join(', ') || 'this node, from its block (no host)';
+  };
   try {
     const data = await getJson('/experts');
     const c = data.cache;
@@ -185,7 +207,8 @@ loaders.experts = async () => {
         el('td', {}, el('span', { class: 'bar', style: `width:${Math.round(80 * x.tokens_routed / max)}px` }), ` ${x.tokens_routed}`),
         el('td', {}, x.cached ? 'yes' : 'no'),
         el('td', {}, x.versions.length),
-        el('td', {}, select));
+        el('td', {}, select),
+        el('td', { class: 'served-by' }, servedBy(x)));
     });
     $('#experts-table tbody').replaceChildren(...rows);
   } catch (e) {
