@@ -25,7 +25,8 @@ pub(crate) struct Net {
     pub(crate) node: Arc<Node>,
 }
 
-pub(crate) fn net_with(config: NodeConfig) -> Net {
+/// A data directory holding the test network's chain and its operator's key, no ledger yet.
+pub(crate) fn network_dir() -> TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = Store::open(dir.path().join("chain")).expect("store");
@@ -39,6 +40,11 @@ pub(crate) fn net_with(config: NodeConfig) -> Net {
     blyan_ledger::Keystore::new(dir.path().join(blyan_ledger::KEYSTORE_DIR), "")
         .set_node_key(&test_key())
         .expect("node key");
+    dir
+}
+
+pub(crate) fn net_with(config: NodeConfig) -> Net {
+    let dir = network_dir();
     let node = Node::open(dir.path(), config, 1_700_000_000_000).expect("node");
     Net {
         dir,

@@ -11,27 +11,11 @@ use axum::{
     body::Body,
     http::{Request, StatusCode, header},
 };
-use blyan_chain::{Store, genesis};
 use blyan_node::{ConfigLayer, Node, NodeConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::test_key;
-
-/// A data directory with the test network's chain and key, no ledger yet.
-fn network_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("chain")).expect("store");
-    genesis::init(
-        &store,
-        genesis::random_genesis(7, &test_key()).expect("genesis"),
-    )
-    .expect("init");
-    blyan_ledger::Keystore::new(dir.path().join(blyan_ledger::KEYSTORE_DIR), "")
-        .set_node_key(&test_key())
-        .expect("node key");
-    dir
-}
+use crate::network_dir;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -43,6 +27,35 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), &target).expect("copy");
         }
+    }
+}
+
+/// `n` copies of one fresh network's data directory (chain and keys; no ledger yet).
+fn copies(n: usize) -> Vec<tempfile::TempDir> {
+    let base = network_dir();
+    (0..n)
+        .map(|_| {
+            let d = tempfile::tempdir().expect("tempdir");
+            copy_dir(base.path(), d.path());
+            d
+        })
+        .collect()
+}
+
+/// Waits until `node` has heard what one of its hosts computes.
+async fn heard_from_a_host(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node
+        .hosted_report()
+        .hosts
+        .iter()
+        .all(|h| h.blocks.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node never heard from the host"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -88,25 +101,11 @@ const PROMPTS: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies() {
-    let base = network_dir();
-    let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| {
-            let d = tempfile::tempdir().expect("tempdir");
-            copy_dir(base.path(), d.path());
-            d
-        })
-        .collect();
+    let dirs = copies(3);
 
     // The host computes every expert; it serves the API on a loopback port.
     let host = open(dirs[0].path(), ConfigLayer::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let host_addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(blyan_api::serve(host.clone(), listener, async move {
-        let _ = stopped.await;
-    }));
+    let (host_addr, stop) = serve(&host).await;
 
     // The node computes layers 0 and 1 and asks its peer for the rest.
     let node = open(
@@ -119,19 +118,7 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
     );
     let single = open(dirs[2].path(), ConfigLayer::default());
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node
-        .hosted_report()
-        .hosts
-        .iter()
-        .all(|h| h.blocks.is_empty())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node never heard from the host"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    heard_from_a_host(&node).await;
     let report = node.hosted_report();
     assert_eq!(report.hosted, "0.*,1.*");
     assert!(report.experts.iter().all(|e| e.id.layer < 2), "{report:?}");
@@ -153,7 +140,12 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
 
     // The host stops: the node computes those experts from their blocks; same text.
     let _ = stop.send(());
-    served.await.expect("join").expect("served");
+    // Wait until its port refuses connections.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(host_addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the host never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(host);
     let after = complete(&node, PROMPTS[1]).await;
     assert_eq!(after, expected[1]);
@@ -175,14 +167,7 @@ async fn serve(node: &Arc<Node>) -> (std::net::SocketAddr, tokio::sync::oneshot:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_that_lies_is_caught_banned_and_kept_as_evidence() {
-    let base = network_dir();
-    let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| {
-            let d = tempfile::tempdir().expect("tempdir");
-            copy_dir(base.path(), d.path());
-            d
-        })
-        .collect();
+    let dirs = copies(3);
     let liar = open(dirs[0].path(), ConfigLayer::default());
     liar.inject_lying_expert_answers();
     let (liar_addr, _stop_liar) = serve(&liar).await;
@@ -197,19 +182,7 @@ async fn a_host_that_lies_is_caught_banned_and_kept_as_evidence() {
         },
     );
     let single = open(dirs[2].path(), ConfigLayer::default());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node
-        .hosted_report()
-        .hosts
-        .iter()
-        .all(|h| h.blocks.is_empty())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node never heard from the host"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    heard_from_a_host(&node).await;
     // The lie never reaches the text: the checked call is computed here.
     assert_eq!(
         complete(&node, PROMPTS[2]).await,
