@@ -37,6 +37,7 @@ try {
   assert.ok(text.trim().length > 0, 'the reply is empty');
   const status = await page.textContent('#chat-status');
   assert.match(status, /^finished \((stop|length)\)/, status);
+  assert.match(status, /every expert computed on this node$/, status);
   assert.equal(await page.locator('.msg.user').first().textContent(), 'And God said');
   await page.screenshot({ path: `${outDir}/web-ui-chat.png` });
 

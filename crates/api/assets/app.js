@@ -84,6 +84,7 @@ async function sendChat(event) {
   let content = '';
   let finish = null;
   let usage = null;
+  let where = null;
   try {
     const res = await fetch('/v1/chat/completions', {
       method: 'POST',
@@ -113,6 +114,7 @@ async function sendChat(event) {
           const chunk = JSON.parse(data);
           if (chunk.error) throw new Error(`[${chunk.error.code}] ${chunk.error.message}`);
           if (chunk.usage) usage = chunk.usage;
+          if (chunk.blyan) where = chunk.blyan;
           const choice = chunk.choices[0];
           if (!choice) continue;
           if (choice.delta && choice.delta.content) {
@@ -129,7 +131,11 @@ async function sendChat(event) {
     const secs = (performance.now() - started) / 1000;
     const ttft = firstAt === null ? '–' : `${Math.round(firstAt - started)} ms`;
     const tokens = usage ? usage.completion_tokens : '?';
-    $('#chat-status').textContent = `finished (${finish}); ${tokens} tokens in ${secs.toFixed(2)} s; first token after ${ttft}`;
+    const hosts = where ? Object.keys(where.remote_hosts) : [];
+    const remote = hosts.length
+      ? `; ${where.remote_rows} expert computations on other nodes (${hosts.map((h) => `${h}: layers ${where.remote_hosts[h].join(', ')}`).join('; ')})`
+      : '; every expert computed on this node';
+    $('#chat-status').textContent = `finished (${finish}); ${tokens} tokens in ${secs.toFixed(2)} s; first token after ${ttft}${remote}`;
   } catch (e) {
     if (e.name === 'AbortError') {
       history.push({ role: 'assistant', content });

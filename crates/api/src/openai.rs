@@ -624,6 +624,17 @@ fn whole_body(meta: &ResponseMeta, prompt_tokens: usize, text: &str, summary: &S
         "model": MODEL_ID,
         "choices": [choice],
         "usage": usage(prompt_tokens, summary.completion_tokens),
+        "blyan": blyan_extension(summary),
+    })
+}
+
+/// Blyan's extension of a completion: where its hidden states went. `remote_rows`: the
+/// token-expert computations other nodes answered; `remote_hosts`: every node that was sent
+/// any of its hidden states, with the layers they were of (empty: computed here only).
+fn blyan_extension(summary: &Summary) -> Value {
+    json!({
+        "remote_rows": summary.remote_rows,
+        "remote_hosts": summary.remote_layers,
     })
 }
 
@@ -673,14 +684,14 @@ fn stream_response(
                 ),
                 Event::Done(summary) => {
                     let finish = finish_str(summary.finish_reason);
-                    let ok = sink.send(
-                        meta.chunk("", false, Some(finish), include_usage)
-                            .to_string(),
-                    ) && (!include_usage
-                        || sink.send(
-                            meta.usage_chunk(usage(prompt_tokens, summary.completion_tokens))
-                                .to_string(),
-                        ));
+                    let mut last = meta.chunk("", false, Some(finish), include_usage);
+                    last["blyan"] = blyan_extension(&summary);
+                    let ok = sink.send(last.to_string())
+                        && (!include_usage
+                            || sink.send(
+                                meta.usage_chunk(usage(prompt_tokens, summary.completion_tokens))
+                                    .to_string(),
+                            ));
                     if !ok {
                         // The client left before the end: nothing is charged.
                         return;

@@ -118,6 +118,10 @@ pub struct Summary {
     pub decode_time: Duration,
     /// Tokens each expert processed for this request, prompt included.
     pub experts_used: BTreeMap<ExpertId, u64>,
+    /// The other machines that were sent this request's hidden states, with the layers.
+    pub remote_layers: BTreeMap<String, Vec<u16>>,
+    /// Token-expert computations of this request that other machines answered.
+    pub remote_rows: u64,
 }
 
 impl Summary {
@@ -368,6 +372,12 @@ impl Decoder {
                 _ => Duration::ZERO,
             },
             experts_used: seq.experts_used().clone(),
+            remote_layers: seq
+                .remote_layers()
+                .iter()
+                .map(|(h, l)| (h.clone(), l.iter().copied().collect()))
+                .collect(),
+            remote_rows: seq.remote_rows(),
         }
     }
 }

@@ -32,6 +32,6 @@ pub use generate::{
 };
 pub use kernels::q8_kernel;
 pub use model::{EXPERT_CACHE_BYTES_DEFAULT, Expert, LoadOptions, Model, Sequence, route};
-pub use remote::{ExpertHosts, ExpertRows, RemoteAnswer, RemoteCall};
+pub use remote::{ExpertHosts, ExpertRows, RemoteAnswer, RemoteCall, RemoteOutcome};
 pub use sampling::{REPETITION_PENALTY_MAX, Sampler, SamplingParams, TEMPERATURE_MAX, argmax};
 pub use team::Team;

@@ -141,6 +141,10 @@ pub struct Sequence {
     kv: Vec<LayerKv>,
     len: usize,
     experts_used: BTreeMap<ExpertId, u64>,
+    /// Per host that was sent any of this sequence's hidden states, the layers they were of.
+    remote_layers: BTreeMap<String, std::collections::BTreeSet<u16>>,
+    /// Of `experts_used`, the token-expert computations done on other machines.
+    remote_rows: u64,
 }
 
 impl Sequence {
@@ -157,6 +161,16 @@ impl Sequence {
     /// How many of this sequence's tokens each expert processed.
     pub fn experts_used(&self) -> &BTreeMap<ExpertId, u64> {
         &self.experts_used
+    }
+
+    /// The hosts that were sent this sequence's hidden states, and of which layers.
+    pub fn remote_layers(&self) -> &BTreeMap<String, std::collections::BTreeSet<u16>> {
+        &self.remote_layers
+    }
+
+    /// How many of its token-expert computations other machines answered.
+    pub fn remote_rows(&self) -> u64 {
+        self.remote_rows
     }
 }
 
@@ -373,6 +387,8 @@ impl Model {
             kv,
             len: 0,
             experts_used: BTreeMap::new(),
+            remote_layers: BTreeMap::new(),
+            remote_rows: 0,
         })
     }
 

@@ -132,15 +132,25 @@ pub struct RemoteAnswer {
     pub evidence: String,
 }
 
+/// What became of one call.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteOutcome {
+    /// The answer used, if a host gave one.
+    pub answer: Option<RemoteAnswer>,
+    /// Every host the call's rows were sent to (a hedged call goes to two).
+    pub sent_to: Vec<String>,
+}
+
 /// Who computes the experts this process does not.
 pub trait ExpertHosts: Send + Sync + std::fmt::Debug {
     /// Whether this process computes `expert` itself.
     fn computes_locally(&self, expert: ExpertId) -> bool;
 
-    /// The answers to `calls`, computed elsewhere, in order; `None` where no host answered
-    /// in time (the model then computes it itself). Called once per layer with all of the
-    /// layer's remote experts, so that they run in parallel.
-    fn compute(&self, calls: &[RemoteCall]) -> Vec<Option<RemoteAnswer>>;
+    /// The outcomes of `calls`, computed elsewhere, in order: the answer, `None` where no
+    /// host answered in time (the model then computes it itself), and every host that was
+    /// sent the call's rows. Called once per layer with all of the layer's remote experts,
+    /// so that they run in parallel.
+    fn compute(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome>;
 
     /// A spot check found `answer` to `call` different from this process's own `local`
     /// outputs: the host lied or is broken.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use blyan_model::{ExpertHosts, RemoteAnswer, RemoteCall};
+use blyan_model::{ExpertHosts, RemoteAnswer, RemoteCall, RemoteOutcome};
 use blyan_primitives::{Address, ExpertId, Hash, Signature};
 use serde::Serialize;
 
@@ -414,11 +414,15 @@ impl Hosting {
     /// One call, hedged: to the better of two hosts and, if it has not answered within its
     /// recent p95 (or failed), to the other too; the first good answer wins. A slow call
     /// left behind finishes on its own thread within the call timeout.
-    fn ask(&self, call: &RemoteCall) -> Option<RemoteAnswer> {
+    fn ask(&self, call: &RemoteCall) -> RemoteOutcome {
         let (hosts, hedge) = self.pick(&call.block);
-        let me = self.me.upgrade()?;
+        let Some(me) = self.me.upgrade() else {
+            return RemoteOutcome::default();
+        };
         let (tx, rx) = std::sync::mpsc::channel();
+        let sent_to = std::cell::RefCell::new(Vec::new());
         let start = |(api, account): (String, Address)| {
+            sent_to.borrow_mut().push(api.clone());
             let (me, tx, call) = (me.clone(), tx.clone(), call.clone());
             std::thread::spawn(move || {
                 let _ = tx.send(me.call(&api, account, &call));
@@ -450,7 +454,12 @@ impl Hosting {
             };
             outstanding -= 1;
             match got {
-                Some(Some(answer)) => return Some(answer),
+                Some(Some(answer)) => {
+                    return RemoteOutcome {
+                        answer: Some(answer),
+                        sent_to: sent_to.into_inner(),
+                    };
+                }
                 _ if !hedged => {
                     // The first failed at once: the second now.
                     hedged = true;
@@ -462,7 +471,10 @@ impl Hosting {
                 _ => {}
             }
         }
-        None
+        RemoteOutcome {
+            answer: None,
+            sent_to: sent_to.into_inner(),
+        }
     }
 }
 
@@ -471,7 +483,7 @@ impl ExpertHosts for Hosting {
         self.hosted.contains(expert)
     }
 
-    fn compute(&self, calls: &[RemoteCall]) -> Vec<Option<RemoteAnswer>> {
+    fn compute(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
         use std::sync::atomic::Ordering::Relaxed;
         std::thread::scope(|s| {
             let asked: Vec<_> = calls
@@ -481,8 +493,8 @@ impl ExpertHosts for Hosting {
             asked
                 .into_iter()
                 .map(|h| {
-                    let answer = h.join().ok().flatten();
-                    match &answer {
+                    let outcome = h.join().unwrap_or_default();
+                    match &outcome.answer {
                         Some(a) => {
                             self.remote_calls.fetch_add(1, Relaxed);
                             if a.check {
@@ -493,7 +505,7 @@ impl ExpertHosts for Hosting {
                             self.fallbacks.fetch_add(1, Relaxed);
                         }
                     }
-                    answer
+                    outcome
                 })
                 .collect()
         })

@@ -69,6 +69,13 @@ fn open(dir: &Path, layer: ConfigLayer) -> Arc<Node> {
 }
 
 async fn complete(node: &Arc<Node>, prompt: &str) -> String {
+    complete_reply(node, prompt).await["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_owned()
+}
+
+async fn complete_reply(node: &Arc<Node>, prompt: &str) -> Value {
     let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0.0, "ignore_eos": true});
     let req = Request::builder()
         .method("POST")
@@ -86,10 +93,7 @@ async fn complete(node: &Arc<Node>, prompt: &str) -> String {
         .expect("body");
     let reply: Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(status, StatusCode::OK, "{reply}");
-    reply["choices"][0]["text"]
-        .as_str()
-        .expect("text")
-        .to_owned()
+    reply
 }
 
 const PROMPTS: [&str; 4] = [
@@ -129,8 +133,18 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
     for p in PROMPTS {
         expected.push(complete(&single, p).await);
     }
-    let alone = complete(&node, PROMPTS[0]).await;
-    assert_eq!(alone, expected[0]);
+    let alone = complete_reply(&node, PROMPTS[0]).await;
+    assert_eq!(alone["choices"][0]["text"], expected[0].as_str());
+    // The reply says where its hidden states went: the host, for layers 2 and 3.
+    let host_key = host_addr.to_string();
+    assert_eq!(
+        alone["blyan"]["remote_hosts"][&host_key],
+        json!([2, 3]),
+        "{alone}"
+    );
+    assert!(alone["blyan"]["remote_rows"].as_u64().unwrap_or(0) > 0);
+    let here = complete_reply(&single, PROMPTS[0]).await;
+    assert_eq!(here["blyan"], json!({"remote_rows": 0, "remote_hosts": {}}));
     let together = futures_util::future::join_all(PROMPTS.iter().map(|p| complete(&node, p))).await;
     assert_eq!(together, expected);
     let report = node.hosted_report();

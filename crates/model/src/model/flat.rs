@@ -22,7 +22,7 @@ use std::{
 
 use super::{Expert, Model, Sequence, route};
 use crate::{
-    ExpertRows, ModelError, RemoteAnswer, RemoteCall,
+    ExpertRows, ModelError, RemoteCall, RemoteOutcome,
     attention::Dims,
     kernels::{QK, QuantRows, TILE, exp, matmul_f32},
     team::Team,
@@ -103,6 +103,47 @@ fn each<T: Send, R: Send>(
                 .collect()
         }
         _ => items.iter_mut().map(f).collect(),
+    }
+}
+
+/// Records, in each sequence whose tokens went to other machines at layer `l`, which hosts
+/// were sent them and how many of its token-expert computations they answered.
+fn note_remote(
+    parts: &mut [Part<'_, '_, '_>],
+    routing: &Routing,
+    remote: &[bool],
+    outcomes: &[RemoteOutcome],
+    l: usize,
+    k: usize,
+) {
+    let mut outcomes = outcomes.iter();
+    for ((_, slots), _) in routing.experts.iter().zip(remote).filter(|(_, r)| **r) {
+        let Some(outcome) = outcomes.next() else {
+            return;
+        };
+        for &slot in slots {
+            let token = slot as usize / k;
+            let p = parts
+                .partition_point(|p| p.first <= token)
+                .saturating_sub(1);
+            let part = &mut parts[p];
+            let mut at = part.first;
+            for (seq, tokens) in part.seqs.iter_mut() {
+                if token < at + tokens.len() {
+                    for host in &outcome.sent_to {
+                        seq.remote_layers
+                            .entry(host.clone())
+                            .or_default()
+                            .insert(l as u16);
+                    }
+                    if outcome.answer.is_some() {
+                        seq.remote_rows += 1;
+                    }
+                    break;
+                }
+                at += tokens.len();
+            }
+        }
     }
 }
 
@@ -311,6 +352,14 @@ impl Model {
                 (answers, local)
             });
             let mut cols = local?;
+            note_remote(
+                &mut parts,
+                &routing,
+                &remote,
+                &answers,
+                l,
+                self.config.top_k,
+            );
             self.place_remote(&routing, &remote, &calls, answers, &mut cols)?;
             previous = Some((routing, cols));
         }
@@ -522,7 +571,7 @@ impl Model {
         routing: &Routing,
         remote: &[bool],
         calls: &[RemoteCall],
-        answers: Vec<Option<RemoteAnswer>>,
+        answers: Vec<RemoteOutcome>,
         cols: &mut [ExpertCols],
     ) -> Result<(), ModelError> {
         if calls.is_empty() {
@@ -540,7 +589,7 @@ impl Model {
                 })?;
                 let answer = answers
                     .next()
-                    .flatten()
+                    .and_then(|o| o.answer)
                     .filter(|a| a.output.len() == m * d && a.output.iter().all(|v| v.is_finite()));
                 let local = |model: &Model| -> Result<Vec<f32>, ModelError> {
                     model
@@ -619,6 +668,8 @@ mod tests {
                 kv: Vec::new(),
                 len: 0,
                 experts_used: std::collections::BTreeMap::new(),
+                remote_layers: std::collections::BTreeMap::new(),
+                remote_rows: 0,
             })
             .collect();
         let mut batch: Vec<(&mut Sequence, &[TokenId])> = seqs
