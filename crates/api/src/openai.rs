@@ -117,6 +117,10 @@ struct Common {
     repetition_penalty: Option<f32>,
     /// Extension (vLLM's name): never end on the end-of-sequence token.
     ignore_eos: Option<bool>,
+    /// Blyan extension: compute every expert of this request on this node, so that its
+    /// hidden states never leave it.
+    #[serde(default)]
+    blyan_local_only: bool,
     seed: Option<u64>,
     stop: Option<Stop>,
     n: Option<u32>,
@@ -366,6 +370,7 @@ async fn complete(
         stop,
         payer,
         idempotency: idempotency.clone(),
+        local_only: common.blyan_local_only,
     };
     let submit_node = node.clone();
     let submitted = blocking(move || submit_node.submit(request)).await;

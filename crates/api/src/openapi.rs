@@ -16,7 +16,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     (
         "post",
         "/v1/completions",
-        "OpenAI-compatible text completion, plain or streamed. Both completions carry Blyan's extension `blyan: {remote_rows, remote_hosts}`: the other nodes that were sent the request's hidden states, with the layers (in a stream, on the finish chunk).",
+        "OpenAI-compatible text completion, plain or streamed. Both completions carry Blyan's extension `blyan: {remote_rows, remote_hosts}`: the other nodes that were sent the request's hidden states, with the layers (in a stream, on the finish chunk); `blyan_local_only: true` in the request keeps them on this node.",
         true,
     ),
     (

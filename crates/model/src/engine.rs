@@ -227,6 +227,8 @@ struct Job {
     cancel: CancelToken,
     /// Its place in its lane's load, taken when it is sent to the lane.
     slot: Option<Slot>,
+    /// Whether its hidden states must stay on this machine.
+    local_only: bool,
 }
 
 struct Active {
@@ -374,6 +376,17 @@ impl Engine {
         request: &GenerateRequest,
         ids: Vec<TokenId>,
     ) -> Result<Receiver, ModelError> {
+        self.submit_encoded_with(request, ids, false)
+    }
+
+    /// As [`Engine::submit_encoded`]; with `local_only`, every expert a step needs for this
+    /// request is computed on this machine, so its hidden states never leave it.
+    pub fn submit_encoded_with(
+        &self,
+        request: &GenerateRequest,
+        ids: Vec<TokenId>,
+        local_only: bool,
+    ) -> Result<Receiver, ModelError> {
         let (decoder, prompt) =
             Decoder::with_prompt_ids(&self.model, &self.tokenizer, request, ids)?;
         let (events, rx) = mpsc::channel();
@@ -384,6 +397,7 @@ impl Engine {
             events,
             cancel: cancel.clone(),
             slot: None,
+            local_only,
         };
         // A lane that died since the last request is replaced before choosing; one that dies
         // between the choice and the send hands the job back, and the next lane is tried.
@@ -486,8 +500,11 @@ impl Worker {
 
     fn admit(&self, active: &mut Vec<Active>, job: Job) {
         match self.model.new_sequence() {
-            Ok(seq) => active.push(Active {
-                seq,
+            Ok(mut seq) => active.push(Active {
+                seq: {
+                    seq.set_local_only(job.local_only);
+                    seq
+                },
                 decoder: job.decoder,
                 input: job.prompt,
                 events: job.events,

@@ -145,6 +145,8 @@ pub struct Sequence {
     remote_layers: BTreeMap<String, std::collections::BTreeSet<u16>>,
     /// Of `experts_used`, the token-expert computations done on other machines.
     remote_rows: u64,
+    /// Whether its hidden states must stay on this machine.
+    local_only: bool,
 }
 
 impl Sequence {
@@ -166,6 +168,12 @@ impl Sequence {
     /// The hosts that were sent this sequence's hidden states, and of which layers.
     pub fn remote_layers(&self) -> &BTreeMap<String, std::collections::BTreeSet<u16>> {
         &self.remote_layers
+    }
+
+    /// Keeps this sequence's hidden states on this machine (or lets them go again): every
+    /// expert its tokens need is computed here.
+    pub fn set_local_only(&mut self, local_only: bool) {
+        self.local_only = local_only;
     }
 
     /// How many of its token-expert computations other machines answered.
@@ -389,6 +397,7 @@ impl Model {
             experts_used: BTreeMap::new(),
             remote_layers: BTreeMap::new(),
             remote_rows: 0,
+            local_only: false,
         })
     }
 

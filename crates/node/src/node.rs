@@ -127,6 +127,8 @@ pub struct CompletionRequest {
     pub payer: Address,
     /// The request's idempotency key, stored with the reply when the request is captured.
     pub idempotency: Option<IdempotencyKey>,
+    /// Keep the request's hidden states on this node: no expert of it is computed elsewhere.
+    pub local_only: bool,
 }
 
 /// The peer network as the launcher's sync engine last reported it.
@@ -469,7 +471,9 @@ impl Node {
                 limit: self.config.max_active,
             });
         }
-        let receiver = serving.engine.submit_encoded(&generate, ids)?;
+        let receiver = serving
+            .engine
+            .submit_encoded_with(&generate, ids, request.local_only)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         active.insert(id, receiver.cancel_token());
         drop(active);

@@ -69,14 +69,15 @@ fn open(dir: &Path, layer: ConfigLayer) -> Arc<Node> {
 }
 
 async fn complete(node: &Arc<Node>, prompt: &str) -> String {
-    complete_reply(node, prompt).await["choices"][0]["text"]
+    complete_reply(node, prompt, false).await["choices"][0]["text"]
         .as_str()
         .expect("text")
         .to_owned()
 }
 
-async fn complete_reply(node: &Arc<Node>, prompt: &str) -> Value {
-    let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0.0, "ignore_eos": true});
+async fn complete_reply(node: &Arc<Node>, prompt: &str, local_only: bool) -> Value {
+    let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0.0,
+                      "ignore_eos": true, "blyan_local_only": local_only});
     let req = Request::builder()
         .method("POST")
         .uri("/v1/completions")
@@ -133,7 +134,7 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
     for p in PROMPTS {
         expected.push(complete(&single, p).await);
     }
-    let alone = complete_reply(&node, PROMPTS[0]).await;
+    let alone = complete_reply(&node, PROMPTS[0], false).await;
     assert_eq!(alone["choices"][0]["text"], expected[0].as_str());
     // The reply says where its hidden states went: the host, for layers 2 and 3.
     let host_key = host_addr.to_string();
@@ -143,8 +144,19 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
         "{alone}"
     );
     assert!(alone["blyan"]["remote_rows"].as_u64().unwrap_or(0) > 0);
-    let here = complete_reply(&single, PROMPTS[0]).await;
+    let here = complete_reply(&single, PROMPTS[0], false).await;
     assert_eq!(here["blyan"], json!({"remote_rows": 0, "remote_hosts": {}}));
+    // A request that demands local-only computation sends nothing, even from a node that
+    // has a host; its text is the same.
+    let calls = host.hosted_report().computed_for_peers;
+    let private = complete_reply(&node, PROMPTS[0], true).await;
+    assert_eq!(
+        private["blyan"],
+        json!({"remote_rows": 0, "remote_hosts": {}}),
+        "{private}"
+    );
+    assert_eq!(private["choices"][0]["text"], expected[0].as_str());
+    assert_eq!(host.hosted_report().computed_for_peers, calls);
     let together = futures_util::future::join_all(PROMPTS.iter().map(|p| complete(&node, p))).await;
     assert_eq!(together, expected);
     let report = node.hosted_report();

@@ -106,6 +106,21 @@ fn each<T: Send, R: Send>(
     }
 }
 
+/// Whether batch token `token` belongs to a sequence whose hidden states must stay here.
+fn local_only_token(parts: &[Part<'_, '_, '_>], token: usize) -> bool {
+    let part = &parts[parts
+        .partition_point(|p| p.first <= token)
+        .saturating_sub(1)];
+    let mut at = part.first;
+    for (seq, tokens) in part.seqs.iter() {
+        if token < at + tokens.len() {
+            return seq.local_only;
+        }
+        at += tokens.len();
+    }
+    false
+}
+
 /// Records, in each sequence whose tokens went to other machines at layer `l`, which hosts
 /// were sent them and how many of its token-expert computations they answered.
 fn note_remote(
@@ -303,13 +318,17 @@ impl Model {
             let routing = self.routing(&parts, total);
             // Experts other machines compute for this one: their rows go out in one call per
             // expert, all of the layer's at once, while the local experts are computed here.
+            // An expert any of whose tokens belongs to a local-only request is computed here.
             let remote: Vec<bool> = routing
                 .experts
                 .iter()
-                .map(|(e, _)| {
+                .map(|(e, slots)| {
                     self.hosts
                         .as_ref()
                         .is_some_and(|h| !h.computes_locally(ExpertId::new(l as u16, *e as u16)))
+                        && !slots.iter().any(|&slot| {
+                            local_only_token(&parts, slot as usize / self.config.top_k)
+                        })
                 })
                 .collect();
             let calls: Vec<RemoteCall> = routing
@@ -670,6 +689,7 @@ mod tests {
                 experts_used: std::collections::BTreeMap::new(),
                 remote_layers: std::collections::BTreeMap::new(),
                 remote_rows: 0,
+                local_only: false,
             })
             .collect();
         let mut batch: Vec<(&mut Sequence, &[TokenId])> = seqs
