@@ -108,17 +108,31 @@ fn each<T: Send, R: Send>(
 
 /// Whether batch token `token` belongs to a sequence whose hidden states must stay here.
 fn local_only_token(parts: &[Part<'_, '_, '_>], token: usize) -> bool {
-    let part = &parts[parts
+    let (p, s) = owner(parts, token);
+    parts[p].seqs[s].0.local_only
+}
+
+/// The part holding batch token `token`. Parts are in token order and the first starts at
+/// token 0.
+fn part_of(parts: &[Part<'_, '_, '_>], token: usize) -> usize {
+    parts
         .partition_point(|p| p.first <= token)
-        .saturating_sub(1)];
-    let mut at = part.first;
-    for (seq, tokens) in part.seqs.iter() {
-        if token < at + tokens.len() {
-            return seq.local_only;
-        }
-        at += tokens.len();
-    }
-    false
+        .saturating_sub(1)
+}
+
+/// The part holding batch token `token` and the sequence within it.
+fn owner(parts: &[Part<'_, '_, '_>], token: usize) -> (usize, usize) {
+    let p = part_of(parts, token);
+    let mut end = parts[p].first;
+    let s = parts[p]
+        .seqs
+        .iter()
+        .position(|(_, tokens)| {
+            end += tokens.len();
+            token < end
+        })
+        .unwrap_or(0);
+    (p, s)
 }
 
 /// Records, in each sequence whose tokens went to other machines at layer `l`, which hosts
@@ -137,26 +151,16 @@ fn note_remote(
             return;
         };
         for &slot in slots {
-            let token = slot as usize / k;
-            let p = parts
-                .partition_point(|p| p.first <= token)
-                .saturating_sub(1);
-            let part = &mut parts[p];
-            let mut at = part.first;
-            for (seq, tokens) in part.seqs.iter_mut() {
-                if token < at + tokens.len() {
-                    for host in &outcome.sent_to {
-                        seq.remote_layers
-                            .entry(host.clone())
-                            .or_default()
-                            .insert(l as u16);
-                    }
-                    if outcome.answer.is_some() {
-                        seq.remote_rows += 1;
-                    }
-                    break;
-                }
-                at += tokens.len();
+            let (p, s) = owner(parts, slot as usize / k);
+            let seq = &mut *parts[p].seqs[s].0;
+            for host in &outcome.sent_to {
+                seq.remote_layers
+                    .entry(host.clone())
+                    .or_default()
+                    .insert(l as u16);
+            }
+            if outcome.answer.is_some() {
+                seq.remote_rows += 1;
             }
         }
     }
@@ -165,15 +169,24 @@ fn note_remote(
 /// The quantized inputs of the tokens in `slots` (`token · top_k + choice`), in order.
 fn expert_rows(parts: &[Part<'_, '_, '_>], slots: &[u32], k: usize, d: usize) -> QuantRows {
     let mut rows = QuantRows::default();
+    fill_expert_rows(&mut rows, parts, slots, k, d);
+    rows
+}
+
+/// Refills `rows` with the quantized inputs of the tokens in `slots`, in order.
+fn fill_expert_rows(
+    rows: &mut QuantRows,
+    parts: &[Part<'_, '_, '_>],
+    slots: &[u32],
+    k: usize,
+    d: usize,
+) {
     rows.clear(d);
     for &slot in slots {
         let token = slot as usize / k;
-        let part = &parts[parts
-            .partition_point(|p| p.first <= token)
-            .saturating_sub(1)];
-        rows.push_row(&part.moe_in, token - part.first);
+        let p = part_of(parts, token);
+        rows.push_row(&parts[p].moe_in, token - parts[p].first);
     }
-    rows
 }
 
 impl Expert {
@@ -522,15 +535,7 @@ impl Model {
             let Some(w13) = expert.w13.tiled() else {
                 return Err(not_tiled());
             };
-            rows.clear(d);
-            for &slot in slots {
-                let token = slot as usize / k;
-                // Parts are in token order and the first starts at token 0.
-                let part = &parts[parts
-                    .partition_point(|p| p.first <= token)
-                    .saturating_sub(1)];
-                rows.push_row(&part.moe_in, token - part.first);
-            }
+            fill_expert_rows(&mut rows, parts, slots, k, d);
             let m = slots.len();
             gate.resize(m * width, 0.0);
             up.resize(m * width, 0.0);
