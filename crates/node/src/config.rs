@@ -30,29 +30,37 @@ const MAX_TOKENS_DEFAULT: u32 = 128;
 /// Largest TOML config file read.
 pub(crate) const CONFIG_FILE_LEN_MAX: usize = 64 << 10;
 
-/// The passphrase of the node's keystore: never printed, never serialized, zeroized when
-/// dropped.
-#[derive(Clone, Default, PartialEq)]
-pub struct KeyPassphrase(zeroize::Zeroizing<String>);
+/// The passphrase of the node's keystore: a secret setting, never printed, never serialized,
+/// zeroized when dropped.
+pub type KeyPassphrase = SecretText;
 
-impl KeyPassphrase {
+/// A secret setting: never printed, never serialized, zeroized when dropped.
+#[derive(Clone, Default, PartialEq)]
+pub struct SecretText(zeroize::Zeroizing<String>);
+
+impl SecretText {
     /// Wraps `text`.
-    pub fn new(text: String) -> KeyPassphrase {
-        KeyPassphrase(zeroize::Zeroizing::new(text))
+    pub fn new(text: String) -> SecretText {
+        SecretText(zeroize::Zeroizing::new(text))
     }
 
-    /// The passphrase.
+    /// The secret.
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether none was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
-impl std::fmt::Debug for KeyPassphrase {
+impl std::fmt::Debug for SecretText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() {
-            "KeyPassphrase(empty)"
+            "SecretText(empty)"
         } else {
-            "KeyPassphrase(…)"
+            "SecretText(…)"
         })
     }
 }

@@ -22,7 +22,7 @@ mod wallet;
 pub use checker::{
     AgentChecker, ComponentHealth, ComponentReport, Health, SAVE_EVERY, Stage, StageChange,
 };
-pub use config::{ConfigLayer, KeyPassphrase, LISTEN_DEFAULT, NodeConfig};
+pub use config::{ConfigLayer, KeyPassphrase, LISTEN_DEFAULT, NodeConfig, SecretText};
 pub use error::NodeError;
 pub use metrics::Metrics;
 pub use node::{
@@ -31,7 +31,7 @@ pub use node::{
 };
 pub use payments::{Checkout, WebhookReply, verify_stripe_signature};
 pub use registry::admission_block;
-pub use wallet::{LoginNonce, PriceTier, SecretText, WalletSession, WalletSettings};
+pub use wallet::{LoginNonce, PriceTier, WalletSession, WalletSettings};
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {

@@ -17,7 +17,7 @@ use blyan_primitives::{Address, Amount};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ConfigLayer, Node, NodeError};
+use crate::{ConfigLayer, Node, NodeError, SecretText};
 
 /// Nonces remembered at once; the oldest are forgotten first.
 const NONCES_MAX: usize = 100_000;
@@ -63,37 +63,6 @@ fn default_tiers() -> Vec<PriceTier> {
         bly: bly.into(),
     })
     .collect()
-}
-
-/// A secret setting: never printed, never serialized, zeroized when dropped.
-#[derive(Clone, Default, PartialEq)]
-pub struct SecretText(zeroize::Zeroizing<String>);
-
-impl SecretText {
-    /// Wraps `text`.
-    pub fn new(text: String) -> SecretText {
-        SecretText(zeroize::Zeroizing::new(text))
-    }
-
-    /// The secret.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether none was given.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "SecretText(empty)"
-        } else {
-            "SecretText(…)"
-        })
-    }
 }
 
 /// Wallet login and card top-up settings.
