@@ -135,7 +135,11 @@ async function sendChat(event) {
     const remote = hosts.length
       ? `; ${where.remote_rows} expert computations on other nodes (${hosts.map((h) => `${h}: layers ${where.remote_hosts[h].join(', ')}`).join('; ')})`
       : '; every expert computed on this node';
-    $('#chat-status').textContent = `finished (${finish}); ${tokens} tokens in ${secs.toFixed(2)} s; first token after ${ttft}${remote}`;
+    const missing = where && where.missing_experts ? Object.keys(where.missing_experts) : [];
+    const degraded = missing.length
+      ? `; DEGRADED: no node could compute ${missing.map((e) => `expert ${e} (${where.missing_experts[e]} tokens)`).join(', ')}, left out of the mixture`
+      : '';
+    $('#chat-status').textContent = `finished (${finish}); ${tokens} tokens in ${secs.toFixed(2)} s; first token after ${ttft}${remote}${degraded}`;
   } catch (e) {
     if (e.name === 'AbortError') {
       history.push({ role: 'assistant', content });

@@ -39,6 +39,7 @@ pub(crate) async fn supply(State(node): State<Arc<Node>>) -> Result<Json<Value>,
         "royalty_bps": e.royalty_bps,
         "operator_bps": e.operator_bps,
         "burn_bps": e.burn_bps,
+        "host_bps": e.host_bps,
         "operator": node.operator(),
     })))
 }

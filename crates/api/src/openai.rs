@@ -633,13 +633,17 @@ fn whole_body(meta: &ResponseMeta, prompt_tokens: usize, text: &str, summary: &S
     })
 }
 
-/// Blyan's extension of a completion: where its hidden states went. `remote_rows`: the
-/// token-expert computations other nodes answered; `remote_hosts`: every node that was sent
-/// any of its hidden states, with the layers they were of (empty: computed here only).
+/// Blyan's extension of a completion: where its hidden states went, and whether its answer
+/// is degraded. `remote_rows`: the token-expert computations whose outputs other nodes gave;
+/// `remote_hosts`: every node that was sent any of its hidden states, with the layers they
+/// were of (empty: computed here only); `missing_experts`: per expert no node could compute,
+/// how many of the request's tokens went without it, their router weights renormalised over
+/// the experts that were computed (empty: the model's exact answer).
 fn blyan_extension(summary: &Summary) -> Value {
     json!({
         "remote_rows": summary.remote_rows,
         "remote_hosts": summary.remote_layers,
+        "missing_experts": summary.missing_experts,
     })
 }
 

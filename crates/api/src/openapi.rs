@@ -16,7 +16,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     (
         "post",
         "/v1/completions",
-        "OpenAI-compatible text completion, plain or streamed. Both completions carry Blyan's extension `blyan: {remote_rows, remote_hosts}`: the other nodes that were sent the request's hidden states, with the layers (in a stream, on the finish chunk); `blyan_local_only: true` in the request keeps them on this node.",
+        "OpenAI-compatible text completion, plain or streamed. Both completions carry Blyan's extension `blyan: {remote_rows, remote_hosts, missing_experts}`: the other nodes that were sent the request's hidden states, with the layers (in a stream, on the finish chunk), and the experts no node could compute, with how many tokens went without each (their router weights renormalised; empty unless the answer is degraded); `blyan_local_only: true` in the request keeps the hidden states on this node.",
         true,
     ),
     (

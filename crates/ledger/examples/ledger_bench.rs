@@ -9,7 +9,6 @@
 //! generation plus the capture after, with three contributors to pay), p50/p99 over `n`
 //! requests, with and without an idempotency key.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,10 +64,11 @@ fn run(name: &str, store: Arc<dyn Store>, n: usize) -> Result<(), Box<dyn std::e
     }
     let batched = (rounds * 100) as f64 / started.elapsed().as_secs_f64();
 
-    let routing: BTreeMap<Address, u64> =
+    let routing = blyan_ledger::Served::locally(
         [(addr(0xc1), 300), (addr(0xc2), 200), (Address::ZERO, 100)]
             .into_iter()
-            .collect();
+            .collect(),
+    );
     let op = addr(0xee);
     let mut plain = Vec::with_capacity(n);
     let mut keyed = Vec::with_capacity(n);

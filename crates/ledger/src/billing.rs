@@ -4,8 +4,8 @@
 //! A hold moves the quoted price from the payer's available book to its pending book. A
 //! capture charges exactly the fee for the tokens used: it moves the fee from pending to the
 //! fee pool, releases the rest of the hold, and splits the fee in the same transaction into
-//! royalties (by routed tokens, largest remainder), the operator's share and the burn. A void
-//! releases the whole hold. Each step is one write transaction.
+//! royalties (by routed tokens, largest remainder), the shares of the hosts that computed
+//! experts for the node, the operator's share and the burn. A void releases the whole hold. Each step is one write transaction.
 
 use std::collections::BTreeMap;
 
@@ -70,10 +70,34 @@ pub struct Capture {
     pub released: Amount,
     /// Royalties by contributor (the royalty pool for experts with no contributor).
     pub royalties: Vec<(Address, Amount)>,
-    /// The operator's share.
+    /// What the hosts that computed experts for the node were paid, by host.
+    pub host_shares: Vec<(Address, Amount)>,
+    /// The operator's share (less the hosts').
     pub operator_share: Amount,
     /// The part burned.
     pub burned: Amount,
+}
+
+/// Who did the work a fee pays for, counted in token-expert computations (one token through
+/// one expert of one layer).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Served {
+    /// Per contributor, the computations of its experts: all of the request's. The zero
+    /// address and system accounts stand for experts with no contributor.
+    pub contributors: BTreeMap<Address, u64>,
+    /// Per expert host, the computations it answered for the serving node (the rest were the
+    /// node's own).
+    pub hosts: BTreeMap<Address, u64>,
+}
+
+impl Served {
+    /// Work all done by the serving node: royalties by `contributors` only.
+    pub fn locally(contributors: BTreeMap<Address, u64>) -> Served {
+        Served {
+            contributors,
+            hosts: BTreeMap::new(),
+        }
+    }
 }
 
 fn random_id(prefix: &str) -> String {
@@ -249,16 +273,18 @@ impl Ledger {
     }
 
     /// Charges exactly the fee for `tokens` against hold `hold_id`, releases the rest, and
-    /// splits the fee: royalties to `contributors` by routed tokens (the zero address and
-    /// system accounts stand for "no contributor" and are paid to the royalty pool), the
-    /// operator's share to `operator`, the remainder burned. With `finish`, the request's
-    /// reply is stored under its idempotency key in the same transaction, so a retry gets
-    /// the same reply and is never charged twice.
+    /// splits the fee: royalties to the contributors of `served` by routed tokens (the zero
+    /// address and system accounts stand for "no contributor" and are paid to the royalty
+    /// pool), the operator's share to `operator` less what the hosts of `served` earned
+    /// (`host_bps` of the fee times their part of all computations, split by computations),
+    /// the remainder burned. With `finish`, the request's reply is stored under its
+    /// idempotency key in the same transaction, so a retry gets the same reply and is never
+    /// charged twice.
     pub fn capture(
         &self,
         hold_id: &str,
         tokens: u64,
-        contributors: &BTreeMap<Address, u64>,
+        served: &Served,
         operator: Address,
         finish: Option<(&IdempotencyKey, &IdempotentReply)>,
         now_ms: u64,
@@ -288,13 +314,20 @@ impl Ledger {
             }
             let released = held.checked_sub(fee).unwrap_or_default();
             let royalty_total = share(fee, econ.royalty_bps);
-            let operator_share = share(fee, econ.operator_bps);
+            let operator_total = share(fee, econ.operator_bps);
             let burned = fee
                 .checked_sub(royalty_total)
-                .and_then(|a| a.checked_sub(operator_share))
+                .and_then(|a| a.checked_sub(operator_total))
                 .unwrap_or_default();
+            let host_shares = host_shares(fee, econ.host_bps, served);
+            let hosts_total = host_shares.iter().fold(Amount::ZERO, |sum, (_, a)| {
+                sum.checked_add(*a).unwrap_or(sum)
+            });
+            let operator_share = operator_total.checked_sub(hosts_total).ok_or_else(|| {
+                LedgerError::Store("the hosts' shares exceed the operator's share".into())
+            })?;
             let mut weights: BTreeMap<Address, u64> = BTreeMap::new();
-            for (a, w) in contributors {
+            for (a, w) in &served.contributors {
                 let to = if *a == Address::ZERO || SystemAccount::of(*a).is_some() {
                     SystemAccount::RoyaltyPool.address()
                 } else {
@@ -347,6 +380,16 @@ impl Ledger {
                     *amount,
                 );
             }
+            for (to, amount) in &host_shares {
+                leg(
+                    PostingKind::HostShare,
+                    pool,
+                    Book::Available,
+                    *to,
+                    Book::Available,
+                    *amount,
+                );
+            }
             leg(
                 PostingKind::OperatorShare,
                 pool,
@@ -363,7 +406,7 @@ impl Ledger {
                 Book::Available,
                 burned,
             );
-            for (to, _) in &royalties {
+            for (to, _) in royalties.iter().chain(&host_shares) {
                 if !account_exists(tx, to)? {
                     insert_account(tx, *to, None, AccountKind::External, now_ms)?;
                 }
@@ -385,6 +428,7 @@ impl Ledger {
                 fee,
                 released,
                 royalties: royalties.clone(),
+                host_shares: host_shares.clone(),
                 operator_share,
                 burned,
             })
@@ -445,6 +489,27 @@ impl Ledger {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+}
+
+/// The hosts' shares of `fee`: `host_bps` of it times the hosts' part of all the request's
+/// computations, split among them by computations (largest remainder). Hosts that are system
+/// accounts or the zero address are left out; counts beyond the request's total are capped.
+fn host_shares(fee: Amount, host_bps: u64, served: &Served) -> Vec<(Address, Amount)> {
+    let all: u128 = served.contributors.values().map(|&w| u128::from(w)).sum();
+    let hosts: BTreeMap<Address, u64> = served
+        .hosts
+        .iter()
+        .filter(|(a, w)| **a != Address::ZERO && SystemAccount::of(**a).is_none() && **w > 0)
+        .map(|(a, w)| (*a, *w))
+        .collect();
+    let computed: u128 = hosts.values().map(|&w| u128::from(w)).sum();
+    if all == 0 || computed == 0 {
+        return Vec::new();
+    }
+    // fee · host_bps / BPS · computed / all, rounded down: at most fee · host_bps / BPS.
+    let total =
+        u128::from(fee.nano()) * u128::from(host_bps) * computed.min(all) / (u128::from(BPS) * all);
+    split_by_weight(Amount::from_nano(total as u64), &hosts)
 }
 
 fn share(fee: Amount, bps: u64) -> Amount {

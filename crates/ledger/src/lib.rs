@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 pub use accounts::{AccountKind, OPERATOR, SystemAccount};
 pub use anchor::{ANCHOR_BATCH_DEFAULT, Anchored, AuditReport, anchored_end};
-pub use billing::{Capture, Hold, Quote, split_by_weight};
+pub use billing::{Capture, Hold, Quote, Served, split_by_weight};
 pub use blyan_primitives::address_of;
 pub use error::{LedgerError, Refusal};
 pub use idempotency::{Begin, IDEMPOTENCY_KEY_LEN_MAX, IdempotencyKey, IdempotentReply};

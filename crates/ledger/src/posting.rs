@@ -82,11 +82,13 @@ pub enum PostingKind {
     OperatorShare = 7,
     /// Supply destroyed: moved to the burn account, which can never pay.
     Burn = 8,
+    /// An expert host's share of a fee, for the experts it computed for the serving node.
+    HostShare = 9,
 }
 
 impl PostingKind {
     /// Every kind, for metrics.
-    pub const ALL: [PostingKind; 9] = [
+    pub const ALL: [PostingKind; 10] = [
         PostingKind::Genesis,
         PostingKind::Transfer,
         PostingKind::Mint,
@@ -96,6 +98,7 @@ impl PostingKind {
         PostingKind::Royalty,
         PostingKind::OperatorShare,
         PostingKind::Burn,
+        PostingKind::HostShare,
     ];
 
     /// The snake-case name stored in SQL and shown to people.
@@ -110,6 +113,7 @@ impl PostingKind {
             PostingKind::Royalty => "royalty",
             PostingKind::OperatorShare => "operator_share",
             PostingKind::Burn => "burn",
+            PostingKind::HostShare => "host_share",
         }
     }
 

@@ -39,6 +39,12 @@ pub struct Tokenomics {
     pub operator_bps: u64,
     /// Share of each fee burned.
     pub burn_bps: u64,
+    /// Share of each fee that pays for computing its experts, taken from the operator's share
+    /// (so at most `operator_bps`): the hosts that computed some of them for the serving node
+    /// get the part of it their computations make of all of them, by computations; the
+    /// operator keeps the rest. A file without it pays hosts nothing.
+    #[serde(default)]
+    pub host_bps: u64,
     /// How long a quote can be authorized, in seconds.
     pub quote_ttl_seconds: u64,
     /// How long a hold may stay open before it is voided, in seconds.
@@ -59,6 +65,7 @@ impl Default for Tokenomics {
             royalty_bps: 5000,
             operator_bps: 3000,
             burn_bps: 2000,
+            host_bps: 2000,
             quote_ttl_seconds: 300,
             hold_ttl_seconds: 900,
         }
@@ -90,6 +97,8 @@ pub struct Economics {
     pub operator_bps: u64,
     /// See [`Tokenomics::burn_bps`].
     pub burn_bps: u64,
+    /// See [`Tokenomics::host_bps`].
+    pub host_bps: u64,
     /// Quote time to live in milliseconds.
     pub quote_ttl_ms: u64,
     /// Hold time to live in milliseconds.
@@ -155,6 +164,7 @@ impl Tokenomics {
             royalty_bps: self.royalty_bps,
             operator_bps: self.operator_bps,
             burn_bps: self.burn_bps,
+            host_bps: self.host_bps,
             quote_ttl_ms: self.quote_ttl_seconds.saturating_mul(1000),
             hold_ttl_ms: self.hold_ttl_seconds.saturating_mul(1000),
         };
@@ -183,6 +193,9 @@ impl Tokenomics {
             != Some(BPS)
         {
             return bad("royalty_bps + operator_bps + burn_bps must be exactly 10000".into());
+        }
+        if e.host_bps > e.operator_bps {
+            return bad("host_bps is taken from the operator's share: at most operator_bps".into());
         }
         if self.quote_ttl_seconds == 0 || self.hold_ttl_seconds == 0 {
             return bad("quote_ttl_seconds and hold_ttl_seconds must be above 0".into());

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blyan_primitives::ExpertId;
+use blyan_primitives::{Address, ExpertId};
 use blyan_tokenizer::{TextStream, TokenId, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -120,8 +120,14 @@ pub struct Summary {
     pub experts_used: BTreeMap<ExpertId, u64>,
     /// The other machines that were sent this request's hidden states, with the layers.
     pub remote_layers: BTreeMap<String, Vec<u16>>,
-    /// Token-expert computations of this request that other machines answered.
+    /// Token-expert computations of this request whose outputs came from other machines.
     pub remote_rows: u64,
+    /// Those per host account: what the hosts are paid for.
+    pub remote_answered: BTreeMap<Address, u64>,
+    /// Per expert that no machine could compute, how many of this request's tokens went
+    /// without it, their router weights renormalised over the experts that answered. Empty
+    /// unless the model's answer is degraded.
+    pub missing_experts: BTreeMap<ExpertId, u64>,
 }
 
 impl Summary {
@@ -378,6 +384,8 @@ impl Decoder {
                 .map(|(h, l)| (h.clone(), l.iter().copied().collect()))
                 .collect(),
             remote_rows: seq.remote_rows(),
+            remote_answered: seq.remote_answered().clone(),
+            missing_experts: seq.missing().clone(),
         }
     }
 }

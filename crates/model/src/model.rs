@@ -17,7 +17,7 @@ use blyan_chain::{
     BlockKind, Store,
     spec::{ModelSpec, TensorGroup, expert_group_name},
 };
-use blyan_primitives::{ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash};
 use blyan_tokenizer::TokenId;
 use candle_core::{Device, Tensor};
 use candle_nn::ops::rms_norm;
@@ -143,8 +143,14 @@ pub struct Sequence {
     experts_used: BTreeMap<ExpertId, u64>,
     /// Per host that was sent any of this sequence's hidden states, the layers they were of.
     remote_layers: BTreeMap<String, std::collections::BTreeSet<u16>>,
-    /// Of `experts_used`, the token-expert computations done on other machines.
+    /// Of `experts_used`, the token-expert computations whose outputs came from other
+    /// machines (an answer a spot check found wrong is not counted).
     remote_rows: u64,
+    /// Those per host account.
+    remote_answered: BTreeMap<Address, u64>,
+    /// Per expert no machine could compute, how many of its tokens went without it (their
+    /// router weights renormalised over the experts that were computed).
+    missing: BTreeMap<ExpertId, u64>,
     /// Whether its hidden states must stay on this machine.
     local_only: bool,
 }
@@ -179,6 +185,16 @@ impl Sequence {
     /// How many of its token-expert computations other machines answered.
     pub fn remote_rows(&self) -> u64 {
         self.remote_rows
+    }
+
+    /// Per host account, the token-expert computations whose answers were used.
+    pub fn remote_answered(&self) -> &BTreeMap<Address, u64> {
+        &self.remote_answered
+    }
+
+    /// Per expert no machine could compute, how many of its tokens went without it.
+    pub fn missing(&self) -> &BTreeMap<ExpertId, u64> {
+        &self.missing
     }
 }
 
@@ -397,6 +413,8 @@ impl Model {
             experts_used: BTreeMap::new(),
             remote_layers: BTreeMap::new(),
             remote_rows: 0,
+            remote_answered: BTreeMap::new(),
+            missing: BTreeMap::new(),
             local_only: false,
         })
     }

@@ -11,7 +11,7 @@
 //! of other machines for the rest (all of a layer's calls at once, so that they run in
 //! parallel). A call no host answers is computed here, from the expert's block.
 
-use blyan_primitives::{ExpertId, Hash};
+use blyan_primitives::{Address, ExpertId, Hash};
 
 use crate::{
     ModelError,
@@ -125,6 +125,8 @@ pub struct RemoteAnswer {
     pub output: Vec<f32>,
     /// Who answered (for reports and bans).
     pub host: String,
+    /// The account that signed the answer: who is paid for it.
+    pub account: Address,
     /// Whether the model should recompute this call itself and compare (a spot check).
     pub check: bool,
     /// What makes the answer attributable: the host's signed statement of it, kept as

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use blyan_ledger::{
     Anchored, AuditReport, Balance, Begin, Capture, IdempotencyKey, IdempotentReply, Ledger,
-    LedgerError, PostingKind, PostingRecord, Supply, TransferReceipt,
+    LedgerError, PostingKind, PostingRecord, Served, Supply, TransferReceipt,
 };
 use blyan_model::Summary;
 use blyan_primitives::{Address, Amount, ExpertId};
@@ -141,10 +141,13 @@ impl Node {
         reply: Option<IdempotentReply>,
     ) -> Result<Capture, NodeError> {
         let started = Instant::now();
-        let mut contributors: BTreeMap<Address, u64> = BTreeMap::new();
+        let mut served = Served {
+            contributors: BTreeMap::new(),
+            hosts: summary.remote_answered.clone(),
+        };
         for (expert, tokens) in &summary.experts_used {
             let payee = bill.payees.get(expert).copied().unwrap_or(Address::ZERO);
-            let slot = contributors.entry(payee).or_default();
+            let slot = served.contributors.entry(payee).or_default();
             *slot = slot.saturating_add(*tokens);
         }
         let tokens =
@@ -156,7 +159,7 @@ impl Node {
         let result = self.ledger.capture(
             &bill.hold,
             tokens,
-            &contributors,
+            &served,
             self.operator,
             finish,
             crate::unix_ms(),
@@ -174,6 +177,7 @@ impl Node {
                 count(PostingKind::Fee, usize::from(!c.fee.is_zero()));
                 count(PostingKind::Release, usize::from(!c.released.is_zero()));
                 count(PostingKind::Royalty, c.royalties.len());
+                count(PostingKind::HostShare, c.host_shares.len());
                 count(
                     PostingKind::OperatorShare,
                     usize::from(!c.operator_share.is_zero()),

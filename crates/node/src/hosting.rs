@@ -386,6 +386,7 @@ impl Hosting {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect(),
                 host: api.to_owned(),
+                account,
                 check,
                 evidence: serde_json::json!({
                     "host": api,

@@ -38,6 +38,8 @@ pub struct Metrics {
     generations: IntCounterVec,
     active: IntGauge,
     expert_tokens: IntCounterVec,
+    expert_remote_rows: IntCounter,
+    expert_missing_tokens: IntCounterVec,
     cache_hits: IntCounter,
     cache_misses: IntCounter,
     cache_evictions: IntCounter,
@@ -130,6 +132,19 @@ impl Metrics {
                 Opts::new(
                     "blyan_expert_tokens_total",
                     "Tokens routed to each expert (prompt and generated).",
+                ),
+                &["expert"],
+            )
+            .map_err(metric_error)?,
+            expert_remote_rows: IntCounter::new(
+                "blyan_expert_remote_rows_total",
+                "Token-expert computations whose outputs came from other nodes.",
+            )
+            .map_err(metric_error)?,
+            expert_missing_tokens: IntCounterVec::new(
+                Opts::new(
+                    "blyan_expert_missing_tokens_total",
+                    "Tokens that went without an expert no node could compute (router renormalised).",
                 ),
                 &["expert"],
             )
@@ -325,6 +340,10 @@ impl Metrics {
             .map_err(metric_error)?;
         r.register(Box::new(m.expert_tokens.clone()))
             .map_err(metric_error)?;
+        r.register(Box::new(m.expert_remote_rows.clone()))
+            .map_err(metric_error)?;
+        r.register(Box::new(m.expert_missing_tokens.clone()))
+            .map_err(metric_error)?;
         r.register(Box::new(m.cache_hits.clone()))
             .map_err(metric_error)?;
         r.register(Box::new(m.cache_misses.clone()))
@@ -446,6 +465,12 @@ impl Metrics {
         }
         for (expert, n) in &summary.experts_used {
             self.expert_tokens
+                .with_label_values(&[&expert.to_string()])
+                .inc_by(*n);
+        }
+        self.expert_remote_rows.inc_by(summary.remote_rows);
+        for (expert, n) in &summary.missing_experts {
+            self.expert_missing_tokens
                 .with_label_values(&[&expert.to_string()])
                 .inc_by(*n);
         }

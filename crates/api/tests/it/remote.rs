@@ -76,6 +76,12 @@ async fn complete(node: &Arc<Node>, prompt: &str) -> String {
 }
 
 async fn complete_reply(node: &Arc<Node>, prompt: &str, local_only: bool) -> Value {
+    let (status, reply) = ask_completion(node, prompt, local_only).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    reply
+}
+
+async fn ask_completion(node: &Arc<Node>, prompt: &str, local_only: bool) -> (StatusCode, Value) {
     let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0.0,
                       "ignore_eos": true, "blyan_local_only": local_only});
     let req = Request::builder()
@@ -92,9 +98,7 @@ async fn complete_reply(node: &Arc<Node>, prompt: &str, local_only: bool) -> Val
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .expect("body");
-    let reply: Value = serde_json::from_slice(&bytes).expect("json");
-    assert_eq!(status, StatusCode::OK, "{reply}");
-    reply
+    (status, serde_json::from_slice(&bytes).expect("json"))
 }
 
 const PROMPTS: [&str; 4] = [
@@ -145,14 +149,17 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
     );
     assert!(alone["blyan"]["remote_rows"].as_u64().unwrap_or(0) > 0);
     let here = complete_reply(&single, PROMPTS[0], false).await;
-    assert_eq!(here["blyan"], json!({"remote_rows": 0, "remote_hosts": {}}));
+    assert_eq!(
+        here["blyan"],
+        json!({"remote_rows": 0, "remote_hosts": {}, "missing_experts": {}})
+    );
     // A request that demands local-only computation sends nothing, even from a node that
     // has a host; its text is the same.
     let calls = host.hosted_report().computed_for_peers;
     let private = complete_reply(&node, PROMPTS[0], true).await;
     assert_eq!(
         private["blyan"],
-        json!({"remote_rows": 0, "remote_hosts": {}}),
+        json!({"remote_rows": 0, "remote_hosts": {}, "missing_experts": {}}),
         "{private}"
     );
     assert_eq!(private["choices"][0]["text"], expected[0].as_str());
@@ -261,4 +268,124 @@ async fn a_host_that_lies_is_caught_banned_and_kept_as_evidence() {
         complete(&single, PROMPTS[3]).await
     );
     assert!(node.hosted_report().fallbacks > fallbacks);
+}
+
+/// Gives the node of data directory `dir` a key of its own (a host is not the operator).
+fn own_key(dir: &Path, seed: u8) -> blyan_primitives::Address {
+    let keystore = dir.join(blyan_ledger::KEYSTORE_DIR);
+    std::fs::remove_file(keystore.join("node")).expect("forget the copied node key");
+    blyan_ledger::Keystore::new(keystore, "")
+        .set_node_key(&blyan_primitives::SigningKey::from_slice(&[seed; 32]).expect("key"))
+        .expect("node key")
+}
+
+/// Overwrites the first bytes of the payloads of experts `experts` of `layer` in `dir`'s
+/// chain.
+fn corrupt(dir: &Path, layer: u16, experts: std::ops::Range<u16>) -> usize {
+    let store = blyan_chain::Store::open(dir.join("chain")).expect("store");
+    let mut corrupted = 0;
+    for e in experts {
+        let id = blyan_primitives::ExpertId::new(layer, e);
+        let Some(head) = store.expert_head(id).expect("head") else {
+            break;
+        };
+        let header = store.header(&head).expect("header").expect("present");
+        let path = store.payload_path(&header.payload_hash);
+        let mut bytes = std::fs::read(&path).expect("payload");
+        for b in bytes.iter_mut().take(64) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&path, bytes).expect("write");
+        corrupted += 1;
+    }
+    corrupted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_are_paid_for_what_they_computed_and_a_lost_expert_is_said_out_loud() {
+    let dirs = copies(2);
+    let host_account = own_key(dirs[0].path(), 0x42);
+    let host = open(dirs[0].path(), ConfigLayer::default());
+    assert_eq!(host.hosted_account(), host_account);
+    let (host_addr, stop) = serve(&host).await;
+    // The node's own copies of experts 3.0 to 3.3 are unreadable: only the host can compute
+    // them. No spot checks, which would read them here.
+    assert_eq!(corrupt(dirs[1].path(), 3, 0..4), 4);
+    let node = open(
+        dirs[1].path(),
+        ConfigLayer {
+            experts: Some("0.*".into()),
+            peers: Some(vec![format!("k@{host_addr}")]),
+            expert_check_ppm: Some(0),
+            ..ConfigLayer::default()
+        },
+    );
+    heard_from_a_host(&node).await;
+    // The host has no account in the node's ledger before it is first paid.
+    let history = |node: &Node| -> Vec<blyan_ledger::PostingRecord> {
+        node.history(host_account, None, 100).unwrap_or_default()
+    };
+    assert!(node.balance(host_account).is_err());
+
+    // A chat computed partly by the host: the host's account is paid its share of the fee,
+    // as host_share postings, in the serving node's ledger.
+    let reply = complete_reply(&node, PROMPTS[0], false).await;
+    assert!(
+        reply["blyan"]["remote_rows"].as_u64().unwrap_or(0) > 0,
+        "{reply}"
+    );
+    assert_eq!(reply["blyan"]["missing_experts"], json!({}), "{reply}");
+    let paid = history(&node);
+    assert!(!paid.is_empty());
+    assert!(
+        paid.iter()
+            .all(|p| p.kind == blyan_ledger::PostingKind::HostShare
+                && p.credit == host_account
+                && !p.amount.is_zero()),
+        "{paid:?}"
+    );
+    let earned = node.balance(host_account).expect("balance").available;
+    // A local-only chat pays the host nothing more; here it needs layer 3, which this node
+    // cannot wholly read, and it fails rather than send its hidden states away.
+    let (status, refused) = ask_completion(&node, PROMPTS[1], true).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{refused}");
+    assert_eq!(refused["error"]["code"], "block_corrupt");
+    assert_eq!(history(&node).len(), paid.len());
+    assert_eq!(
+        node.balance(host_account).expect("balance").available,
+        earned
+    );
+
+    // The host stops. The other experts are computed here from their blocks, but 3.0 to 3.3
+    // are unreadable here: they are left out of their tokens' mixtures (the router's weights
+    // renormalised over the rest) and the reply says which, and for how many tokens.
+    // Nothing is paid to the host.
+    let _ = stop.send(());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(host_addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the host never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(host);
+    let degraded = complete_reply(&node, PROMPTS[2], false).await;
+    assert_eq!(degraded["blyan"]["remote_rows"], 0, "{degraded}");
+    let missing = degraded["blyan"]["missing_experts"]
+        .as_object()
+        .expect("an object");
+    assert!(!missing.is_empty(), "{degraded}");
+    let tokens = degraded["usage"]["total_tokens"].as_u64().expect("usage");
+    for (expert, count) in missing {
+        assert!(
+            ["3.0", "3.1", "3.2", "3.3"].contains(&expert.as_str()),
+            "{degraded}"
+        );
+        let count = count.as_u64().expect("a count");
+        assert!(count > 0 && count <= tokens, "{degraded}");
+    }
+    assert_eq!(history(&node).len(), paid.len());
+    let metrics = node.render_metrics().expect("metrics");
+    for (expert, count) in missing {
+        let line = format!("blyan_expert_missing_tokens_total{{expert=\"{expert}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} not in the metrics");
+    }
 }

@@ -122,7 +122,8 @@ fn worker() {
     };
     let l = Ledger::new(store, econ());
     let op = l.resolve("operator").unwrap();
-    let routing: BTreeMap<Address, u64> = [(addr(0xc1), 2), (addr(0xc2), 1)].into_iter().collect();
+    let routing =
+        blyan_ledger::Served::locally([(addr(0xc1), 2), (addr(0xc2), 1)].into_iter().collect());
     let mut n: u64 = 0;
     loop {
         n += 1;

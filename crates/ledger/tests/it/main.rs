@@ -105,6 +105,7 @@ both!(
     bad_input_is_refused_and_posts_nothing,
     idempotent_transfers_post_once,
     billing_captures_exactly_and_splits,
+    expert_hosts_are_paid_from_the_operators_share,
     void_and_expiry_release_everything,
     idempotency_of_requests,
     mint_respects_inflation_and_supply_caps,

@@ -1,11 +1,9 @@
 //! The ledger suite. Each function takes the backend name and runs against a fresh store.
 
-use std::collections::BTreeMap;
-
 use blyan_chain::genesis;
 use blyan_ledger::{
     AccountKind, Begin, IdempotencyKey, IdempotentReply, Keystore, Ledger, LedgerError,
-    PostingKind, Refusal, SystemAccount, Tokenomics, parse_amount,
+    PostingKind, Refusal, Served, SystemAccount, Tokenomics, parse_amount,
 };
 use blyan_primitives::{Address, Amount, NANO_PER_BLY};
 use proptest::prelude::*;
@@ -301,9 +299,11 @@ pub(crate) fn billing_captures_exactly_and_splits(backend: &str) {
     // 250 tokens used, served by two contributors 3:1 and one genesis expert.
     let c1 = addr(0xc1);
     let c2 = addr(0xc2);
-    let routing: BTreeMap<Address, u64> = [(c1, 300), (c2, 100), (Address::ZERO, 0)]
-        .into_iter()
-        .collect();
+    let routing = Served::locally(
+        [(c1, 300), (c2, 100), (Address::ZERO, 0)]
+            .into_iter()
+            .collect(),
+    );
     let cap = l.capture(&h.id, 250, &routing, op, None, T0 + 2).unwrap();
     let fee = Amount::from_nano(250_000_000);
     assert_eq!(cap.fee, fee);
@@ -353,7 +353,7 @@ pub(crate) fn billing_captures_exactly_and_splits(backend: &str) {
     assert_eq!(l.posting_count().unwrap(), before);
     // No routing at all: royalties go to the royalty pool.
     let cap = l
-        .capture(&h.id, 10, &BTreeMap::new(), op, None, T0)
+        .capture(&h.id, 10, &Served::default(), op, None, T0)
         .unwrap();
     assert_eq!(
         cap.royalties,
@@ -364,6 +364,84 @@ pub(crate) fn billing_captures_exactly_and_splits(backend: &str) {
     assert_eq!(refusal(l.hold(poor, 1000, T0)), Refusal::InsufficientFunds);
     assert_eq!(Refusal::InsufficientFunds.http_status(), 402);
     assert_eq!(l.open_holds().unwrap(), 0);
+    assert_balanced(&l);
+}
+
+pub(crate) fn expert_hosts_are_paid_from_the_operators_share(backend: &str) {
+    let place = Place::new(backend);
+    let l = setup(&place);
+    let payer = addr(0x11);
+    let op = l.resolve("operator").unwrap();
+    let op_before = l.balance(op).unwrap().available;
+    let (c1, h1, h2) = (addr(0xc1), addr(0xa1), addr(0xa2));
+    // 1000 tokens (1 BLY); 8000 token-expert computations, of which host 1 answered 3000
+    // and host 2 answered 1000: half of all of them, so half of host_bps (20%) of the fee.
+    let served = Served {
+        contributors: [(c1, 8000)].into_iter().collect(),
+        hosts: [(h1, 3000), (h2, 1000)].into_iter().collect(),
+    };
+    let h = l.hold(payer, 1000, T0).unwrap();
+    let before = l.posting_count().unwrap();
+    let cap = l.capture(&h.id, 1000, &served, op, None, T0).unwrap();
+    assert_eq!(cap.fee, bly(1));
+    assert_eq!(
+        cap.host_shares,
+        vec![(h1, Amount(75_000_000)), (h2, Amount(25_000_000))]
+    );
+    assert_eq!(cap.royalties, vec![(c1, Amount(500_000_000))]);
+    assert_eq!(
+        cap.operator_share,
+        Amount(200_000_000),
+        "30% less the hosts' 10%"
+    );
+    assert_eq!(cap.burned, Amount(200_000_000));
+    assert_eq!(l.balance(h1).unwrap().available, Amount(75_000_000));
+    assert_eq!(l.balance(h2).unwrap().available, Amount(25_000_000));
+    assert_eq!(
+        l.balance(op).unwrap().available.nano(),
+        op_before.nano() + 200_000_000
+    );
+    let kinds: Vec<PostingKind> = l
+        .history(h1, None, 10)
+        .unwrap()
+        .iter()
+        .map(|p| p.kind)
+        .collect();
+    assert_eq!(kinds, vec![PostingKind::HostShare]);
+    // Fee, royalty, two host shares, operator share, burn (the hold is used up: nothing
+    // is released).
+    assert_eq!(l.posting_count().unwrap(), before + 6);
+
+    // Hosts claiming more computations than the request made get at most host_bps; a
+    // system account or the zero address as a host is paid nothing.
+    let h = l.hold(payer, 1000, T0).unwrap();
+    let greedy = Served {
+        contributors: [(c1, 10)].into_iter().collect(),
+        hosts: [
+            (h1, 1_000_000),
+            (Address::ZERO, 5),
+            (SystemAccount::Treasury.address(), 5),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let cap = l.capture(&h.id, 1000, &greedy, op, None, T0).unwrap();
+    assert_eq!(cap.host_shares, vec![(h1, Amount(200_000_000))]);
+    assert_eq!(cap.operator_share, Amount(100_000_000));
+    // Computed all locally: the operator keeps its whole share.
+    let h = l.hold(payer, 1000, T0).unwrap();
+    let cap = l
+        .capture(
+            &h.id,
+            1000,
+            &Served::locally(served.contributors.clone()),
+            op,
+            None,
+            T0,
+        )
+        .unwrap();
+    assert!(cap.host_shares.is_empty());
+    assert_eq!(cap.operator_share, Amount(300_000_000));
     assert_balanced(&l);
 }
 
@@ -387,7 +465,7 @@ pub(crate) fn void_and_expiry_release_everything(backend: &str) {
     assert_eq!(l.balance(payer).unwrap().pending, bly(1));
     assert_eq!(l.open_holds().unwrap(), 1);
     assert_eq!(
-        refusal(l.capture(&h1.id, 1, &BTreeMap::new(), addr(0xee), None, T0)),
+        refusal(l.capture(&h1.id, 1, &Served::default(), addr(0xee), None, T0)),
         Refusal::HoldNotActive
     );
     assert_balanced(&l);
@@ -413,7 +491,7 @@ pub(crate) fn idempotency_of_requests(backend: &str) {
     l.capture(
         &h.id,
         40,
-        &BTreeMap::new(),
+        &Served::default(),
         addr(0xee),
         Some((&key, &reply)),
         T0,
@@ -799,9 +877,15 @@ pub(crate) fn random_operation_sequences_keep_the_books(backend: &str) {
                     Op::Hold(a, t) => l.hold(users[a as usize], t, now).map(|h| holds.push(h.id)),
                     Op::Capture(h, t, c) => match holds.get(h) {
                         Some(id) => {
-                            let routing = [(users[c as usize], t), (addr(0xc0), 7)]
-                                .into_iter()
-                                .collect();
+                            // Some of the work done by a host (another user).
+                            let routing = Served {
+                                contributors: [(users[c as usize], t), (addr(0xc0), 7)]
+                                    .into_iter()
+                                    .collect(),
+                                hosts: [(users[(c as usize + 1) % users.len()], t / 2)]
+                                    .into_iter()
+                                    .collect(),
+                            };
                             l.capture(id, t, &routing, op_addr, None, now).map(drop)
                         }
                         None => Ok(()),

@@ -27,7 +27,7 @@ use crate::{
     kernels::{QK, QuantRows, TILE, exp, matmul_f32},
     team::Team,
 };
-use blyan_primitives::ExpertId;
+use blyan_primitives::{Address, ExpertId};
 use blyan_tokenizer::TokenId;
 
 /// One part of a batch: a run of whole sequences and the state of their tokens.
@@ -135,21 +135,38 @@ fn owner(parts: &[Part<'_, '_, '_>], token: usize) -> (usize, usize) {
     (p, s)
 }
 
+/// What became of one remote call of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// A host's answer was used; its account is paid for the rows.
+    Answered(Address),
+    /// Computed here: no host answered, the answer was malformed, or a spot check found it
+    /// wrong.
+    Here,
+    /// No host answered and this machine could not read the expert's block: its tokens go
+    /// without it.
+    Missing,
+}
+
 /// Records, in each sequence whose tokens went to other machines at layer `l`, which hosts
-/// were sent them and how many of its token-expert computations they answered.
+/// were sent them, and how many of its token-expert computations hosts' answers gave, by
+/// host account.
 fn note_remote(
     parts: &mut [Part<'_, '_, '_>],
     routing: &Routing,
     remote: &[bool],
     outcomes: &[RemoteOutcome],
+    fates: &[Fate],
     l: usize,
     k: usize,
 ) {
-    let mut outcomes = outcomes.iter();
-    for ((_, slots), _) in routing.experts.iter().zip(remote).filter(|(_, r)| **r) {
-        let Some(outcome) = outcomes.next() else {
-            return;
-        };
+    let calls = routing
+        .experts
+        .iter()
+        .zip(remote)
+        .filter(|(_, r)| **r)
+        .zip(outcomes.iter().zip(fates));
+    for (((_, slots), _), (outcome, fate)) in calls {
         for &slot in slots {
             let (p, s) = owner(parts, slot as usize / k);
             let seq = &mut *parts[p].seqs[s].0;
@@ -159,9 +176,59 @@ fn note_remote(
                     .or_default()
                     .insert(l as u16);
             }
-            if outcome.answer.is_some() {
+            if let Fate::Answered(account) = fate {
                 seq.remote_rows += 1;
+                *seq.remote_answered.entry(*account).or_default() += 1;
             }
+        }
+    }
+}
+
+/// Takes the experts no machine could compute out of their tokens' mixtures: each such
+/// token's remaining experts' router weights are scaled to sum to one again (a token left
+/// with none keeps only its residual), and each sequence counts the tokens that went
+/// without each expert.
+fn drop_missing(
+    parts: &mut [Part<'_, '_, '_>],
+    routing: &Routing,
+    remote: &[bool],
+    fates: &[Fate],
+    l: usize,
+    k: usize,
+) {
+    let missing = routing
+        .experts
+        .iter()
+        .zip(remote)
+        .filter(|(_, r)| **r)
+        .zip(fates)
+        .filter(|(_, f)| **f == Fate::Missing)
+        .map(|(((e, slots), _), _)| (*e, slots));
+    let mut tokens = std::collections::BTreeSet::new();
+    for (e, slots) in missing {
+        for &slot in slots {
+            let token = slot as usize / k;
+            let (p, s) = owner(parts, token);
+            let part = &mut parts[p];
+            let at = slot as usize - part.first * k;
+            // A weight of exactly zero marks the dropped choice (softmax weights are positive).
+            part.routes[at].1 = 0.0;
+            *part.seqs[s]
+                .0
+                .missing
+                .entry(ExpertId::new(l as u16, e as u16))
+                .or_default() += 1;
+            tokens.insert(token);
+        }
+    }
+    for token in tokens {
+        let p = part_of(parts, token);
+        let part = &mut parts[p];
+        let at = (token - part.first) * k;
+        let choices = &mut part.routes[at..at + k];
+        let kept: f32 = choices.iter().map(|&(_, w)| w).sum();
+        for (_, w) in choices.iter_mut() {
+            *w = if kept > 0.0 { *w / kept } else { 0.0 };
         }
     }
 }
@@ -384,15 +451,11 @@ impl Model {
                 (answers, local)
             });
             let mut cols = local?;
-            note_remote(
-                &mut parts,
-                &routing,
-                &remote,
-                &answers,
-                l,
-                self.config.top_k,
-            );
-            self.place_remote(&routing, &remote, &calls, answers, &mut cols)?;
+            let mut answers = answers;
+            let fates = self.place_remote(&routing, &remote, &calls, &mut answers, &mut cols)?;
+            let k = self.config.top_k;
+            note_remote(&mut parts, &routing, &remote, &answers, &fates, l, k);
+            drop_missing(&mut parts, &routing, &remote, &fates, l, k);
             previous = Some((routing, cols));
         }
         let prev = previous.as_ref();
@@ -589,20 +652,23 @@ impl Model {
 
     /// Writes the remote experts' output rows into the threads' column pieces: each answer
     /// that has the right size and only finite values, else the expert computed here from
-    /// its block (no host answered, or the answer was malformed).
+    /// its block (no host answered, or the answer was malformed). Returns each call's fate;
+    /// an expert whose block cannot be read here either is [`Fate::Missing`] and its rows
+    /// stay zero.
     fn place_remote(
         &self,
         routing: &Routing,
         remote: &[bool],
         calls: &[RemoteCall],
-        answers: Vec<RemoteOutcome>,
+        answers: &mut [RemoteOutcome],
         cols: &mut [ExpertCols],
-    ) -> Result<(), ModelError> {
+    ) -> Result<Vec<Fate>, ModelError> {
         if calls.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let d = self.config.hidden_size;
-        let mut answers = answers.into_iter();
+        let mut fates = Vec::with_capacity(calls.len());
+        let mut answers = answers.iter_mut();
         let mut calls = calls.iter();
         let mut row = 0;
         for ((e, slots), &is_remote) in routing.experts.iter().zip(remote) {
@@ -613,31 +679,61 @@ impl Model {
                 })?;
                 let answer = answers
                     .next()
-                    .and_then(|o| o.answer)
-                    .filter(|a| a.output.len() == m * d && a.output.iter().all(|v| v.is_finite()));
-                let local = |model: &Model| -> Result<Vec<f32>, ModelError> {
-                    model
-                        .expert(call.expert.layer.into(), *e)?
-                        .compute_rows(&call.rows.q, d)
+                    .and_then(|o| o.answer.take_if(|a| a.output.len() == m * d))
+                    .filter(|a| a.output.iter().all(|v| v.is_finite()));
+                // The expert from this machine's copy of its block; `None` when that cannot
+                // be read (missing or corrupt), any other failure an error.
+                let local = |model: &Model| -> Result<Option<Vec<f32>>, ModelError> {
+                    let expert = match model.expert(call.expert.layer.into(), *e) {
+                        Ok(expert) => expert,
+                        Err(
+                            ModelError::BlockMissing { .. }
+                            | ModelError::BlockCorrupt { .. }
+                            | ModelError::Chain(_),
+                        ) => return Ok(None),
+                        Err(other) => return Err(other),
+                    };
+                    expert.compute_rows(&call.rows.q, d).map(Some)
                 };
-                let y = match answer {
-                    Some(a) if a.check => {
+                let (y, fate) = match answer {
+                    Some(a) if a.check => match local(self)? {
                         // A spot check: the same bits, or the host is reported and this
                         // process's own outputs are used.
-                        let own = local(self)?;
-                        let same = own.len() == a.output.len()
-                            && own
-                                .iter()
-                                .zip(&a.output)
-                                .all(|(x, y)| x.to_bits() == y.to_bits());
-                        if !same && let Some(hosts) = &self.hosts {
-                            hosts.mismatch(call, &a, &own);
+                        Some(own) => {
+                            let same = own.len() == a.output.len()
+                                && own
+                                    .iter()
+                                    .zip(&a.output)
+                                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                            if same {
+                                (own, Fate::Answered(a.account))
+                            } else {
+                                if let Some(hosts) = &self.hosts {
+                                    hosts.mismatch(call, &a, &own);
+                                }
+                                (own, Fate::Here)
+                            }
                         }
-                        own
+                        // Nothing here to check it against.
+                        None => {
+                            let account = a.account;
+                            (a.output, Fate::Answered(account))
+                        }
+                    },
+                    Some(a) => {
+                        let account = a.account;
+                        (a.output, Fate::Answered(account))
                     }
-                    Some(a) => a.output,
-                    None => local(self)?,
+                    None => match local(self)? {
+                        Some(own) => (own, Fate::Here),
+                        None => {
+                            fates.push(Fate::Missing);
+                            row += m;
+                            continue;
+                        }
+                    },
                 };
+                fates.push(fate);
                 for piece in cols.iter_mut() {
                     let width = piece.cols.len();
                     for r in 0..m {
@@ -648,7 +744,7 @@ impl Model {
             }
             row += m;
         }
-        Ok(())
+        Ok(fates)
     }
 
     /// The final norm and LM head over each of the part's sequences' last token.
@@ -694,6 +790,8 @@ mod tests {
                 experts_used: std::collections::BTreeMap::new(),
                 remote_layers: std::collections::BTreeMap::new(),
                 remote_rows: 0,
+                remote_answered: std::collections::BTreeMap::new(),
+                missing: std::collections::BTreeMap::new(),
                 local_only: false,
             })
             .collect();
