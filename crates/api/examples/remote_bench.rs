@@ -210,6 +210,32 @@ fn main() -> anyhow::Result<()> {
         .find(|e| e.id == expert)
         .map(|e| e.block)
         .ok_or_else(|| anyhow::anyhow!("the host does not host 1.0"))?;
+    // What checking one answer's signature costs the caller: the Ed25519 network key that
+    // signs answers, beside recovering an account (secp256k1) signature of the same digest.
+    {
+        let digest = blyan_primitives::Hash::of(b"an answer digest");
+        let net = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let (public, ed) = (
+            net.verifying_key(),
+            ed25519_dalek::Signer::sign(&net, digest.as_bytes()),
+        );
+        let account = blyan_primitives::address_of(&key);
+        let k1 = blyan_primitives::Signature::sign(&key, digest.as_bytes());
+        let n = 2_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            public.verify_strict(digest.as_bytes(), &ed)?;
+        }
+        let ed_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        let t = Instant::now();
+        for _ in 0..n {
+            k1.verify(digest.as_bytes(), &account)?;
+        }
+        let k1_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        println!(
+            "answer signature check: Ed25519 (network key) {ed_us:.1} µs; secp256k1 recovery (account key) {k1_us:.1} µs"
+        );
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     for rows in [1usize, 8] {
         let input = rows_bytes(rows, d);
@@ -249,8 +275,8 @@ fn main() -> anyhow::Result<()> {
     }
     let r = split.node.hosted_report();
     println!(
-        "remote calls {}, computed locally for want of a host {}, spot-checked {}",
-        r.remote_calls, r.fallbacks, r.checked
+        "remote calls {}, hedged to a second host {}, computed locally for want of a host {}, spot-checked {}",
+        r.remote_calls, r.hedged, r.fallbacks, r.checked
     );
 
     // 3. A host stops: one-token completions one after another (a prompt's prefill and

@@ -300,9 +300,11 @@ pub(crate) async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, A
         .into_response())
 }
 
-/// `GET /experts/hosted`: what this node computes for other nodes, and the hosts it knows.
-pub(crate) async fn hosted(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!(node.hosted_report()))
+/// `GET /experts/hosted`: what this node computes for other nodes, the key that signs its
+/// answers, and the hosts it knows. (The first call unlocks the network key: blocking.)
+pub(crate) async fn hosted(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+    let report = blocking(move || Ok(node.hosted_report())).await?;
+    Ok(Json(json!(report)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,7 +316,8 @@ pub(crate) struct ComputeQuery {
 
 /// `POST /experts/{id}/compute?block=&request=`: one expert's rows computed for another node
 /// (body and answer in the binary forms of `blyan_model::ExpertRows` and f32 LE rows),
-/// signed (`x-blyan-signature`, EIP-191 of the answer digest by `x-blyan-signer`).
+/// signed (`x-blyan-signature`: the Ed25519 signature, hex, of the answer digest by the
+/// network key bound to the account `x-blyan-signer`).
 pub(crate) async fn compute(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -341,7 +344,7 @@ pub(crate) async fn compute(
             ),
             (
                 axum::http::HeaderName::from_static("x-blyan-signature"),
-                signature.to_string(),
+                hex::encode(signature.to_bytes()),
             ),
             (
                 axum::http::HeaderName::from_static("x-blyan-signer"),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use blyan_model::{ExpertHosts, RemoteAnswer, RemoteCall, RemoteOutcome};
 use blyan_primitives::{Address, ExpertId, Hash, Signature};
+use ed25519_dalek::{Signer as _, SigningKey as AnswerSigningKey, VerifyingKey};
 use serde::Serialize;
 
 use crate::NodeError;
@@ -26,6 +27,8 @@ pub const HOST_TTL: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// When a call is hedged before its host has a latency history.
 const HEDGE_DEFAULT: Duration = Duration::from_millis(50);
+/// Idle keep-alive connections kept per host.
+const POOLED_PER_HOST: usize = 32;
 /// Round trips kept per host for its p95.
 const RECENT_CALLS: usize = 32;
 /// Spot-checked share of remote calls by default, parts per million (2%).
@@ -106,8 +109,10 @@ impl ExpertSet {
 pub struct HostInfo {
     /// Its API address.
     pub api: String,
-    /// The account that signs its answers.
+    /// The account its answers are attributed to (and paid to).
     pub account: Address,
+    /// The network key (Ed25519, hex) that signs its answers, bound to `account`.
+    pub net_key: String,
     /// The expert blocks it computes.
     pub blocks: BTreeSet<Hash>,
     /// Generations it had in flight when it last answered.
@@ -124,6 +129,12 @@ pub struct HostInfo {
     pub banned: Option<String>,
     #[serde(skip)]
     seen: Option<Instant>,
+    /// `net_key`, checked against its binding.
+    #[serde(skip)]
+    key: Option<VerifyingKey>,
+    /// The account's signature binding `net_key` to it.
+    #[serde(skip)]
+    binding: Option<Signature>,
     /// Round trips of its last calls, ms, newest last.
     #[serde(skip)]
     recent: std::collections::VecDeque<f64>,
@@ -174,6 +185,8 @@ pub struct Hosting {
     pub(crate) fallbacks: std::sync::atomic::AtomicU64,
     /// Answers spot-checked.
     pub(crate) checked: std::sync::atomic::AtomicU64,
+    /// Calls sent to a second host because the first was slow or failed.
+    pub(crate) hedged: std::sync::atomic::AtomicU64,
 }
 
 impl Hosting {
@@ -196,12 +209,17 @@ impl Hosting {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(CALL_TIMEOUT))
+                // A layer's calls go out at once, several to one host: keep a connection for
+                // each (the default keeps 3 per host), so none has to be opened mid-step.
+                .max_idle_connections_per_host(POOLED_PER_HOST)
+                .max_idle_connections(POOLED_PER_HOST * 16)
                 .build()
                 .into(),
             next_request: std::sync::atomic::AtomicU64::new(0),
             remote_calls: std::sync::atomic::AtomicU64::new(0),
             fallbacks: std::sync::atomic::AtomicU64::new(0),
             checked: std::sync::atomic::AtomicU64::new(0),
+            hedged: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -224,6 +242,12 @@ impl Hosting {
             let Some(answer) = answer else { continue };
             let account = answer["account"].as_str().and_then(|a| a.parse().ok());
             let Some(account) = account else { continue };
+            // The key that signs its answers, and the account's binding of it: a host whose
+            // binding does not hold is not used.
+            let Some((key, binding)) = bound_key(&answer, &account) else {
+                tracing::warn!(host = %api, %account, "expert host without a valid network-key binding");
+                continue;
+            };
             let blocks = answer["experts"]
                 .as_array()
                 .map(|a| {
@@ -237,6 +261,7 @@ impl Hosting {
             let entry = table.entry(api.clone()).or_insert_with(|| HostInfo {
                 api: api.clone(),
                 account,
+                net_key: String::new(),
                 blocks: BTreeSet::new(),
                 queue: 0,
                 latency_ms: rtt,
@@ -245,9 +270,14 @@ impl Hosting {
                 seen_ms_ago: 0,
                 banned: None,
                 seen: None,
+                key: None,
+                binding: None,
                 recent: std::collections::VecDeque::new(),
             });
             entry.account = account;
+            entry.net_key = hex::encode(key.as_bytes());
+            entry.key = Some(key);
+            entry.binding = Some(binding);
             entry.blocks = blocks;
             entry.queue = answer["queue"].as_u64().unwrap_or(0);
             entry.seen = Some(Instant::now());
@@ -285,7 +315,7 @@ impl Hosting {
     /// Two live, unbanned hosts of `block`, the better first: of two picked at random, the
     /// one with the shorter queue, then the lower latency ("the power of two choices"); and
     /// after how long a call to the first is hedged to the second.
-    fn pick(&self, block: &Hash) -> (Vec<(String, Address)>, Duration) {
+    fn pick(&self, block: &Hash) -> (Vec<Target>, Duration) {
         use rand::seq::SliceRandom;
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let mut live: Vec<&HostInfo> = table
@@ -305,7 +335,16 @@ impl Hosting {
         });
         let hedge = live.first().map_or(HEDGE_DEFAULT, |h| h.hedge_after());
         (
-            live.iter().map(|h| (h.api.clone(), h.account)).collect(),
+            live.iter()
+                .filter_map(|h| {
+                    Some(Target {
+                        api: h.api.clone(),
+                        account: h.account,
+                        key: h.key?,
+                        binding: h.binding?,
+                    })
+                })
+                .collect(),
             hedge,
         )
     }
@@ -338,8 +377,9 @@ impl Hosting {
     }
 
     /// One call to one host: the output rows if the answer is complete and signed by the
-    /// host's account over this request, block, input and output.
-    fn call(&self, api: &str, account: Address, call: &RemoteCall) -> Option<RemoteAnswer> {
+    /// host's network key over this request, block, input and output.
+    fn call(&self, to: &Target, call: &RemoteCall) -> Option<RemoteAnswer> {
+        let api = to.api.as_str();
         let request = format!(
             "{:x}",
             self.next_request
@@ -363,7 +403,7 @@ impl Hosting {
                     .headers()
                     .get("x-blyan-signature")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<Signature>().ok())?;
+                    .and_then(parse_answer_signature)?;
                 let body = r
                     .body_mut()
                     .with_config()
@@ -375,7 +415,7 @@ impl Hosting {
         let checked = answer.and_then(|(signature, body)| {
             let (input_hash, output_hash) = (Hash::of(&input), Hash::of(&body));
             let digest = answer_digest(&request, &call.block, &input_hash, &output_hash);
-            signature.verify(digest.as_bytes(), &account).ok()?;
+            to.key.verify_strict(digest.as_bytes(), &signature).ok()?;
             if !body.len().is_multiple_of(4) {
                 return None;
             }
@@ -386,18 +426,20 @@ impl Hosting {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect(),
                 host: api.to_owned(),
-                account,
+                account: to.account,
                 check,
                 evidence: serde_json::json!({
                     "host": api,
-                    "signer": account,
+                    "signer": to.account,
+                    "net_key": hex::encode(to.key.as_bytes()),
+                    "binding": to.binding.to_string(),
                     "request": request,
                     "expert": call.expert,
                     "block": call.block,
                     "input_hash": input_hash,
                     "output_hash": output_hash,
                     "digest": digest,
-                    "signature": signature.to_string(),
+                    "signature": hex::encode(signature.to_bytes()),
                 })
                 .to_string(),
             })
@@ -411,6 +453,35 @@ impl Hosting {
     }
 }
 
+/// A host a call may go to: where, whose, and the key its answers must be signed with.
+#[derive(Clone, Debug)]
+struct Target {
+    api: String,
+    account: Address,
+    key: VerifyingKey,
+    binding: Signature,
+}
+
+/// The network key a host's `GET /experts/hosted` answer names and the binding that ties it
+/// to `account`, if the binding holds.
+fn bound_key(answer: &serde_json::Value, account: &Address) -> Option<(VerifyingKey, Signature)> {
+    let bytes: [u8; 32] = hex::decode(answer["net_key"].as_str()?)
+        .ok()?
+        .try_into()
+        .ok()?;
+    let binding: Signature = answer["binding"].as_str()?.parse().ok()?;
+    if !blyan_chain::admission::check_key_binding(&bytes, account, &binding) {
+        return None;
+    }
+    Some((VerifyingKey::from_bytes(&bytes).ok()?, binding))
+}
+
+/// An answer's `x-blyan-signature`: 64 bytes of Ed25519 signature, hex.
+fn parse_answer_signature(text: &str) -> Option<ed25519_dalek::Signature> {
+    let bytes: [u8; 64] = hex::decode(text).ok()?.try_into().ok()?;
+    Some(ed25519_dalek::Signature::from_bytes(&bytes))
+}
+
 impl Hosting {
     /// One call, hedged: to the better of two hosts and, if it has not answered within its
     /// recent p95 (or failed), to the other too; the first good answer wins. A slow call
@@ -422,11 +493,15 @@ impl Hosting {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let sent_to = std::cell::RefCell::new(Vec::new());
-        let start = |(api, account): (String, Address)| {
-            sent_to.borrow_mut().push(api.clone());
+        let start = |to: Target| {
+            if !sent_to.borrow().is_empty() {
+                self.hedged
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            sent_to.borrow_mut().push(to.api.clone());
             let (me, tx, call) = (me.clone(), tx.clone(), call.clone());
             std::thread::spawn(move || {
-                let _ = tx.send(me.call(&api, account, &call));
+                let _ = tx.send(me.call(&to, &call));
             });
         };
         let mut hosts = hosts.into_iter();
@@ -559,8 +634,13 @@ pub struct HostedExpert {
 /// knows.
 #[derive(Clone, Debug, Serialize)]
 pub struct HostedReport {
-    /// The account that signs its answers.
+    /// The account its answers are attributed to.
     pub account: Address,
+    /// The network key (Ed25519, hex) that signs its answers; absent when it could not be
+    /// unlocked.
+    pub net_key: Option<String>,
+    /// The account's EIP-191 signature binding `net_key` to it.
+    pub binding: Option<String>,
     /// `experts` as configured (`*`: all).
     pub hosted: String,
     /// The expert versions it computes.
@@ -576,24 +656,77 @@ pub struct HostedReport {
     pub fallbacks: u64,
     /// Answers spot-checked by computing them here too.
     pub checked: u64,
+    /// Calls also sent to a second host, the first being slower than its recent p95 or
+    /// failing.
+    pub hedged: u64,
     /// What its peers host.
     pub hosts: Vec<HostInfo>,
 }
 
+/// What signs this node's expert answers: its network key (Ed25519, the key `GET /net/id`
+/// names; verifying one costs a fifth of recovering an account's signature), and its
+/// account's signature binding that key, which makes each answer attributable to the account.
+pub(crate) struct AnswerKey {
+    key: AnswerSigningKey,
+    public: [u8; 32],
+    binding: Signature,
+}
+
+impl std::fmt::Debug for AnswerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerKey")
+            .field("public", &hex::encode(self.public))
+            .finish_non_exhaustive()
+    }
+}
+
 impl crate::Node {
-    /// The account that signs this node's expert answers (its node key's).
+    /// The key that signs this node's expert answers, unlocked on first use (the network
+    /// key's file is encrypted like the node key's).
+    pub(crate) fn answer_key(&self) -> Result<&AnswerKey, NodeError> {
+        if let Some(k) = self.answer_key.get() {
+            return Ok(k);
+        }
+        let _one = self
+            .answer_key_opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = self.answer_key.get() {
+            return Ok(k);
+        }
+        let seed = self.wallet.keystore.network_secret_or_new()?;
+        let key = AnswerSigningKey::from_bytes(&seed);
+        let public = key.verifying_key().to_bytes();
+        let binding = Signature::sign(
+            &self.signer,
+            &blyan_chain::admission::key_binding_message(&public),
+        );
+        Ok(self.answer_key.get_or_init(|| AnswerKey {
+            key,
+            public,
+            binding,
+        }))
+    }
+
+    /// The account this node's expert answers are attributed to (its node key's).
     pub fn hosted_account(&self) -> Address {
         blyan_primitives::address_of(&self.signer)
     }
 
     /// What this node computes for others, and what it knows of its peers.
     pub fn hosted_report(&self) -> HostedReport {
+        let key = self
+            .answer_key()
+            .inspect_err(|e| tracing::warn!(error = %e, "the expert answer key is unavailable"))
+            .ok();
         let serving = self.serving();
         let blocks = serving.engine.model().expert_blocks();
         let set = self.hosting.as_ref().map(|h| h.hosted().clone());
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         HostedReport {
             account: blyan_primitives::address_of(&self.signer),
+            net_key: key.map(|k| hex::encode(k.public)),
+            binding: key.map(|k| k.binding.to_string()),
             hosted: set.as_ref().map_or("*", ExpertSet::as_str).to_owned(),
             experts: blocks
                 .into_iter()
@@ -605,6 +738,7 @@ impl crate::Node {
             remote_calls: self.hosting.as_ref().map_or(0, |h| load(&h.remote_calls)),
             fallbacks: self.hosting.as_ref().map_or(0, |h| load(&h.fallbacks)),
             checked: self.hosting.as_ref().map_or(0, |h| load(&h.checked)),
+            hedged: self.hosting.as_ref().map_or(0, |h| load(&h.hedged)),
             hosts: self.hosting.as_ref().map_or_else(Vec::new, |h| h.hosts()),
         }
     }
@@ -618,7 +752,7 @@ impl crate::Node {
         block: Hash,
         request: &str,
         input: &[u8],
-    ) -> Result<(Vec<u8>, Signature), NodeError> {
+    ) -> Result<(Vec<u8>, ed25519_dalek::Signature), NodeError> {
         if request.is_empty()
             || request.len() > 64
             || !request
@@ -656,6 +790,49 @@ impl crate::Node {
         let digest = answer_digest(request, &block, &Hash::of(input), &Hash::of(&output));
         self.computed_for_peers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok((output, Signature::sign(&self.signer, digest.as_bytes())))
+        Ok((output, self.answer_key()?.key.sign(digest.as_bytes())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announce(key: &[u8; 32], binding: &Signature) -> serde_json::Value {
+        serde_json::json!({"net_key": hex::encode(key), "binding": binding.to_string()})
+    }
+
+    #[test]
+    fn a_hosts_answer_key_counts_only_when_its_account_bound_it() {
+        let account_key = blyan_primitives::SigningKey::from_slice(&[3; 32]).expect("key");
+        let account = blyan_primitives::address_of(&account_key);
+        let other_key = blyan_primitives::SigningKey::from_slice(&[4; 32]).expect("key");
+        let net = AnswerSigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_bytes();
+        let bind = |by: &blyan_primitives::SigningKey, key: &[u8; 32]| {
+            Signature::sign(by, &blyan_chain::admission::key_binding_message(key))
+        };
+        let (key, _) = bound_key(&announce(&net, &bind(&account_key, &net)), &account)
+            .expect("bound by its account");
+        assert_eq!(key.to_bytes(), net);
+        // Bound by someone else, or binding another key: not used.
+        assert!(bound_key(&announce(&net, &bind(&other_key, &net)), &account).is_none());
+        let elsewhere = [7; 32];
+        assert!(bound_key(&announce(&net, &bind(&account_key, &elsewhere)), &account).is_none());
+        // Malformed or missing.
+        let good = bind(&account_key, &net);
+        for bad in [
+            serde_json::json!({}),
+            serde_json::json!({"net_key": "zz", "binding": good.to_string()}),
+            serde_json::json!({"net_key": hex::encode([1u8; 31]), "binding": good.to_string()}),
+            serde_json::json!({"net_key": hex::encode(net), "binding": "0x00"}),
+        ] {
+            assert!(bound_key(&bad, &account).is_none(), "{bad}");
+        }
+        // An answer signature is 64 bytes of hex, nothing else.
+        assert!(parse_answer_signature(&"ab".repeat(64)).is_some());
+        assert!(parse_answer_signature(&"ab".repeat(63)).is_none());
+        assert!(parse_answer_signature("not hex").is_none());
     }
 }

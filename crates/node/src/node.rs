@@ -92,6 +92,9 @@ pub struct Node {
     pub(crate) computed_for_peers: AtomicU64,
     /// Whether this node answers expert calls with wrong (signed) outputs: a fault for tests.
     pub(crate) lying: AtomicBool,
+    /// What signs expert answers, once unlocked.
+    pub(crate) answer_key: std::sync::OnceLock<crate::hosting::AnswerKey>,
+    pub(crate) answer_key_opening: Mutex<()>,
     /// Wallet login: the login policy, nonces and session tokens.
     pub(crate) wallet: crate::wallet::WalletAuth,
     pub(crate) operator: Address,
@@ -287,6 +290,8 @@ impl Node {
             hosting,
             computed_for_peers: AtomicU64::new(0),
             lying: AtomicBool::new(false),
+            answer_key: std::sync::OnceLock::new(),
+            answer_key_opening: Mutex::new(()),
             wallet,
             operator: setup.operator,
             signer,

@@ -220,7 +220,7 @@ pub(crate) struct WalletAuth {
     chain_id: u64,
     nonces: Nonces,
     ttl: Duration,
-    keystore: Keystore,
+    pub(crate) keystore: Keystore,
     sessions: OnceLock<Sessions>,
     opening: Mutex<()>,
 }

@@ -246,21 +246,30 @@ async fn a_host_that_lies_is_caught_banned_and_kept_as_evidence() {
         evidence["answer"]["output_hash"],
         evidence["expected_output_hash"]
     );
-    let signature: blyan_primitives::Signature = evidence["answer"]["signature"]
-        .as_str()
-        .expect("signature")
-        .parse()
-        .expect("parses");
-    let digest: blyan_primitives::Hash = evidence["answer"]["digest"]
-        .as_str()
-        .expect("digest")
-        .parse()
-        .expect("hash");
-    assert_eq!(
-        signature.recover(digest.as_bytes()).expect("recovers"),
-        liar.hosted_account(),
-        "the liar signed what it answered"
-    );
+    // Signed by the liar's network key, which its account bound to itself.
+    let text = |field: &str| evidence["answer"][field].as_str().expect(field).to_owned();
+    let net_key: [u8; 32] = hex::decode(text("net_key"))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let signature: [u8; 64] = hex::decode(text("signature"))
+        .expect("hex")
+        .try_into()
+        .expect("64 bytes");
+    let digest: blyan_primitives::Hash = text("digest").parse().expect("hash");
+    let binding: blyan_primitives::Signature = text("binding").parse().expect("signature");
+    assert!(blyan_chain::admission::check_key_binding(
+        &net_key,
+        &liar.hosted_account(),
+        &binding
+    ));
+    ed25519_dalek::VerifyingKey::from_bytes(&net_key)
+        .expect("key")
+        .verify_strict(
+            digest.as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .expect("the liar signed what it answered");
     // Banned: no more calls go to it; the node computes those experts itself.
     let fallbacks = report.fallbacks;
     assert_eq!(
