@@ -242,7 +242,8 @@ fn main() -> anyhow::Result<()> {
         let (mut remote, mut local) = (Vec::new(), Vec::new());
         for i in 0..2_000 {
             let t = Instant::now();
-            host.node.compute_for_peer(expert, block, "bench", &input)?;
+            host.node
+                .compute_for_peer(expert, block, "bench", &input, None)?;
             local.push(t.elapsed());
             let t = Instant::now();
             let mut r = agent

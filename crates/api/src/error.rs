@@ -88,7 +88,9 @@ impl From<NodeError> for ApiError {
             NodeError::NotFound { .. } => StatusCode::NOT_FOUND,
             NodeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             NodeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            NodeError::NotAdmitted { .. } => StatusCode::FORBIDDEN,
+            NodeError::NotAdmitted { .. } | NodeError::CallerNotAdmitted { .. } => {
+                StatusCode::FORBIDDEN
+            }
             NodeError::Login(l) => match l.code() {
                 "invalid_message"
                 | "malformed_signature"

@@ -317,11 +317,14 @@ pub(crate) struct ComputeQuery {
 /// `POST /experts/{id}/compute?block=&request=`: one expert's rows computed for another node
 /// (body and answer in the binary forms of `blyan_model::ExpertRows` and f32 LE rows),
 /// signed (`x-blyan-signature`: the Ed25519 signature, hex, of the answer digest by the
-/// network key bound to the account `x-blyan-signer`).
+/// network key bound to the account `x-blyan-signer`). On a network that admits its
+/// members, only for a member that signs the call (`x-blyan-caller`, `x-blyan-caller-time`,
+/// `x-blyan-caller-signature`).
 pub(crate) async fn compute(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     query: Result<Query<ComputeQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
@@ -334,8 +337,28 @@ pub(crate) async fn compute(
         .parse()
         .map_err(|_| ApiError::invalid("block", "a block hash is 64 hex digits"))?;
     let signer = node.hosted_account().to_string();
+    // Who calls, on a network that admits its members: all three headers or none.
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let caller = match (
+        header("x-blyan-caller"),
+        header("x-blyan-caller-time"),
+        header("x-blyan-caller-signature"),
+    ) {
+        (Some(key), Some(at_ms), Some(signature)) => Some(blyan_node::hosting::CallerProof {
+            key,
+            at_ms,
+            signature,
+        }),
+        _ => None,
+    };
     let (output, signature) =
-        blocking(move || node.compute_for_peer(id, block, &q.request, &body)).await?;
+        blocking(move || node.compute_for_peer(id, block, &q.request, &body, caller.as_ref()))
+            .await?;
     Ok((
         [
             (

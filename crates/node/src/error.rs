@@ -68,6 +68,13 @@ pub enum NodeError {
         /// What was asked.
         what: &'static str,
     },
+    /// The network admits its members through the registry, and the caller of a members'
+    /// call (an expert computation) did not prove it is one.
+    #[error("{reason}")]
+    CallerNotAdmitted {
+        /// What was missing or wrong.
+        reason: String,
+    },
     /// Encoding the node's own state or metrics failed (a bug, not bad input).
     #[error("internal: {0}")]
     Internal(String),
@@ -133,6 +140,7 @@ impl NodeError {
             NodeError::Overloaded { .. } => "overloaded",
             NodeError::ShuttingDown => "shutting_down",
             NodeError::NotAdmitted { .. } => "not_admitted",
+            NodeError::CallerNotAdmitted { .. } => "caller_not_admitted",
             NodeError::Internal(_) => "internal",
             NodeError::Io { .. } => "io",
             NodeError::Ledger(e) => e.code(),

@@ -127,6 +127,9 @@ pub struct HostInfo {
     pub seen_ms_ago: u64,
     /// Why it is banned, if it is (a spot check found its answer wrong).
     pub banned: Option<String>,
+    /// Whether the registry lets it host (on a network that admits hosts); a host that it
+    /// does not is never called.
+    pub admitted: bool,
     #[serde(skip)]
     seen: Option<Instant>,
     /// `net_key`, checked against its binding.
@@ -187,17 +190,25 @@ pub struct Hosting {
     pub(crate) checked: std::sync::atomic::AtomicU64,
     /// Calls sent to a second host because the first was slow or failed.
     pub(crate) hedged: std::sync::atomic::AtomicU64,
+    /// The chain, for the admission registry.
+    store: Arc<blyan_chain::Store>,
+    registry: crate::registry::RegistryCache,
+    /// This node's network key, which signs its calls.
+    signer: Arc<NetSigner>,
 }
 
 impl Hosting {
     /// A node computing `hosted` itself and asking `peers` (API addresses) for the rest,
     /// spot-checking `check_ppm` parts per million of the answers and keeping evidence of
-    /// wrong ones in `evidence_dir`.
-    pub fn new(
+    /// wrong ones in `evidence_dir`, using only hosts `store`'s registry admits and signing
+    /// its calls with `signer`.
+    pub(crate) fn new(
         hosted: ExpertSet,
         peers: Vec<String>,
         check_ppm: u32,
         evidence_dir: std::path::PathBuf,
+        store: Arc<blyan_chain::Store>,
+        signer: Arc<NetSigner>,
     ) -> Arc<Hosting> {
         Arc::new_cyclic(|me| Hosting {
             me: me.clone(),
@@ -220,7 +231,28 @@ impl Hosting {
             fallbacks: std::sync::atomic::AtomicU64::new(0),
             checked: std::sync::atomic::AtomicU64::new(0),
             hedged: std::sync::atomic::AtomicU64::new(0),
+            store,
+            registry: crate::registry::RegistryCache::default(),
+            signer,
         })
+    }
+
+    /// Whether the host with network key `key` may be used: on a network whose registry
+    /// gives no one the host role, any host may; otherwise only those it gives it to.
+    fn admitted_host(&self, key: &[u8; 32]) -> bool {
+        match self.registry.get(&self.store) {
+            Ok(r) => {
+                let hosts_admitted = r
+                    .members
+                    .values()
+                    .any(|m| m.roles.contains(&blyan_chain::Role::Host));
+                !hosts_admitted || r.has(key, blyan_chain::Role::Host)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the admission registry failed");
+                false
+            }
+        }
     }
 
     /// The experts this node computes.
@@ -269,6 +301,7 @@ impl Hosting {
                 failed: 0,
                 seen_ms_ago: 0,
                 banned: None,
+                admitted: false,
                 seen: None,
                 key: None,
                 binding: None,
@@ -276,6 +309,7 @@ impl Hosting {
             });
             entry.account = account;
             entry.net_key = hex::encode(key.as_bytes());
+            entry.admitted = self.admitted_host(key.as_bytes());
             entry.key = Some(key);
             entry.binding = Some(binding);
             entry.blocks = blocks;
@@ -290,6 +324,12 @@ impl Hosting {
         std::thread::Builder::new()
             .name("expert-heartbeat".into())
             .spawn(move || {
+                // The key that signs this node's calls, unlocked before the first one.
+                if let Some(h) = weak.upgrade()
+                    && let Err(e) = h.signer.get()
+                {
+                    tracing::warn!(error = %e, "the network key is locked: no expert calls");
+                }
                 while let Some(h) = weak.upgrade() {
                     h.heartbeat();
                     drop(h);
@@ -322,6 +362,7 @@ impl Hosting {
             .values()
             .filter(|h| {
                 h.banned.is_none()
+                    && h.admitted
                     && h.seen.is_some_and(|s| s.elapsed() < HOST_TTL)
                     && h.blocks.contains(block)
             })
@@ -391,10 +432,19 @@ impl Hosting {
             "http://{api}/experts/{}/compute?block={}&request={request}",
             call.expert, call.block
         );
+        let input_hash = Hash::of(&input);
+        let me = self.signer.get().ok()?;
+        let at_ms = crate::unix_ms();
+        let proof = me
+            .key
+            .sign(call_digest(&request, call.expert, &call.block, &input_hash, at_ms).as_bytes());
         let answer = self
             .agent
             .post(&url)
             .header("content-type", "application/octet-stream")
+            .header("x-blyan-caller", hex::encode(me.public))
+            .header("x-blyan-caller-time", at_ms.to_string())
+            .header("x-blyan-caller-signature", hex::encode(proof.to_bytes()))
             .send(&input[..])
             .ok()
             .filter(|r| r.status() == 200)
@@ -413,7 +463,7 @@ impl Hosting {
                 Some((signature, body))
             });
         let checked = answer.and_then(|(signature, body)| {
-            let (input_hash, output_hash) = (Hash::of(&input), Hash::of(&body));
+            let output_hash = Hash::of(&body);
             let digest = answer_digest(&request, &call.block, &input_hash, &output_hash);
             to.key.verify_strict(digest.as_bytes(), &signature).ok()?;
             if !body.len().is_multiple_of(4) {
@@ -663,9 +713,10 @@ pub struct HostedReport {
     pub hosts: Vec<HostInfo>,
 }
 
-/// What signs this node's expert answers: its network key (Ed25519, the key `GET /net/id`
-/// names; verifying one costs a fifth of recovering an account's signature), and its
-/// account's signature binding that key, which makes each answer attributable to the account.
+/// This node's network key (Ed25519, the key `GET /net/id` names; verifying one of its
+/// signatures costs a fifth of recovering an account's) and its account's signature binding
+/// that key, which makes what it signs attributable to the account. It signs the node's
+/// expert answers and, as a caller, its expert calls.
 pub(crate) struct AnswerKey {
     key: AnswerSigningKey,
     public: [u8; 32],
@@ -680,32 +731,147 @@ impl std::fmt::Debug for AnswerKey {
     }
 }
 
-impl crate::Node {
-    /// The key that signs this node's expert answers, unlocked on first use (the network
-    /// key's file is encrypted like the node key's).
-    pub(crate) fn answer_key(&self) -> Result<&AnswerKey, NodeError> {
-        if let Some(k) = self.answer_key.get() {
+/// The network key, unlocked on first use (its file is encrypted like the node key's).
+pub(crate) struct NetSigner {
+    keystore: blyan_ledger::Keystore,
+    account: blyan_primitives::SigningKey,
+    key: std::sync::OnceLock<AnswerKey>,
+    opening: Mutex<()>,
+}
+
+impl std::fmt::Debug for NetSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetSigner")
+            .field("key", &self.key.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetSigner {
+    /// The network key of `keystore`, bound to `account`.
+    pub(crate) fn new(
+        keystore: blyan_ledger::Keystore,
+        account: blyan_primitives::SigningKey,
+    ) -> NetSigner {
+        NetSigner {
+            keystore,
+            account,
+            key: std::sync::OnceLock::new(),
+            opening: Mutex::new(()),
+        }
+    }
+
+    /// The key, unlocking it on the first call.
+    pub(crate) fn get(&self) -> Result<&AnswerKey, NodeError> {
+        if let Some(k) = self.key.get() {
             return Ok(k);
         }
-        let _one = self
-            .answer_key_opening
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = self.answer_key.get() {
+        let _one = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = self.key.get() {
             return Ok(k);
         }
-        let seed = self.wallet.keystore.network_secret_or_new()?;
+        let seed = self.keystore.network_secret_or_new()?;
         let key = AnswerSigningKey::from_bytes(&seed);
         let public = key.verifying_key().to_bytes();
         let binding = Signature::sign(
-            &self.signer,
+            &self.account,
             &blyan_chain::admission::key_binding_message(&public),
         );
-        Ok(self.answer_key.get_or_init(|| AnswerKey {
+        Ok(self.key.get_or_init(|| AnswerKey {
             key,
             public,
             binding,
         }))
+    }
+}
+
+/// The digest a caller signs for one expert call: SHA-256 of the domain tag, the request
+/// id, the expert, its block, the hash of the input bytes and the caller's clock (unix ms).
+pub fn call_digest(
+    request: &str,
+    expert: ExpertId,
+    block: &Hash,
+    input: &Hash,
+    at_ms: u64,
+) -> Hash {
+    let mut bytes = b"blyan-expert-call-v1".to_vec();
+    bytes.extend_from_slice(&(request.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(request.as_bytes());
+    bytes.extend_from_slice(&expert.layer.to_le_bytes());
+    bytes.extend_from_slice(&expert.expert.to_le_bytes());
+    bytes.extend_from_slice(block.as_bytes());
+    bytes.extend_from_slice(input.as_bytes());
+    bytes.extend_from_slice(&at_ms.to_le_bytes());
+    Hash::of(&bytes)
+}
+
+/// How far a call's clock may be from the host's.
+pub const CALL_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// What a caller of `POST /experts/{id}/compute` says of itself: its network key, its
+/// clock, and its signature of [`call_digest`].
+#[derive(Clone, Debug)]
+pub struct CallerProof {
+    /// `x-blyan-caller`: the network key, hex.
+    pub key: String,
+    /// `x-blyan-caller-time`: unix ms.
+    pub at_ms: String,
+    /// `x-blyan-caller-signature`: Ed25519, hex.
+    pub signature: String,
+}
+
+impl crate::Node {
+    pub(crate) fn answer_key(&self) -> Result<&AnswerKey, NodeError> {
+        self.net_signer.get()
+    }
+
+    /// Whether a caller may have an expert computed: on a network whose registry names no
+    /// one, anyone may (rate limits still apply); otherwise only a member, proven by its
+    /// network key's fresh signature of the call.
+    fn check_caller(
+        &self,
+        proof: Option<&CallerProof>,
+        digest_of: impl FnOnce(u64) -> Hash,
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        let registry = self.registry_cache.get(&self.store)?;
+        if registry.members.is_empty() {
+            return Ok(());
+        }
+        let refuse = |reason: &str| {
+            Err(NodeError::CallerNotAdmitted {
+                reason: format!("this network admits its members: {reason}"),
+            })
+        };
+        let Some(proof) = proof else {
+            return refuse(
+                "the call names no caller (x-blyan-caller, x-blyan-caller-time, x-blyan-caller-signature)",
+            );
+        };
+        let Some(key) = hex::decode(&proof.key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
+            return refuse("x-blyan-caller is not a 32-byte key in hex");
+        };
+        if !registry.members.contains_key(&key) {
+            return refuse(&format!("caller key {} is not admitted", proof.key));
+        }
+        let Ok(at_ms) = proof.at_ms.parse::<u64>() else {
+            return refuse("x-blyan-caller-time is not unix milliseconds");
+        };
+        if at_ms.abs_diff(now_ms) > CALL_CLOCK_SKEW_MS {
+            return refuse("x-blyan-caller-time is more than a minute from this node's clock");
+        }
+        let verified = parse_answer_signature(&proof.signature).is_some_and(|signature| {
+            VerifyingKey::from_bytes(&key)
+                .and_then(|k| k.verify_strict(digest_of(at_ms).as_bytes(), &signature))
+                .is_ok()
+        });
+        if !verified {
+            return refuse("x-blyan-caller-signature does not verify");
+        }
+        Ok(())
     }
 
     /// The account this node's expert answers are attributed to (its node key's).
@@ -745,13 +911,15 @@ impl crate::Node {
 
     /// Computes expert `id` at exactly `block` for another node on the rows in `input` (the
     /// wire form of [`blyan_model::ExpertRows`]); returns the output rows (f32 LE) and this
-    /// node's signature of [`answer_digest`]. Refuses an expert it does not host.
+    /// node's signature of [`answer_digest`]. Refuses an expert it does not host, and on a
+    /// network that admits its members, a `caller` that does not prove it is one.
     pub fn compute_for_peer(
         &self,
         id: ExpertId,
         block: Hash,
         request: &str,
         input: &[u8],
+        caller: Option<&CallerProof>,
     ) -> Result<(Vec<u8>, ed25519_dalek::Signature), NodeError> {
         if request.is_empty()
             || request.len() > 64
@@ -764,6 +932,12 @@ impl crate::Node {
                 reason: "a request id is 1 to 64 letters, digits, `-` or `_`".into(),
             });
         }
+        let input_hash = Hash::of(input);
+        self.check_caller(
+            caller,
+            |at_ms| call_digest(request, id, &block, &input_hash, at_ms),
+            crate::unix_ms(),
+        )?;
         if let Some(h) = &self.hosting
             && !h.hosted().contains(id)
         {
@@ -787,7 +961,7 @@ impl crate::Node {
         for v in &y {
             output.extend_from_slice(&v.to_le_bytes());
         }
-        let digest = answer_digest(request, &block, &Hash::of(input), &Hash::of(&output));
+        let digest = answer_digest(request, &block, &input_hash, &Hash::of(&output));
         self.computed_for_peers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((output, self.answer_key()?.key.sign(digest.as_bytes())))

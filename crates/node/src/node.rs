@@ -92,9 +92,10 @@ pub struct Node {
     pub(crate) computed_for_peers: AtomicU64,
     /// Whether this node answers expert calls with wrong (signed) outputs: a fault for tests.
     pub(crate) lying: AtomicBool,
-    /// What signs expert answers, once unlocked.
-    pub(crate) answer_key: std::sync::OnceLock<crate::hosting::AnswerKey>,
-    pub(crate) answer_key_opening: Mutex<()>,
+    /// The network key, unlocked on first use: it signs expert answers and calls.
+    pub(crate) net_signer: Arc<crate::hosting::NetSigner>,
+    /// The admission registry as of the meta chain's head.
+    pub(crate) registry_cache: crate::registry::RegistryCache,
     /// Wallet login: the login policy, nonces and session tokens.
     pub(crate) wallet: crate::wallet::WalletAuth,
     pub(crate) operator: Address,
@@ -224,6 +225,15 @@ impl Node {
         let network = store.at_height(ChainId::Meta, 0)?.unwrap_or(spec_block);
         let tokenizer = Arc::new(Tokenizer::from_json(&meta.tokenizer).map_err(ModelError::from)?);
         let model_config = ModelConfig::from_spec(&meta.spec);
+        let keystore = blyan_ledger::Keystore::new(
+            data_dir.join(blyan_ledger::KEYSTORE_DIR),
+            config.key_passphrase.expose(),
+        );
+        let signer = keystore.node_key()?;
+        let net_signer = Arc::new(crate::hosting::NetSigner::new(
+            keystore.clone(),
+            signer.clone(),
+        ));
         let hosting = config.experts.clone().map(|set| {
             let peers = config
                 .peers
@@ -238,6 +248,8 @@ impl Node {
                 peers,
                 config.expert_check_ppm,
                 data_dir.join("node").join("evidence"),
+                store.clone(),
+                net_signer.clone(),
             );
             crate::hosting::Hosting::start_heartbeat(&h);
             h
@@ -251,11 +263,6 @@ impl Node {
             hosting.clone(),
         )?;
         let checker = AgentChecker::open(Some(data_dir.join("node").join("checker.json")));
-        let keystore = blyan_ledger::Keystore::new(
-            data_dir.join(blyan_ledger::KEYSTORE_DIR),
-            config.key_passphrase.expose(),
-        );
-        let signer = keystore.node_key()?;
         // The network's operator (the spec block's author) writes its blocks; a node that
         // joined from peers follows them.
         let writer = store.header(&network)?.map(|h| h.author)
@@ -290,8 +297,8 @@ impl Node {
             hosting,
             computed_for_peers: AtomicU64::new(0),
             lying: AtomicBool::new(false),
-            answer_key: std::sync::OnceLock::new(),
-            answer_key_opening: Mutex::new(()),
+            net_signer,
+            registry_cache: crate::registry::RegistryCache::default(),
             wallet,
             operator: setup.operator,
             signer,

@@ -80,3 +80,23 @@ impl Node {
         Ok(Registry::of(&self.store)?)
     }
 }
+
+/// The registry as of the meta chain's head, read again only when that grew.
+#[derive(Debug, Default)]
+pub(crate) struct RegistryCache(std::sync::Mutex<Option<(u64, std::sync::Arc<Registry>)>>);
+
+impl RegistryCache {
+    /// The registry of `store` now.
+    pub(crate) fn get(&self, store: &Store) -> Result<std::sync::Arc<Registry>, NodeError> {
+        let version = store.head(ChainId::Meta)?.map_or(0, |(h, _)| h);
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, r)) = cached.as_ref()
+            && *v == version
+        {
+            return Ok(r.clone());
+        }
+        let r = std::sync::Arc::new(Registry::of(store)?);
+        *cached = Some((version, r.clone()));
+        Ok(r)
+    }
+}

@@ -398,3 +398,191 @@ async fn hosts_are_paid_for_what_they_computed_and_a_lost_expert_is_said_out_lou
         assert!(metrics.contains(&line), "{line} not in the metrics");
     }
 }
+
+/// The network key of the node in data directory `dir` (made now if it has none yet).
+fn net_key(dir: &Path) -> [u8; 32] {
+    let seed = blyan_ledger::Keystore::new(dir.join(blyan_ledger::KEYSTORE_DIR), "")
+        .network_secret_or_new()
+        .expect("network key");
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes()
+}
+
+/// Appends to `dir`'s chain the operator's admissions of `keys` with their roles.
+fn admit(dir: &Path, keys: &[([u8; 32], blyan_chain::Role)]) {
+    let store = blyan_chain::Store::open(dir.join("chain")).expect("store");
+    for (i, (key, role)) in keys.iter().enumerate() {
+        let block = blyan_node::admission_block(
+            &store,
+            &crate::test_key(),
+            *key,
+            *role,
+            true,
+            1_700_000_000_000 + i as u64,
+        )
+        .expect("admission");
+        store.append(block).expect("append");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_network_that_admits_members_only_admitted_hosts_answer_and_only_members_ask() {
+    // A host admitted to host, a member admitted as a validator only, a rogue host and a
+    // stranger, neither admitted.
+    let dirs = copies(4);
+    let [host_dir, member_dir, rogue_dir, stranger_dir] =
+        [0, 1, 2, 3].map(|i| dirs[i].path().to_path_buf());
+    let (host_key, member_key) = (net_key(&host_dir), net_key(&member_dir));
+    for dir in [&host_dir, &member_dir, &rogue_dir, &stranger_dir] {
+        admit(
+            dir,
+            &[
+                (host_key, blyan_chain::Role::Host),
+                (member_key, blyan_chain::Role::Validator),
+            ],
+        );
+    }
+    let host = open(&host_dir, ConfigLayer::default());
+    let (host_addr, _stop_host) = serve(&host).await;
+    let rogue = open(&rogue_dir, ConfigLayer::default());
+    let (rogue_addr, _stop_rogue) = serve(&rogue).await;
+    let member = open(
+        &member_dir,
+        ConfigLayer {
+            experts: Some("0.*".into()),
+            peers: Some(vec![format!("k@{host_addr}"), format!("k@{rogue_addr}")]),
+            expert_check_ppm: Some(0),
+            ..ConfigLayer::default()
+        },
+    );
+    // The member hears both hosts, and only the admitted one may be called.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while member
+        .hosted_report()
+        .hosts
+        .iter()
+        .filter(|h| !h.blocks.is_empty())
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the member never heard both hosts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admitted: Vec<(String, bool)> = member
+        .hosted_report()
+        .hosts
+        .iter()
+        .map(|h| (h.api.clone(), h.admitted))
+        .collect();
+    assert!(
+        admitted.contains(&(host_addr.to_string(), true))
+            && admitted.contains(&(rogue_addr.to_string(), false)),
+        "{admitted:?}"
+    );
+    let reply = complete_reply(&member, PROMPTS[0], false).await;
+    let hosts: Vec<&String> = reply["blyan"]["remote_hosts"]
+        .as_object()
+        .expect("hosts")
+        .keys()
+        .collect();
+    assert_eq!(hosts, [&host_addr.to_string()], "{reply}");
+    assert!(reply["blyan"]["remote_rows"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(rogue.hosted_report().computed_for_peers, 0);
+
+    // The stranger's calls are refused by the host (it is no member): it computes those
+    // experts itself, and its text is the member's.
+    let stranger = open(
+        &stranger_dir,
+        ConfigLayer {
+            experts: Some("0.*".into()),
+            peers: Some(vec![format!("k@{host_addr}")]),
+            ..ConfigLayer::default()
+        },
+    );
+    heard_from_a_host(&stranger).await;
+    let computed = host.hosted_report().computed_for_peers;
+    let alone = complete_reply(&stranger, PROMPTS[0], false).await;
+    assert_eq!(alone["choices"][0]["text"], reply["choices"][0]["text"]);
+    assert_eq!(alone["blyan"]["remote_rows"], 0, "{alone}");
+    assert_eq!(host.hosted_report().computed_for_peers, computed);
+    assert!(stranger.hosted_report().fallbacks > 0);
+
+    // A call without the caller's proof, with a forged one, or from a key that is no member
+    // is refused with a stable code.
+    let expert = host.hosted_report().experts[8].clone();
+    let url = format!(
+        "http://{host_addr}/experts/{}/compute?block={}&request=r1",
+        expert.id, expert.block
+    );
+    let d = host.info().d_model;
+    let mut rows = Vec::new();
+    rows.extend_from_slice(&1u32.to_le_bytes());
+    rows.extend_from_slice(&(d as u32).to_le_bytes());
+    for _ in 0..d / 32 {
+        rows.extend_from_slice(&0.01f32.to_le_bytes());
+        rows.extend_from_slice(&[1u8; 32]);
+    }
+    let now = blyan_node::unix_ms().to_string();
+    for headers in [
+        vec![],
+        vec![
+            ("x-blyan-caller", hex::encode(member_key)),
+            ("x-blyan-caller-time", now.clone()),
+            ("x-blyan-caller-signature", "ab".repeat(64)),
+        ],
+        vec![
+            ("x-blyan-caller", hex::encode(net_key(&stranger_dir))),
+            ("x-blyan-caller-time", now.clone()),
+            ("x-blyan-caller-signature", "ab".repeat(64)),
+        ],
+        vec![
+            ("x-blyan-caller", hex::encode(member_key)),
+            (
+                "x-blyan-caller-time",
+                (blyan_node::unix_ms() - 600_000).to_string(),
+            ),
+            ("x-blyan-caller-signature", "ab".repeat(64)),
+        ],
+        vec![
+            ("x-blyan-caller", "not hex".to_owned()),
+            ("x-blyan-caller-time", now.clone()),
+            ("x-blyan-caller-signature", "ab".repeat(64)),
+        ],
+    ] {
+        let (status, answer) = post_rows(&url, rows.clone(), &headers).await;
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"]["code"], "caller_not_admitted", "{answer}");
+    }
+    assert_eq!(host.hosted_report().computed_for_peers, computed);
+}
+
+/// POSTs `body` to `url` with `headers` on a blocking thread; the status and JSON answer.
+async fn post_rows(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Value) {
+    let url = url.to_owned();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut request = agent
+            .post(&url)
+            .header("content-type", "application/octet-stream");
+        for (k, v) in &headers {
+            request = request.header(k, v);
+        }
+        let mut response = request.send(&body[..]).expect("send");
+        let status = response.status().as_u16();
+        let value: Value = response.body_mut().read_json().expect("json");
+        (status, value)
+    })
+    .await
+    .expect("join")
+}
