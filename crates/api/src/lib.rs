@@ -66,6 +66,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/node", get(node_routes::info))
         .route("/chain/blocks", get(node_routes::blocks))
         .route("/chain/blocks/{hash}", get(node_routes::block))
+        .route(
+            "/chain/blocks/{hash}/payload",
+            get(node_routes::block_payload).layer(middleware::from_fn_with_state(
+                Arc::new(limit::Limits::sync(&node)),
+                limit::limit,
+            )),
+        )
         .route("/experts", get(node_routes::experts))
         .route("/experts/hosted", get(node_routes::hosted))
         .route(

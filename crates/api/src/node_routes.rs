@@ -83,6 +83,23 @@ pub(crate) async fn block(
     ))
 }
 
+/// `GET /chain/blocks/{hash}/payload`: the block's payload bytes, checked before they leave.
+pub(crate) async fn block_payload(
+    State(node): State<Arc<Node>>,
+    Path(hash): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let hash: Hash = hash
+        .parse()
+        .map_err(|e| ApiError::invalid("hash", format!("{hash:?} is not a block hash: {e}")))?;
+    let bytes = blocking(move || node.block_payload(&hash)).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
+}
+
 /// `GET /experts`.
 pub(crate) async fn experts(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
     let stats_node = node.clone();

@@ -39,6 +39,12 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     ),
     (
         "get",
+        "/chain/blocks/{hash}/payload",
+        "One block's payload bytes (application/octet-stream), checked against its header's hash before they are sent: how a node repairs an expert block it finds missing or corrupt. Rate-limited like the sync calls.",
+        false,
+    ),
+    (
+        "get",
         "/experts",
         "Per expert: head, served version, every version, tokens routed, cache state; cache counters.",
         false,

@@ -555,6 +555,21 @@ impl Store {
             // Same bytes already stored (content addressing): another block shares them.
             return Ok(());
         }
+        self.write_payload_file(header, &valid.block.payload)
+    }
+
+    /// Replaces the stored payload of block `hash` with `bytes`, which must be exactly the
+    /// payload its header names (length and hash): the repair of a payload found missing or
+    /// corrupt, with a copy fetched from elsewhere. It is written like any payload (a synced
+    /// temporary file renamed into place), so a reader sees the old file or the new one.
+    pub fn repair_payload(&self, hash: &Hash, bytes: &[u8]) -> Result<(), ChainError> {
+        let header = self.header(hash)?.ok_or(ChainError::NotFound(*hash))?;
+        Store::check_payload(hash, &header, bytes)?;
+        self.write_payload_file(&header, bytes)
+    }
+
+    fn write_payload_file(&self, header: &BlockHeader, payload: &[u8]) -> Result<(), ChainError> {
+        let path = self.payload_path(&header.payload_hash);
         let fan = path.parent().expect("payload paths have a parent");
         if !fan.exists() {
             fs::create_dir_all(fan)
@@ -564,7 +579,7 @@ impl Store {
         let tmp = self.dir.join("tmp").join(header.payload_hash.to_string());
         let mut file =
             File::create(&tmp).map_err(ChainError::io(format!("creating {}", tmp.display())))?;
-        file.write_all(&valid.block.payload)
+        file.write_all(payload)
             .and_then(|()| file.sync_all())
             .map_err(ChainError::io(format!("writing {}", tmp.display())))?;
         drop(file);

@@ -9,7 +9,8 @@
 //!
 //! [`ExpertHosts`] is what the model asks: which experts it computes itself, and the answers
 //! of other machines for the rest (all of a layer's calls at once, so that they run in
-//! parallel). A call no host answers is computed here, from the expert's block.
+//! parallel). A call no host answers is computed here, from the expert's block, fetched by
+//! hash from another machine first if the local copy cannot be read.
 
 use blyan_primitives::{Address, ExpertId, Hash};
 
@@ -157,4 +158,9 @@ pub trait ExpertHosts: Send + Sync + std::fmt::Debug {
     /// A spot check found `answer` to `call` different from this process's own `local`
     /// outputs: the host lied or is broken.
     fn mismatch(&self, call: &RemoteCall, answer: &RemoteAnswer, local: &[f32]);
+
+    /// This process could not read expert block `block` and no host computed it: fetch the
+    /// block's payload by hash from another machine and repair the local copy. Whether it
+    /// was repaired.
+    fn fetch_block(&self, block: &Hash) -> bool;
 }

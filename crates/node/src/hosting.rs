@@ -6,7 +6,10 @@
 //!
 //! A call no host answers in time, or answers wrongly signed or malformed, is computed here
 //! from the expert's block (every node keeps the whole chain): a host that dies costs a
-//! request time, never the answer.
+//! request time, never the answer. A block this node cannot read (missing or corrupt) is
+//! fetched by hash from a peer (`GET /chain/blocks/{hash}/payload`), checked against its
+//! header and stored in place of the bad copy; only when no peer has a good copy does the
+//! model go on without the expert, and say so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -25,6 +28,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const HOST_TTL: Duration = Duration::from_secs(10);
 /// How long one remote expert call may take before the next host, or this node, computes it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long fetching an expert block's payload from one peer may take.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 /// When a call is hedged before its host has a latency history.
 const HEDGE_DEFAULT: Duration = Duration::from_millis(50);
 /// Idle keep-alive connections kept per host.
@@ -195,6 +200,10 @@ pub struct Hosting {
     registry: crate::registry::RegistryCache,
     /// This node's network key, which signs its calls.
     signer: Arc<NetSigner>,
+    /// Held while a block is fetched and repaired: one at a time.
+    repairing: Mutex<()>,
+    /// Expert blocks repaired with a copy from a peer.
+    pub(crate) repaired: std::sync::atomic::AtomicU64,
 }
 
 impl Hosting {
@@ -234,6 +243,8 @@ impl Hosting {
             store,
             registry: crate::registry::RegistryCache::default(),
             signer,
+            repairing: Mutex::new(()),
+            repaired: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -637,6 +648,49 @@ impl ExpertHosts for Hosting {
         })
     }
 
+    fn fetch_block(&self, block: &Hash) -> bool {
+        let _one = self.repairing.lock().unwrap_or_else(|p| p.into_inner());
+        // Another call may have repaired it while this one waited.
+        if self.store.payload_verified(block).is_ok() {
+            return true;
+        }
+        let Ok(Some(header)) = self.store.header(block) else {
+            return false;
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REPAIR_TIMEOUT))
+            .build()
+            .into();
+        for api in &self.peers {
+            let bytes = agent
+                .get(format!("http://{api}/chain/blocks/{block}/payload"))
+                .call()
+                .ok()
+                .filter(|r| r.status() == 200)
+                .and_then(|mut r| {
+                    r.body_mut()
+                        .with_config()
+                        .limit(header.payload_len)
+                        .read_to_vec()
+                        .ok()
+                });
+            let Some(bytes) = bytes else { continue };
+            match self.store.repair_payload(block, &bytes) {
+                Ok(()) => {
+                    tracing::warn!(%block, peer = %api, "repaired an unreadable expert block with a peer's copy");
+                    self.repaired
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(%block, peer = %api, error = %e, "a peer's copy of an expert block is not that block");
+                }
+            }
+        }
+        false
+    }
+
     fn mismatch(&self, call: &RemoteCall, answer: &RemoteAnswer, local: &[f32]) {
         let mut own = Vec::with_capacity(local.len() * 4);
         for v in local {
@@ -709,6 +763,8 @@ pub struct HostedReport {
     /// Calls also sent to a second host, the first being slower than its recent p95 or
     /// failing.
     pub hedged: u64,
+    /// Expert blocks this node could not read and repaired with a peer's copy.
+    pub repaired: u64,
     /// What its peers host.
     pub hosts: Vec<HostInfo>,
 }
@@ -905,6 +961,7 @@ impl crate::Node {
             fallbacks: self.hosting.as_ref().map_or(0, |h| load(&h.fallbacks)),
             checked: self.hosting.as_ref().map_or(0, |h| load(&h.checked)),
             hedged: self.hosting.as_ref().map_or(0, |h| load(&h.hedged)),
+            repaired: self.hosting.as_ref().map_or(0, |h| load(&h.repaired)),
             hosts: self.hosting.as_ref().map_or_else(Vec::new, |h| h.hosts()),
         }
     }

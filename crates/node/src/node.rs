@@ -648,6 +648,17 @@ impl Node {
         Ok((header, self.store.signature(hash)?))
     }
 
+    /// The payload of block `hash`, checked against its header's hash: a copy this node
+    /// holds wrongly is never given out.
+    pub fn block_payload(&self, hash: &Hash) -> Result<Vec<u8>, NodeError> {
+        if self.store.header(hash)?.is_none() {
+            return Err(NodeError::NotFound {
+                what: format!("block {hash}"),
+            });
+        }
+        Ok(self.store.payload_verified(hash)?.to_vec())
+    }
+
     /// The latest health, without probing.
     pub fn health(&self) -> Health {
         self.checker.health()

@@ -586,3 +586,90 @@ async fn post_rows(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16
     .await
     .expect("join")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_expert_block_is_fetched_from_a_peer_and_the_text_is_unchanged() {
+    let dirs = copies(3);
+    // A peer that computes only layer 0 for others, but holds the whole chain.
+    let archive = open(
+        dirs[0].path(),
+        ConfigLayer {
+            experts: Some("0.*".into()),
+            ..ConfigLayer::default()
+        },
+    );
+    let (archive_addr, _stop) = serve(&archive).await;
+    let single = open(dirs[2].path(), ConfigLayer::default());
+    // The node's copies of experts 3.0 to 3.3 are corrupt, and no host computes layers 1-3.
+    assert_eq!(corrupt(dirs[1].path(), 3, 0..4), 4);
+    let node = open(
+        dirs[1].path(),
+        ConfigLayer {
+            experts: Some("0.*".into()),
+            peers: Some(vec![format!("k@{archive_addr}")]),
+            expert_check_ppm: Some(0),
+            ..ConfigLayer::default()
+        },
+    );
+    heard_from_a_host(&node).await;
+    let reply = complete_reply(&node, PROMPTS[2], false).await;
+    assert_eq!(reply["blyan"]["missing_experts"], json!({}), "{reply}");
+    assert_eq!(reply["blyan"]["remote_rows"], 0, "{reply}");
+    assert_eq!(
+        reply["choices"][0]["text"],
+        complete(&single, PROMPTS[2]).await.as_str()
+    );
+    let repaired = node.hosted_report().repaired;
+    assert!(repaired > 0);
+    // Exactly the blocks it repaired are sound in the node's store now: those of the
+    // corrupt experts the prompt's tokens were routed to.
+    drop(node);
+    let store = blyan_chain::Store::open(dirs[1].path().join("chain")).expect("store");
+    let sound = (0..4)
+        .filter(|&e| {
+            let head = store
+                .expert_head(blyan_primitives::ExpertId::new(3, e))
+                .expect("head")
+                .expect("expert");
+            store.payload_verified(&head).is_ok()
+        })
+        .count();
+    assert_eq!(sound as u64, repaired);
+    // The payload route gives checked bytes, and 404 for a block the node does not hold.
+    let some = archive.hosted_report().experts[0].block;
+    let good = get_bytes(&format!(
+        "http://{archive_addr}/chain/blocks/{some}/payload"
+    ))
+    .await;
+    assert_eq!(good.0, 200);
+    assert_eq!(blyan_primitives::Hash::of(&good.1), {
+        let store = archive.store();
+        store
+            .header(&some)
+            .expect("header")
+            .expect("held")
+            .payload_hash
+    });
+    let unknown = blyan_primitives::Hash::of(b"no such block");
+    let missing = get_bytes(&format!(
+        "http://{archive_addr}/chain/blocks/{unknown}/payload"
+    ))
+    .await;
+    assert_eq!(missing.0, 404);
+}
+
+/// GETs `url` on a blocking thread: the status and the body's bytes.
+async fn get_bytes(url: &str) -> (u16, Vec<u8>) {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent.get(&url).call().expect("get");
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_vec().expect("body"))
+    })
+    .await
+    .expect("join")
+}

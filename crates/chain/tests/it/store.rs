@@ -3,8 +3,8 @@
 use std::fs;
 
 use blyan_chain::genesis::{InitOutcome, RandomWeights, genesis_blocks, init};
-use blyan_chain::{BlockKind, ChainId, Store, VerifyMode};
-use blyan_primitives::ExpertId;
+use blyan_chain::{BlockKind, ChainError, ChainId, Store, VerifyMode};
+use blyan_primitives::{ExpertId, Hash};
 use redb::ReadableTable;
 
 use crate::fixture::{
@@ -125,6 +125,38 @@ fn verify_names_a_tampered_payload() {
         failure.cause
     );
     assert!(net.store.payload_verified(&victim).is_err());
+}
+
+#[test]
+fn a_corrupt_or_missing_payload_is_repaired_only_with_its_own_bytes() {
+    let net = tiny_net();
+    let victim = net.store.at_height(ChainId::Param, 3).unwrap().unwrap();
+    let good = net.store.payload_verified(&victim).unwrap().to_vec();
+    let header = net.store.header(&victim).unwrap().unwrap();
+    let path = net.store.payload_path(&header.payload_hash);
+    let mut bad = good.clone();
+    bad[0] ^= 0x01;
+    fs::write(&path, &bad).unwrap();
+    assert!(net.store.payload_verified(&victim).is_err());
+    // Other bytes (the corrupt copy, a truncated one, nothing) are refused and change nothing.
+    for wrong in [&bad[..], &good[..good.len() - 1], &[][..]] {
+        assert!(matches!(
+            net.store.repair_payload(&victim, wrong),
+            Err(ChainError::Corrupt { .. })
+        ));
+        assert_eq!(fs::read(&path).unwrap(), bad);
+    }
+    assert!(matches!(
+        net.store.repair_payload(&Hash::of(b"no such block"), &good),
+        Err(ChainError::NotFound(_))
+    ));
+    net.store.repair_payload(&victim, &good).unwrap();
+    assert_eq!(net.store.payload_verified(&victim).unwrap().to_vec(), good);
+    // A payload file that is gone is written again.
+    fs::remove_file(&path).unwrap();
+    assert!(net.store.payload(&victim).is_err());
+    net.store.repair_payload(&victim, &good).unwrap();
+    assert!(net.store.verify(VerifyMode::Full, |_| {}).unwrap().is_ok());
 }
 
 #[test]

@@ -682,18 +682,35 @@ impl Model {
                     .and_then(|o| o.answer.take_if(|a| a.output.len() == m * d))
                     .filter(|a| a.output.iter().all(|v| v.is_finite()));
                 // The expert from this machine's copy of its block; `None` when that cannot
-                // be read (missing or corrupt), any other failure an error.
+                // be read (missing or corrupt, and no other machine gave a good copy of it),
+                // any other failure an error.
                 let local = |model: &Model| -> Result<Option<Vec<f32>>, ModelError> {
-                    let expert = match model.expert(call.expert.layer.into(), *e) {
-                        Ok(expert) => expert,
-                        Err(
+                    let layer = call.expert.layer.into();
+                    let unreadable = |e: &ModelError| {
+                        matches!(
+                            e,
                             ModelError::BlockMissing { .. }
-                            | ModelError::BlockCorrupt { .. }
-                            | ModelError::Chain(_),
-                        ) => return Ok(None),
-                        Err(other) => return Err(other),
+                                | ModelError::BlockCorrupt { .. }
+                                | ModelError::Chain(_)
+                        )
                     };
-                    expert.compute_rows(&call.rows.q, d).map(Some)
+                    let expert = match model.expert(layer, *e) {
+                        Err(err)
+                            if unreadable(&err)
+                                && model
+                                    .hosts
+                                    .as_ref()
+                                    .is_some_and(|h| h.fetch_block(&call.block)) =>
+                        {
+                            model.expert(layer, *e)
+                        }
+                        other => other,
+                    };
+                    match expert {
+                        Ok(expert) => expert.compute_rows(&call.rows.q, d).map(Some),
+                        Err(err) if unreadable(&err) => Ok(None),
+                        Err(err) => Err(err),
+                    }
                 };
                 let (y, fate) = match answer {
                     Some(a) if a.check => match local(self)? {
