@@ -354,16 +354,6 @@ async fn hosts_are_paid_for_what_they_computed_and_a_lost_expert_is_said_out_lou
         "{paid:?}"
     );
     let earned = node.balance(host_account).expect("balance").available;
-    // A local-only chat pays the host nothing more; here it needs layer 3, which this node
-    // cannot wholly read, and it fails rather than send its hidden states away.
-    let (status, refused) = ask_completion(&node, PROMPTS[1], true).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{refused}");
-    assert_eq!(refused["error"]["code"], "block_corrupt");
-    assert_eq!(history(&node).len(), paid.len());
-    assert_eq!(
-        node.balance(host_account).expect("balance").available,
-        earned
-    );
 
     // The host stops. The other experts are computed here from their blocks, but 3.0 to 3.3
     // are unreadable here: they are left out of their tokens' mixtures (the router's weights
@@ -391,6 +381,17 @@ async fn hosts_are_paid_for_what_they_computed_and_a_lost_expert_is_said_out_lou
         let count = count.as_u64().expect("a count");
         assert!(count > 0 && count <= tokens, "{degraded}");
     }
+    assert_eq!(history(&node).len(), paid.len());
+    assert_eq!(
+        node.balance(host_account).expect("balance").available,
+        earned
+    );
+    // The same prompt local-only needs the same unreadable experts, with no peer left to
+    // fetch them from: it fails rather than go on without them or send its hidden states
+    // away, and pays no one.
+    let (status, refused) = ask_completion(&node, PROMPTS[2], true).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{refused}");
+    assert_eq!(refused["error"]["code"], "block_corrupt");
     assert_eq!(history(&node).len(), paid.len());
     let metrics = node.render_metrics().expect("metrics");
     for (expert, count) in missing {
@@ -600,8 +601,8 @@ async fn an_unreadable_expert_block_is_fetched_from_a_peer_and_the_text_is_uncha
     );
     let (archive_addr, _stop) = serve(&archive).await;
     let single = open(dirs[2].path(), ConfigLayer::default());
-    // The node's copies of experts 3.0 to 3.3 are corrupt, and no host computes layers 1-3.
-    assert_eq!(corrupt(dirs[1].path(), 3, 0..4), 4);
+    // The node's copies of layer 3's experts are corrupt, and no host computes layers 1-3.
+    assert_eq!(corrupt(dirs[1].path(), 3, 0..8), 8);
     let node = open(
         dirs[1].path(),
         ConfigLayer {
@@ -612,20 +613,27 @@ async fn an_unreadable_expert_block_is_fetched_from_a_peer_and_the_text_is_uncha
         },
     );
     heard_from_a_host(&node).await;
-    let reply = complete_reply(&node, PROMPTS[2], false).await;
-    assert_eq!(reply["blyan"]["missing_experts"], json!({}), "{reply}");
-    assert_eq!(reply["blyan"]["remote_rows"], 0, "{reply}");
-    assert_eq!(
-        reply["choices"][0]["text"],
-        complete(&single, PROMPTS[2]).await.as_str()
-    );
+    // A local-only request repairs the blocks too (fetching a block sends nothing of it).
+    for (prompt, local_only) in [(PROMPTS[2], true), (PROMPTS[3], false)] {
+        let before = node.hosted_report().repaired;
+        let reply = complete_reply(&node, prompt, local_only).await;
+        assert_eq!(reply["blyan"]["missing_experts"], json!({}), "{reply}");
+        assert_eq!(reply["blyan"]["remote_rows"], 0, "{reply}");
+        assert_eq!(reply["blyan"]["remote_hosts"], json!({}), "{reply}");
+        assert_eq!(
+            reply["choices"][0]["text"],
+            complete(&single, prompt).await.as_str()
+        );
+        if local_only {
+            assert!(node.hosted_report().repaired > before);
+        }
+    }
     let repaired = node.hosted_report().repaired;
-    assert!(repaired > 0);
     // Exactly the blocks it repaired are sound in the node's store now: those of the
     // corrupt experts the prompt's tokens were routed to.
     drop(node);
     let store = blyan_chain::Store::open(dirs[1].path().join("chain")).expect("store");
-    let sound = (0..4)
+    let sound = (0..8)
         .filter(|&e| {
             let head = store
                 .expert_head(blyan_primitives::ExpertId::new(3, e))

@@ -429,7 +429,7 @@ impl Model {
                 .experts
                 .iter()
                 .zip(&remote)
-                .map(|((e, _), r)| (!r).then(|| self.expert(l, *e)).transpose())
+                .map(|((e, _), r)| (!r).then(|| self.expert_repaired(l, *e)).transpose())
                 .collect::<Result<Vec<_>, _>>()?;
             let (answers, local) = std::thread::scope(|s| {
                 let asked = (!calls.is_empty()).then(|| {
@@ -650,6 +650,23 @@ impl Model {
         Ok(ExpertCols { cols, y })
     }
 
+    /// Expert `e` of layer `l`; if its block cannot be read here, after fetching a good copy
+    /// of it by hash from another machine, when one has it.
+    fn expert_repaired(&self, l: usize, e: usize) -> Result<Arc<Expert>, ModelError> {
+        match self.expert(l, e) {
+            Err(err)
+                if unreadable(&err)
+                    && self
+                        .hosts
+                        .as_ref()
+                        .is_some_and(|h| h.fetch_block(&self.experts[l][e].block)) =>
+            {
+                self.expert(l, e)
+            }
+            other => other,
+        }
+    }
+
     /// Writes the remote experts' output rows into the threads' column pieces: each answer
     /// that has the right size and only finite values, else the expert computed here from
     /// its block (no host answered, or the answer was malformed). Returns each call's fate;
@@ -685,28 +702,7 @@ impl Model {
                 // be read (missing or corrupt, and no other machine gave a good copy of it),
                 // any other failure an error.
                 let local = |model: &Model| -> Result<Option<Vec<f32>>, ModelError> {
-                    let layer = call.expert.layer.into();
-                    let unreadable = |e: &ModelError| {
-                        matches!(
-                            e,
-                            ModelError::BlockMissing { .. }
-                                | ModelError::BlockCorrupt { .. }
-                                | ModelError::Chain(_)
-                        )
-                    };
-                    let expert = match model.expert(layer, *e) {
-                        Err(err)
-                            if unreadable(&err)
-                                && model
-                                    .hosts
-                                    .as_ref()
-                                    .is_some_and(|h| h.fetch_block(&call.block)) =>
-                        {
-                            model.expert(layer, *e)
-                        }
-                        other => other,
-                    };
-                    match expert {
+                    match model.expert_repaired(call.expert.layer.into(), *e) {
                         Ok(expert) => expert.compute_rows(&call.rows.q, d).map(Some),
                         Err(err) if unreadable(&err) => Ok(None),
                         Err(err) => Err(err),
@@ -785,6 +781,14 @@ impl Model {
         lm_head.matmul(&q, &mut logits);
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
+}
+
+/// Whether `e` says an expert's block cannot be read here (missing or corrupt).
+fn unreadable(e: &ModelError) -> bool {
+    matches!(
+        e,
+        ModelError::BlockMissing { .. } | ModelError::BlockCorrupt { .. } | ModelError::Chain(_)
+    )
 }
 
 fn not_tiled() -> ModelError {
