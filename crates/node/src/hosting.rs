@@ -177,7 +177,7 @@ pub fn answer_digest(request: &str, block: &Hash, input: &Hash, output: &Hash) -
 /// The remote-expert side of a node.
 #[derive(Debug)]
 pub struct Hosting {
-    /// Itself, for the threads of hedged calls that outlive the call that started them.
+    /// Itself, for the attempts that outlive the call that started them.
     me: Weak<Hosting>,
     hosted: ExpertSet,
     peers: Vec<String>,
@@ -202,6 +202,8 @@ pub struct Hosting {
     signer: Arc<NetSigner>,
     /// Held while a block is fetched and repaired: one at a time.
     repairing: Mutex<()>,
+    /// The threads that make the calls.
+    callers: Callers,
     /// Expert blocks repaired with a copy from a peer.
     pub(crate) repaired: std::sync::atomic::AtomicU64,
 }
@@ -244,6 +246,7 @@ impl Hosting {
             registry: crate::registry::RegistryCache::default(),
             signer,
             repairing: Mutex::new(()),
+            callers: Callers::new(),
             repaired: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -544,73 +547,203 @@ fn parse_answer_signature(text: &str) -> Option<ed25519_dalek::Signature> {
 }
 
 impl Hosting {
-    /// One call, hedged: to the better of two hosts and, if it has not answered within its
-    /// recent p95 (or failed), to the other too; the first good answer wins. A slow call
-    /// left behind finishes on its own thread within the call timeout.
-    fn ask(&self, call: &RemoteCall) -> RemoteOutcome {
-        let (hosts, hedge) = self.pick(&call.block);
+    /// A layer's calls, all at once and hedged: each goes to the better of two hosts and, if
+    /// that has not answered within its recent p95 (or failed), to the other too; the first
+    /// good answer wins. The attempts run on the standing [`Callers`] threads, and this one
+    /// only waits for their answers and the hedging deadlines. An attempt left behind
+    /// finishes on its own within the call timeout.
+    fn ask_all(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
+        struct Pending {
+            hosts: std::vec::IntoIter<Target>,
+            hedge_at: Instant,
+            hedged: bool,
+            outstanding: usize,
+            outcome: RemoteOutcome,
+            done: bool,
+        }
         let Some(me) = self.me.upgrade() else {
-            return RemoteOutcome::default();
+            return vec![RemoteOutcome::default(); calls.len()];
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sent_to = std::cell::RefCell::new(Vec::new());
-        let start = |to: Target| {
-            if !sent_to.borrow().is_empty() {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<RemoteAnswer>)>();
+        let calls: Vec<Arc<RemoteCall>> = calls.iter().cloned().map(Arc::new).collect();
+        let start = |i: usize, p: &mut Pending| -> bool {
+            let Some(to) = p.hosts.next() else {
+                return false;
+            };
+            if !p.outcome.sent_to.is_empty() {
                 self.hedged
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            sent_to.borrow_mut().push(to.api.clone());
-            let (me, tx, call) = (me.clone(), tx.clone(), call.clone());
-            std::thread::spawn(move || {
-                let _ = tx.send(me.call(&to, &call));
-            });
+            p.outcome.sent_to.push(to.api.clone());
+            p.outstanding += 1;
+            let (me, tx, call) = (me.clone(), tx.clone(), calls[i].clone());
+            self.callers.run(Box::new(move || {
+                // An attempt always answers, a failed one with `None`.
+                let answer =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.call(&to, &call)))
+                        .unwrap_or(None);
+                let _ = tx.send((i, answer));
+            }));
+            true
         };
-        let mut hosts = hosts.into_iter();
-        let mut outstanding = 0;
-        if let Some(first) = hosts.next() {
-            start(first);
-            outstanding += 1;
+        let now = Instant::now();
+        let mut pending: Vec<Pending> = calls
+            .iter()
+            .map(|call| {
+                let (hosts, hedge) = self.pick(&call.block);
+                Pending {
+                    hosts: hosts.into_iter(),
+                    hedge_at: now + hedge,
+                    hedged: false,
+                    outstanding: 0,
+                    outcome: RemoteOutcome::default(),
+                    done: false,
+                }
+            })
+            .collect();
+        for (i, p) in pending.iter_mut().enumerate() {
+            p.done = !start(i, p);
         }
-        let mut hedged = false;
-        while outstanding > 0 {
-            let got = if hedged {
-                rx.recv().ok()
-            } else {
-                match rx.recv_timeout(hedge) {
-                    Ok(a) => Some(a),
-                    Err(_) => {
-                        // Slower than usual: ask the second host as well.
-                        hedged = true;
-                        if let Some(second) = hosts.next() {
-                            start(second);
-                            outstanding += 1;
-                        }
+        loop {
+            let next = pending
+                .iter()
+                .filter(|p| !p.done && !p.hedged)
+                .map(|p| p.hedge_at)
+                .min();
+            if pending.iter().all(|p| p.done) {
+                break;
+            }
+            let got = match next {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                // Every attempt ends within the call timeout.
+                None => rx
+                    .recv()
+                    .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok((i, answer)) => {
+                    let p = &mut pending[i];
+                    p.outstanding -= 1;
+                    if p.done {
                         continue;
                     }
-                }
-            };
-            outstanding -= 1;
-            match got {
-                Some(Some(answer)) => {
-                    return RemoteOutcome {
-                        answer: Some(answer),
-                        sent_to: sent_to.into_inner(),
-                    };
-                }
-                _ if !hedged => {
-                    // The first failed at once: the second now.
-                    hedged = true;
-                    if let Some(second) = hosts.next() {
-                        start(second);
-                        outstanding += 1;
+                    match answer {
+                        Some(answer) => {
+                            p.outcome.answer = Some(answer);
+                            p.done = true;
+                        }
+                        None => {
+                            // Failed at once: the second host now, if there is one.
+                            if !p.hedged {
+                                p.hedged = true;
+                                start(i, p);
+                            }
+                            p.done = p.outstanding == 0;
+                        }
                     }
                 }
-                _ => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // Slower than usual: ask the second host as well.
+                    let now = Instant::now();
+                    for (i, p) in pending.iter_mut().enumerate() {
+                        if !p.done && !p.hedged && p.hedge_at <= now {
+                            p.hedged = true;
+                            start(i, p);
+                        }
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        RemoteOutcome {
-            answer: None,
-            sent_to: sent_to.into_inner(),
+        pending.into_iter().map(|p| p.outcome).collect()
+    }
+}
+
+/// Standing threads that make expert calls: a call hands its attempt to an idle one, or
+/// starts a new one when none is idle (so a host that hangs never holds up another call); a
+/// thread idle for [`CALLER_IDLE`] ends.
+#[derive(Debug)]
+struct Callers {
+    tx: Mutex<std::sync::mpsc::Sender<CallerJob>>,
+    rx: Arc<Mutex<std::sync::mpsc::Receiver<CallerJob>>>,
+    /// Threads waiting for a job and not yet promised one.
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+type CallerJob = Box<dyn FnOnce() + Send>;
+
+/// How long a caller thread waits for work before it ends.
+const CALLER_IDLE: Duration = Duration::from_secs(30);
+
+impl Callers {
+    fn new() -> Callers {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Callers {
+            tx: Mutex::new(tx),
+            rx: Arc::new(Mutex::new(rx)),
+            idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
+    }
+
+    fn run(&self, job: CallerJob) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Promise the job to an idle thread, if there is one.
+        if self
+            .idle
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+            if sent.is_ok() {
+                return;
+            }
+            // Unreachable while `self` holds the receiver; run it on a new thread then.
+            let Err(std::sync::mpsc::SendError(job)) = sent else {
+                return;
+            };
+            self.spawn(job);
+            return;
+        }
+        self.spawn(job);
+    }
+
+    /// A new thread: `first`, then whatever it is given, until it idles out.
+    fn spawn(&self, first: CallerJob) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (rx, idle) = (self.rx.clone(), self.idle.clone());
+        let started = std::thread::Builder::new()
+            .name("expert-caller".into())
+            .spawn(move || {
+                first();
+                loop {
+                    idle.fetch_add(1, SeqCst);
+                    let job = loop {
+                        let got = rx
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .recv_timeout(CALLER_IDLE);
+                        match got {
+                            Ok(job) => break Some(job),
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+                            // End, unless every idle thread was promised a job meanwhile.
+                            Err(_)
+                                if idle
+                                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                                    .is_ok() =>
+                            {
+                                break None;
+                            }
+                            Err(_) => {}
+                        }
+                    };
+                    match job {
+                        Some(job) => job(),
+                        None => return,
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no thread for an expert call");
         }
     }
 }
@@ -622,30 +755,21 @@ impl ExpertHosts for Hosting {
 
     fn compute(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
         use std::sync::atomic::Ordering::Relaxed;
-        std::thread::scope(|s| {
-            let asked: Vec<_> = calls
-                .iter()
-                .map(|call| s.spawn(move || self.ask(call)))
-                .collect();
-            asked
-                .into_iter()
-                .map(|h| {
-                    let outcome = h.join().unwrap_or_default();
-                    match &outcome.answer {
-                        Some(a) => {
-                            self.remote_calls.fetch_add(1, Relaxed);
-                            if a.check {
-                                self.checked.fetch_add(1, Relaxed);
-                            }
-                        }
-                        None => {
-                            self.fallbacks.fetch_add(1, Relaxed);
-                        }
+        let outcomes = self.ask_all(calls);
+        for outcome in &outcomes {
+            match &outcome.answer {
+                Some(a) => {
+                    self.remote_calls.fetch_add(1, Relaxed);
+                    if a.check {
+                        self.checked.fetch_add(1, Relaxed);
                     }
-                    outcome
-                })
-                .collect()
-        })
+                }
+                None => {
+                    self.fallbacks.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        outcomes
     }
 
     fn fetch_block(&self, block: &Hash) -> bool {
@@ -1065,5 +1189,53 @@ mod tests {
         assert!(parse_answer_signature(&"ab".repeat(64)).is_some());
         assert!(parse_answer_signature(&"ab".repeat(63)).is_none());
         assert!(parse_answer_signature("not hex").is_none());
+    }
+}
+
+#[cfg(test)]
+mod caller_tests {
+    use super::*;
+
+    #[test]
+    fn caller_threads_are_reused_and_a_blocked_one_holds_up_nothing() {
+        let callers = Callers::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // One job blocks until released; the next ones still run at once, on other threads.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let tx1 = tx.clone();
+        callers.run(Box::new(move || {
+            let _ = blocked.recv();
+            let _ = tx1.send(std::thread::current().id());
+        }));
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let tx = tx.clone();
+            callers.run(Box::new(move || {
+                let _ = tx.send(std::thread::current().id());
+            }));
+            ids.push(
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a job ran while another was blocked"),
+            );
+            // Until the thread that ran it waits for more.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while callers.idle.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < deadline, "the thread never went idle");
+                std::thread::yield_now();
+            }
+        }
+        // Twenty jobs one after another, each finding the last one's thread idle: one thread
+        // ran them all.
+        let distinct: std::collections::BTreeSet<String> =
+            ids.iter().map(|id| format!("{id:?}")).collect();
+        assert_eq!(distinct.len(), 1, "{} threads for 20 jobs", distinct.len());
+        release.send(()).expect("release");
+        let last = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the blocked job ends");
+        assert!(
+            !ids.contains(&last),
+            "the blocked job had a thread of its own"
+        );
     }
 }
