@@ -154,23 +154,28 @@ pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
             }
             let experts = report["experts"].as_array().cloned().unwrap_or_default();
             println!(
-                "this node ({}) computes {} ({} expert versions); {} calls for peers; {} of its calls answered remotely, {} computed here when no host answered, {} spot-checked",
+                "this node ({}) computes {} ({} expert versions); {} calls for peers; {} of its calls answered remotely ({} hedged to a second host), {} computed here when no host answered, {} spot-checked; {} unreadable blocks repaired from peers",
                 report["account"].as_str().unwrap_or("?"),
                 report["hosted"].as_str().unwrap_or("*"),
                 experts.len(),
                 report["computed_for_peers"],
                 report["remote_calls"],
+                report["hedged"],
                 report["fallbacks"],
                 report["checked"],
+                report["repaired"],
             );
             let hosts = report["hosts"].as_array().cloned().unwrap_or_default();
             if hosts.is_empty() {
                 println!("it knows no expert host");
             }
             for h in hosts {
-                let banned = h["banned"]
+                let mut banned = h["banned"]
                     .as_str()
                     .map_or(String::new(), |r| format!("  BANNED: {r}"));
+                if h["admitted"] == false {
+                    banned.push_str("  NOT ADMITTED as a host: never called");
+                }
                 println!(
                     "{}  {}  {} expert blocks  queue {}  latency {:.2} ms  answered {} failed {}  seen {} ms ago{banned}",
                     h["api"].as_str().unwrap_or("?"),

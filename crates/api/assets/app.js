@@ -181,11 +181,14 @@ loaders.experts = async () => {
     hosting = await getJson('/experts/hosted');
     $('#hosting-summary').textContent = `this node computes ${hosting.hosted === '*' ? 'every expert' : hosting.hosted}; ` +
       `${hosting.computed_for_peers} calls computed for other nodes; of its own, ${hosting.remote_calls} answered by hosts, ` +
-      `${hosting.fallbacks} computed here for want of a host, ${hosting.checked} spot-checked`;
+      `${hosting.hedged} hedged to a second host, ${hosting.fallbacks} computed here for want of a host, ` +
+      `${hosting.checked} spot-checked; ${hosting.repaired} unreadable blocks repaired from peers`;
     $('#hosts-table tbody').replaceChildren(...hosting.hosts.map((h) => el('tr', {},
       el('td', {}, h.api), el('td', { class: 'hash' }, short(h.account)), el('td', {}, h.blocks.length),
       el('td', {}, h.queue), el('td', {}, `${h.latency_ms.toFixed(2)} ms`), el('td', {}, `${h.answered} / ${h.failed}`),
-      el('td', {}, h.banned ? `banned: ${h.banned}` : `seen ${(h.seen_ms_ago / 1000).toFixed(1)} s ago`))));
+      el('td', {}, h.banned ? `banned: ${h.banned}`
+        : !h.admitted ? 'not admitted as a host: never called'
+          : `seen ${(h.seen_ms_ago / 1000).toFixed(1)} s ago`))));
   } catch (e) {
     $('#hosting-summary').textContent = `could not load expert hosts: ${e.message}`;
   }
@@ -194,7 +197,7 @@ loaders.experts = async () => {
     const where = [];
     if (!hosting || here.has(x.id)) where.push('this node');
     for (const h of (hosting ? hosting.hosts : [])) {
-      if (!h.banned && h.blocks.includes(x.served)) where.push(`${h.api} (${h.latency_ms.toFixed(1)} ms)`);
+      if (!h.banned && h.admitted && h.blocks.includes(x.served)) where.push(`${h.api} (${h.latency_ms.toFixed(1)} ms)`);
     }
     return where.join(', ') || 'this node, from its block (no host)';
   };

@@ -68,6 +68,20 @@ fn open(dir: &Path, layer: ConfigLayer) -> Arc<Node> {
     Arc::new(Node::open(dir, config, blyan_node::unix_ms()).expect("node"))
 }
 
+/// A node computing only layer 0, asking `peers` (API addresses) for the rest and
+/// spot-checking `check_ppm` parts per million of their answers.
+fn layer0(dir: &Path, peers: &[std::net::SocketAddr], check_ppm: u32) -> Arc<Node> {
+    open(
+        dir,
+        ConfigLayer {
+            experts: Some("0.*".into()),
+            peers: Some(peers.iter().map(|a| format!("k@{a}")).collect()),
+            expert_check_ppm: Some(check_ppm),
+            ..ConfigLayer::default()
+        },
+    )
+}
+
 async fn complete(node: &Arc<Node>, prompt: &str) -> String {
     complete_reply(node, prompt, false).await["choices"][0]["text"]
         .as_str()
@@ -205,15 +219,7 @@ async fn a_host_that_lies_is_caught_banned_and_kept_as_evidence() {
     liar.inject_lying_expert_answers();
     let (liar_addr, _stop_liar) = serve(&liar).await;
     // Every answer is checked here, so the first lie is caught.
-    let node = open(
-        dirs[1].path(),
-        ConfigLayer {
-            experts: Some("0.*".into()),
-            peers: Some(vec![format!("k@{liar_addr}")]),
-            expert_check_ppm: Some(1_000_000),
-            ..ConfigLayer::default()
-        },
-    );
+    let node = layer0(dirs[1].path(), &[liar_addr], 1_000_000);
     let single = open(dirs[2].path(), ConfigLayer::default());
     heard_from_a_host(&node).await;
     // The lie never reaches the text: the checked call is computed here.
@@ -320,15 +326,7 @@ async fn hosts_are_paid_for_what_they_computed_and_a_lost_expert_is_said_out_lou
     // The node's own copies of experts 3.0 to 3.3 are unreadable: only the host can compute
     // them. No spot checks, which would read them here.
     assert_eq!(corrupt(dirs[1].path(), 3, 0..4), 4);
-    let node = open(
-        dirs[1].path(),
-        ConfigLayer {
-            experts: Some("0.*".into()),
-            peers: Some(vec![format!("k@{host_addr}")]),
-            expert_check_ppm: Some(0),
-            ..ConfigLayer::default()
-        },
-    );
+    let node = layer0(dirs[1].path(), &[host_addr], 0);
     heard_from_a_host(&node).await;
     // The host has no account in the node's ledger before it is first paid.
     let history = |node: &Node| -> Vec<blyan_ledger::PostingRecord> {
@@ -448,15 +446,7 @@ async fn on_a_network_that_admits_members_only_admitted_hosts_answer_and_only_me
     let (host_addr, _stop_host) = serve(&host).await;
     let rogue = open(&rogue_dir, ConfigLayer::default());
     let (rogue_addr, _stop_rogue) = serve(&rogue).await;
-    let member = open(
-        &member_dir,
-        ConfigLayer {
-            experts: Some("0.*".into()),
-            peers: Some(vec![format!("k@{host_addr}"), format!("k@{rogue_addr}")]),
-            expert_check_ppm: Some(0),
-            ..ConfigLayer::default()
-        },
-    );
+    let member = layer0(&member_dir, &[host_addr, rogue_addr], 0);
     // The member hears both hosts, and only the admitted one may be called.
     let deadline = Instant::now() + Duration::from_secs(30);
     while member
@@ -603,15 +593,7 @@ async fn an_unreadable_expert_block_is_fetched_from_a_peer_and_the_text_is_uncha
     let single = open(dirs[2].path(), ConfigLayer::default());
     // The node's copies of layer 3's experts are corrupt, and no host computes layers 1-3.
     assert_eq!(corrupt(dirs[1].path(), 3, 0..8), 8);
-    let node = open(
-        dirs[1].path(),
-        ConfigLayer {
-            experts: Some("0.*".into()),
-            peers: Some(vec![format!("k@{archive_addr}")]),
-            expert_check_ppm: Some(0),
-            ..ConfigLayer::default()
-        },
-    );
+    let node = layer0(dirs[1].path(), &[archive_addr], 0);
     heard_from_a_host(&node).await;
     // A local-only request repairs the blocks too (fetching a block sends nothing of it).
     for (prompt, local_only) in [(PROMPTS[2], true), (PROMPTS[3], false)] {
