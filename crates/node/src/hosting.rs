@@ -174,6 +174,56 @@ pub fn answer_digest(request: &str, block: &Hash, input: &Hash, output: &Hash) -
     Hash::of(&bytes)
 }
 
+/// The digest a host signs for its announcement of what it computes: SHA-256 of the domain
+/// tag, its account and network key, its expert blocks (in order, each once), its queue, and
+/// when it made the announcement and for how long it holds (ms).
+pub fn announcement_digest(
+    account: &Address,
+    net_key: &[u8; 32],
+    blocks: &BTreeSet<Hash>,
+    queue: u64,
+    at_ms: u64,
+    ttl_ms: u64,
+) -> Hash {
+    let mut bytes = b"blyan-expert-announce-v1".to_vec();
+    bytes.extend_from_slice(&account.0);
+    bytes.extend_from_slice(net_key);
+    bytes.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+    for b in blocks {
+        bytes.extend_from_slice(b.as_bytes());
+    }
+    bytes.extend_from_slice(&queue.to_le_bytes());
+    bytes.extend_from_slice(&at_ms.to_le_bytes());
+    bytes.extend_from_slice(&ttl_ms.to_le_bytes());
+    Hash::of(&bytes)
+}
+
+/// What a peer's `GET /experts/hosted` announces, if it is signed by `key` and still holds
+/// at `now_ms`: its expert blocks and queue, and until when (ms) it holds.
+fn checked_announcement(
+    answer: &serde_json::Value,
+    account: &Address,
+    key: &VerifyingKey,
+    now_ms: u64,
+) -> Option<(BTreeSet<Hash>, u64, u64)> {
+    let blocks: BTreeSet<Hash> = answer["experts"]
+        .as_array()?
+        .iter()
+        .map(|e| e["block"].as_str()?.parse().ok())
+        .collect::<Option<_>>()?;
+    let queue = answer["queue"].as_u64()?;
+    let (at_ms, ttl_ms) = (answer["at_ms"].as_u64()?, answer["ttl_ms"].as_u64()?);
+    let signature = parse_answer_signature(answer["announcement_signature"].as_str()?)?;
+    let digest = announcement_digest(account, key.as_bytes(), &blocks, queue, at_ms, ttl_ms);
+    key.verify_strict(digest.as_bytes(), &signature).ok()?;
+    // Stale (or replayed) announcements, and ones from a clock far ahead, count for nothing.
+    let until = at_ms.checked_add(ttl_ms.min(HOST_TTL.as_millis() as u64))?;
+    if now_ms > until || at_ms > now_ms.saturating_add(CALL_CLOCK_SKEW_MS) {
+        return None;
+    }
+    Some((blocks, queue, until))
+}
+
 /// The remote-expert side of a node.
 #[derive(Debug)]
 pub struct Hosting {
@@ -294,14 +344,13 @@ impl Hosting {
                 tracing::warn!(host = %api, %account, "expert host without a valid network-key binding");
                 continue;
             };
-            let blocks = answer["experts"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|e| e["block"].as_str()?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
+            // What it computes, signed by that key and fresh.
+            let Some((blocks, queue, _)) =
+                checked_announcement(&answer, &account, &key, crate::unix_ms())
+            else {
+                tracing::warn!(host = %api, %account, "expert host announcement unsigned, wrongly signed or stale");
+                continue;
+            };
             let rtt = started.elapsed().as_secs_f64() * 1e3;
             let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
             let entry = table.entry(api.clone()).or_insert_with(|| HostInfo {
@@ -327,7 +376,7 @@ impl Hosting {
             entry.key = Some(key);
             entry.binding = Some(binding);
             entry.blocks = blocks;
-            entry.queue = answer["queue"].as_u64().unwrap_or(0);
+            entry.queue = queue;
             entry.seen = Some(Instant::now());
         }
     }
@@ -869,6 +918,13 @@ pub struct HostedReport {
     pub net_key: Option<String>,
     /// The account's EIP-191 signature binding `net_key` to it.
     pub binding: Option<String>,
+    /// When this announcement was made (unix ms), and for how long it holds.
+    pub at_ms: u64,
+    /// See `at_ms`.
+    pub ttl_ms: u64,
+    /// The network key's Ed25519 signature (hex) of [`announcement_digest`] over `account`,
+    /// `net_key`, the blocks of `experts`, `queue`, `at_ms` and `ttl_ms`.
+    pub announcement_signature: Option<String>,
     /// `experts` as configured (`*`: all).
     pub hosted: String,
     /// The expert versions it computes.
@@ -1069,17 +1125,29 @@ impl crate::Node {
         let blocks = serving.engine.model().expert_blocks();
         let set = self.hosting.as_ref().map(|h| h.hosted().clone());
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let account = blyan_primitives::address_of(&self.signer);
+        let experts: Vec<HostedExpert> = blocks
+            .into_iter()
+            .filter(|(id, _)| set.as_ref().is_none_or(|s| s.contains(*id)))
+            .map(|(id, block)| HostedExpert { id, block })
+            .collect();
+        let queue = self.active_generations() as u64;
+        let (at_ms, ttl_ms) = (crate::unix_ms(), HOST_TTL.as_millis() as u64);
+        let announcement_signature = key.map(|k| {
+            let blocks: BTreeSet<Hash> = experts.iter().map(|e| e.block).collect();
+            let digest = announcement_digest(&account, &k.public, &blocks, queue, at_ms, ttl_ms);
+            hex::encode(k.key.sign(digest.as_bytes()).to_bytes())
+        });
         HostedReport {
-            account: blyan_primitives::address_of(&self.signer),
+            account,
             net_key: key.map(|k| hex::encode(k.public)),
             binding: key.map(|k| k.binding.to_string()),
+            at_ms,
+            ttl_ms,
+            announcement_signature,
             hosted: set.as_ref().map_or("*", ExpertSet::as_str).to_owned(),
-            experts: blocks
-                .into_iter()
-                .filter(|(id, _)| set.as_ref().is_none_or(|s| s.contains(*id)))
-                .map(|(id, block)| HostedExpert { id, block })
-                .collect(),
-            queue: self.active_generations() as u64,
+            experts,
+            queue,
             computed_for_peers: load(&self.computed_for_peers),
             remote_calls: self.hosting.as_ref().map_or(0, |h| load(&h.remote_calls)),
             fallbacks: self.hosting.as_ref().map_or(0, |h| load(&h.fallbacks)),
@@ -1153,6 +1221,12 @@ impl crate::Node {
 mod tests {
     use super::*;
 
+    fn other_account() -> Address {
+        blyan_primitives::address_of(
+            &blyan_primitives::SigningKey::from_slice(&[5; 32]).expect("key"),
+        )
+    }
+
     fn announce(key: &[u8; 32], binding: &Signature) -> serde_json::Value {
         serde_json::json!({"net_key": hex::encode(key), "binding": binding.to_string()})
     }
@@ -1185,6 +1259,39 @@ mod tests {
         ] {
             assert!(bound_key(&bad, &account).is_none(), "{bad}");
         }
+        // An announcement counts only signed by the host's key, unaltered and fresh.
+        let signing = AnswerSigningKey::from_bytes(&[9; 32]);
+        let key = signing.verifying_key();
+        let blocks: BTreeSet<Hash> = [Hash::of(b"a"), Hash::of(b"b")].into_iter().collect();
+        let now = 1_800_000_000_000u64;
+        let announce = |blocks: &BTreeSet<Hash>, queue: u64, at_ms: u64, by: &AnswerSigningKey| {
+            let digest = announcement_digest(&account, &net, blocks, queue, at_ms, 10_000);
+            serde_json::json!({
+                "experts": blocks.iter().map(|b| serde_json::json!({"id": "1.0", "block": b})).collect::<Vec<_>>(),
+                "queue": queue,
+                "at_ms": at_ms,
+                "ttl_ms": 10_000,
+                "announcement_signature": hex::encode(by.sign(digest.as_bytes()).to_bytes()),
+            })
+        };
+        let good = announce(&blocks, 3, now - 1_000, &signing);
+        let (got, queue, until) = checked_announcement(&good, &account, &key, now).expect("holds");
+        assert_eq!((got, queue, until), (blocks.clone(), 3, now + 9_000));
+        let mut altered = good.clone();
+        altered["queue"] = serde_json::json!(0);
+        assert!(checked_announcement(&altered, &account, &key, now).is_none());
+        let mut fewer = good.clone();
+        fewer["experts"].as_array_mut().expect("array").pop();
+        assert!(checked_announcement(&fewer, &account, &key, now).is_none());
+        let other = AnswerSigningKey::from_bytes(&[8; 32]);
+        assert!(
+            checked_announcement(&announce(&blocks, 3, now, &other), &account, &key, now).is_none()
+        );
+        assert!(checked_announcement(&good, &other_account(), &key, now).is_none());
+        // Stale, or from a clock far ahead.
+        assert!(checked_announcement(&good, &account, &key, now + 9_001).is_none());
+        let ahead = announce(&blocks, 3, now + CALL_CLOCK_SKEW_MS + 1, &signing);
+        assert!(checked_announcement(&ahead, &account, &key, now).is_none());
         // An answer signature is 64 bytes of hex, nothing else.
         assert!(parse_answer_signature(&"ab".repeat(64)).is_some());
         assert!(parse_answer_signature(&"ab".repeat(63)).is_none());
