@@ -76,6 +76,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/experts", get(node_routes::experts))
         .route("/experts/hosted", get(node_routes::hosted))
         .route(
+            "/experts/compute",
+            post(node_routes::compute_batch)
+                .layer(DefaultBodyLimit::max(blyan_node::hosting::BATCH_BODY_MAX))
+                .layer(middleware::from_fn_with_state(
+                    Arc::new(limit::Limits::sync(&node)),
+                    limit::limit,
+                )),
+        )
+        .route(
             "/experts/{id}/compute",
             post(node_routes::compute).layer(middleware::from_fn_with_state(
                 Arc::new(limit::Limits::sync(&node)),

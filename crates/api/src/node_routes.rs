@@ -324,6 +324,66 @@ pub(crate) async fn hosted(State(node): State<Arc<Node>>) -> Result<Json<Value>,
     Ok(Json(json!(report)))
 }
 
+/// Who calls, on a network that admits its members: all three headers, or none.
+fn caller_proof(headers: &axum::http::HeaderMap) -> Option<blyan_node::hosting::CallerProof> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    match (
+        header("x-blyan-caller"),
+        header("x-blyan-caller-time"),
+        header("x-blyan-caller-signature"),
+    ) {
+        (Some(key), Some(at_ms), Some(signature)) => Some(blyan_node::hosting::CallerProof {
+            key,
+            at_ms,
+            signature,
+        }),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchQuery {
+    request: String,
+}
+
+/// `POST /experts/compute?request=`: several expert calls for another node in one request
+/// (the body of `blyan_node::hosting::encode_batch`); per call its output's length, the
+/// output rows (f32 LE) and the Ed25519 signature of the call's answer digest (request id
+/// `{request}-{i}`). All or none; signed by the caller like a single call.
+pub(crate) async fn compute_batch(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<BatchQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Query(q) = query?;
+    let signer = node.hosted_account().to_string();
+    let caller = caller_proof(&headers);
+    let answer =
+        blocking(move || node.compute_batch_for_peer(&q.request, &body, caller.as_ref())).await?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-blyan-signer"),
+                signer,
+            ),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ComputeQuery {
@@ -354,25 +414,7 @@ pub(crate) async fn compute(
         .parse()
         .map_err(|_| ApiError::invalid("block", "a block hash is 64 hex digits"))?;
     let signer = node.hosted_account().to_string();
-    // Who calls, on a network that admits its members: all three headers or none.
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let caller = match (
-        header("x-blyan-caller"),
-        header("x-blyan-caller-time"),
-        header("x-blyan-caller-signature"),
-    ) {
-        (Some(key), Some(at_ms), Some(signature)) => Some(blyan_node::hosting::CallerProof {
-            key,
-            at_ms,
-            signature,
-        }),
-        _ => None,
-    };
+    let caller = caller_proof(&headers);
     let (output, signature) =
         blocking(move || node.compute_for_peer(id, block, &q.request, &body, caller.as_ref()))
             .await?;

@@ -57,8 +57,14 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     ),
     (
         "post",
+        "/experts/compute",
+        "Several expert calls for another node in one request: `?request=ID`; body: count (u32 LE), then per call layer and expert (u16 LE each), block (32 bytes), rows length (u32 LE) and the rows (Q8_0 wire form); answer: per call its output length (u32 LE), the f32 LE outputs and the Ed25519 signature of its answer digest (request id `ID-i`). All or none; `400 invalid_parameter` for a malformed batch; caller headers as for one call.",
+        false,
+    ),
+    (
+        "post",
         "/experts/{id}/compute",
-        "Compute expert `id` (`L.E`) at exactly `?block=HASH` for another node: the body is its tokens' inputs (Q8_0 rows: rows and width as u32 LE, then per 32 values an f32 scale and 32 int8), the answer their outputs (f32 LE rows), with `x-blyan-signature`: the host's EIP-191 signature of SHA-256(`blyan-expert-answer-v1` ‖ request id ‖ block ‖ input hash ‖ output hash) and `x-blyan-signer`. `?request=` names the call. Rate-limited per client network.",
+        "Compute expert `id` (`L.E`) at exactly `?block=HASH` for another node: the body is its tokens' inputs (Q8_0 rows: rows and width as u32 LE, then per 32 values an f32 scale and 32 int8), the answer their outputs (f32 LE rows), with `x-blyan-signature`: the Ed25519 signature, by the host's network key, of SHA-256(`blyan-expert-answer-v1` ‖ request id ‖ block ‖ input hash ‖ output hash) and `x-blyan-signer`. `?request=` names the call. On a network that admits its members the caller signs the call (`x-blyan-caller`, `x-blyan-caller-time`, `x-blyan-caller-signature`), else `403 caller_not_admitted`. Rate-limited per client network.",
         false,
     ),
     (

@@ -480,90 +480,143 @@ impl Hosting {
         }
     }
 
-    /// One call to one host: the output rows if the answer is complete and signed by the
-    /// host's network key over this request, block, input and output.
-    fn call(&self, to: &Target, call: &RemoteCall) -> Option<RemoteAnswer> {
+    /// Calls to one host in one request (`POST /experts/compute`): per call, its output
+    /// rows if that part of the answer is complete and signed by the host's network key over
+    /// the call's request id, block, input and output.
+    fn call_batch(&self, to: &Target, calls: &[Arc<RemoteCall>]) -> Vec<Option<RemoteAnswer>> {
         let api = to.api.as_str();
+        let started = Instant::now();
         let request = format!(
             "{:x}",
             self.next_request
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let input = call.rows.to_bytes();
-        let started = Instant::now();
-        let url = format!(
-            "http://{api}/experts/{}/compute?block={}&request={request}",
-            call.expert, call.block
-        );
-        let input_hash = Hash::of(&input);
-        let me = self.signer.get().ok()?;
-        let at_ms = crate::unix_ms();
-        let proof = me
-            .key
-            .sign(call_digest(&request, call.expert, &call.block, &input_hash, at_ms).as_bytes());
-        let answer = self
-            .agent
-            .post(&url)
-            .header("content-type", "application/octet-stream")
-            .header("x-blyan-caller", hex::encode(me.public))
-            .header("x-blyan-caller-time", at_ms.to_string())
-            .header("x-blyan-caller-signature", hex::encode(proof.to_bytes()))
-            .send(&input[..])
-            .ok()
-            .filter(|r| r.status() == 200)
-            .and_then(|mut r| {
-                let signature = r
-                    .headers()
-                    .get("x-blyan-signature")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_answer_signature)?;
-                let body = r
-                    .body_mut()
-                    .with_config()
-                    .limit((CALL_ROWS_MAX * 4 * 8192) as u64)
-                    .read_to_vec()
-                    .ok()?;
-                Some((signature, body))
-            });
-        let checked = answer.and_then(|(signature, body)| {
-            let output_hash = Hash::of(&body);
-            let digest = answer_digest(&request, &call.block, &input_hash, &output_hash);
-            to.key.verify_strict(digest.as_bytes(), &signature).ok()?;
-            if !body.len().is_multiple_of(4) {
-                return None;
-            }
-            let check = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000u32) < self.check_ppm;
-            Some(RemoteAnswer {
-                output: body
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                host: api.to_owned(),
-                account: to.account,
-                check,
-                evidence: serde_json::json!({
-                    "host": api,
-                    "signer": to.account,
-                    "net_key": hex::encode(to.key.as_bytes()),
-                    "binding": to.binding.to_string(),
-                    "request": request,
-                    "expert": call.expert,
-                    "block": call.block,
-                    "input_hash": input_hash,
-                    "output_hash": output_hash,
-                    "digest": digest,
-                    "signature": hex::encode(signature.to_bytes()),
-                })
-                .to_string(),
+        let inputs: Vec<Vec<u8>> = calls.iter().map(|c| c.rows.to_bytes()).collect();
+        let items: Vec<BatchItem<'_>> = calls
+            .iter()
+            .zip(&inputs)
+            .map(|(c, rows)| BatchItem {
+                expert: c.expert,
+                block: c.block,
+                rows,
             })
+            .collect();
+        let body = encode_batch(&items);
+        // What each call's answer must be: its rows times the model's width, in f32.
+        let expected: Vec<usize> = calls
+            .iter()
+            .map(|c| c.rows.rows() * c.rows.cols() * 4)
+            .collect();
+        let answer = self.signer.get().ok().and_then(|me| {
+            let at_ms = crate::unix_ms();
+            let proof = me
+                .key
+                .sign(batch_digest(&request, &Hash::of(&body), at_ms).as_bytes());
+            self.agent
+                .post(format!("http://{api}/experts/compute?request={request}"))
+                .header("content-type", "application/octet-stream")
+                .header("x-blyan-caller", hex::encode(me.public))
+                .header("x-blyan-caller-time", at_ms.to_string())
+                .header("x-blyan-caller-signature", hex::encode(proof.to_bytes()))
+                .send(&body[..])
+                .ok()
+                .filter(|r| r.status() == 200)
+                .and_then(|mut r| {
+                    r.body_mut()
+                        .with_config()
+                        .limit(expected.iter().map(|n| n + 68).sum::<usize>() as u64)
+                        .read_to_vec()
+                        .ok()
+                })
         });
-        self.record(
-            api,
-            checked.is_some(),
-            started.elapsed().as_secs_f64() * 1e3,
-        );
-        checked
+        let mut out: Vec<Option<RemoteAnswer>> = Vec::with_capacity(calls.len());
+        let mut at = 0;
+        if let Some(answer) = &answer {
+            for (i, call) in calls.iter().enumerate() {
+                let Some((output, signature, next)) = answer_part(answer, at, expected[i]) else {
+                    break;
+                };
+                at = next;
+                out.push(self.checked_answer(
+                    to,
+                    call,
+                    &format!("{request}-{i}"),
+                    &inputs[i],
+                    output,
+                    &signature,
+                ));
+            }
+        }
+        let whole = answer.as_ref().is_some_and(|a| at == a.len())
+            && out.len() == calls.len()
+            && out.iter().all(Option::is_some);
+        out.resize(calls.len(), None);
+        self.record(api, whole, started.elapsed().as_secs_f64() * 1e3);
+        out
     }
+
+    /// One call's answer, if `signature` is the host's over its request id, block, input
+    /// and output.
+    fn checked_answer(
+        &self,
+        to: &Target,
+        call: &RemoteCall,
+        request: &str,
+        input: &[u8],
+        output: &[u8],
+        signature: &ed25519_dalek::Signature,
+    ) -> Option<RemoteAnswer> {
+        let (input_hash, output_hash) = (Hash::of(input), Hash::of(output));
+        let digest = answer_digest(request, &call.block, &input_hash, &output_hash);
+        to.key.verify_strict(digest.as_bytes(), signature).ok()?;
+        let check = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000u32) < self.check_ppm;
+        Some(RemoteAnswer {
+            output: output
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            host: to.api.clone(),
+            account: to.account,
+            check,
+            evidence: serde_json::json!({
+                "host": to.api,
+                "signer": to.account,
+                "net_key": hex::encode(to.key.as_bytes()),
+                "binding": to.binding.to_string(),
+                "request": request,
+                "expert": call.expert,
+                "block": call.block,
+                "input_hash": input_hash,
+                "output_hash": output_hash,
+                "digest": digest,
+                "signature": hex::encode(signature.to_bytes()),
+            })
+            .to_string(),
+        })
+    }
+}
+
+/// The part of a batch's answer from byte `at`: its length (u32 LE), which must be `len`,
+/// the output, and the 64-byte signature; and where the next part starts.
+fn answer_part(
+    answer: &[u8],
+    at: usize,
+    len: usize,
+) -> Option<(&[u8], ed25519_dalek::Signature, usize)> {
+    let head: [u8; 4] = answer.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    if u32::from_le_bytes(head) as usize != len {
+        return None;
+    }
+    let output_at = at + 4;
+    let signature_at = output_at.checked_add(len)?;
+    let end = signature_at.checked_add(64)?;
+    let output = answer.get(output_at..signature_at)?;
+    let signature: [u8; 64] = answer.get(signature_at..end)?.try_into().ok()?;
+    Some((
+        output,
+        ed25519_dalek::Signature::from_bytes(&signature),
+        end,
+    ))
 }
 
 /// A host a call may go to: where, whose, and the key its answers must be signed with.
@@ -615,25 +668,31 @@ impl Hosting {
         };
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<RemoteAnswer>)>();
         let calls: Vec<Arc<RemoteCall>> = calls.iter().cloned().map(Arc::new).collect();
-        let start = |i: usize, p: &mut Pending| -> bool {
-            let Some(to) = p.hosts.next() else {
-                return false;
-            };
+        // The next host of a call, now sent its rows.
+        let claim = |p: &mut Pending| -> Option<Target> {
+            let to = p.hosts.next()?;
             if !p.outcome.sent_to.is_empty() {
                 self.hedged
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             p.outcome.sent_to.push(to.api.clone());
             p.outstanding += 1;
-            let (me, tx, call) = (me.clone(), tx.clone(), calls[i].clone());
+            Some(to)
+        };
+        // Calls `batch` to host `to`, in one request, on a caller thread.
+        let send = |to: Target, batch: Vec<usize>| {
+            let (me, tx) = (me.clone(), tx.clone());
+            let these: Vec<Arc<RemoteCall>> = batch.iter().map(|&i| calls[i].clone()).collect();
             self.callers.run(Box::new(move || {
                 // An attempt always answers, a failed one with `None`.
-                let answer =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.call(&to, &call)))
-                        .unwrap_or(None);
-                let _ = tx.send((i, answer));
+                let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    me.call_batch(&to, &these)
+                }))
+                .unwrap_or_else(|_| vec![None; these.len()]);
+                for (i, answer) in batch.into_iter().zip(answers) {
+                    let _ = tx.send((i, answer));
+                }
             }));
-            true
         };
         let now = Instant::now();
         let mut pending: Vec<Pending> = calls
@@ -650,8 +709,38 @@ impl Hosting {
                 }
             })
             .collect();
+        // First attempts: the calls going to one host in as few requests as the batch
+        // limits allow.
+        let mut by_host: BTreeMap<String, (Target, Vec<usize>)> = BTreeMap::new();
         for (i, p) in pending.iter_mut().enumerate() {
-            p.done = !start(i, p);
+            match claim(p) {
+                Some(to) => {
+                    by_host
+                        .entry(to.api.clone())
+                        .or_insert_with(|| (to, Vec::new()))
+                        .1
+                        .push(i);
+                }
+                None => p.done = true,
+            }
+        }
+        for (to, all) in by_host.into_values() {
+            let mut batch = Vec::new();
+            let mut bytes = 4;
+            for i in all {
+                let size = 40 + 8 + calls[i].rows.rows() * calls[i].rows.cols() / 32 * 36;
+                if !batch.is_empty()
+                    && (batch.len() == BATCH_CALLS_MAX || bytes + size > BATCH_BODY_MAX / 2)
+                {
+                    send(to.clone(), std::mem::take(&mut batch));
+                    bytes = 4;
+                }
+                batch.push(i);
+                bytes += size;
+            }
+            if !batch.is_empty() {
+                send(to, batch);
+            }
         }
         loop {
             let next = pending
@@ -685,7 +774,9 @@ impl Hosting {
                             // Failed at once: the second host now, if there is one.
                             if !p.hedged {
                                 p.hedged = true;
-                                start(i, p);
+                                if let Some(to) = claim(p) {
+                                    send(to, vec![i]);
+                                }
                             }
                             p.done = p.outstanding == 0;
                         }
@@ -697,7 +788,9 @@ impl Hosting {
                     for (i, p) in pending.iter_mut().enumerate() {
                         if !p.done && !p.hedged && p.hedge_at <= now {
                             p.hedged = true;
-                            start(i, p);
+                            if let Some(to) = claim(p) {
+                                send(to, vec![i]);
+                            }
                         }
                     }
                 }
@@ -1170,23 +1263,58 @@ impl crate::Node {
         input: &[u8],
         caller: Option<&CallerProof>,
     ) -> Result<(Vec<u8>, ed25519_dalek::Signature), NodeError> {
-        if request.is_empty()
-            || request.len() > 64
-            || !request
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(NodeError::InvalidParameter {
-                name: "request",
-                reason: "a request id is 1 to 64 letters, digits, `-` or `_`".into(),
-            });
-        }
+        check_request_id(request, 64)?;
         let input_hash = Hash::of(input);
         self.check_caller(
             caller,
             |at_ms| call_digest(request, id, &block, &input_hash, at_ms),
             crate::unix_ms(),
         )?;
+        self.compute_one(id, block, request, input, &input_hash)
+    }
+
+    /// Computes a batch of expert calls for another node (the body of
+    /// `POST /experts/compute`, [`decode_batch`]): call `i` is answered as request
+    /// `{request}-{i}`, all of them or none. The answer is, per call, its output's length
+    /// (u32 LE), the output rows (f32 LE) and this node's signature of [`answer_digest`].
+    pub fn compute_batch_for_peer(
+        &self,
+        request: &str,
+        body: &[u8],
+        caller: Option<&CallerProof>,
+    ) -> Result<Vec<u8>, NodeError> {
+        check_request_id(request, 60)?;
+        let body_hash = Hash::of(body);
+        self.check_caller(
+            caller,
+            |at_ms| batch_digest(request, &body_hash, at_ms),
+            crate::unix_ms(),
+        )?;
+        let items = decode_batch(body)?;
+        let mut answer = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let (output, signature) = self.compute_one(
+                item.expert,
+                item.block,
+                &format!("{request}-{i}"),
+                item.rows,
+                &Hash::of(item.rows),
+            )?;
+            answer.extend_from_slice(&(output.len() as u32).to_le_bytes());
+            answer.extend_from_slice(&output);
+            answer.extend_from_slice(&signature.to_bytes());
+        }
+        Ok(answer)
+    }
+
+    fn compute_one(
+        &self,
+        id: ExpertId,
+        block: Hash,
+        request: &str,
+        input: &[u8],
+        input_hash: &Hash,
+    ) -> Result<(Vec<u8>, ed25519_dalek::Signature), NodeError> {
         if let Some(h) = &self.hosting
             && !h.hosted().contains(id)
         {
@@ -1210,11 +1338,125 @@ impl crate::Node {
         for v in &y {
             output.extend_from_slice(&v.to_le_bytes());
         }
-        let digest = answer_digest(request, &block, &input_hash, &Hash::of(&output));
+        let digest = answer_digest(request, &block, input_hash, &Hash::of(&output));
         self.computed_for_peers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((output, self.answer_key()?.key.sign(digest.as_bytes())))
     }
+}
+
+/// A request id: 1 to `max` letters, digits, `-` or `_`.
+fn check_request_id(request: &str, max: usize) -> Result<(), NodeError> {
+    if request.is_empty()
+        || request.len() > max
+        || !request
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(NodeError::InvalidParameter {
+            name: "request",
+            reason: format!("a request id is 1 to {max} letters, digits, `-` or `_`"),
+        });
+    }
+    Ok(())
+}
+
+/// Most calls in one batch.
+pub const BATCH_CALLS_MAX: usize = 64;
+/// Most bytes of one batch's body.
+pub const BATCH_BODY_MAX: usize = 16 << 20;
+
+/// The digest a caller signs for a batch of expert calls: SHA-256 of the domain tag, the
+/// request id, the hash of the whole body and the caller's clock (unix ms).
+pub fn batch_digest(request: &str, body: &Hash, at_ms: u64) -> Hash {
+    let mut bytes = b"blyan-expert-batch-v1".to_vec();
+    bytes.extend_from_slice(&(request.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(request.as_bytes());
+    bytes.extend_from_slice(body.as_bytes());
+    bytes.extend_from_slice(&at_ms.to_le_bytes());
+    Hash::of(&bytes)
+}
+
+/// One call of a batch, as its body carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchItem<'a> {
+    /// The expert.
+    pub expert: ExpertId,
+    /// Its exact version.
+    pub block: Hash,
+    /// Its rows, in the wire form of [`blyan_model::ExpertRows`].
+    pub rows: &'a [u8],
+}
+
+/// The body of a batch: the count (u32 LE), then per call its layer and expert (u16 LE
+/// each), its block (32 bytes), the length of its rows (u32 LE) and the rows.
+pub fn encode_batch(items: &[BatchItem<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + items.iter().map(|i| 40 + i.rows.len()).sum::<usize>());
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for item in items {
+        out.extend_from_slice(&item.expert.layer.to_le_bytes());
+        out.extend_from_slice(&item.expert.expert.to_le_bytes());
+        out.extend_from_slice(item.block.as_bytes());
+        out.extend_from_slice(&(item.rows.len() as u32).to_le_bytes());
+        out.extend_from_slice(item.rows);
+    }
+    out
+}
+
+/// Reads a batch body ([`encode_batch`]): 1 to [`BATCH_CALLS_MAX`] calls, every length
+/// within the body and nothing after the last call; the rows themselves are checked when
+/// each call is computed.
+pub fn decode_batch(body: &[u8]) -> Result<Vec<BatchItem<'_>>, NodeError> {
+    let bad = |reason: String| NodeError::InvalidParameter {
+        name: "batch",
+        reason,
+    };
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], NodeError> {
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "the body ends at byte {} inside a call",
+                    body.len()
+                ))
+            })?;
+        let piece = &body[at..end];
+        at = end;
+        Ok(piece)
+    };
+    let u32_at = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let count = u32_at(take(4)?);
+    if count == 0 || count > BATCH_CALLS_MAX {
+        return Err(bad(format!(
+            "{count} calls; 1 to {BATCH_CALLS_MAX} are taken"
+        )));
+    }
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let head = take(40)?;
+        let expert = ExpertId::new(
+            u16::from_le_bytes([head[0], head[1]]),
+            u16::from_le_bytes([head[2], head[3]]),
+        );
+        let mut block = [0u8; 32];
+        block.copy_from_slice(&head[4..36]);
+        let len = u32_at(&head[36..40]);
+        let rows = take(len)?;
+        items.push(BatchItem {
+            expert,
+            block: Hash(block),
+            rows,
+        });
+    }
+    if at != body.len() {
+        return Err(bad(format!(
+            "{} bytes after the last call",
+            body.len() - at
+        )));
+    }
+    Ok(items)
 }
 
 #[cfg(test)]

@@ -509,14 +509,7 @@ async fn on_a_network_that_admits_members_only_admitted_hosts_answer_and_only_me
         "http://{host_addr}/experts/{}/compute?block={}&request=r1",
         expert.id, expert.block
     );
-    let d = host.info().d_model;
-    let mut rows = Vec::new();
-    rows.extend_from_slice(&1u32.to_le_bytes());
-    rows.extend_from_slice(&(d as u32).to_le_bytes());
-    for _ in 0..d / 32 {
-        rows.extend_from_slice(&0.01f32.to_le_bytes());
-        rows.extend_from_slice(&[1u8; 32]);
-    }
+    let rows = one_row(host.info().d_model);
     let now = blyan_node::unix_ms().to_string();
     for headers in [
         vec![],
@@ -657,6 +650,136 @@ async fn get_bytes(url: &str) -> (u16, Vec<u8>) {
             .build()
             .into();
         let mut response = agent.get(&url).call().expect("get");
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_vec().expect("body"))
+    })
+    .await
+    .expect("join")
+}
+
+/// One row of `d` values in the wire form of `ExpertRows`.
+fn one_row(d: usize) -> Vec<u8> {
+    let mut rows = Vec::new();
+    rows.extend_from_slice(&1u32.to_le_bytes());
+    rows.extend_from_slice(&(d as u32).to_le_bytes());
+    for _ in 0..d / 32 {
+        rows.extend_from_slice(&0.01f32.to_le_bytes());
+        rows.extend_from_slice(&[1u8; 32]);
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_calls_is_answered_signed_per_call_and_a_malformed_one_not_at_all() {
+    let dirs = copies(1);
+    let host = open(dirs[0].path(), ConfigLayer::default());
+    let (addr, _stop) = serve(&host).await;
+    let report = host.hosted_report();
+    let d = host.info().d_model;
+    let (a, b) = (report.experts[8].clone(), report.experts[17].clone());
+    let rows = one_row(d);
+    let items = [
+        blyan_node::hosting::BatchItem {
+            expert: a.id,
+            block: a.block,
+            rows: &rows,
+        },
+        blyan_node::hosting::BatchItem {
+            expert: b.id,
+            block: b.block,
+            rows: &rows,
+        },
+    ];
+    let body = blyan_node::hosting::encode_batch(&items);
+    let url = |request: &str| format!("http://{addr}/experts/compute?request={request}");
+    let (status, answer) = post_raw(&url("b1"), body.clone()).await;
+    assert_eq!(status, 200);
+    // Per call: its length, d outputs, and the host's signature of its answer digest; the
+    // outputs are what a single call gives.
+    let key = ed25519_dalek::VerifyingKey::from_bytes(
+        &hex::decode(report.net_key.as_deref().expect("a network key"))
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes"),
+    )
+    .expect("key");
+    let mut at = 0;
+    for (i, item) in items.iter().enumerate() {
+        let len = u32::from_le_bytes(answer[at..at + 4].try_into().expect("4")) as usize;
+        assert_eq!(len, d * 4);
+        let output = &answer[at + 4..at + 4 + len];
+        let signature: [u8; 64] = answer[at + 4 + len..at + 4 + len + 64]
+            .try_into()
+            .expect("64");
+        let digest = blyan_node::hosting::answer_digest(
+            &format!("b1-{i}"),
+            &item.block,
+            &blyan_primitives::Hash::of(item.rows),
+            &blyan_primitives::Hash::of(output),
+        );
+        key.verify_strict(
+            digest.as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .expect("signed per call");
+        let (single, _) = host
+            .compute_for_peer(item.expert, item.block, "one", item.rows, None)
+            .expect("one call");
+        assert_eq!(output, &single[..]);
+        at += 4 + len + 64;
+    }
+    assert_eq!(at, answer.len());
+
+    // Malformed batches are refused before any work.
+    let computed = host.hosted_report().computed_for_peers;
+    let mut trailing = body.clone();
+    trailing.push(0);
+    let mut zero = body.clone();
+    zero[..4].copy_from_slice(&0u32.to_le_bytes());
+    let mut many = body.clone();
+    many[..4].copy_from_slice(&65u32.to_le_bytes());
+    let mut long_item = body.clone();
+    long_item[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut narrow = one_row(d);
+    narrow[4..8].copy_from_slice(&((d / 2) as u32).to_le_bytes());
+    narrow.truncate(8 + d / 64 * 36);
+    let narrow = blyan_node::hosting::encode_batch(&[blyan_node::hosting::BatchItem {
+        expert: a.id,
+        block: a.block,
+        rows: &narrow,
+    }]);
+    for (what, bad) in [
+        ("empty", Vec::new()),
+        ("no calls", zero),
+        ("too many calls", many),
+        ("cut short", body[..body.len() - 1].to_vec()),
+        ("bytes after the last call", trailing),
+        ("a call longer than the body", long_item),
+        ("rows of another width", narrow),
+    ] {
+        let (status, answer) = post_raw(&url("b2"), bad).await;
+        assert_eq!(status, 400, "{what}: {}", String::from_utf8_lossy(&answer));
+        let error: Value = serde_json::from_slice(&answer).expect("json");
+        assert_eq!(error["error"]["code"], "invalid_parameter", "{what}");
+    }
+    let (status, _) = post_raw(&url(&"r".repeat(61)), body.clone()).await;
+    assert_eq!(status, 400, "a request id too long for its calls' ids");
+    assert_eq!(host.hosted_report().computed_for_peers, computed);
+}
+
+/// POSTs `body` to `url` on a blocking thread: the status and the answer's bytes.
+async fn post_raw(url: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .send(&body[..])
+            .expect("send");
         let status = response.status().as_u16();
         (status, response.body_mut().read_to_vec().expect("body"))
     })
