@@ -186,17 +186,21 @@ async fn experts_computed_by_a_host_give_the_single_node_text_even_when_it_dies(
     assert!(host.hosted_report().computed_for_peers >= report.remote_calls);
 
     // The host stops: the node computes those experts from their blocks; same text.
-    let _ = stop.send(());
-    // Wait until its port refuses connections.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(host_addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the host never stopped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stop_serving(stop, host_addr).await;
     drop(host);
     let after = complete(&node, PROMPTS[1]).await;
     assert_eq!(after, expected[1]);
     assert!(node.hosted_report().fallbacks > 0);
+}
+
+/// Stops the server at `addr` and waits until its port refuses connections.
+async fn stop_serving(stop: tokio::sync::oneshot::Sender<()>, addr: std::net::SocketAddr) {
+    let _ = stop.send(());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the host never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Serves `node`'s API on a loopback port until the returned sender is used or dropped.
@@ -357,12 +361,7 @@ async fn hosts_are_paid_for_what_they_computed_and_a_lost_expert_is_said_out_lou
     // are unreadable here: they are left out of their tokens' mixtures (the router's weights
     // renormalised over the rest) and the reply says which, and for how many tokens.
     // Nothing is paid to the host.
-    let _ = stop.send(());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(host_addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "the host never stopped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stop_serving(stop, host_addr).await;
     drop(host);
     let degraded = complete_reply(&node, PROMPTS[2], false).await;
     assert_eq!(degraded["blyan"]["remote_rows"], 0, "{degraded}");
