@@ -144,9 +144,7 @@ pub struct Sequence {
     /// Per host that was sent any of this sequence's hidden states, the layers they were of.
     remote_layers: BTreeMap<String, std::collections::BTreeSet<u16>>,
     /// Of `experts_used`, the token-expert computations whose outputs came from other
-    /// machines (an answer a spot check found wrong is not counted).
-    remote_rows: u64,
-    /// Those per host account.
+    /// machines, per host account (an answer a spot check found wrong is not counted).
     remote_answered: BTreeMap<Address, u64>,
     /// Per expert no machine could compute, how many of its tokens went without it (their
     /// router weights renormalised over the experts that were computed).
@@ -184,7 +182,7 @@ impl Sequence {
 
     /// How many of its token-expert computations other machines answered.
     pub fn remote_rows(&self) -> u64 {
-        self.remote_rows
+        self.remote_answered.values().sum()
     }
 
     /// Per host account, the token-expert computations whose answers were used.
@@ -412,7 +410,6 @@ impl Model {
             len: 0,
             experts_used: BTreeMap::new(),
             remote_layers: BTreeMap::new(),
-            remote_rows: 0,
             remote_answered: BTreeMap::new(),
             missing: BTreeMap::new(),
             local_only: false,

@@ -131,7 +131,8 @@ pub struct RemoteAnswer {
     /// Whether the model should recompute this call itself and compare (a spot check).
     pub check: bool,
     /// What makes the answer attributable: the host's signed statement of it, kept as
-    /// evidence if the spot check finds it wrong.
+    /// evidence if the spot check finds it wrong (empty unless `check`: only a checked
+    /// answer can be found wrong).
     pub evidence: String,
 }
 

@@ -116,8 +116,10 @@ pub struct HostInfo {
     pub api: String,
     /// The account its answers are attributed to (and paid to).
     pub account: Address,
-    /// The network key (Ed25519, hex) that signs its answers, bound to `account`.
-    pub net_key: String,
+    /// The network key (Ed25519, shown in hex) that signs its answers, checked against its
+    /// binding to `account`.
+    #[serde(rename = "net_key", serialize_with = "key_hex")]
+    pub key: VerifyingKey,
     /// The expert blocks it computes.
     pub blocks: BTreeSet<Hash>,
     /// Generations it had in flight when it last answered.
@@ -137,12 +139,9 @@ pub struct HostInfo {
     pub admitted: bool,
     #[serde(skip)]
     seen: Option<Instant>,
-    /// `net_key`, checked against its binding.
+    /// The account's signature binding `key` to it.
     #[serde(skip)]
-    key: Option<VerifyingKey>,
-    /// The account's signature binding `net_key` to it.
-    #[serde(skip)]
-    binding: Option<Signature>,
+    binding: Signature,
     /// Round trips of its last calls, ms, newest last.
     #[serde(skip)]
     recent: std::collections::VecDeque<f64>,
@@ -356,7 +355,7 @@ impl Hosting {
             let entry = table.entry(api.clone()).or_insert_with(|| HostInfo {
                 api: api.clone(),
                 account,
-                net_key: String::new(),
+                key,
                 blocks: BTreeSet::new(),
                 queue: 0,
                 latency_ms: rtt,
@@ -366,15 +365,13 @@ impl Hosting {
                 banned: None,
                 admitted: false,
                 seen: None,
-                key: None,
-                binding: None,
+                binding,
                 recent: std::collections::VecDeque::new(),
             });
             entry.account = account;
-            entry.net_key = hex::encode(key.as_bytes());
             entry.admitted = self.admitted_host(key.as_bytes());
-            entry.key = Some(key);
-            entry.binding = Some(binding);
+            entry.key = key;
+            entry.binding = binding;
             entry.blocks = blocks;
             entry.queue = queue;
             entry.seen = Some(Instant::now());
@@ -440,13 +437,11 @@ impl Hosting {
         let hedge = live.first().map_or(HEDGE_DEFAULT, |h| h.hedge_after());
         (
             live.iter()
-                .filter_map(|h| {
-                    Some(Target {
-                        api: h.api.clone(),
-                        account: h.account,
-                        key: h.key?,
-                        binding: h.binding?,
-                    })
+                .map(|h| Target {
+                    api: h.api.clone(),
+                    account: h.account,
+                    key: h.key,
+                    binding: h.binding,
                 })
                 .collect(),
             hedge,
@@ -570,15 +565,9 @@ impl Hosting {
         let digest = answer_digest(request, &call.block, &input_hash, &output_hash);
         to.key.verify_strict(digest.as_bytes(), signature).ok()?;
         let check = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000u32) < self.check_ppm;
-        Some(RemoteAnswer {
-            output: output
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            host: to.api.clone(),
-            account: to.account,
-            check,
-            evidence: serde_json::json!({
+        // Only a spot-checked answer can be found wrong and need its statement written out.
+        let evidence = check.then(|| {
+            serde_json::json!({
                 "host": to.api,
                 "signer": to.account,
                 "net_key": hex::encode(to.key.as_bytes()),
@@ -591,7 +580,17 @@ impl Hosting {
                 "digest": digest,
                 "signature": hex::encode(signature.to_bytes()),
             })
-            .to_string(),
+            .to_string()
+        });
+        Some(RemoteAnswer {
+            output: output
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            host: to.api.clone(),
+            account: to.account,
+            check,
+            evidence: evidence.unwrap_or_default(),
         })
     }
 }
@@ -640,6 +639,10 @@ fn bound_key(answer: &serde_json::Value, account: &Address) -> Option<(Verifying
         return None;
     }
     Some((VerifyingKey::from_bytes(&bytes).ok()?, binding))
+}
+
+fn key_hex<S: serde::Serializer>(key: &VerifyingKey, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(key.as_bytes()))
 }
 
 /// An answer's `x-blyan-signature`: 64 bytes of Ed25519 signature, hex.
@@ -830,22 +833,19 @@ impl Callers {
     fn run(&self, job: CallerJob) {
         use std::sync::atomic::Ordering::SeqCst;
         // Promise the job to an idle thread, if there is one.
-        if self
+        let promised = self
             .idle
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(job);
-            if sent.is_ok() {
-                return;
+            .is_ok();
+        let job = if promised {
+            match self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(job) {
+                Ok(()) => return,
+                // Unreachable while `self` holds the receiver; a new thread runs it then.
+                Err(std::sync::mpsc::SendError(job)) => job,
             }
-            // Unreachable while `self` holds the receiver; run it on a new thread then.
-            let Err(std::sync::mpsc::SendError(job)) = sent else {
-                return;
-            };
-            self.spawn(job);
-            return;
-        }
+        } else {
+            job
+        };
         self.spawn(job);
     }
 

@@ -536,38 +536,12 @@ async fn on_a_network_that_admits_members_only_admitted_hosts_answer_and_only_me
             ("x-blyan-caller-signature", "ab".repeat(64)),
         ],
     ] {
-        let (status, answer) = post_rows(&url, rows.clone(), &headers).await;
+        let (status, answer) = fetch(&url, Some(rows.clone()), &headers).await;
+        let answer: Value = serde_json::from_slice(&answer).expect("json");
         assert_eq!(status, 403, "{answer}");
         assert_eq!(answer["error"]["code"], "caller_not_admitted", "{answer}");
     }
     assert_eq!(host.hosted_report().computed_for_peers, computed);
-}
-
-/// POSTs `body` to `url` with `headers` on a blocking thread; the status and JSON answer.
-async fn post_rows(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Value) {
-    let url = url.to_owned();
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut request = agent
-            .post(&url)
-            .header("content-type", "application/octet-stream");
-        for (k, v) in &headers {
-            request = request.header(k, v);
-        }
-        let mut response = request.send(&body[..]).expect("send");
-        let status = response.status().as_u16();
-        let value: Value = response.body_mut().read_json().expect("json");
-        (status, value)
-    })
-    .await
-    .expect("join")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -619,9 +593,11 @@ async fn an_unreadable_expert_block_is_fetched_from_a_peer_and_the_text_is_uncha
     assert_eq!(sound as u64, repaired);
     // The payload route gives checked bytes, and 404 for a block the node does not hold.
     let some = archive.hosted_report().experts[0].block;
-    let good = get_bytes(&format!(
-        "http://{archive_addr}/chain/blocks/{some}/payload"
-    ))
+    let good = fetch(
+        &format!("http://{archive_addr}/chain/blocks/{some}/payload"),
+        None,
+        &[],
+    )
     .await;
     assert_eq!(good.0, 200);
     assert_eq!(blyan_primitives::Hash::of(&good.1), {
@@ -633,27 +609,13 @@ async fn an_unreadable_expert_block_is_fetched_from_a_peer_and_the_text_is_uncha
             .payload_hash
     });
     let unknown = blyan_primitives::Hash::of(b"no such block");
-    let missing = get_bytes(&format!(
-        "http://{archive_addr}/chain/blocks/{unknown}/payload"
-    ))
+    let missing = fetch(
+        &format!("http://{archive_addr}/chain/blocks/{unknown}/payload"),
+        None,
+        &[],
+    )
     .await;
     assert_eq!(missing.0, 404);
-}
-
-/// GETs `url` on a blocking thread: the status and the body's bytes.
-async fn get_bytes(url: &str) -> (u16, Vec<u8>) {
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut response = agent.get(&url).call().expect("get");
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_vec().expect("body"))
-    })
-    .await
-    .expect("join")
 }
 
 /// One row of `d` values in the wire form of `ExpertRows`.
@@ -691,7 +653,7 @@ async fn a_batch_of_calls_is_answered_signed_per_call_and_a_malformed_one_not_at
     ];
     let body = blyan_node::hosting::encode_batch(&items);
     let url = |request: &str| format!("http://{addr}/experts/compute?request={request}");
-    let (status, answer) = post_raw(&url("b1"), body.clone()).await;
+    let (status, answer) = fetch(&url("b1"), Some(body.clone()), &[]).await;
     assert_eq!(status, 200);
     // Per call: its length, d outputs, and the host's signature of its answer digest; the
     // outputs are what a single call gives.
@@ -756,29 +718,41 @@ async fn a_batch_of_calls_is_answered_signed_per_call_and_a_malformed_one_not_at
         ("a call longer than the body", long_item),
         ("rows of another width", narrow),
     ] {
-        let (status, answer) = post_raw(&url("b2"), bad).await;
+        let (status, answer) = fetch(&url("b2"), Some(bad), &[]).await;
         assert_eq!(status, 400, "{what}: {}", String::from_utf8_lossy(&answer));
         let error: Value = serde_json::from_slice(&answer).expect("json");
         assert_eq!(error["error"]["code"], "invalid_parameter", "{what}");
     }
-    let (status, _) = post_raw(&url(&"r".repeat(61)), body.clone()).await;
+    let (status, _) = fetch(&url(&"r".repeat(61)), Some(body.clone()), &[]).await;
     assert_eq!(status, 400, "a request id too long for its calls' ids");
     assert_eq!(host.hosted_report().computed_for_peers, computed);
 }
 
-/// POSTs `body` to `url` on a blocking thread: the status and the answer's bytes.
-async fn post_raw(url: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+/// On a blocking thread, POSTs `body` (binary) to `url` with `headers`, or GETs `url`
+/// without one: the status and the answer's bytes.
+async fn fetch(url: &str, body: Option<Vec<u8>>, headers: &[(&str, String)]) -> (u16, Vec<u8>) {
     let url = url.to_owned();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .into();
-        let mut response = agent
-            .post(&url)
-            .header("content-type", "application/octet-stream")
-            .send(&body[..])
-            .expect("send");
+        let mut response = match body {
+            Some(body) => {
+                let mut request = agent
+                    .post(&url)
+                    .header("content-type", "application/octet-stream");
+                for (k, v) in &headers {
+                    request = request.header(k, v);
+                }
+                request.send(&body[..]).expect("send")
+            }
+            None => agent.get(&url).call().expect("get"),
+        };
         let status = response.status().as_u16();
         (status, response.body_mut().read_to_vec().expect("body"))
     })

@@ -148,6 +148,19 @@ enum Fate {
     Missing,
 }
 
+/// The layer's experts computed elsewhere, with their slots, in call order.
+fn remote_experts<'r>(
+    routing: &'r Routing,
+    remote: &'r [bool],
+) -> impl Iterator<Item = &'r (usize, Vec<u32>)> {
+    routing
+        .experts
+        .iter()
+        .zip(remote)
+        .filter(|(_, r)| **r)
+        .map(|(expert, _)| expert)
+}
+
 /// Records, in each sequence whose tokens went to other machines at layer `l`, which hosts
 /// were sent them, and how many of its token-expert computations hosts' answers gave, by
 /// host account.
@@ -160,13 +173,8 @@ fn note_remote(
     l: usize,
     k: usize,
 ) {
-    let calls = routing
-        .experts
-        .iter()
-        .zip(remote)
-        .filter(|(_, r)| **r)
-        .zip(outcomes.iter().zip(fates));
-    for (((_, slots), _), (outcome, fate)) in calls {
+    let calls = remote_experts(routing, remote).zip(outcomes.iter().zip(fates));
+    for ((_, slots), (outcome, fate)) in calls {
         for &slot in slots {
             let (p, s) = owner(parts, slot as usize / k);
             let seq = &mut *parts[p].seqs[s].0;
@@ -177,7 +185,6 @@ fn note_remote(
                     .insert(l as u16);
             }
             if let Fate::Answered(account) = fate {
-                seq.remote_rows += 1;
                 *seq.remote_answered.entry(*account).or_default() += 1;
             }
         }
@@ -196,14 +203,10 @@ fn drop_missing(
     l: usize,
     k: usize,
 ) {
-    let missing = routing
-        .experts
-        .iter()
-        .zip(remote)
-        .filter(|(_, r)| **r)
+    let missing = remote_experts(routing, remote)
         .zip(fates)
         .filter(|(_, f)| **f == Fate::Missing)
-        .map(|(((e, slots), _), _)| (*e, slots));
+        .map(|((e, slots), _)| (*e, slots));
     let mut tokens = std::collections::BTreeSet::new();
     for (e, slots) in missing {
         for &slot in slots {
@@ -728,15 +731,9 @@ impl Model {
                             }
                         }
                         // Nothing here to check it against.
-                        None => {
-                            let account = a.account;
-                            (a.output, Fate::Answered(account))
-                        }
+                        None => (a.output, Fate::Answered(a.account)),
                     },
-                    Some(a) => {
-                        let account = a.account;
-                        (a.output, Fate::Answered(account))
-                    }
+                    Some(a) => (a.output, Fate::Answered(a.account)),
                     None => match local(self)? {
                         Some(own) => (own, Fate::Here),
                         None => {
@@ -810,7 +807,6 @@ mod tests {
                 len: 0,
                 experts_used: std::collections::BTreeMap::new(),
                 remote_layers: std::collections::BTreeMap::new(),
-                remote_rows: 0,
                 remote_answered: std::collections::BTreeMap::new(),
                 missing: std::collections::BTreeMap::new(),
                 local_only: false,
