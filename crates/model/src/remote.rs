@@ -42,16 +42,26 @@ impl ExpertRows {
     /// The wire form: rows and cols (u32 LE), then per block its scale (f32 LE) and its 32
     /// quants.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let blocks = self.q.block_count();
-        let mut out = Vec::with_capacity(8 + blocks * BLOCK_BYTES);
+        let mut out = Vec::with_capacity(self.wire_len());
+        self.write_to(&mut out);
+        out
+    }
+
+    /// The length of the wire form.
+    pub fn wire_len(&self) -> usize {
+        8 + self.q.block_count() * BLOCK_BYTES
+    }
+
+    /// Appends the wire form ([`ExpertRows::to_bytes`]) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.wire_len());
         out.extend_from_slice(&(self.rows() as u32).to_le_bytes());
         out.extend_from_slice(&(self.cols() as u32).to_le_bytes());
-        for b in 0..blocks {
+        for b in 0..self.q.block_count() {
             let (scale, quants) = self.q.block(b);
             out.extend_from_slice(&scale.to_le_bytes());
             out.extend(quants.iter().map(|&v| v as u8));
         }
-        out
     }
 
     /// Reads the wire form of rows `cols` wide, at most `rows_max` of them; anything else

@@ -11,7 +11,7 @@
 //! header and stored in place of the bad copy; only when no peer has a good copy does the
 //! model go on without the expert, and say so.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,16 @@ use serde::Serialize;
 
 use crate::NodeError;
 
+pub mod calls;
+
+pub use calls::{Dispatch, Exchange, HostInfo, HostTable, Outgoing, Target, Unheard};
+
 /// How often the peers are asked what they host.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long an answer of a peer is trusted without a newer one.
 pub const HOST_TTL: Duration = Duration::from_secs(10);
 /// How long one remote expert call may take before the next host, or this node, computes it.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long fetching an expert block's payload from one peer may take.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 /// When a call is hedged before its host has a latency history.
@@ -109,58 +113,6 @@ impl ExpertSet {
     }
 }
 
-/// What a peer said it hosts.
-#[derive(Clone, Debug, Serialize)]
-pub struct HostInfo {
-    /// Its API address.
-    pub api: String,
-    /// The account its answers are attributed to (and paid to).
-    pub account: Address,
-    /// The network key (Ed25519, shown in hex) that signs its answers, checked against its
-    /// binding to `account`.
-    #[serde(rename = "net_key", serialize_with = "key_hex")]
-    pub key: VerifyingKey,
-    /// The expert blocks it computes.
-    pub blocks: BTreeSet<Hash>,
-    /// Generations it had in flight when it last answered.
-    pub queue: u64,
-    /// Recent round trip of its calls, ms (exponentially weighted; its heartbeat's before any call).
-    pub latency_ms: f64,
-    /// Calls it answered, and calls that failed (timeout, error, bad signature).
-    pub answered: u64,
-    /// Calls that failed.
-    pub failed: u64,
-    /// Milliseconds since its last heartbeat answer.
-    pub seen_ms_ago: u64,
-    /// Why it is banned, if it is (a spot check found its answer wrong).
-    pub banned: Option<String>,
-    /// Whether the registry lets it host (on a network that admits hosts); a host that it
-    /// does not is never called.
-    pub admitted: bool,
-    #[serde(skip)]
-    seen: Option<Instant>,
-    /// The account's signature binding `key` to it.
-    #[serde(skip)]
-    binding: Signature,
-    /// Round trips of its last calls, ms, newest last.
-    #[serde(skip)]
-    recent: std::collections::VecDeque<f64>,
-}
-
-impl HostInfo {
-    /// After how long a call to it is hedged to a second host: its recent p95 (at least
-    /// 1 ms), or [`HEDGE_DEFAULT`] before it has answered enough calls.
-    fn hedge_after(&self) -> Duration {
-        if self.recent.len() < 8 {
-            return HEDGE_DEFAULT;
-        }
-        let mut r: Vec<f64> = self.recent.iter().copied().collect();
-        r.sort_by(f64::total_cmp);
-        let p95 = r[(r.len() - 1) * 95 / 100];
-        Duration::from_secs_f64((p95 / 1e3).max(0.001))
-    }
-}
-
 /// The digest a host signs for one answer: SHA-256 of the domain tag, the request id, the
 /// expert block, and the hashes of the input and output bytes.
 pub fn answer_digest(request: &str, block: &Hash, input: &Hash, output: &Hash) -> Hash {
@@ -234,7 +186,9 @@ pub struct Hosting {
     check_ppm: u32,
     /// Where evidence of wrong answers is written.
     evidence_dir: std::path::PathBuf,
-    table: Mutex<BTreeMap<String, HostInfo>>,
+    table: Mutex<HostTable>,
+    /// When this was made: the start of the host table's and the exchanges' time.
+    epoch: Instant,
     agent: ureq::Agent,
     next_request: std::sync::atomic::AtomicU64,
     /// Calls answered by hosts, and calls computed here because none did.
@@ -276,7 +230,8 @@ impl Hosting {
             peers,
             check_ppm,
             evidence_dir,
-            table: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(HostTable::default()),
+            epoch: Instant::now(),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(CALL_TIMEOUT))
@@ -335,46 +290,15 @@ impl Hosting {
                 .filter(|r| r.status() == 200)
                 .and_then(|mut r| r.body_mut().read_json().ok());
             let Some(answer) = answer else { continue };
-            let account = answer["account"].as_str().and_then(|a| a.parse().ok());
-            let Some(account) = account else { continue };
-            // The key that signs its answers, and the account's binding of it: a host whose
-            // binding does not hold is not used.
-            let Some((key, binding)) = bound_key(&answer, &account) else {
-                tracing::warn!(host = %api, %account, "expert host without a valid network-key binding");
-                continue;
-            };
-            // What it computes, signed by that key and fresh.
-            let Some((blocks, queue, _)) =
-                checked_announcement(&answer, &account, &key, crate::unix_ms())
-            else {
-                tracing::warn!(host = %api, %account, "expert host announcement unsigned, wrongly signed or stale");
-                continue;
-            };
             let rtt = started.elapsed().as_secs_f64() * 1e3;
-            let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = table.entry(api.clone()).or_insert_with(|| HostInfo {
-                api: api.clone(),
-                account,
-                key,
-                blocks: BTreeSet::new(),
-                queue: 0,
-                latency_ms: rtt,
-                answered: 0,
-                failed: 0,
-                seen_ms_ago: 0,
-                banned: None,
-                admitted: false,
-                seen: None,
-                binding,
-                recent: std::collections::VecDeque::new(),
-            });
-            entry.account = account;
-            entry.admitted = self.admitted_host(key.as_bytes());
-            entry.key = key;
-            entry.binding = binding;
-            entry.blocks = blocks;
-            entry.queue = queue;
-            entry.seen = Some(Instant::now());
+            let heard =
+                self.lock_table()
+                    .heard(api, &answer, rtt, self.now(), crate::unix_ms(), |key| {
+                        self.admitted_host(key)
+                    });
+            if let Err(why) = heard {
+                tracing::warn!(host = %api, ?why, "expert host announcement not taken");
+            }
         }
     }
 
@@ -402,83 +326,21 @@ impl Hosting {
 
     /// The hosts known now, with how recently each answered.
     pub fn hosts(&self) -> Vec<HostInfo> {
-        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        table
-            .values()
-            .map(|h| HostInfo {
-                seen_ms_ago: h.seen.map_or(u64::MAX, |s| s.elapsed().as_millis() as u64),
-                ..h.clone()
-            })
-            .collect()
+        self.lock_table().hosts(self.now())
     }
 
-    /// Two live, unbanned hosts of `block`, the better first: of two picked at random, the
-    /// one with the shorter queue, then the lower latency ("the power of two choices"); and
-    /// after how long a call to the first is hedged to the second.
-    fn pick(&self, block: &Hash) -> (Vec<Target>, Duration) {
-        use rand::seq::SliceRandom;
-        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let mut live: Vec<&HostInfo> = table
-            .values()
-            .filter(|h| {
-                h.banned.is_none()
-                    && h.admitted
-                    && h.seen.is_some_and(|s| s.elapsed() < HOST_TTL)
-                    && h.blocks.contains(block)
-            })
-            .collect();
-        live.shuffle(&mut rand::rng());
-        live.truncate(2);
-        live.sort_by(|a, b| {
-            a.queue
-                .cmp(&b.queue)
-                .then(a.latency_ms.total_cmp(&b.latency_ms))
-        });
-        let hedge = live.first().map_or(HEDGE_DEFAULT, |h| h.hedge_after());
-        (
-            live.iter()
-                .map(|h| Target {
-                    api: h.api.clone(),
-                    account: h.account,
-                    key: h.key,
-                    binding: h.binding,
-                })
-                .collect(),
-            hedge,
-        )
+    fn lock_table(&self) -> std::sync::MutexGuard<'_, HostTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bans the host at `api` for `reason`.
-    fn ban(&self, api: &str, reason: String) {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = table.get_mut(api) {
-            tracing::warn!(host = %api, account = %h.account, %reason, "expert host banned");
-            h.banned = Some(reason);
-        }
+    /// The time of the host table and the exchanges: since this was made.
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
-    fn record(&self, api: &str, ok: bool, ms: f64) {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = table.get_mut(api) {
-            if ok {
-                h.answered += 1;
-                h.latency_ms = 0.8 * h.latency_ms + 0.2 * ms;
-                if h.recent.len() == RECENT_CALLS {
-                    h.recent.pop_front();
-                }
-                h.recent.push_back(ms);
-            } else {
-                h.failed += 1;
-                // A host that failed is not asked again until its next heartbeat.
-                h.seen = None;
-            }
-        }
-    }
-
-    /// Calls to one host in one request (`POST /experts/compute`): per call, its output
-    /// rows if that part of the answer is complete and signed by the host's network key over
-    /// the call's request id, block, input and output.
-    fn call_batch(&self, to: &Target, calls: &[Arc<RemoteCall>]) -> Vec<Option<RemoteAnswer>> {
+    /// Calls `calls` to host `to` in one request (`POST /experts/compute`), as `send` says:
+    /// per call, its outputs if that part of the answer is complete and signed by the host.
+    fn call_batch(&self, to: &Target, calls: &[&RemoteCall]) -> Vec<Option<RemoteAnswer>> {
         let api = to.api.as_str();
         let started = Instant::now();
         let request = format!(
@@ -486,145 +348,43 @@ impl Hosting {
             self.next_request
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let inputs: Vec<Vec<u8>> = calls.iter().map(|c| c.rows.to_bytes()).collect();
-        let items: Vec<BatchItem<'_>> = calls
-            .iter()
-            .zip(&inputs)
-            .map(|(c, rows)| BatchItem {
-                expert: c.expert,
-                block: c.block,
-                rows,
-            })
-            .collect();
-        let body = encode_batch(&items);
-        // What each call's answer must be: its rows times the model's width, in f32.
-        let expected: Vec<usize> = calls
-            .iter()
-            .map(|c| c.rows.rows() * c.rows.cols() * 4)
-            .collect();
+        let out = Outgoing::new(request, calls.iter().copied());
         let answer = self.signer.get().ok().and_then(|me| {
             let at_ms = crate::unix_ms();
             let proof = me
                 .key
-                .sign(batch_digest(&request, &Hash::of(&body), at_ms).as_bytes());
+                .sign(batch_digest(&out.request, &Hash::of(&out.body), at_ms).as_bytes());
             self.agent
-                .post(format!("http://{api}/experts/compute?request={request}"))
+                .post(format!(
+                    "http://{api}/experts/compute?request={}",
+                    out.request
+                ))
                 .header("content-type", "application/octet-stream")
                 .header("x-blyan-caller", hex::encode(me.public))
                 .header("x-blyan-caller-time", at_ms.to_string())
                 .header("x-blyan-caller-signature", hex::encode(proof.to_bytes()))
-                .send(&body[..])
+                .send(&out.body[..])
                 .ok()
                 .filter(|r| r.status() == 200)
                 .and_then(|mut r| {
                     r.body_mut()
                         .with_config()
-                        .limit(expected.iter().map(|n| n + 68).sum::<usize>() as u64)
+                        .limit(out.answer_limit())
                         .read_to_vec()
                         .ok()
                 })
         });
-        let mut out: Vec<Option<RemoteAnswer>> = Vec::with_capacity(calls.len());
-        let mut at = 0;
-        if let Some(answer) = &answer {
-            for (i, call) in calls.iter().enumerate() {
-                let Some((output, signature, next)) = answer_part(answer, at, expected[i]) else {
-                    break;
-                };
-                at = next;
-                out.push(self.checked_answer(
-                    to,
-                    call,
-                    &format!("{request}-{i}"),
-                    &inputs[i],
-                    output,
-                    &signature,
-                ));
-            }
-        }
-        let whole = answer.as_ref().is_some_and(|a| at == a.len())
-            && out.len() == calls.len()
-            && out.iter().all(Option::is_some);
-        out.resize(calls.len(), None);
-        self.record(api, whole, started.elapsed().as_secs_f64() * 1e3);
-        out
-    }
-
-    /// One call's answer, if `signature` is the host's over its request id, block, input
-    /// and output.
-    fn checked_answer(
-        &self,
-        to: &Target,
-        call: &RemoteCall,
-        request: &str,
-        input: &[u8],
-        output: &[u8],
-        signature: &ed25519_dalek::Signature,
-    ) -> Option<RemoteAnswer> {
-        let (input_hash, output_hash) = (Hash::of(input), Hash::of(output));
-        let digest = answer_digest(request, &call.block, &input_hash, &output_hash);
-        to.key.verify_strict(digest.as_bytes(), signature).ok()?;
-        let check = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000u32) < self.check_ppm;
-        // Only a spot-checked answer can be found wrong and need its statement written out.
-        let evidence = check.then(|| {
-            serde_json::json!({
-                "host": to.api,
-                "signer": to.account,
-                "net_key": hex::encode(to.key.as_bytes()),
-                "binding": to.binding.to_string(),
-                "request": request,
-                "expert": call.expert,
-                "block": call.block,
-                "input_hash": input_hash,
-                "output_hash": output_hash,
-                "digest": digest,
-                "signature": hex::encode(signature.to_bytes()),
-            })
-            .to_string()
+        let (answers, whole) = out.read(to, calls.iter().copied(), answer.as_deref(), || {
+            rand::Rng::random_range(&mut rand::rng(), 0..1_000_000u32) < self.check_ppm
         });
-        Some(RemoteAnswer {
-            output: output
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            host: to.api.clone(),
-            account: to.account,
-            check,
-            evidence: evidence.unwrap_or_default(),
-        })
+        self.lock_table().record(
+            api,
+            whole,
+            started.elapsed().as_secs_f64() * 1e3,
+            self.now(),
+        );
+        answers
     }
-}
-
-/// The part of a batch's answer from byte `at`: its length (u32 LE), which must be `len`,
-/// the output, and the 64-byte signature; and where the next part starts.
-fn answer_part(
-    answer: &[u8],
-    at: usize,
-    len: usize,
-) -> Option<(&[u8], ed25519_dalek::Signature, usize)> {
-    let head: [u8; 4] = answer.get(at..at.checked_add(4)?)?.try_into().ok()?;
-    if u32::from_le_bytes(head) as usize != len {
-        return None;
-    }
-    let output_at = at + 4;
-    let signature_at = output_at.checked_add(len)?;
-    let end = signature_at.checked_add(64)?;
-    let output = answer.get(output_at..signature_at)?;
-    let signature: [u8; 64] = answer.get(signature_at..end)?.try_into().ok()?;
-    Some((
-        output,
-        ed25519_dalek::Signature::from_bytes(&signature),
-        end,
-    ))
-}
-
-/// A host a call may go to: where, whose, and the key its answers must be signed with.
-#[derive(Clone, Debug)]
-struct Target {
-    api: String,
-    account: Address,
-    key: VerifyingKey,
-    binding: Signature,
 }
 
 /// The network key a host's `GET /experts/hosted` answer names and the binding that ties it
@@ -641,10 +401,6 @@ fn bound_key(answer: &serde_json::Value, account: &Address) -> Option<(Verifying
     Some((VerifyingKey::from_bytes(&bytes).ok()?, binding))
 }
 
-fn key_hex<S: serde::Serializer>(key: &VerifyingKey, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode(key.as_bytes()))
-}
-
 /// An answer's `x-blyan-signature`: 64 bytes of Ed25519 signature, hex.
 fn parse_answer_signature(text: &str) -> Option<ed25519_dalek::Signature> {
     let bytes: [u8; 64] = hex::decode(text).ok()?.try_into().ok()?;
@@ -652,155 +408,53 @@ fn parse_answer_signature(text: &str) -> Option<ed25519_dalek::Signature> {
 }
 
 impl Hosting {
-    /// A layer's calls, all at once and hedged: each goes to the better of two hosts and, if
-    /// that has not answered within its recent p95 (or failed), to the other too; the first
-    /// good answer wins. The attempts run on the standing [`Callers`] threads, and this one
-    /// only waits for their answers and the hedging deadlines. An attempt left behind
-    /// finishes on its own within the call timeout.
+    /// A layer's calls, as an [`Exchange`] directs: its requests go out on the standing
+    /// [`Callers`] threads, and this thread only waits for their answers and the exchange's
+    /// deadlines. An attempt left behind finishes on its own within the call timeout.
     fn ask_all(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
-        struct Pending {
-            hosts: std::vec::IntoIter<Target>,
-            hedge_at: Instant,
-            hedged: bool,
-            outstanding: usize,
-            outcome: RemoteOutcome,
-            done: bool,
-        }
         let Some(me) = self.me.upgrade() else {
             return vec![RemoteOutcome::default(); calls.len()];
         };
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<RemoteAnswer>)>();
-        let calls: Vec<Arc<RemoteCall>> = calls.iter().cloned().map(Arc::new).collect();
-        // The next host of a call, now sent its rows.
-        let claim = |p: &mut Pending| -> Option<Target> {
-            let to = p.hosts.next()?;
-            if !p.outcome.sent_to.is_empty() {
-                self.hedged
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<(usize, Option<RemoteAnswer>)>)>();
+        let calls: Arc<Vec<RemoteCall>> = Arc::new(calls.to_vec());
+        let send = |sends: Vec<Dispatch>| {
+            for Dispatch {
+                attempt,
+                to,
+                calls: batch,
+            } in sends
+            {
+                let (me, tx, calls) = (me.clone(), tx.clone(), calls.clone());
+                self.callers.run(Box::new(move || {
+                    let these: Vec<&RemoteCall> = batch.iter().map(|&i| &calls[i]).collect();
+                    // An attempt always answers, a failed one with `None`.
+                    let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        me.call_batch(&to, &these)
+                    }))
+                    .unwrap_or_else(|_| vec![None; these.len()]);
+                    let _ = tx.send((attempt, batch.into_iter().zip(answers).collect()));
+                }));
             }
-            p.outcome.sent_to.push(to.api.clone());
-            p.outstanding += 1;
-            Some(to)
         };
-        // Calls `batch` to host `to`, in one request, on a caller thread.
-        let send = |to: Target, batch: Vec<usize>| {
-            let (me, tx) = (me.clone(), tx.clone());
-            let these: Vec<Arc<RemoteCall>> = batch.iter().map(|&i| calls[i].clone()).collect();
-            self.callers.run(Box::new(move || {
-                // An attempt always answers, a failed one with `None`.
-                let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    me.call_batch(&to, &these)
-                }))
-                .unwrap_or_else(|_| vec![None; these.len()]);
-                for (i, answer) in batch.into_iter().zip(answers) {
-                    let _ = tx.send((i, answer));
-                }
-            }));
+        let (mut exchange, first) = {
+            let table = self.lock_table();
+            Exchange::start(&calls, &table, self.now(), &mut rand::rng())
         };
-        let now = Instant::now();
-        let mut pending: Vec<Pending> = calls
-            .iter()
-            .map(|call| {
-                let (hosts, hedge) = self.pick(&call.block);
-                Pending {
-                    hosts: hosts.into_iter(),
-                    hedge_at: now + hedge,
-                    hedged: false,
-                    outstanding: 0,
-                    outcome: RemoteOutcome::default(),
-                    done: false,
-                }
-            })
-            .collect();
-        // First attempts: the calls going to one host in as few requests as the batch
-        // limits allow.
-        let mut by_host: BTreeMap<String, (Target, Vec<usize>)> = BTreeMap::new();
-        for (i, p) in pending.iter_mut().enumerate() {
-            match claim(p) {
-                Some(to) => {
-                    by_host
-                        .entry(to.api.clone())
-                        .or_insert_with(|| (to, Vec::new()))
-                        .1
-                        .push(i);
-                }
-                None => p.done = true,
-            }
-        }
-        for (to, all) in by_host.into_values() {
-            let mut batch = Vec::new();
-            let mut bytes = 4;
-            for i in all {
-                let size = 40 + 8 + calls[i].rows.rows() * calls[i].rows.cols() / 32 * 36;
-                if !batch.is_empty()
-                    && (batch.len() == BATCH_CALLS_MAX || bytes + size > BATCH_BODY_MAX / 2)
-                {
-                    send(to.clone(), std::mem::take(&mut batch));
-                    bytes = 4;
-                }
-                batch.push(i);
-                bytes += size;
-            }
-            if !batch.is_empty() {
-                send(to, batch);
-            }
-        }
-        loop {
-            let next = pending
-                .iter()
-                .filter(|p| !p.done && !p.hedged)
-                .map(|p| p.hedge_at)
-                .min();
-            if pending.iter().all(|p| p.done) {
+        send(first);
+        while !exchange.done() {
+            let Some(deadline) = exchange.deadline() else {
                 break;
-            }
-            let got = match next {
-                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-                // Every attempt ends within the call timeout.
-                None => rx
-                    .recv()
-                    .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
             };
-            match got {
-                Ok((i, answer)) => {
-                    let p = &mut pending[i];
-                    p.outstanding -= 1;
-                    if p.done {
-                        continue;
-                    }
-                    match answer {
-                        Some(answer) => {
-                            p.outcome.answer = Some(answer);
-                            p.done = true;
-                        }
-                        None => {
-                            // Failed at once: the second host now, if there is one.
-                            if !p.hedged {
-                                p.hedged = true;
-                                if let Some(to) = claim(p) {
-                                    send(to, vec![i]);
-                                }
-                            }
-                            p.done = p.outstanding == 0;
-                        }
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    // Slower than usual: ask the second host as well.
-                    let now = Instant::now();
-                    for (i, p) in pending.iter_mut().enumerate() {
-                        if !p.done && !p.hedged && p.hedge_at <= now {
-                            p.hedged = true;
-                            if let Some(to) = claim(p) {
-                                send(to, vec![i]);
-                            }
-                        }
-                    }
-                }
+            let sends = match rx.recv_timeout(deadline.saturating_sub(self.now())) {
+                Ok((attempt, answers)) => exchange.answered_all(attempt, answers, self.now()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => exchange.tick(self.now()),
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
+            };
+            send(sends);
         }
-        pending.into_iter().map(|p| p.outcome).collect()
+        self.hedged
+            .fetch_add(exchange.hedged(), std::sync::atomic::Ordering::Relaxed);
+        exchange.finish()
     }
 }
 
@@ -980,7 +634,7 @@ impl ExpertHosts for Hosting {
         if let Err(e) = written {
             tracing::warn!(error = %e, file = %file.display(), "keeping evidence of a wrong expert answer failed");
         }
-        self.ban(
+        self.lock_table().ban(
             &answer.host,
             format!(
                 "wrong output for expert {} (evidence {})",
@@ -1210,6 +864,12 @@ impl crate::Node {
 
     /// What this node computes for others, and what it knows of its peers.
     pub fn hosted_report(&self) -> HostedReport {
+        self.hosted_report_at(crate::unix_ms())
+    }
+
+    /// [`crate::Node::hosted_report`], announced as made at `now_ms` (unix ms; a simulation
+    /// gives its own clock's).
+    pub fn hosted_report_at(&self, now_ms: u64) -> HostedReport {
         let key = self
             .answer_key()
             .inspect_err(|e| tracing::warn!(error = %e, "the expert answer key is unavailable"))
@@ -1225,7 +885,7 @@ impl crate::Node {
             .map(|(id, block)| HostedExpert { id, block })
             .collect();
         let queue = self.active_generations() as u64;
-        let (at_ms, ttl_ms) = (crate::unix_ms(), HOST_TTL.as_millis() as u64);
+        let (at_ms, ttl_ms) = (now_ms, HOST_TTL.as_millis() as u64);
         let announcement_signature = key.map(|k| {
             let blocks: BTreeSet<Hash> = experts.iter().map(|e| e.block).collect();
             let digest = announcement_digest(&account, &k.public, &blocks, queue, at_ms, ttl_ms);
@@ -1394,13 +1054,19 @@ pub fn encode_batch(items: &[BatchItem<'_>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + items.iter().map(|i| 40 + i.rows.len()).sum::<usize>());
     out.extend_from_slice(&(items.len() as u32).to_le_bytes());
     for item in items {
-        out.extend_from_slice(&item.expert.layer.to_le_bytes());
-        out.extend_from_slice(&item.expert.expert.to_le_bytes());
-        out.extend_from_slice(item.block.as_bytes());
-        out.extend_from_slice(&(item.rows.len() as u32).to_le_bytes());
+        put_call_head(&mut out, item.expert, &item.block, item.rows.len());
         out.extend_from_slice(item.rows);
     }
     out
+}
+
+/// The head of one call in a batch body: its layer and expert, its block, and the length
+/// of its rows.
+fn put_call_head(out: &mut Vec<u8>, expert: ExpertId, block: &Hash, len: usize) {
+    out.extend_from_slice(&expert.layer.to_le_bytes());
+    out.extend_from_slice(&expert.expert.to_le_bytes());
+    out.extend_from_slice(block.as_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
 }
 
 /// Reads a batch body ([`encode_batch`]): 1 to [`BATCH_CALLS_MAX`] calls, every length
