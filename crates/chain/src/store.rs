@@ -74,6 +74,8 @@ pub struct Store {
     db: Database,
     /// Decoded tensor layouts by spec block hash; specs are immutable, so entries never go stale.
     layouts: Mutex<HashMap<Hash, Layout>>,
+    /// Transactions that appended blocks since this was opened (see [`Store::generation`]).
+    appended: std::sync::atomic::AtomicU64,
 }
 
 /// One line of `chain log`.
@@ -162,6 +164,7 @@ impl Store {
             dir,
             db,
             layouts: Mutex::new(HashMap::new()),
+            appended: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -265,7 +268,19 @@ impl Store {
         }
         self.write_payloads(&valid)?;
         txn.commit()?;
+        if !valid.is_empty() {
+            self.appended
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
         Ok(verdicts)
+    }
+
+    /// A number that changes whenever blocks are appended through this store (it counts the
+    /// transactions that appended any since it was opened; the database is opened by one
+    /// store at a time): what was derived from the chains at one generation still holds at
+    /// the same one, without a read.
+    pub fn generation(&self) -> u64 {
+        self.appended.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The header of block `hash`.
@@ -901,7 +916,14 @@ mod tests {
             &blyan_primitives::SigningKey::from_slice(&[1; 32]).expect("key"),
         )
         .expect("genesis");
+        assert_eq!(store.generation(), 0);
+        let spec = blocks[0].clone();
         genesis::init(&store, blocks).expect("init");
+        // Appending changes the generation; a refused append does not.
+        let generation = store.generation();
+        assert!(generation > 0);
+        assert!(store.append(spec).is_err(), "already stored");
+        assert_eq!(store.generation(), generation);
         let before = store.chain_totals().expect("totals");
         assert!(before[&ChainId::Param].blocks > 0);
         drop(store);

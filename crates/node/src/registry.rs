@@ -81,22 +81,43 @@ impl Node {
     }
 }
 
-/// The registry as of the meta chain's head, read again only when that grew.
+/// The registry as of the meta chain's head, read again only when that grew; whether it
+/// grew is read only when the store appended blocks (one atomic load per call otherwise: a
+/// host checks every caller against it).
 #[derive(Debug, Default)]
-pub(crate) struct RegistryCache(std::sync::Mutex<Option<(u64, std::sync::Arc<Registry>)>>);
+pub(crate) struct RegistryCache(std::sync::Mutex<Option<CachedRegistry>>);
+
+#[derive(Debug)]
+struct CachedRegistry {
+    generation: u64,
+    meta_height: u64,
+    registry: std::sync::Arc<Registry>,
+}
 
 impl RegistryCache {
     /// The registry of `store` now.
     pub(crate) fn get(&self, store: &Store) -> Result<std::sync::Arc<Registry>, NodeError> {
-        let version = store.head(ChainId::Meta)?.map_or(0, |(h, _)| h);
+        // Read before the head: blocks appended after it make the next call look again.
+        let generation = store.generation();
         let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, r)) = cached.as_ref()
-            && *v == version
+        if let Some(c) = cached.as_ref()
+            && c.generation == generation
         {
-            return Ok(r.clone());
+            return Ok(c.registry.clone());
         }
-        let r = std::sync::Arc::new(Registry::of(store)?);
-        *cached = Some((version, r.clone()));
-        Ok(r)
+        let meta_height = store.head(ChainId::Meta)?.map_or(0, |(h, _)| h);
+        if let Some(c) = cached.as_mut()
+            && c.meta_height == meta_height
+        {
+            c.generation = generation;
+            return Ok(c.registry.clone());
+        }
+        let registry = std::sync::Arc::new(Registry::of(store)?);
+        *cached = Some(CachedRegistry {
+            generation,
+            meta_height,
+            registry: registry.clone(),
+        });
+        Ok(registry)
     }
 }
