@@ -708,13 +708,21 @@ fn a_host_killed_mid_generation_on_lossy_links_changes_no_token_and_one_seed_giv
     let other = simulate(&lossy(2));
     assert_eq!(other.tokens, want);
     assert_ne!(other.trace, a.trace, "the seed does not drive the run");
+    report("killed, seed 1", &a);
+    report("killed, seed 2", &other);
+}
+
+/// One line of what a run did, for docs/BENCHMARKS.md.
+fn report(name: &str, o: &Outcome) {
     eprintln!(
-        "seed 1: {} requests, {} hedged, {} unanswered, {:?} answered, {} ms simulated",
-        a.trace.iter().filter(|t| t.contains(" -> ")).count(),
-        a.hedged,
-        a.unanswered,
-        a.answered,
-        a.sim_ms
+        "{name}: {} requests, {} calls hedged, {} computed by the caller, answered per host \
+         (before, after the kill) {:?}, {} banned, {} ms simulated",
+        o.trace.iter().filter(|t| t.contains(" -> ")).count(),
+        o.hedged,
+        o.unanswered,
+        o.answered,
+        o.banned.len(),
+        o.sim_ms
     );
 }
 
@@ -761,4 +769,5 @@ fn a_lying_host_is_caught_banned_and_kept_as_evidence_and_the_text_is_unchanged(
     assert_eq!(o.after_ban, 0);
     assert!(o.answered.get("host0").is_some_and(|v| v.0 > 0));
     assert!(o.answered.get("host1").is_some_and(|v| v.0 > 0));
+    report("liar, seed 3", &o);
 }
