@@ -24,6 +24,9 @@ pub(crate) struct NodeArgs {
     /// Most sequences decoded together [default: 64].
     #[arg(long, env = "BLYAN_MAX_BATCH")]
     max_batch: Option<usize>,
+    /// Engine lanes (0: one per core).
+    #[arg(long, env = "BLYAN_LANES")]
+    lanes: Option<usize>,
     /// Most generations in flight before requests are refused [default: 256].
     #[arg(long, env = "BLYAN_MAX_ACTIVE")]
     max_active: Option<usize>,
@@ -85,6 +88,7 @@ impl NodeArgs {
             precision: self.precision.clone(),
             expert_cache_mib: self.expert_cache_mib,
             max_batch: self.max_batch,
+            lanes: self.lanes,
             max_active: self.max_active,
             pol_mode: self.pol_mode.clone(),
             peers: (!self.peers.is_empty()).then(|| self.peers.clone()),

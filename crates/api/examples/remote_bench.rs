@@ -13,7 +13,11 @@
 //!
 //! ```sh
 //! cargo run --release -p blyan-api --example remote_bench
+//! BLYAN_BENCH_LANES=4 cargo run --release -p blyan-api --example remote_bench
 //! ```
+//!
+//! `BLYAN_BENCH_LANES` sets the engine lanes of the node that computes only layer 0 (the
+//! single node keeps one lane per core).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -173,6 +177,10 @@ fn main() -> anyhow::Result<()> {
         ConfigLayer {
             experts: Some("0.*".into()),
             expert_hosts: Some(hosts.iter().map(|h| h.addr.to_string()).collect()),
+            // The spread node's engine lanes (default: one per core).
+            lanes: std::env::var("BLYAN_BENCH_LANES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             ..ConfigLayer::default()
         },
     )?;

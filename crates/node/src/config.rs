@@ -76,6 +76,10 @@ pub struct NodeConfig {
     pub expert_cache_mib: usize,
     /// Most sequences the engine decodes together; more wait in its queue.
     pub max_batch: usize,
+    /// Engine lanes, each decoding its share of the batch on a thread of its own; `0`: one
+    /// per core. A node whose experts are partly computed elsewhere can use more, so that
+    /// one lane computes while another waits for its hosts.
+    pub lanes: usize,
     /// Most generations in flight (decoding or queued); more are refused with `overloaded`.
     pub max_active: usize,
     /// Largest request body, in bytes.
@@ -165,6 +169,7 @@ impl Default for NodeConfig {
             precision: Precision::Int8,
             expert_cache_mib: 256,
             max_batch: MAX_BATCH_DEFAULT,
+            lanes: 0,
             max_active: MAX_ACTIVE_DEFAULT,
             body_limit_bytes: BODY_LIMIT_BYTES_DEFAULT,
             max_tokens_default: MAX_TOKENS_DEFAULT,
@@ -209,6 +214,8 @@ pub struct ConfigLayer {
     pub expert_cache_mib: Option<usize>,
     /// See [`NodeConfig::max_batch`].
     pub max_batch: Option<usize>,
+    /// See [`NodeConfig::lanes`].
+    pub lanes: Option<usize>,
     /// See [`NodeConfig::max_active`].
     pub max_active: Option<usize>,
     /// See [`NodeConfig::body_limit_bytes`].
@@ -330,6 +337,9 @@ impl NodeConfig {
         }
         if let Some(v) = layer.max_batch {
             self.max_batch = v;
+        }
+        if let Some(v) = layer.lanes {
+            self.lanes = v;
         }
         if let Some(v) = layer.max_active {
             self.max_active = v;
@@ -473,6 +483,7 @@ impl NodeConfig {
         };
         range("expert_cache_mib", self.expert_cache_mib as u64, 1, 1 << 20)?;
         range("max_batch", self.max_batch as u64, 1, MAX_BATCH_MAX as u64)?;
+        range("lanes", self.lanes as u64, 0, 256)?;
         range(
             "max_active",
             self.max_active as u64,
@@ -607,5 +618,15 @@ mod tests {
             ..ConfigLayer::default()
         };
         assert!(config.apply(&bad).is_err());
+        let lanes = ConfigLayer::from_toml("lanes = 4").expect("lanes");
+        assert_eq!(lanes.lanes, Some(4));
+        let mut config = NodeConfig::default();
+        config.apply(&lanes).expect("4 lanes");
+        assert_eq!(config.lanes, 4);
+        let too_many = ConfigLayer {
+            lanes: Some(257),
+            ..ConfigLayer::default()
+        };
+        assert!(config.apply(&too_many).is_err());
     }
 }

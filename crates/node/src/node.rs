@@ -1053,7 +1053,9 @@ fn start_serving(
         tokenizer.clone(),
         EngineConfig {
             max_batch: config.max_batch,
-            // A lane per core, each pass on its lane's thread (measured fastest here).
+            // By default a lane per core, each pass on its lane's thread (measured fastest
+            // on one node).
+            lanes: config.lanes,
             ..EngineConfig::default()
         },
     );
