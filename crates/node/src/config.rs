@@ -77,8 +77,9 @@ pub struct NodeConfig {
     /// Most sequences the engine decodes together; more wait in its queue.
     pub max_batch: usize,
     /// Engine lanes, each decoding its share of the batch on a thread of its own; `0`: one
-    /// per core. A node whose experts are partly computed elsewhere can use more, so that
-    /// one lane computes while another waits for its hosts.
+    /// per core. (More lanes than cores let one lane compute while another waits for expert
+    /// hosts, but on a 2-core machine that shares its cores with the hosts they cost more
+    /// than they gave: docs/BENCHMARKS.md.)
     pub lanes: usize,
     /// Most generations in flight (decoding or queued); more are refused with `overloaded`.
     pub max_active: usize,
