@@ -338,8 +338,9 @@ impl Hosting {
         self.epoch.elapsed()
     }
 
-    /// Calls `calls` to host `to` in one request (`POST /experts/compute`), as `send` says:
-    /// per call, its outputs if that part of the answer is complete and signed by the host.
+    /// Calls `calls` to host `to` in one request (`POST /experts/compute`), as an exchange
+    /// asked: per call, its outputs if that part of the answer is complete and signed by the
+    /// host.
     fn call_batch(&self, to: &Target, calls: &[&RemoteCall]) -> Vec<Option<RemoteAnswer>> {
         let api = to.api.as_str();
         let started = Instant::now();
