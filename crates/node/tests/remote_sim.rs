@@ -2,7 +2,7 @@
 //! network (links with latency, jitter and loss): a caller that computes layer 0 generates
 //! eight greedy streams in one batch while three hosts, each a real [`Node`] computing two
 //! thirds of the other layers' experts, answer its calls. One host is killed mid-generation;
-//! in another run one host lies. The caller's side is the node's own code
+//! in another run one host lies; in a third the caller computes part of every layer itself. The caller's side is the node's own code
 //! ([`HostTable`], [`Exchange`], [`Outgoing`]: choice, batching, hedging, timeouts, failover,
 //! signature checks and bans) and the hosts' is the node's own
 //! ([`Node::compute_batch_for_peer`], [`Node::hosted_report_at`]); only the framing of
@@ -24,7 +24,9 @@ use blyan_model::{
     ExpertHosts, LoadOptions, Model, Precision, RemoteAnswer, RemoteCall, RemoteOutcome,
 };
 use blyan_net::{Incoming, P2p, PeerKey, Transport};
-use blyan_node::hosting::{CALL_TIMEOUT, Exchange, HEARTBEAT, HostTable, Outgoing, Target};
+use blyan_node::hosting::{
+    CALL_TIMEOUT, Exchange, ExpertSet, HEARTBEAT, HostTable, Outgoing, Target,
+};
 use blyan_node::{ConfigLayer, Node, NodeConfig};
 use blyan_primitives::{ExpertId, Hash, SigningKey};
 use commonware_cryptography::{Signer as _, ed25519};
@@ -138,9 +140,10 @@ enum Ask {
     Done(Vec<Vec<u32>>),
 }
 
-/// The caller's [`ExpertHosts`]: layer 0 here, the rest through the runtime.
+/// The caller's [`ExpertHosts`]: the experts of `local` here, the rest through the runtime.
 #[derive(Debug)]
 struct SimHosts {
+    local: ExpertSet,
     ask: Mutex<mpsc::Sender<Ask>>,
     table: Arc<Mutex<HostTable>>,
     /// The signed statements of the answers spot checks found wrong.
@@ -149,7 +152,7 @@ struct SimHosts {
 
 impl ExpertHosts for SimHosts {
     fn computes_locally(&self, expert: ExpertId) -> bool {
-        expert.layer == 0
+        self.local.contains(expert)
     }
 
     fn compute(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
@@ -274,6 +277,8 @@ struct Plan {
     seed: u64,
     /// Latency, jitter and the share of messages delivered, %.
     link: (Duration, Duration, u64),
+    /// The experts the caller computes itself (an `experts` setting).
+    local: String,
     check_ppm: u32,
     /// Host 0 is killed after this many layers' calls.
     kill_after: Option<usize>,
@@ -588,6 +593,7 @@ fn simulate(plan: &Plan) -> Outcome {
         let (ask_tx, ask_rx) = mpsc::channel();
         let evidence = Arc::new(Mutex::new(Vec::new()));
         let hosts = Arc::new(SimHosts {
+            local: plan.local.parse().unwrap(),
             ask: Mutex::new(ask_tx.clone()),
             table: caller.table.clone(),
             evidence: evidence.clone(),
@@ -654,6 +660,7 @@ fn lossy(seed: u64) -> Plan {
     Plan {
         seed,
         link: (Duration::from_millis(5), Duration::from_millis(3), 97),
+        local: "0.*".into(),
         check_ppm: 20_000,
         kill_after: Some(LAYERS as usize * 3),
         lie_after: None,
@@ -732,6 +739,7 @@ fn a_lying_host_is_caught_banned_and_kept_as_evidence_and_the_text_is_unchanged(
     let plan = Plan {
         seed: 3,
         link: (Duration::from_millis(5), Duration::from_millis(3), 99),
+        local: "0.*".into(),
         check_ppm: 1_000_000,
         kill_after: None,
         lie_after: Some(2),
@@ -770,4 +778,29 @@ fn a_lying_host_is_caught_banned_and_kept_as_evidence_and_the_text_is_unchanged(
     assert!(o.answered.get("host0").is_some_and(|v| v.0 > 0));
     assert!(o.answered.get("host1").is_some_and(|v| v.0 > 0));
     report("liar, seed 3", &o);
+}
+
+#[test]
+fn a_caller_that_computes_part_of_every_layer_asks_only_for_the_rest_and_writes_the_same_text() {
+    let want = reference();
+    // The caller computes what host 0 does (two thirds of layers 1 to 3) and layer 0.
+    let plan = Plan {
+        seed: 4,
+        link: (Duration::from_millis(5), Duration::from_millis(3), 97),
+        local: format!("0.*,{}", hosted_by(0)),
+        check_ppm: 20_000,
+        kill_after: None,
+        lie_after: None,
+    };
+    let o = simulate(&plan);
+    assert_eq!(o.tokens, want);
+    // Host 0 computes nothing the caller does not: it is never asked.
+    assert!(
+        !o.trace.iter().any(|t| t.contains("-> host0")),
+        "{:?}",
+        o.answered
+    );
+    assert!(o.answered.get("host1").is_some_and(|v| v.0 > 0));
+    assert!(o.answered.get("host2").is_some_and(|v| v.0 > 0));
+    report("part of every layer here, seed 4", &o);
 }
