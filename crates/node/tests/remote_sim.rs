@@ -2,9 +2,10 @@
 //! network (links with latency, jitter and loss): a caller that computes layer 0 generates
 //! eight greedy streams in one batch while three hosts, each a real [`Node`] computing two
 //! thirds of the other layers' experts, answer its calls. One host is killed mid-generation;
-//! in another run one host lies; in a third the caller computes part of every layer itself. The caller's side is the node's own code
-//! ([`HostTable`], [`Exchange`], [`Outgoing`]: choice, batching, hedging, timeouts, failover,
-//! signature checks and bans) and the hosts' is the node's own
+//! in another run one host lies; in a third the caller computes part of every layer itself.
+//! The caller's side is the node's own code ([`HostTable`], [`Exchange`], [`Outgoing`]:
+//! choice, batching, hedging, timeouts, failover, signature checks and bans) and the hosts'
+//! is the node's own
 //! ([`Node::compute_batch_for_peer`], [`Node::hosted_report_at`]); only the framing of
 //! messages on the simulated links is this file's. Announcements are pushed by the hosts.
 //!
