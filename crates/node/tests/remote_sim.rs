@@ -105,12 +105,7 @@ fn generate(model: &Model, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
             .collect();
         let logits = model.forward(&mut batch).unwrap();
         for (i, l) in logits.iter().enumerate() {
-            let best = l
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-                .unwrap()
-                .0 as u32;
+            let best = blyan_model::argmax(l);
             out[i].push(best);
             next[i] = vec![best];
         }
