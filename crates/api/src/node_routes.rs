@@ -353,9 +353,10 @@ pub(crate) struct BatchQuery {
 }
 
 /// `POST /experts/compute?request=`: several expert calls for another node in one request
-/// (the body of `blyan_node::hosting::encode_batch`); per call its output's length, the
-/// output rows (f32 LE) and the Ed25519 signature of the call's answer digest (request id
-/// `{request}-{i}`). All or none; signed by the caller like a single call.
+/// (the body of `blyan_node::hosting::encode_batch`); per call its output's length and the
+/// output rows (f32 LE), then one Ed25519 signature of the batch's answer digest
+/// (`blyan_node::hosting::batch_answer_digest`). All or none; signed by the caller like a
+/// single call.
 pub(crate) async fn compute_batch(
     State(node): State<Arc<Node>>,
     query: Result<Query<BatchQuery>, QueryRejection>,

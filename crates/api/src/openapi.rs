@@ -58,7 +58,7 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, bool)] = &[
     (
         "post",
         "/experts/compute",
-        "Several expert calls for another node in one request: `?request=ID`; body: count (u32 LE), then per call layer and expert (u16 LE each), block (32 bytes), rows length (u32 LE) and the rows (Q8_0 wire form); answer: per call its output length (u32 LE), the f32 LE outputs and the Ed25519 signature of its answer digest (request id `ID-i`). All or none; `400 invalid_parameter` for a malformed batch; caller headers as for one call.",
+        "Several expert calls for another node in one request: `?request=ID`; body: count (u32 LE), then per call layer and expert (u16 LE each), block (32 bytes), rows length (u32 LE) and the rows (Q8_0 wire form); answer: per call its output length (u32 LE) and the f32 LE outputs, then one Ed25519 signature by the host's network key of SHA-256(`blyan-expert-answers-v1` ‖ ID ‖ count ‖ each call's answer digest, request id `ID-i`). All or none; `400 invalid_parameter` for a malformed batch; caller headers as for one call.",
         false,
     ),
     (

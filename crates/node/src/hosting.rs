@@ -24,7 +24,9 @@ use crate::NodeError;
 
 pub mod calls;
 
-pub use calls::{Dispatch, Exchange, HostInfo, HostTable, Outgoing, Target, Unheard};
+pub use calls::{
+    AnswerStatement, Dispatch, Exchange, HostInfo, HostTable, Outgoing, Target, Unheard,
+};
 
 /// How often the peers are asked what they host.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -122,6 +124,21 @@ pub fn answer_digest(request: &str, block: &Hash, input: &Hash, output: &Hash) -
     bytes.extend_from_slice(block.as_bytes());
     bytes.extend_from_slice(input.as_bytes());
     bytes.extend_from_slice(output.as_bytes());
+    Hash::of(&bytes)
+}
+
+/// The digest a host signs for a batch's answer (`POST /experts/compute`): SHA-256 of the
+/// domain tag, the batch's request id, the count of calls and each call's [`answer_digest`]
+/// (call `i` as request `{request}-i`), in order. One signature covers every call.
+pub fn batch_answer_digest(request: &str, answers: &[Hash]) -> Hash {
+    let mut bytes = Vec::with_capacity(64 + request.len() + 32 * answers.len());
+    bytes.extend_from_slice(b"blyan-expert-answers-v1");
+    bytes.extend_from_slice(&(request.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(request.as_bytes());
+    bytes.extend_from_slice(&(answers.len() as u32).to_le_bytes());
+    for a in answers {
+        bytes.extend_from_slice(a.as_bytes());
+    }
     Hash::of(&bytes)
 }
 
@@ -620,10 +637,14 @@ impl ExpertHosts for Hosting {
         let now = crate::unix_ms();
         let answered: serde_json::Value =
             serde_json::from_str(&answer.evidence).unwrap_or(serde_json::Value::Null);
+        // The rows themselves, so that anyone holding the expert's block can recompute it.
+        let mut input = Vec::with_capacity(call.rows.wire_len());
+        call.rows.write_to(&mut input);
         let evidence = serde_json::json!({
             "answer": answered,
             "expected_output_hash": Hash::of(&own),
             "expert": call.expert,
+            "input": hex::encode(&input),
             "at_ms": now,
         });
         let file = self.evidence_dir.join(format!(
@@ -937,7 +958,8 @@ impl crate::Node {
     /// Computes a batch of expert calls for another node (the body of
     /// `POST /experts/compute`, [`decode_batch`]): call `i` is answered as request
     /// `{request}-{i}`, all of them or none. The answer is, per call, its output's length
-    /// (u32 LE), the output rows (f32 LE) and this node's signature of [`answer_digest`].
+    /// (u32 LE) and the output rows (f32 LE); then this node's one signature of
+    /// [`batch_answer_digest`] over every call's [`answer_digest`].
     pub fn compute_batch_for_peer(
         &self,
         request: &str,
@@ -952,19 +974,26 @@ impl crate::Node {
             crate::unix_ms(),
         )?;
         let items = decode_batch(body)?;
+        let key = self.answer_key()?;
         let mut answer = Vec::new();
+        let mut digests = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let (output, signature) = self.compute_one(
-                item.expert,
-                item.block,
+            let at = answer.len();
+            answer.extend_from_slice(&[0; 4]);
+            self.compute_into(item.expert, item.block, item.rows, &mut answer)?;
+            let len = (answer.len() - at - 4) as u32;
+            answer[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            digests.push(answer_digest(
                 &format!("{request}-{i}"),
-                item.rows,
+                &item.block,
                 &Hash::of(item.rows),
-            )?;
-            answer.extend_from_slice(&(output.len() as u32).to_le_bytes());
-            answer.extend_from_slice(&output);
-            answer.extend_from_slice(&signature.to_bytes());
+                &Hash::of(&answer[at + 4..]),
+            ));
         }
+        let signature = key
+            .key
+            .sign(batch_answer_digest(request, &digests).as_bytes());
+        answer.extend_from_slice(&signature.to_bytes());
         Ok(answer)
     }
 
@@ -976,6 +1005,22 @@ impl crate::Node {
         input: &[u8],
         input_hash: &Hash,
     ) -> Result<(Vec<u8>, ed25519_dalek::Signature), NodeError> {
+        let key = self.answer_key()?;
+        let mut output = Vec::new();
+        self.compute_into(id, block, input, &mut output)?;
+        let digest = answer_digest(request, &block, input_hash, &Hash::of(&output));
+        Ok((output, key.key.sign(digest.as_bytes())))
+    }
+
+    /// Computes expert `id` at `block` on `input` (the wire form of rows) for another node
+    /// and appends the output rows (f32 LE) to `out`.
+    fn compute_into(
+        &self,
+        id: ExpertId,
+        block: Hash,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), NodeError> {
         if let Some(h) = &self.hosting
             && !h.hosted().contains(id)
         {
@@ -995,14 +1040,13 @@ impl crate::Node {
         {
             *v += 0.25;
         }
-        let mut output = Vec::with_capacity(y.len() * 4);
+        out.reserve(y.len() * 4);
         for v in &y {
-            output.extend_from_slice(&v.to_le_bytes());
+            out.extend_from_slice(&v.to_le_bytes());
         }
-        let digest = answer_digest(request, &block, input_hash, &Hash::of(&output));
         self.computed_for_peers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok((output, self.answer_key()?.key.sign(digest.as_bytes())))
+        Ok(())
     }
 }
 

@@ -750,24 +750,22 @@ fn a_lying_host_is_caught_banned_and_kept_as_evidence_and_the_text_is_unchanged(
     assert!(!o.evidence.is_empty());
     for (host, statement) in &o.evidence {
         assert_eq!(host, "host2");
-        // The liar's own signature over what it answered.
-        let s: serde_json::Value = serde_json::from_str(statement).unwrap();
-        assert_eq!(s["net_key"].as_str().unwrap(), o.net_keys["host2"]);
+        // The liar's own signature over what it answered: one over its whole batch.
+        let s: blyan_node::hosting::AnswerStatement = serde_json::from_str(statement).unwrap();
+        assert_eq!(s.net_key, o.net_keys["host2"]);
+        assert!(s.verify(), "{s:?}");
         let key = ed25519_dalek::VerifyingKey::from_bytes(
-            &hex::decode(s["net_key"].as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap(),
+            &hex::decode(&s.net_key).unwrap().try_into().unwrap(),
         )
         .unwrap();
         let signature = ed25519_dalek::Signature::from_bytes(
-            &hex::decode(s["signature"].as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap(),
+            &hex::decode(&s.signature).unwrap().try_into().unwrap(),
         );
-        let digest: Hash = s["digest"].as_str().unwrap().parse().unwrap();
+        let digest = blyan_node::hosting::batch_answer_digest(&s.request, &s.answers);
         key.verify_strict(digest.as_bytes(), &signature).unwrap();
+        let mut altered = s.clone();
+        altered.output_hash = Hash::of(b"another output");
+        assert!(!altered.verify());
     }
     // Once banned, it was sent nothing more; the honest hosts went on answering.
     assert_eq!(o.after_ban, 0);

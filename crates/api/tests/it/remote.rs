@@ -248,38 +248,29 @@ async fn a_host_that_lies_is_caught_banned_and_kept_as_evidence() {
     assert!(!files.is_empty());
     let evidence: Value =
         serde_json::from_slice(&std::fs::read(&files[0]).expect("read")).expect("json");
-    assert_eq!(
-        evidence["answer"]["signer"],
-        liar.hosted_account().to_string()
-    );
-    assert_ne!(
-        evidence["answer"]["output_hash"],
-        evidence["expected_output_hash"]
-    );
-    // Signed by the liar's network key, which its account bound to itself.
-    let text = |field: &str| evidence["answer"][field].as_str().expect(field).to_owned();
-    let net_key: [u8; 32] = hex::decode(text("net_key"))
-        .expect("hex")
-        .try_into()
-        .expect("32 bytes");
-    let signature: [u8; 64] = hex::decode(text("signature"))
-        .expect("hex")
-        .try_into()
-        .expect("64 bytes");
-    let digest: blyan_primitives::Hash = text("digest").parse().expect("hash");
-    let binding: blyan_primitives::Signature = text("binding").parse().expect("signature");
-    assert!(blyan_chain::admission::check_key_binding(
-        &net_key,
-        &liar.hosted_account(),
-        &binding
-    ));
-    ed25519_dalek::VerifyingKey::from_bytes(&net_key)
-        .expect("key")
-        .verify_strict(
-            digest.as_bytes(),
-            &ed25519_dalek::Signature::from_bytes(&signature),
-        )
-        .expect("the liar signed what it answered");
+    let statement: blyan_node::hosting::AnswerStatement =
+        serde_json::from_value(evidence["answer"].clone()).expect("a signed statement");
+    assert_eq!(statement.signer, liar.hosted_account());
+    assert_eq!(statement.expert.to_string(), evidence["expert"]);
+    // Signed by the liar's network key (one signature over its batch), which its account
+    // bound to itself; altered in any field, the statement no longer holds.
+    assert!(statement.verify(), "{statement:?}");
+    let mut altered = statement.clone();
+    altered.output_hash = blyan_primitives::Hash::of(b"another output");
+    assert!(!altered.verify());
+    let mut altered = statement.clone();
+    altered.index = (statement.index + 1) % statement.answers.len().max(2);
+    assert!(!altered.verify());
+    // The evidence is whole: its rows are the ones the liar signed for, and computing the
+    // expert on them gives the expected output, not the liar's.
+    let input = hex::decode(evidence["input"].as_str().expect("input")).expect("hex");
+    assert_eq!(blyan_primitives::Hash::of(&input), statement.input_hash);
+    let (right, _) = single
+        .compute_for_peer(statement.expert, statement.block, "recheck", &input, None)
+        .expect("the single node computes it");
+    let right_hash = blyan_primitives::Hash::of(&right).to_string();
+    assert_eq!(evidence["expected_output_hash"], right_hash);
+    assert_ne!(statement.output_hash.to_string(), right_hash);
     // Banned: no more calls go to it; the node computes those experts itself.
     let fallbacks = report.fallbacks;
     assert_eq!(
@@ -631,7 +622,7 @@ fn one_row(d: usize) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_batch_of_calls_is_answered_signed_per_call_and_a_malformed_one_not_at_all() {
+async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_not_at_all() {
     let dirs = copies(1);
     let host = open(dirs[0].path(), ConfigLayer::default());
     let (addr, _stop) = serve(&host).await;
@@ -655,8 +646,8 @@ async fn a_batch_of_calls_is_answered_signed_per_call_and_a_malformed_one_not_at
     let url = |request: &str| format!("http://{addr}/experts/compute?request={request}");
     let (status, answer) = fetch(&url("b1"), Some(body.clone()), &[]).await;
     assert_eq!(status, 200);
-    // Per call: its length, d outputs, and the host's signature of its answer digest; the
-    // outputs are what a single call gives.
+    // Per call its length and d outputs, what a single call gives; then one signature of
+    // the host's over every call's answer digest (request ids `b1-0`, `b1-1`).
     let key = ed25519_dalek::VerifyingKey::from_bytes(
         &hex::decode(report.net_key.as_deref().expect("a network key"))
             .expect("hex")
@@ -665,31 +656,34 @@ async fn a_batch_of_calls_is_answered_signed_per_call_and_a_malformed_one_not_at
     )
     .expect("key");
     let mut at = 0;
+    let mut digests = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let len = u32::from_le_bytes(answer[at..at + 4].try_into().expect("4")) as usize;
         assert_eq!(len, d * 4);
         let output = &answer[at + 4..at + 4 + len];
-        let signature: [u8; 64] = answer[at + 4 + len..at + 4 + len + 64]
-            .try_into()
-            .expect("64");
-        let digest = blyan_node::hosting::answer_digest(
+        digests.push(blyan_node::hosting::answer_digest(
             &format!("b1-{i}"),
             &item.block,
             &blyan_primitives::Hash::of(item.rows),
             &blyan_primitives::Hash::of(output),
-        );
-        key.verify_strict(
-            digest.as_bytes(),
-            &ed25519_dalek::Signature::from_bytes(&signature),
-        )
-        .expect("signed per call");
+        ));
         let (single, _) = host
             .compute_for_peer(item.expert, item.block, "one", item.rows, None)
             .expect("one call");
         assert_eq!(output, &single[..]);
-        at += 4 + len + 64;
+        at += 4 + len;
     }
-    assert_eq!(at, answer.len());
+    let signature: [u8; 64] = answer[at..].try_into().expect("64 bytes of signature last");
+    let signature = ed25519_dalek::Signature::from_bytes(&signature);
+    let digest = blyan_node::hosting::batch_answer_digest("b1", &digests);
+    key.verify_strict(digest.as_bytes(), &signature)
+        .expect("one signature over the batch");
+    // It covers each call: the same signature does not hold for another batch of answers.
+    digests.swap(0, 1);
+    let swapped = blyan_node::hosting::batch_answer_digest("b1", &digests);
+    assert!(key.verify_strict(swapped.as_bytes(), &signature).is_err());
+    let other = blyan_node::hosting::batch_answer_digest("b9", &digests);
+    assert!(key.verify_strict(other.as_bytes(), &signature).is_err());
 
     // Malformed batches are refused before any work.
     let computed = host.hosted_report().computed_for_peers;

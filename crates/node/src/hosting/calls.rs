@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use blyan_model::{RemoteAnswer, RemoteCall, RemoteOutcome};
-use blyan_primitives::{Address, Hash, Signature};
+use blyan_primitives::{Address, ExpertId, Hash, Signature};
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use super::{
     BATCH_BODY_MAX, BATCH_CALLS_MAX, CALL_TIMEOUT, HEDGE_DEFAULT, HOST_TTL, RECENT_CALLS,
-    answer_digest, bound_key, checked_announcement, put_call_head,
+    answer_digest, batch_answer_digest, bound_key, checked_announcement, put_call_head,
 };
 
 /// How long a host is not asked after one failed request; each further failure in a row
@@ -591,13 +591,14 @@ impl Outgoing {
 
     /// The most bytes a whole answer can have.
     pub fn answer_limit(&self) -> u64 {
-        self.expected.iter().map(|n| n + 68).sum::<usize>() as u64
+        (self.expected.iter().map(|n| n + 4).sum::<usize>() + 64) as u64
     }
 
     /// Host `to`'s `answer` (none: no answer) to `calls`, the calls this request carries:
-    /// per call, its outputs if that part of the answer is complete and signed by the
-    /// host's network key over the call's request id, block, input and output; and whether
-    /// the whole answer was. `check` says, per signed answer, whether to spot-check it.
+    /// per call, its outputs if the whole answer is complete and signed by the host's
+    /// network key ([`super::batch_answer_digest`]: one signature over every call's request
+    /// id, block, input and output); and whether it was. `check` says, per call of a signed
+    /// answer, whether to spot-check it.
     pub fn read<'a>(
         &self,
         to: &Target,
@@ -606,94 +607,149 @@ impl Outgoing {
         mut check: impl FnMut() -> bool,
     ) -> (Vec<Option<RemoteAnswer>>, bool) {
         let n = self.inputs.len();
-        let mut out: Vec<Option<RemoteAnswer>> = Vec::with_capacity(n);
-        let mut at = 0;
-        if let Some(answer) = answer {
-            for (i, call) in calls.enumerate().take(n) {
-                let Some((output, signature, next)) = answer_part(answer, at, self.expected[i])
-                else {
-                    break;
-                };
-                at = next;
-                let request = format!("{}-{i}", self.request);
-                out.push(self.checked(to, call, &request, i, output, &signature, &mut check));
-            }
+        let calls: Vec<&RemoteCall> = calls.take(n).collect();
+        let parts = answer
+            .and_then(|a| self.parts(a))
+            .filter(|_| calls.len() == n);
+        let Some((outputs, signature)) = parts else {
+            return (vec![None; n], false);
+        };
+        let digests: Vec<Hash> = calls
+            .iter()
+            .zip(&outputs)
+            .enumerate()
+            .map(|(i, (call, output))| {
+                answer_digest(
+                    &format!("{}-{i}", self.request),
+                    &call.block,
+                    &self.inputs[i],
+                    &Hash::of(output),
+                )
+            })
+            .collect();
+        let digest = batch_answer_digest(&self.request, &digests);
+        if to.key.verify_strict(digest.as_bytes(), &signature).is_err() {
+            return (vec![None; n], false);
         }
-        let whole = answer.is_some_and(|a| at == a.len())
-            && out.len() == n
-            && out.iter().all(Option::is_some);
-        out.resize(n, None);
-        (out, whole)
+        let answers = calls
+            .iter()
+            .zip(outputs)
+            .enumerate()
+            .map(|(i, (call, output))| {
+                let check = check();
+                // Only a spot-checked answer can be found wrong and need its statement.
+                let evidence = check.then(|| {
+                    let statement = AnswerStatement {
+                        host: to.api.clone(),
+                        signer: to.account,
+                        net_key: hex::encode(to.key.as_bytes()),
+                        binding: to.binding.to_string(),
+                        request: self.request.clone(),
+                        index: i,
+                        expert: call.expert,
+                        block: call.block,
+                        input_hash: self.inputs[i],
+                        output_hash: Hash::of(output),
+                        answers: digests.clone(),
+                        signature: hex::encode(signature.to_bytes()),
+                    };
+                    serde_json::to_string(&statement).unwrap_or_default()
+                });
+                Some(RemoteAnswer {
+                    output: output
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    host: to.api.clone(),
+                    account: to.account,
+                    check,
+                    evidence: evidence.unwrap_or_default(),
+                })
+            })
+            .collect();
+        (answers, true)
     }
 
-    /// Call `i`'s answer, if `signature` is the host's over its request id, block, input
-    /// and output.
-    #[allow(clippy::too_many_arguments)]
-    fn checked(
-        &self,
-        to: &Target,
-        call: &RemoteCall,
-        request: &str,
-        i: usize,
-        output: &[u8],
-        signature: &ed25519_dalek::Signature,
-        check: &mut impl FnMut() -> bool,
-    ) -> Option<RemoteAnswer> {
-        let (input_hash, output_hash) = (self.inputs[i], Hash::of(output));
-        let digest = answer_digest(request, &call.block, &input_hash, &output_hash);
-        to.key.verify_strict(digest.as_bytes(), signature).ok()?;
-        let check = check();
-        // Only a spot-checked answer can be found wrong and need its statement written out.
-        let evidence = check.then(|| {
-            serde_json::json!({
-                "host": to.api,
-                "signer": to.account,
-                "net_key": hex::encode(to.key.as_bytes()),
-                "binding": to.binding.to_string(),
-                "request": request,
-                "expert": call.expert,
-                "block": call.block,
-                "input_hash": input_hash,
-                "output_hash": output_hash,
-                "digest": digest,
-                "signature": hex::encode(signature.to_bytes()),
-            })
-            .to_string()
-        });
-        Some(RemoteAnswer {
-            output: output
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            host: to.api.clone(),
-            account: to.account,
-            check,
-            evidence: evidence.unwrap_or_default(),
-        })
+    /// A whole answer's outputs, each of the length its call needs, and its signature;
+    /// none if anything is missing, of the wrong length or left over.
+    fn parts<'b>(&self, answer: &'b [u8]) -> Option<(Vec<&'b [u8]>, ed25519_dalek::Signature)> {
+        let mut at = 0usize;
+        let mut outputs = Vec::with_capacity(self.expected.len());
+        for &len in &self.expected {
+            let head: [u8; 4] = answer.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            if u32::from_le_bytes(head) as usize != len {
+                return None;
+            }
+            let end = (at + 4).checked_add(len)?;
+            outputs.push(answer.get(at + 4..end)?);
+            at = end;
+        }
+        let signature: [u8; 64] = answer.get(at..)?.try_into().ok()?;
+        Some((outputs, ed25519_dalek::Signature::from_bytes(&signature)))
     }
 }
 
-/// The part of a batch's answer from byte `at`: its length (u32 LE), which must be `len`,
-/// the output, and the 64-byte signature; and where the next part starts.
-fn answer_part(
-    answer: &[u8],
-    at: usize,
-    len: usize,
-) -> Option<(&[u8], ed25519_dalek::Signature, usize)> {
-    let head: [u8; 4] = answer.get(at..at.checked_add(4)?)?.try_into().ok()?;
-    if u32::from_le_bytes(head) as usize != len {
-        return None;
+/// A host's signed statement of one call's answer, as a spot check keeps it: enough for
+/// anyone to check that the host's network key signed this output for this input of this
+/// expert block (and, given the input rows, to recompute it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AnswerStatement {
+    /// The host's address (its API address; a simulation's peer name).
+    pub host: String,
+    /// The account the host's network key is bound to.
+    pub signer: Address,
+    /// The host's network key (Ed25519, hex).
+    pub net_key: String,
+    /// The account's EIP-191 signature binding `net_key` to `signer`.
+    pub binding: String,
+    /// The batch's request id.
+    pub request: String,
+    /// The call's place in the batch: it was answered as request `{request}-{index}`.
+    pub index: usize,
+    /// The expert.
+    pub expert: ExpertId,
+    /// Its exact version.
+    pub block: Hash,
+    /// SHA-256 of the call's rows (their wire form).
+    pub input_hash: Hash,
+    /// SHA-256 of the output the host answered (f32 LE).
+    pub output_hash: Hash,
+    /// Every call's [`answer_digest`] in the batch, in order.
+    pub answers: Vec<Hash>,
+    /// The network key's Ed25519 signature (hex) of [`batch_answer_digest`] over `answers`.
+    pub signature: String,
+}
+
+impl AnswerStatement {
+    /// Whether the statement holds: this call's digest is the batch's `index`-th, the host's
+    /// network key signed the batch, and `signer` bound that key to itself.
+    pub fn verify(&self) -> bool {
+        let own = answer_digest(
+            &format!("{}-{}", self.request, self.index),
+            &self.block,
+            &self.input_hash,
+            &self.output_hash,
+        );
+        let key = hex::decode(&self.net_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
+        let signature = hex::decode(&self.signature)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok());
+        let binding: Option<Signature> = self.binding.parse().ok();
+        let (Some(key), Some(signature), Some(binding)) = (key, signature, binding) else {
+            return false;
+        };
+        self.answers.get(self.index) == Some(&own)
+            && blyan_chain::admission::check_key_binding(&key, &self.signer, &binding)
+            && VerifyingKey::from_bytes(&key).is_ok_and(|k| {
+                k.verify_strict(
+                    batch_answer_digest(&self.request, &self.answers).as_bytes(),
+                    &ed25519_dalek::Signature::from_bytes(&signature),
+                )
+                .is_ok()
+            })
     }
-    let output_at = at + 4;
-    let signature_at = output_at.checked_add(len)?;
-    let end = signature_at.checked_add(64)?;
-    let output = answer.get(output_at..signature_at)?;
-    let signature: [u8; 64] = answer.get(signature_at..end)?.try_into().ok()?;
-    Some((
-        output,
-        ed25519_dalek::Signature::from_bytes(&signature),
-        end,
-    ))
 }
 
 #[cfg(test)]
