@@ -6,7 +6,8 @@
 //!    token and of eight.
 //! 2. Throughput: 1, 8 and 64 concurrent greedy completions through a node that computes only
 //!    layer 0 (layers 1–3 on three hosts, two replicas each) beside the same on one node
-//!    computing everything.
+//!    computing everything, in turns for `BLYAN_BENCH_ROUNDS` rounds (default 5): medians,
+//!    and the share of the single node's tokens/s per round.
 //! 3. A host dying: one-token completions one after another while one of the hosts stops
 //!    (its server shut down: connections refused from then on); the slowest of the ten
 //!    after the stop beside the median before.
@@ -40,6 +41,17 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The median of `v`, which it leaves sorted.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn percentiles(mut d: Vec<Duration>) -> (f64, f64) {
@@ -272,14 +284,28 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    // 2. Throughput.
+    // 2. Throughput: rounds of the single node and the spread one in turns, so that both
+    // see the machine as it is that moment; medians, and the spread of the per-round shares.
+    let rounds: usize = std::env::var("BLYAN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     for streams in [1usize, 8, 64] {
         let tokens = 64;
-        let all_local = throughput(single.addr, streams, tokens)?;
-        let spread = throughput(split.addr, streams, tokens)?;
+        let (mut local, mut spread, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let l = throughput(single.addr, streams, tokens)?;
+            let s = throughput(split.addr, streams, tokens)?;
+            local.push(l);
+            spread.push(s);
+            shares.push(100.0 * s / l);
+        }
+        let (l, s, share) = (median(&mut local), median(&mut spread), median(&mut shares));
         println!(
-            "{streams:>2} streams × {tokens} tokens: one node {all_local:.0} tokens/s; layer 0 here, layers 1–3 on three hosts {spread:.0} tokens/s ({:.0}%)",
-            100.0 * spread / all_local
+            "{streams:>2} streams × {tokens} tokens, median of {rounds} rounds: one node {l:.0} tokens/s; layer 0 here, layers 1–3 on three hosts {s:.0} tokens/s; share per round median {share:.0}% (min {:.0}%, max {:.0}%)",
+            shares[0],
+            shares[rounds - 1]
         );
     }
     let r = split.node.hosted_report();

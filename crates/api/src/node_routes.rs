@@ -367,8 +367,15 @@ pub(crate) async fn compute_batch(
     let Query(q) = query?;
     let signer = node.hosted_account().to_string();
     let caller = caller_proof(&headers);
-    let answer =
-        blocking(move || node.compute_batch_for_peer(&q.request, &body, caller.as_ref())).await?;
+    // A small batch (a layer's rows of a few streams for a tiny model) is computed on this
+    // task: handing it to a blocking thread and back costs two thread switches, more than
+    // its arithmetic. A larger one, or one that would first unlock the network key, goes
+    // to the blocking pool.
+    let answer = if node.batch_is_small(&body) {
+        node.compute_batch_for_peer(&q.request, &body, caller.as_ref())?
+    } else {
+        blocking(move || node.compute_batch_for_peer(&q.request, &body, caller.as_ref())).await?
+    };
     Ok((
         [
             (

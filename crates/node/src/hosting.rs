@@ -830,6 +830,33 @@ impl crate::Node {
         self.net_signer.get()
     }
 
+    /// Whether a batch of expert calls (a `POST /experts/compute` body) is small enough to
+    /// compute without leaving the request's async task: its rows' multiply-adds (three
+    /// matrices of width × intermediate size per row) at most [`SMALL_BATCH_MACS`], and the
+    /// network key that signs the answer unlocked already (the first answer unlocks it:
+    /// scrypt, about a second). A body that does not decode is small: it is refused before
+    /// any work.
+    pub fn batch_is_small(&self, body: &[u8]) -> bool {
+        if self.net_signer.key.get().is_none() {
+            return false;
+        }
+        let Ok(items) = decode_batch(body) else {
+            return true;
+        };
+        let serving = self.serving();
+        let config = serving.engine.model().config();
+        let per_row = 3 * config.hidden_size as u64 * config.intermediate_size as u64;
+        let rows: u64 = items
+            .iter()
+            .map(|i| {
+                i.rows.get(..4).map_or(0, |b| {
+                    u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                })
+            })
+            .sum();
+        rows.saturating_mul(per_row) <= SMALL_BATCH_MACS
+    }
+
     /// Whether a caller may have an expert computed: on a network whose registry names no
     /// one, anyone may (rate limits still apply); otherwise only a member, proven by its
     /// network key's fresh signature of the call.
@@ -1068,6 +1095,11 @@ fn check_request_id(request: &str, max: usize) -> Result<(), NodeError> {
 
 /// Most calls in one batch.
 pub const BATCH_CALLS_MAX: usize = 64;
+/// Most multiply-adds of a batch computed on its request's own task
+/// ([`crate::Node::batch_is_small`]): about 85 rows of the test model (d = 256, intermediate
+/// 512), some 0.3 ms at the 3.4 µs per row that `remote_bench` measures for them on this
+/// project's 2-core VM; not one row of a 4096-wide model.
+pub const SMALL_BATCH_MACS: u64 = 1 << 25;
 /// Most bytes of one batch's body.
 pub const BATCH_BODY_MAX: usize = 16 << 20;
 

@@ -685,6 +685,57 @@ async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_no
     let other = blyan_node::hosting::batch_answer_digest("b9", &digests);
     assert!(key.verify_strict(other.as_bytes(), &signature).is_err());
 
+    // A batch too large to compute on the request's task goes to the blocking pool and is
+    // answered the same way: 64 rows for each of two experts.
+    assert!(host.batch_is_small(&body));
+    let (wide, wide_rows) = (one_row(d), 64usize);
+    let mut many_rows = Vec::new();
+    many_rows.extend_from_slice(&(wide_rows as u32).to_le_bytes());
+    many_rows.extend_from_slice(&(d as u32).to_le_bytes());
+    for _ in 0..wide_rows {
+        many_rows.extend_from_slice(&wide[8..]);
+    }
+    let big_items = [
+        blyan_node::hosting::BatchItem {
+            expert: a.id,
+            block: a.block,
+            rows: &many_rows,
+        },
+        blyan_node::hosting::BatchItem {
+            expert: b.id,
+            block: b.block,
+            rows: &many_rows,
+        },
+    ];
+    let big = blyan_node::hosting::encode_batch(&big_items);
+    assert!(!host.batch_is_small(&big));
+    let (status, answer) = fetch(&url("b3"), Some(big), &[]).await;
+    assert_eq!(status, 200);
+    let mut at = 0;
+    let mut digests = Vec::new();
+    for (i, item) in big_items.iter().enumerate() {
+        let len = u32::from_le_bytes(answer[at..at + 4].try_into().expect("4")) as usize;
+        assert_eq!(len, wide_rows * d * 4);
+        let output = &answer[at + 4..at + 4 + len];
+        let (single, _) = host
+            .compute_for_peer(item.expert, item.block, "one", item.rows, None)
+            .expect("one call");
+        assert_eq!(output, &single[..]);
+        digests.push(blyan_node::hosting::answer_digest(
+            &format!("b3-{i}"),
+            &item.block,
+            &blyan_primitives::Hash::of(item.rows),
+            &blyan_primitives::Hash::of(output),
+        ));
+        at += 4 + len;
+    }
+    let signature: [u8; 64] = answer[at..].try_into().expect("64 bytes of signature last");
+    key.verify_strict(
+        blyan_node::hosting::batch_answer_digest("b3", &digests).as_bytes(),
+        &ed25519_dalek::Signature::from_bytes(&signature),
+    )
+    .expect("signed");
+
     // Malformed batches are refused before any work.
     let computed = host.hosted_report().computed_for_peers;
     let mut trailing = body.clone();
