@@ -733,12 +733,11 @@ fn report(name: &str, o: &Outcome) {
 fn a_lying_host_is_caught_banned_and_kept_as_evidence_and_the_text_is_unchanged() {
     let want = reference();
     let plan = Plan {
-        seed: 3,
         link: (Duration::from_millis(5), Duration::from_millis(3), 99),
-        local: "0.*".into(),
         check_ppm: 1_000_000,
         kill_after: None,
         lie_after: Some(2),
+        ..lossy(3)
     };
     let o = simulate(&plan);
     assert_eq!(o.tokens, want);
@@ -779,12 +778,9 @@ fn a_caller_that_computes_part_of_every_layer_asks_only_for_the_rest_and_writes_
     let want = reference();
     // The caller computes what host 0 does (two thirds of layers 1 to 3) and layer 0.
     let plan = Plan {
-        seed: 4,
-        link: (Duration::from_millis(5), Duration::from_millis(3), 97),
         local: format!("0.*,{}", hosted_by(0)),
-        check_ppm: 20_000,
         kill_after: None,
-        lie_after: None,
+        ..lossy(4)
     };
     let o = simulate(&plan);
     assert_eq!(o.tokens, want);
