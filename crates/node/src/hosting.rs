@@ -834,14 +834,15 @@ impl crate::Node {
     /// compute without leaving the request's async task: its rows' multiply-adds (three
     /// matrices of width × intermediate size per row) at most [`SMALL_BATCH_MACS`], and the
     /// network key that signs the answer unlocked already (the first answer unlocks it:
-    /// scrypt, about a second). A body that does not decode is small: it is refused before
-    /// any work.
+    /// scrypt, about a second), and the body at most [`SMALL_BATCH_BYTES`] (a member's
+    /// proof hashes the whole body before anything else is looked at). A body that does not
+    /// decode is not small: it is refused on the blocking pool.
     pub fn batch_is_small(&self, body: &[u8]) -> bool {
-        if self.net_signer.key.get().is_none() {
+        if self.net_signer.key.get().is_none() || body.len() > SMALL_BATCH_BYTES {
             return false;
         }
         let Ok(items) = decode_batch(body) else {
-            return true;
+            return false;
         };
         let serving = self.serving();
         let config = serving.engine.model().config();
@@ -1100,6 +1101,9 @@ pub const BATCH_CALLS_MAX: usize = 64;
 /// 512), some 0.3 ms at the 3.4 µs per row that `remote_bench` measures for them on this
 /// project's 2-core VM; not one row of a 4096-wide model.
 pub const SMALL_BATCH_MACS: u64 = 1 << 25;
+/// Most body bytes of a batch computed on its request's own task: 256 KiB, some 900 rows of
+/// the test model, so that the multiply-adds bound it first.
+pub const SMALL_BATCH_BYTES: usize = 256 << 10;
 /// Most bytes of one batch's body.
 pub const BATCH_BODY_MAX: usize = 16 << 20;
 

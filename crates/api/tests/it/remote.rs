@@ -709,6 +709,19 @@ async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_no
     ];
     let big = blyan_node::hosting::encode_batch(&big_items);
     assert!(!host.batch_is_small(&big));
+    // Nor is a malformed body or one of few rows but many bytes: both go to the blocking
+    // pool, where they are refused.
+    assert!(!host.batch_is_small(&big[..big.len() - 1]));
+    let mut padded = rows.clone();
+    padded.resize(blyan_node::hosting::SMALL_BATCH_BYTES, 0);
+    let padded = blyan_node::hosting::encode_batch(&[blyan_node::hosting::BatchItem {
+        expert: a.id,
+        block: a.block,
+        rows: &padded,
+    }]);
+    assert!(!host.batch_is_small(&padded));
+    let (status, _) = fetch(&url("b4"), Some(padded), &[]).await;
+    assert_eq!(status, 400);
     let (status, answer) = fetch(&url("b3"), Some(big), &[]).await;
     assert_eq!(status, 200);
     let mut at = 0;
