@@ -621,6 +621,59 @@ fn one_row(d: usize) -> Vec<u8> {
     rows
 }
 
+/// Calls of experts `a` and `b` on the same `rows`.
+fn both<'a>(
+    a: &blyan_node::hosting::HostedExpert,
+    b: &blyan_node::hosting::HostedExpert,
+    rows: &'a [u8],
+) -> [blyan_node::hosting::BatchItem<'a>; 2] {
+    [a, b].map(|e| blyan_node::hosting::BatchItem {
+        expert: e.id,
+        block: e.block,
+        rows,
+    })
+}
+
+/// Checks `host`'s `answer` to batch `request` of `items` (`rows` rows each): per call its
+/// length and outputs, what a single call gives; then one signature by `key` over every
+/// call's answer digest. Returns the digests and the signature.
+fn signed_answers(
+    host: &Node,
+    key: &ed25519_dalek::VerifyingKey,
+    request: &str,
+    items: &[blyan_node::hosting::BatchItem<'_>],
+    answer: &[u8],
+    rows: usize,
+) -> (Vec<blyan_primitives::Hash>, ed25519_dalek::Signature) {
+    let d = host.info().d_model;
+    let mut at = 0;
+    let mut digests = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let len = u32::from_le_bytes(answer[at..at + 4].try_into().expect("4")) as usize;
+        assert_eq!(len, rows * d * 4);
+        let output = &answer[at + 4..at + 4 + len];
+        let (single, _) = host
+            .compute_for_peer(item.expert, item.block, "one", item.rows, None)
+            .expect("one call");
+        assert_eq!(output, &single[..]);
+        digests.push(blyan_node::hosting::answer_digest(
+            &format!("{request}-{i}"),
+            &item.block,
+            &blyan_primitives::Hash::of(item.rows),
+            &blyan_primitives::Hash::of(output),
+        ));
+        at += 4 + len;
+    }
+    let signature: [u8; 64] = answer[at..].try_into().expect("64 bytes of signature last");
+    let signature = ed25519_dalek::Signature::from_bytes(&signature);
+    key.verify_strict(
+        blyan_node::hosting::batch_answer_digest(request, &digests).as_bytes(),
+        &signature,
+    )
+    .expect("one signature over the batch");
+    (digests, signature)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_not_at_all() {
     let dirs = copies(1);
@@ -630,18 +683,7 @@ async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_no
     let d = host.info().d_model;
     let (a, b) = (report.experts[8].clone(), report.experts[17].clone());
     let rows = one_row(d);
-    let items = [
-        blyan_node::hosting::BatchItem {
-            expert: a.id,
-            block: a.block,
-            rows: &rows,
-        },
-        blyan_node::hosting::BatchItem {
-            expert: b.id,
-            block: b.block,
-            rows: &rows,
-        },
-    ];
+    let items = both(&a, &b, &rows);
     let body = blyan_node::hosting::encode_batch(&items);
     let url = |request: &str| format!("http://{addr}/experts/compute?request={request}");
     let (status, answer) = fetch(&url("b1"), Some(body.clone()), &[]).await;
@@ -655,29 +697,7 @@ async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_no
             .expect("32 bytes"),
     )
     .expect("key");
-    let mut at = 0;
-    let mut digests = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let len = u32::from_le_bytes(answer[at..at + 4].try_into().expect("4")) as usize;
-        assert_eq!(len, d * 4);
-        let output = &answer[at + 4..at + 4 + len];
-        digests.push(blyan_node::hosting::answer_digest(
-            &format!("b1-{i}"),
-            &item.block,
-            &blyan_primitives::Hash::of(item.rows),
-            &blyan_primitives::Hash::of(output),
-        ));
-        let (single, _) = host
-            .compute_for_peer(item.expert, item.block, "one", item.rows, None)
-            .expect("one call");
-        assert_eq!(output, &single[..]);
-        at += 4 + len;
-    }
-    let signature: [u8; 64] = answer[at..].try_into().expect("64 bytes of signature last");
-    let signature = ed25519_dalek::Signature::from_bytes(&signature);
-    let digest = blyan_node::hosting::batch_answer_digest("b1", &digests);
-    key.verify_strict(digest.as_bytes(), &signature)
-        .expect("one signature over the batch");
+    let (mut digests, signature) = signed_answers(&host, &key, "b1", &items, &answer, 1);
     // It covers each call: the same signature does not hold for another batch of answers.
     digests.swap(0, 1);
     let swapped = blyan_node::hosting::batch_answer_digest("b1", &digests);
@@ -685,28 +705,17 @@ async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_no
     let other = blyan_node::hosting::batch_answer_digest("b9", &digests);
     assert!(key.verify_strict(other.as_bytes(), &signature).is_err());
 
-    // A batch too large to compute on the request's task goes to the blocking pool and is
-    // answered the same way: 64 rows for each of two experts.
+    // That batch was computed on the request's task; one too large for it goes to the
+    // blocking pool and is answered the same way: 64 rows for each of two experts.
     assert!(host.batch_is_small(&body));
-    let (wide, wide_rows) = (one_row(d), 64usize);
+    let wide_rows = 64usize;
     let mut many_rows = Vec::new();
     many_rows.extend_from_slice(&(wide_rows as u32).to_le_bytes());
     many_rows.extend_from_slice(&(d as u32).to_le_bytes());
     for _ in 0..wide_rows {
-        many_rows.extend_from_slice(&wide[8..]);
+        many_rows.extend_from_slice(&rows[8..]);
     }
-    let big_items = [
-        blyan_node::hosting::BatchItem {
-            expert: a.id,
-            block: a.block,
-            rows: &many_rows,
-        },
-        blyan_node::hosting::BatchItem {
-            expert: b.id,
-            block: b.block,
-            rows: &many_rows,
-        },
-    ];
+    let big_items = both(&a, &b, &many_rows);
     let big = blyan_node::hosting::encode_batch(&big_items);
     assert!(!host.batch_is_small(&big));
     // Nor is a malformed body or one of few rows but many bytes: both go to the blocking
@@ -724,30 +733,7 @@ async fn a_batch_of_calls_is_answered_under_one_signature_and_a_malformed_one_no
     assert_eq!(status, 400);
     let (status, answer) = fetch(&url("b3"), Some(big), &[]).await;
     assert_eq!(status, 200);
-    let mut at = 0;
-    let mut digests = Vec::new();
-    for (i, item) in big_items.iter().enumerate() {
-        let len = u32::from_le_bytes(answer[at..at + 4].try_into().expect("4")) as usize;
-        assert_eq!(len, wide_rows * d * 4);
-        let output = &answer[at + 4..at + 4 + len];
-        let (single, _) = host
-            .compute_for_peer(item.expert, item.block, "one", item.rows, None)
-            .expect("one call");
-        assert_eq!(output, &single[..]);
-        digests.push(blyan_node::hosting::answer_digest(
-            &format!("b3-{i}"),
-            &item.block,
-            &blyan_primitives::Hash::of(item.rows),
-            &blyan_primitives::Hash::of(output),
-        ));
-        at += 4 + len;
-    }
-    let signature: [u8; 64] = answer[at..].try_into().expect("64 bytes of signature last");
-    key.verify_strict(
-        blyan_node::hosting::batch_answer_digest("b3", &digests).as_bytes(),
-        &ed25519_dalek::Signature::from_bytes(&signature),
-    )
-    .expect("signed");
+    signed_answers(&host, &key, "b3", &big_items, &answer, wide_rows);
 
     // Malformed batches are refused before any work.
     let computed = host.hosted_report().computed_for_peers;
