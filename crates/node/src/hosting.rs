@@ -356,8 +356,8 @@ impl Hosting {
     }
 
     /// Calls `calls` to host `to` in one request (`POST /experts/compute`), as an exchange
-    /// asked: per call, its outputs if that part of the answer is complete and signed by the
-    /// host.
+    /// asked: per call, its outputs if the whole answer is complete and signed by the host
+    /// ([`Outgoing::read`]).
     fn call_batch(&self, to: &Target, calls: &[&RemoteCall]) -> Vec<Option<RemoteAnswer>> {
         let api = to.api.as_str();
         let started = Instant::now();
@@ -638,8 +638,7 @@ impl ExpertHosts for Hosting {
         let answered: serde_json::Value =
             serde_json::from_str(&answer.evidence).unwrap_or(serde_json::Value::Null);
         // The rows themselves, so that anyone holding the expert's block can recompute it.
-        let mut input = Vec::with_capacity(call.rows.wire_len());
-        call.rows.write_to(&mut input);
+        let input = call.rows.to_bytes();
         let evidence = serde_json::json!({
             "answer": answered,
             "expected_output_hash": Hash::of(&own),

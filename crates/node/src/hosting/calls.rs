@@ -614,16 +614,17 @@ impl Outgoing {
         let Some((outputs, signature)) = parts else {
             return (vec![None; n], false);
         };
+        let output_hashes: Vec<Hash> = outputs.iter().map(|o| Hash::of(o)).collect();
         let digests: Vec<Hash> = calls
             .iter()
-            .zip(&outputs)
+            .zip(&output_hashes)
             .enumerate()
             .map(|(i, (call, output))| {
                 answer_digest(
                     &format!("{}-{i}", self.request),
                     &call.block,
                     &self.inputs[i],
-                    &Hash::of(output),
+                    output,
                 )
             })
             .collect();
@@ -649,7 +650,7 @@ impl Outgoing {
                         expert: call.expert,
                         block: call.block,
                         input_hash: self.inputs[i],
-                        output_hash: Hash::of(output),
+                        output_hash: output_hashes[i],
                         answers: digests.clone(),
                         signature: hex::encode(signature.to_bytes()),
                     };
