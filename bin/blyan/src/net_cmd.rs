@@ -154,12 +154,13 @@ pub(crate) fn run(data_dir: &Path, cmd: NetCommand) -> anyhow::Result<()> {
             }
             let experts = report["experts"].as_array().cloned().unwrap_or_default();
             println!(
-                "this node ({}) computes {} ({} expert versions); {} calls for peers; {} of its calls answered remotely ({} hedged to a second host), {} computed here when no host answered, {} spot-checked; {} unreadable blocks repaired from peers",
+                "this node ({}) computes {} ({} expert versions); {} calls for peers; {} of its calls answered remotely in {} requests ({} hedged to a second host), {} computed here when no host answered, {} spot-checked; {} unreadable blocks repaired from peers",
                 report["account"].as_str().unwrap_or("?"),
                 report["hosted"].as_str().unwrap_or("*"),
                 experts.len(),
                 report["computed_for_peers"],
                 report["remote_calls"],
+                report["requests"],
                 report["hedged"],
                 report["fallbacks"],
                 report["checked"],

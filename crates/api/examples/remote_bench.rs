@@ -18,7 +18,9 @@
 //! ```
 //!
 //! `BLYAN_BENCH_LANES` sets the engine lanes of the node that computes only layer 0 (the
-//! single node keeps one lane per core).
+//! single node keeps one lane per core). `BLYAN_BENCH_PROFILE=spread:30` (or `single:30`)
+//! skips the measurements and runs only 64-stream generations on that node for 30 seconds,
+//! for a profiler attached to the process.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -278,6 +280,40 @@ fn main() -> anyhow::Result<()> {
             "expert call, {rows} row(s): in the host's process p50 {lp50:.3} ms p99 {lp99:.3} ms; over loopback HTTP p50 {rp50:.3} ms p99 {rp99:.3} ms; overhead p50 {:.3} ms",
             rp50 - lp50
         );
+    }
+
+    // For a profiler: only 64-stream generations on one of the two nodes, for the given
+    // seconds, printing each round's tokens/s (`BLYAN_BENCH_PROFILE=single:30` or
+    // `spread:30`; attach `perf` to this process meanwhile).
+    if let Ok(spec) = std::env::var("BLYAN_BENCH_PROFILE") {
+        let (which, secs) = spec.split_once(':').unwrap_or((spec.as_str(), "30"));
+        let addr = match which {
+            "single" => single.addr,
+            "spread" => split.addr,
+            other => anyhow::bail!("BLYAN_BENCH_PROFILE={other}: single:SECS or spread:SECS"),
+        };
+        let until = Instant::now() + Duration::from_secs(secs.parse()?);
+        println!(
+            "profiling: 64-stream generations on the {which} node, pid {}",
+            std::process::id()
+        );
+        let counts = || {
+            let r = split.node.hosted_report();
+            (r.remote_calls, r.requests)
+        };
+        while Instant::now() < until {
+            let (calls, requests) = counts();
+            let started = Instant::now();
+            let rate = throughput(addr, 64, 64)?;
+            let tokens = rate * started.elapsed().as_secs_f64();
+            let (c, r) = counts();
+            println!(
+                "{which}: {rate:.0} tokens/s; per token {:.2} remote calls in {:.3} requests",
+                (c - calls) as f64 / tokens,
+                (r - requests) as f64 / tokens
+            );
+        }
+        return Ok(());
     }
 
     // 2. Throughput: rounds of the single node and the spread one in turns, so that both

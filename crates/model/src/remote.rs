@@ -12,6 +12,8 @@
 //! parallel). A call no host answers is computed here, from the expert's block, fetched by
 //! hash from another machine first if the local copy cannot be read.
 
+use std::sync::Arc;
+
 use blyan_primitives::{Address, ExpertId, Hash};
 
 use crate::{
@@ -163,8 +165,9 @@ pub trait ExpertHosts: Send + Sync + std::fmt::Debug {
     /// The outcomes of `calls`, computed elsewhere, in order: the answer, `None` where no
     /// host answered in time (the model then computes it itself), and every host that was
     /// sent the call's rows. Called once per layer with all of the layer's remote experts,
-    /// so that they run in parallel.
-    fn compute(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome>;
+    /// so that they run in parallel; shared, so that threads making the calls need no copy
+    /// of the rows.
+    fn compute(&self, calls: &Arc<[RemoteCall]>) -> Vec<RemoteOutcome>;
 
     /// A spot check found `answer` to `call` different from this process's own `local`
     /// outputs: the host lied or is broken.

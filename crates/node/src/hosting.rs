@@ -429,12 +429,11 @@ impl Hosting {
     /// A layer's calls, as an [`Exchange`] directs: its requests go out on the standing
     /// [`Callers`] threads, and this thread only waits for their answers and the exchange's
     /// deadlines. An attempt left behind finishes on its own within the call timeout.
-    fn ask_all(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
+    fn ask_all(&self, calls: &Arc<[RemoteCall]>) -> Vec<RemoteOutcome> {
         let Some(me) = self.me.upgrade() else {
             return vec![RemoteOutcome::default(); calls.len()];
         };
         let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<(usize, Option<RemoteAnswer>)>)>();
-        let calls: Arc<Vec<RemoteCall>> = Arc::new(calls.to_vec());
         let send = |sends: Vec<Dispatch>| {
             for Dispatch {
                 attempt,
@@ -456,7 +455,7 @@ impl Hosting {
         };
         let (mut exchange, first) = {
             let table = self.lock_table();
-            Exchange::start(&calls, &table, self.now(), &mut rand::rng())
+            Exchange::start(calls, &table, self.now(), &mut rand::rng())
         };
         send(first);
         while !exchange.done() {
@@ -567,7 +566,7 @@ impl ExpertHosts for Hosting {
         self.hosted.contains(expert)
     }
 
-    fn compute(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
+    fn compute(&self, calls: &Arc<[RemoteCall]>) -> Vec<RemoteOutcome> {
         use std::sync::atomic::Ordering::Relaxed;
         let outcomes = self.ask_all(calls);
         for outcome in &outcomes {
@@ -711,6 +710,8 @@ pub struct HostedReport {
     /// Calls also sent to a second host, the first being slower than its recent p95 or
     /// failing.
     pub hedged: u64,
+    /// Requests sent to hosts (`POST /experts/compute`, each a batch of calls to one host).
+    pub requests: u64,
     /// Expert blocks this node could not read and repaired with a peer's copy.
     pub repaired: u64,
     /// What its peers host.
@@ -955,6 +956,7 @@ impl crate::Node {
             fallbacks: self.hosting.as_ref().map_or(0, |h| load(&h.fallbacks)),
             checked: self.hosting.as_ref().map_or(0, |h| load(&h.checked)),
             hedged: self.hosting.as_ref().map_or(0, |h| load(&h.hedged)),
+            requests: self.hosting.as_ref().map_or(0, |h| load(&h.next_request)),
             repaired: self.hosting.as_ref().map_or(0, |h| load(&h.repaired)),
             hosts: self.hosting.as_ref().map_or_else(Vec::new, |h| h.hosts()),
         }

@@ -151,7 +151,7 @@ impl ExpertHosts for SimHosts {
         self.local.contains(expert)
     }
 
-    fn compute(&self, calls: &[RemoteCall]) -> Vec<RemoteOutcome> {
+    fn compute(&self, calls: &Arc<[RemoteCall]>) -> Vec<RemoteOutcome> {
         let (tx, rx) = mpsc::channel();
         self.ask
             .lock()

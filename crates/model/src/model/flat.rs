@@ -414,7 +414,7 @@ impl Model {
                         })
                 })
                 .collect();
-            let calls: Vec<RemoteCall> = routing
+            let calls: Arc<[RemoteCall]> = routing
                 .experts
                 .iter()
                 .zip(&remote)
@@ -434,25 +434,35 @@ impl Model {
                 .zip(&remote)
                 .map(|((e, _), r)| (!r).then(|| self.expert_repaired(l, *e)).transpose())
                 .collect::<Result<Vec<_>, _>>()?;
-            let (answers, local) = std::thread::scope(|s| {
-                let asked = (!calls.is_empty()).then(|| {
-                    let hosts = self.hosts.as_ref();
-                    let calls = &calls;
-                    s.spawn(move || hosts.map_or_else(Vec::new, |h| h.compute(calls)))
-                });
-                let local = each(team, &mut threads_list, |&mut t| {
+            let compute_local = |threads_list: &mut Vec<usize>| {
+                each(team, threads_list, |&mut t| {
                     self.expert_activations(&experts, &routing, &parts, t, threads)
                 })
                 .and_then(|acts| {
-                    each(team, &mut threads_list, |&mut t| {
+                    each(team, threads_list, |&mut t| {
                         self.expert_outputs(&experts, &routing, &acts, t, threads)
                     })
-                });
-                let answers = asked
-                    .map(|h| h.join().unwrap_or_default())
-                    .unwrap_or_default();
-                (answers, local)
-            });
+                })
+            };
+            let ask = |calls: &Arc<[RemoteCall]>| {
+                self.hosts
+                    .as_ref()
+                    .map_or_else(Vec::new, |h| h.compute(calls))
+            };
+            let (answers, local) = if remote.iter().all(|&r| r) {
+                // Nothing to compute here: this thread waits for the answers itself (a
+                // thread started only to wait would cost a spawn and two switches per layer).
+                (ask(&calls), compute_local(&mut threads_list))
+            } else {
+                std::thread::scope(|s| {
+                    let asked = (!calls.is_empty()).then(|| s.spawn(|| ask(&calls)));
+                    let local = compute_local(&mut threads_list);
+                    let answers = asked
+                        .map(|h| h.join().unwrap_or_default())
+                        .unwrap_or_default();
+                    (answers, local)
+                })
+            };
             let mut cols = local?;
             let mut answers = answers;
             let fates = self.place_remote(&routing, &remote, &calls, &mut answers, &mut cols)?;
