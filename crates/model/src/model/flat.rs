@@ -444,10 +444,9 @@ impl Model {
                     })
                 })
             };
-            let ask = |calls: &Arc<[RemoteCall]>| {
-                self.hosts
-                    .as_ref()
-                    .map_or_else(Vec::new, |h| h.compute(calls))
+            let ask = |calls: &Arc<[RemoteCall]>| match &self.hosts {
+                Some(h) if !calls.is_empty() => h.compute(calls),
+                _ => Vec::new(),
             };
             let (answers, local) = if remote.iter().all(|&r| r) {
                 // Nothing to compute here: this thread waits for the answers itself (a
