@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::NodeError;
 
 pub mod calls;
+mod client;
 
 pub use calls::{
     AnswerStatement, Dispatch, Exchange, HostInfo, HostTable, Outgoing, Target, Unheard,
@@ -38,8 +39,6 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 /// When a call is hedged before its host has a latency history.
 const HEDGE_DEFAULT: Duration = Duration::from_millis(50);
-/// Idle keep-alive connections kept per host.
-const POOLED_PER_HOST: usize = 32;
 /// Round trips kept per host for its p95.
 const RECENT_CALLS: usize = 32;
 /// Spot-checked share of remote calls by default, parts per million (2%).
@@ -195,8 +194,6 @@ fn checked_announcement(
 /// The remote-expert side of a node.
 #[derive(Debug)]
 pub struct Hosting {
-    /// Itself, for the attempts that outlive the call that started them.
-    me: Weak<Hosting>,
     hosted: ExpertSet,
     peers: Vec<String>,
     /// Spot-checked share of answers, parts per million.
@@ -222,8 +219,9 @@ pub struct Hosting {
     signer: Arc<NetSigner>,
     /// Held while a block is fetched and repaired: one at a time.
     repairing: Mutex<()>,
-    /// The threads that make the calls.
-    callers: Callers,
+    /// The runtimes and connections that make the calls, each lent to one asking thread
+    /// at a time (as many as threads have asked at once: one per engine lane).
+    locals: Mutex<Vec<client::Local>>,
     /// Expert blocks repaired with a copy from a peer.
     pub(crate) repaired: std::sync::atomic::AtomicU64,
 }
@@ -241,8 +239,7 @@ impl Hosting {
         store: Arc<blyan_chain::Store>,
         signer: Arc<NetSigner>,
     ) -> Arc<Hosting> {
-        Arc::new_cyclic(|me| Hosting {
-            me: me.clone(),
+        Arc::new(Hosting {
             hosted,
             peers,
             check_ppm,
@@ -252,10 +249,6 @@ impl Hosting {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(CALL_TIMEOUT))
-                // A layer's calls go out at once, several to one host: keep a connection for
-                // each (the default keeps 3 per host), so none has to be opened mid-step.
-                .max_idle_connections_per_host(POOLED_PER_HOST)
-                .max_idle_connections(POOLED_PER_HOST * 16)
                 .build()
                 .into(),
             next_request: std::sync::atomic::AtomicU64::new(0),
@@ -267,7 +260,7 @@ impl Hosting {
             registry: crate::registry::RegistryCache::default(),
             signer,
             repairing: Mutex::new(()),
-            callers: Callers::new(),
+            locals: Mutex::new(Vec::new()),
             repaired: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -355,10 +348,15 @@ impl Hosting {
         self.epoch.elapsed()
     }
 
-    /// Calls `calls` to host `to` in one request (`POST /experts/compute`), as an exchange
-    /// asked: per call, its outputs if the whole answer is complete and signed by the host
-    /// ([`Outgoing::read`]).
-    fn call_batch(&self, to: &Target, calls: &[&RemoteCall]) -> Vec<Option<RemoteAnswer>> {
+    /// Calls `calls` to host `to` in one request (`POST /experts/compute`) on this thread's
+    /// connections, as an exchange asked: per call, its outputs if the whole answer is
+    /// complete and signed by the host ([`Outgoing::read`]).
+    async fn call_batch(
+        &self,
+        local: &client::Local,
+        to: &Target,
+        calls: &[&RemoteCall],
+    ) -> Vec<Option<RemoteAnswer>> {
         let api = to.api.as_str();
         let started = Instant::now();
         let request = format!(
@@ -366,32 +364,28 @@ impl Hosting {
             self.next_request
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let out = Outgoing::new(request, calls.iter().copied());
-        let answer = self.signer.get().ok().and_then(|me| {
-            let at_ms = crate::unix_ms();
-            let proof = me
-                .key
-                .sign(batch_digest(&out.request, &Hash::of(&out.body), at_ms).as_bytes());
-            self.agent
-                .post(format!(
-                    "http://{api}/experts/compute?request={}",
-                    out.request
-                ))
-                .header("content-type", "application/octet-stream")
-                .header("x-blyan-caller", hex::encode(me.public))
-                .header("x-blyan-caller-time", at_ms.to_string())
-                .header("x-blyan-caller-signature", hex::encode(proof.to_bytes()))
-                .send(&out.body[..])
-                .ok()
-                .filter(|r| r.status() == 200)
-                .and_then(|mut r| {
-                    r.body_mut()
-                        .with_config()
-                        .limit(out.answer_limit())
-                        .read_to_vec()
-                        .ok()
-                })
-        });
+        let mut out = Outgoing::new(request, calls.iter().copied());
+        let answer = match self.signer.get() {
+            Ok(me) => {
+                let at_ms = crate::unix_ms();
+                let proof = me
+                    .key
+                    .sign(batch_digest(&out.request, &Hash::of(&out.body), at_ms).as_bytes());
+                let headers = [
+                    ("content-type", "application/octet-stream".to_owned()),
+                    ("x-blyan-caller", hex::encode(me.public)),
+                    ("x-blyan-caller-time", at_ms.to_string()),
+                    ("x-blyan-caller-signature", hex::encode(proof.to_bytes())),
+                ];
+                let path = format!("/experts/compute?request={}", out.request);
+                let limit = usize::try_from(out.answer_limit()).unwrap_or(usize::MAX);
+                let body = std::mem::take(&mut out.body);
+                local
+                    .post(api, &path, &headers, body, limit, CALL_TIMEOUT)
+                    .await
+            }
+            Err(_) => None,
+        };
         let (answers, whole) = out.read(to, calls.iter().copied(), answer.as_deref(), || {
             rand::Rng::random_range(&mut rand::rng(), 0..1_000_000u32) < self.check_ppm
         });
@@ -426,138 +420,99 @@ fn parse_answer_signature(text: &str) -> Option<ed25519_dalek::Signature> {
 }
 
 impl Hosting {
-    /// A layer's calls, as an [`Exchange`] directs: its requests go out on the standing
-    /// [`Callers`] threads, and this thread only waits for their answers and the exchange's
-    /// deadlines. An attempt left behind finishes on its own within the call timeout.
+    /// A layer's calls, as an [`Exchange`] directs, made on this thread with a
+    /// [`client::Local`] lent for the layer: its requests, the answers and the exchange's
+    /// deadlines are all waited on here. An attempt still out when the exchange is done (another host
+    /// answered its calls first) is dropped, and its host's latency noted as at least the
+    /// time it had taken ([`HostTable::outrun`]).
     fn ask_all(&self, calls: &Arc<[RemoteCall]>) -> Vec<RemoteOutcome> {
-        let Some(me) = self.me.upgrade() else {
-            return vec![RemoteOutcome::default(); calls.len()];
-        };
-        let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<(usize, Option<RemoteAnswer>)>)>();
-        let send = |sends: Vec<Dispatch>| {
-            for Dispatch {
-                attempt,
-                to,
-                calls: batch,
-            } in sends
-            {
-                let (me, tx, calls) = (me.clone(), tx.clone(), calls.clone());
-                self.callers.run(Box::new(move || {
-                    let these: Vec<&RemoteCall> = batch.iter().map(|&i| &calls[i]).collect();
-                    // An attempt always answers, a failed one with `None`.
-                    let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        me.call_batch(&to, &these)
-                    }))
-                    .unwrap_or_else(|_| vec![None; these.len()]);
-                    let _ = tx.send((attempt, batch.into_iter().zip(answers).collect()));
-                }));
+        // A thread inside an async runtime cannot wait on one of its own: such a caller's
+        // layer is asked from a thread started for it.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return std::thread::scope(|s| {
+                s.spawn(|| self.ask_all(calls))
+                    .join()
+                    .unwrap_or_else(|_| vec![RemoteOutcome::default(); calls.len()])
+            });
+        }
+        let lent = self.locals.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let local = match lent.map_or_else(client::Local::new, Ok) {
+            Ok(local) => local,
+            Err(e) => {
+                tracing::warn!(error = %e, "no runtime for expert calls: computing them here");
+                return vec![RemoteOutcome::default(); calls.len()];
             }
         };
+        let outcomes = local.block_on(self.exchange(&local, calls));
+        self.locals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(local);
+        outcomes
+    }
+
+    async fn exchange(
+        &self,
+        local: &client::Local,
+        calls: &Arc<[RemoteCall]>,
+    ) -> Vec<RemoteOutcome> {
+        use futures_util::{FutureExt as _, StreamExt as _};
         let (mut exchange, first) = {
             let table = self.lock_table();
             Exchange::start(calls, &table, self.now(), &mut rand::rng())
         };
-        send(first);
+        // Attempts out, by attempt: their host and when they went.
+        let mut out: std::collections::BTreeMap<u64, (String, Instant)> =
+            std::collections::BTreeMap::new();
+        let mut inflight = futures_util::stream::FuturesUnordered::new();
+        let send =
+            |sends: Vec<Dispatch>,
+             inflight: &mut futures_util::stream::FuturesUnordered<_>,
+             out: &mut std::collections::BTreeMap<u64, (String, Instant)>| {
+                for Dispatch {
+                    attempt,
+                    to,
+                    calls: batch,
+                } in sends
+                {
+                    out.insert(attempt, (to.api.clone(), Instant::now()));
+                    inflight.push(async move {
+                        let these: Vec<&RemoteCall> = batch.iter().map(|&i| &calls[i]).collect();
+                        // An attempt always answers, a failed one with `None`.
+                        let answers =
+                            std::panic::AssertUnwindSafe(self.call_batch(local, &to, &these))
+                                .catch_unwind()
+                                .await
+                                .unwrap_or_else(|_| vec![None; these.len()]);
+                        (attempt, batch.into_iter().zip(answers).collect::<Vec<_>>())
+                    });
+                }
+            };
+        send(first, &mut inflight, &mut out);
         while !exchange.done() {
             let Some(deadline) = exchange.deadline() else {
                 break;
             };
-            let sends = match rx.recv_timeout(deadline.saturating_sub(self.now())) {
-                Ok((attempt, answers)) => exchange.answered_all(attempt, answers, self.now()),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => exchange.tick(self.now()),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            let wait = deadline.saturating_sub(self.now());
+            let sends = tokio::select! {
+                Some((attempt, answers)) = inflight.next() => {
+                    out.remove(&attempt);
+                    exchange.answered_all(attempt, answers, self.now())
+                }
+                () = tokio::time::sleep(wait) => exchange.tick(self.now()),
             };
-            send(sends);
+            send(sends, &mut inflight, &mut out);
+        }
+        drop(inflight);
+        if !out.is_empty() {
+            let mut table = self.lock_table();
+            for (api, sent) in out.values() {
+                table.outrun(api, sent.elapsed().as_secs_f64() * 1e3);
+            }
         }
         self.hedged
             .fetch_add(exchange.hedged(), std::sync::atomic::Ordering::Relaxed);
         exchange.finish()
-    }
-}
-
-/// Standing threads that make expert calls: a call hands its attempt to an idle one, or
-/// starts a new one when none is idle (so a host that hangs never holds up another call); a
-/// thread idle for [`CALLER_IDLE`] ends.
-#[derive(Debug)]
-struct Callers {
-    tx: Mutex<std::sync::mpsc::Sender<CallerJob>>,
-    rx: Arc<Mutex<std::sync::mpsc::Receiver<CallerJob>>>,
-    /// Threads waiting for a job and not yet promised one.
-    idle: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-type CallerJob = Box<dyn FnOnce() + Send>;
-
-/// How long a caller thread waits for work before it ends.
-const CALLER_IDLE: Duration = Duration::from_secs(30);
-
-impl Callers {
-    fn new() -> Callers {
-        let (tx, rx) = std::sync::mpsc::channel();
-        Callers {
-            tx: Mutex::new(tx),
-            rx: Arc::new(Mutex::new(rx)),
-            idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        }
-    }
-
-    fn run(&self, job: CallerJob) {
-        use std::sync::atomic::Ordering::SeqCst;
-        // Promise the job to an idle thread, if there is one.
-        let promised = self
-            .idle
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        let job = if promised {
-            match self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(job) {
-                Ok(()) => return,
-                // Unreachable while `self` holds the receiver; a new thread runs it then.
-                Err(std::sync::mpsc::SendError(job)) => job,
-            }
-        } else {
-            job
-        };
-        self.spawn(job);
-    }
-
-    /// A new thread: `first`, then whatever it is given, until it idles out.
-    fn spawn(&self, first: CallerJob) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let (rx, idle) = (self.rx.clone(), self.idle.clone());
-        let started = std::thread::Builder::new()
-            .name("expert-caller".into())
-            .spawn(move || {
-                first();
-                loop {
-                    idle.fetch_add(1, SeqCst);
-                    let job = loop {
-                        let got = rx
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .recv_timeout(CALLER_IDLE);
-                        match got {
-                            Ok(job) => break Some(job),
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
-                            // End, unless every idle thread was promised a job meanwhile.
-                            Err(_)
-                                if idle
-                                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                                    .is_ok() =>
-                            {
-                                break None;
-                            }
-                            Err(_) => {}
-                        }
-                    };
-                    match job {
-                        Some(job) => job(),
-                        None => return,
-                    }
-                }
-            });
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "no thread for an expert call");
-        }
     }
 }
 
@@ -1286,53 +1241,5 @@ mod tests {
         assert!(parse_answer_signature(&"ab".repeat(64)).is_some());
         assert!(parse_answer_signature(&"ab".repeat(63)).is_none());
         assert!(parse_answer_signature("not hex").is_none());
-    }
-}
-
-#[cfg(test)]
-mod caller_tests {
-    use super::*;
-
-    #[test]
-    fn caller_threads_are_reused_and_a_blocked_one_holds_up_nothing() {
-        let callers = Callers::new();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // One job blocks until released; the next ones still run at once, on other threads.
-        let (release, blocked) = std::sync::mpsc::channel::<()>();
-        let tx1 = tx.clone();
-        callers.run(Box::new(move || {
-            let _ = blocked.recv();
-            let _ = tx1.send(std::thread::current().id());
-        }));
-        let mut ids = Vec::new();
-        for _ in 0..20 {
-            let tx = tx.clone();
-            callers.run(Box::new(move || {
-                let _ = tx.send(std::thread::current().id());
-            }));
-            ids.push(
-                rx.recv_timeout(Duration::from_secs(10))
-                    .expect("a job ran while another was blocked"),
-            );
-            // Until the thread that ran it waits for more.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while callers.idle.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                assert!(Instant::now() < deadline, "the thread never went idle");
-                std::thread::yield_now();
-            }
-        }
-        // Twenty jobs one after another, each finding the last one's thread idle: one thread
-        // ran them all.
-        let distinct: std::collections::BTreeSet<String> =
-            ids.iter().map(|id| format!("{id:?}")).collect();
-        assert_eq!(distinct.len(), 1, "{} threads for 20 jobs", distinct.len());
-        release.send(()).expect("release");
-        let last = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the blocked job ends");
-        assert!(
-            !ids.contains(&last),
-            "the blocked job had a thread of its own"
-        );
     }
 }

@@ -74,6 +74,15 @@ fn key_hex<S: serde::Serializer>(key: &VerifyingKey, s: S) -> Result<S::Ok, S::E
 }
 
 impl HostInfo {
+    /// A round trip of `ms` into its latency and its recent calls.
+    fn round_trip(&mut self, ms: f64) {
+        self.latency_ms = 0.8 * self.latency_ms + 0.2 * ms;
+        if self.recent.len() == RECENT_CALLS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ms);
+    }
+
     /// After how long a call to it is hedged to a second host: its recent p95 (at least
     /// 1 ms), or [`HEDGE_DEFAULT`] before it has answered enough calls.
     fn hedge_after(&self) -> Duration {
@@ -226,6 +235,14 @@ impl HostTable {
         }
     }
 
+    /// A request to `api` given up after `ms` because another host answered its calls
+    /// first: its round trip is at least that. Neither an answer nor a failure.
+    pub fn outrun(&mut self, api: &str, ms: f64) {
+        if let Some(h) = self.hosts.get_mut(api) {
+            h.round_trip(ms);
+        }
+    }
+
     /// A request to `api` that took `ms`, ending at `now`: answered whole (`ok`), or failed,
     /// after which the host is benched for a while, longer with each failure in a row (a
     /// lost message costs a host a moment; a dead one is tried ever more rarely until its
@@ -236,11 +253,7 @@ impl HostTable {
                 h.answered += 1;
                 h.strikes = 0;
                 h.benched_until = None;
-                h.latency_ms = 0.8 * h.latency_ms + 0.2 * ms;
-                if h.recent.len() == RECENT_CALLS {
-                    h.recent.pop_front();
-                }
-                h.recent.push_back(ms);
+                h.round_trip(ms);
             } else {
                 h.failed += 1;
                 let bench = BENCH_FIRST
@@ -914,6 +927,27 @@ mod tests {
         let out = ex.finish();
         assert_eq!(out[0].answer.as_ref().map(|a| a.host.as_str()), Some("b"));
         assert!(out[1].answer.is_none());
+    }
+
+    #[test]
+    fn a_request_outrun_by_another_hosts_answer_counts_as_slow_not_failed() {
+        let x = Hash::of(b"x");
+        let mut table = HostTable::default();
+        hear(&mut table, "a", 1, &[x], 0, T0);
+        for _ in 0..8 {
+            table.record("a", true, 2.0, T0);
+        }
+        let before = table.hosts(T0)[0].clone();
+        assert_eq!(before.hedge_after(), Duration::from_millis(2));
+        // Given up twice after 40 ms, another host having answered first: slower (its p95
+        // now that of the given-up requests), neither answered nor failed, still askable.
+        table.outrun("a", 40.0);
+        table.outrun("a", 40.0);
+        let after = &table.hosts(T0)[0];
+        assert!(after.latency_ms > before.latency_ms + 10.0, "{after:?}");
+        assert_eq!((after.answered, after.failed, after.strikes), (8, 0, 0));
+        assert_eq!(after.hedge_after(), Duration::from_millis(40));
+        assert_eq!(table.pick(&x, T0, &mut rng()).0.len(), 1);
     }
 
     #[test]
