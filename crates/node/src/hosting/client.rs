@@ -90,7 +90,7 @@ impl Local {
         body: Vec<u8>,
         limit: usize,
         timeout: Duration,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Bytes> {
         let exchange = async {
             let mut sender = self.connection(api).await?;
             let mut request = hyper::Request::post(path).header(hyper::header::HOST, api);
@@ -108,7 +108,7 @@ impl Local {
                 .ok()?
                 .to_bytes();
             self.keep(api, sender);
-            Some(answer.to_vec())
+            Some(answer)
         };
         tokio::time::timeout(timeout, exchange).await.ok().flatten()
     }
@@ -217,6 +217,7 @@ mod tests {
                     Duration::from_secs(10),
                 )
                 .await
+                .map(|b| b.to_vec())
         }
         // Twenty requests one after another: one connection.
         for i in 0..20u8 {
